@@ -1,0 +1,17 @@
+//! busd-match: D-Bus match rules, exact to the specification and to dbus-daemon.
+//!
+//! Layout:
+//! - [`names`]: validation of bus names, interfaces, members, error names, object paths and
+//!   signatures (the specification's "valid names" rules), shared by the whole workspace.
+//! - [`rule`]: the match-rule grammar (`type='signal',arg0='x'`), parsed as dbus-daemon does.
+//! - [`matcher`]: deciding whether a message matches a rule, given a [`matcher::MessageInfo`].
+//!
+//! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
+//! quoting, escapes and argument matching.
+
+pub mod matcher;
+pub mod names;
+pub mod rule;
+
+pub use matcher::{Arg, MessageInfo};
+pub use rule::{ArgMatch, ArgMatchKind, Error, MatchRule, MessageType};

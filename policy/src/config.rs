@@ -1,0 +1,562 @@
+//! The `<busconfig>` document: loading, includes, and the typed result.
+//!
+//! Follows dbus-daemon's rules: relative paths resolve against the including file's
+//! directory; `<includedir>` reads every `*.conf` in name order and ignores a missing
+//! directory; `<include ignore_missing="yes">` skips a missing file; included files merge into
+//! the including one at the point of inclusion (lists append, single values are overridden).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use quick_xml::events::{BytesStart, Event};
+
+use crate::limits::Limits;
+
+/// Deepest nesting of includes (guards against include loops).
+const MAX_INCLUDE_DEPTH: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A problem in a file, with its location.
+    #[error("{file}:{line}: {reason}")]
+    Parse { file: PathBuf, line: u32, reason: String },
+    #[error("{file}: {source}")]
+    Io { file: PathBuf, source: std::io::Error },
+}
+
+/// A `<servicedir>` or one of the standard sets, in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceDir {
+    Path(PathBuf),
+    StandardSession,
+    StandardSystem,
+}
+
+/// Which connections a `<policy>` element applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyKind {
+    Default,
+    Mandatory,
+    User(String),
+    Group(String),
+    AtConsole(bool),
+}
+
+/// One `<allow>` or `<deny>` with its attributes, where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub allow: bool,
+    pub attributes: Vec<(String, String)>,
+    pub file: PathBuf,
+    pub line: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyContext {
+    pub kind: PolicyKind,
+    pub rules: Vec<PolicyRule>,
+}
+
+/// The whole configuration, merged over includes.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub bus_type: Option<String>,
+    pub user: Option<String>,
+    pub fork: bool,
+    pub keep_umask: bool,
+    pub syslog: bool,
+    pub allow_anonymous: bool,
+    pub listen: Vec<String>,
+    pub pidfile: Option<PathBuf>,
+    pub servicehelper: Option<PathBuf>,
+    /// `<auth>` mechanisms; empty means every mechanism the bus implements.
+    pub auth: Vec<String>,
+    pub servicedirs: Vec<ServiceDir>,
+    pub limits: Limits,
+    pub policies: Vec<PolicyContext>,
+    pub apparmor_mode: Option<String>,
+    /// `<selinux><associate own= context=/></selinux>` pairs.
+    pub selinux_associations: Vec<(String, String)>,
+    /// Every file read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+const SEND_ATTRS: &[&str] = &[
+    "send_interface", "send_member", "send_error", "send_destination",
+    "send_destination_prefix", "send_path", "send_type", "send_requested_reply",
+    "send_broadcast",
+];
+const RECEIVE_ATTRS: &[&str] = &[
+    "receive_interface", "receive_member", "receive_error", "receive_sender", "receive_path",
+    "receive_type", "receive_requested_reply",
+];
+const OTHER_RULE_ATTRS: &[&str] = &[
+    "eavesdrop", "own", "own_prefix", "user", "group", "min_fds", "max_fds", "log",
+];
+
+const NEEDS_CONTENT: &[&str] = &[
+    "type", "user", "listen", "pidfile", "servicehelper", "auth", "servicedir", "include",
+    "includedir",
+];
+
+fn line_of(text: &str, pos: usize) -> u32 {
+    1 + text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() as u32
+}
+
+struct Loader<'c> {
+    config: &'c mut Config,
+    file: PathBuf,
+    dir: PathBuf,
+    text: String,
+    depth: usize,
+}
+
+impl Config {
+    /// Loads a configuration file and everything it includes.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let mut config = Config::default();
+        config.load_file(path, 0)?;
+        Ok(config)
+    }
+
+    /// Parses a configuration from a string, as if read from `path` (for tests and tools).
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, Error> {
+        let mut config = Config::default();
+        config.parse_text(text.to_string(), path, 0)?;
+        Ok(config)
+    }
+
+    fn load_file(&mut self, path: &Path, depth: usize) -> Result<(), Error> {
+        let text = fs::read_to_string(path)
+            .map_err(|source| Error::Io { file: path.to_path_buf(), source })?;
+        self.parse_text(text, path, depth)
+    }
+
+    fn parse_text(&mut self, text: String, path: &Path, depth: usize) -> Result<(), Error> {
+        self.files.push(path.to_path_buf());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        Loader { config: self, file: path.to_path_buf(), dir, text, depth }.run()
+    }
+
+    /// Until policy evaluation lands, busd enforces only a policy that allows everything (the
+    /// stock session bus). Any `<deny>`, or a default context that does not allow sending,
+    /// receiving and owning, is refused here with its location, never silently ignored.
+    pub fn check_policy_supported(&self) -> Result<(), Error> {
+        for ctx in &self.policies {
+            if let Some(rule) = ctx.rules.iter().find(|r| !r.allow) {
+                return Err(Error::Parse {
+                    file: rule.file.clone(),
+                    line: rule.line,
+                    reason: "this <deny> rule cannot be enforced yet: busd does not evaluate \
+                             policies other than allow-all"
+                        .into(),
+                });
+            }
+        }
+        let default_rules = || {
+            self.policies
+                .iter()
+                .filter(|c| c.kind == PolicyKind::Default)
+                .flat_map(|c| c.rules.iter())
+        };
+        let has = |attr: &str, value: &str, extra: Option<(&str, &str)>| {
+            default_rules().any(|r| {
+                r.attributes.iter().any(|(k, v)| k == attr && v == value)
+                    && extra.map_or(true, |(k2, v2)| {
+                        r.attributes.iter().any(|(k, v)| k == k2 && v == v2)
+                    })
+            })
+        };
+        let allows_send = has("send_destination", "*", None);
+        let allows_receive = has("eavesdrop", "true", None) || has("receive_sender", "*", None);
+        let allows_own = has("own", "*", None);
+        if !(allows_send && allows_receive && allows_own) {
+            let file = self.files.first().cloned().unwrap_or_default();
+            return Err(Error::Parse {
+                file,
+                line: 1,
+                reason: "the default policy does not allow everything (send_destination=\"*\", \
+                         receiving, own=\"*\"), and busd does not evaluate other policies yet"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Loader<'_> {
+    fn err(&self, pos: usize, reason: impl Into<String>) -> Error {
+        Error::Parse { file: self.file.clone(), line: line_of(&self.text, pos), reason: reason.into() }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p.trim());
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    fn attrs(&self, e: &BytesStart<'_>, pos: usize) -> Result<Vec<(String, String)>, Error> {
+        let mut out = Vec::new();
+        for a in e.attributes() {
+            let a = a.map_err(|err| self.err(pos, format!("bad attribute: {err}")))?;
+            let k = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+            let v = a
+                .unescape_value()
+                .map_err(|err| self.err(pos, format!("bad attribute value: {err}")))?
+                .into_owned();
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    fn run(mut self) -> Result<(), Error> {
+        let text = std::mem::take(&mut self.text);
+        self.text = text.clone();
+        let mut reader = quick_xml::Reader::from_str(&text);
+        reader.config_mut().trim_text(true);
+        // Element stack: (name, attributes, start position); text collects for the top.
+        let mut stack: Vec<(String, Vec<(String, String)>, usize)> = Vec::new();
+        let mut content = String::new();
+        let mut seen_root = false;
+        loop {
+            let before = reader.buffer_position() as usize;
+            // With trimmed text the reader stands before the whitespace that precedes a tag:
+            // locate the tag itself so errors name its line.
+            let pos = text[before..].find('<').map_or(before, |i| before + i);
+            let event = reader.read_event().map_err(|e| self.err(pos, format!("XML error: {e}")))?;
+            match event {
+                Event::Start(e) => {
+                    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                    let attrs = self.attrs(&e, pos)?;
+                    self.open(&stack, &name, &attrs, pos, &mut seen_root)?;
+                    stack.push((name, attrs, pos));
+                    content.clear();
+                }
+                Event::Empty(e) => {
+                    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                    let attrs = self.attrs(&e, pos)?;
+                    self.open(&stack, &name, &attrs, pos, &mut seen_root)?;
+                    self.close(&stack, &name, &attrs, "", pos)?;
+                }
+                Event::Text(t) => {
+                    let s = t.unescape().map_err(|e| self.err(pos, format!("XML error: {e}")))?;
+                    content.push_str(&s);
+                }
+                Event::CData(t) => content.push_str(&String::from_utf8_lossy(&t)),
+                Event::End(_) => {
+                    let (name, attrs, start) = stack.pop().ok_or_else(|| self.err(pos, "unbalanced end tag"))?;
+                    let c = std::mem::take(&mut content);
+                    self.close(&stack, &name, &attrs, c.trim(), start)?;
+                }
+                Event::Eof => break,
+                Event::Decl(_) | Event::DocType(_) | Event::Comment(_) | Event::PI(_) => {}
+            }
+        }
+        if !seen_root {
+            return Err(self.err(0, "no <busconfig> element"));
+        }
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        stack: &[(String, Vec<(String, String)>, usize)],
+        name: &str,
+        attrs: &[(String, String)],
+        pos: usize,
+        seen_root: &mut bool,
+    ) -> Result<(), Error> {
+        let parent = stack.last().map(|(n, _, _)| n.as_str());
+        let ok = match (parent, name) {
+            (None, "busconfig") => {
+                *seen_root = true;
+                true
+            }
+            (Some("busconfig"), "policy") => {
+                let kind = self.policy_kind(attrs, pos)?;
+                self.config.policies.push(PolicyContext { kind, rules: Vec::new() });
+                true
+            }
+            (Some("busconfig"), n) => matches!(
+                n,
+                "type" | "user" | "fork" | "keep_umask" | "syslog" | "listen" | "pidfile"
+                    | "includedir" | "standard_session_servicedirs"
+                    | "standard_system_servicedirs" | "servicedir" | "servicehelper" | "auth"
+                    | "include" | "limit" | "selinux" | "apparmor" | "allow_anonymous"
+            ),
+            (Some("policy"), "allow" | "deny") => true,
+            (Some("selinux"), "associate") => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(match parent {
+                None => self.err(pos, format!("Root element must be <busconfig>, not <{name}>")),
+                Some(p) => self.err(pos, format!("Element <{name}> not allowed inside <{p}> in configuration file")),
+            });
+        }
+        Ok(())
+    }
+
+    fn policy_kind(&self, attrs: &[(String, String)], pos: usize) -> Result<PolicyKind, Error> {
+        if attrs.len() != 1 {
+            return Err(self.err(pos, "<policy> element must have exactly one of (context|user|group|at_console) attributes"));
+        }
+        let (k, v) = &attrs[0];
+        Ok(match (k.as_str(), v.as_str()) {
+            ("context", "default") => PolicyKind::Default,
+            ("context", "mandatory") => PolicyKind::Mandatory,
+            ("context", other) => {
+                return Err(self.err(pos, format!("context attribute on <policy> must have the value \"default\" or \"mandatory\", not \"{other}\"")))
+            }
+            ("user", u) => PolicyKind::User(u.to_string()),
+            ("group", g) => PolicyKind::Group(g.to_string()),
+            ("at_console", "true") => PolicyKind::AtConsole(true),
+            ("at_console", "false") => PolicyKind::AtConsole(false),
+            ("at_console", other) => {
+                return Err(self.err(pos, format!("Unknown value \"{other}\" for at_console in message bus configuration file")))
+            }
+            (other, _) => {
+                return Err(self.err(pos, format!("Attribute \"{other}\" is invalid on <policy> element in this context")))
+            }
+        })
+    }
+
+    fn close(
+        &mut self,
+        stack: &[(String, Vec<(String, String)>, usize)],
+        name: &str,
+        attrs: &[(String, String)],
+        content: &str,
+        pos: usize,
+    ) -> Result<(), Error> {
+        let attr = |k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        let yes = |k: &str| attr(k) == Some("yes");
+        if content.is_empty() && NEEDS_CONTENT.contains(&name) {
+            return Err(self.err(pos, format!("<{name}> element has no content")));
+        }
+        let c = &mut *self.config;
+        match name {
+            "busconfig" | "policy" | "selinux" => {}
+            "type" => {
+                c.bus_type = Some(content.to_string());
+            }
+            "user" => {
+                c.user = Some(content.to_string());
+            }
+            "fork" => c.fork = true,
+            "keep_umask" => c.keep_umask = true,
+            "syslog" => c.syslog = true,
+            "allow_anonymous" => c.allow_anonymous = true,
+            "listen" => {
+                c.listen.push(content.to_string());
+            }
+            "pidfile" => {
+                let p = self.resolve(content);
+                self.config.pidfile = Some(p);
+            }
+            "servicehelper" => {
+                let p = self.resolve(content);
+                self.config.servicehelper = Some(p);
+            }
+            "auth" => {
+                c.auth.push(content.to_string());
+            }
+            "servicedir" => {
+                let p = self.resolve(content);
+                self.config.servicedirs.push(ServiceDir::Path(p));
+            }
+            "standard_session_servicedirs" => c.servicedirs.push(ServiceDir::StandardSession),
+            "standard_system_servicedirs" => c.servicedirs.push(ServiceDir::StandardSystem),
+            "apparmor" => c.apparmor_mode = attr("mode").map(str::to_string),
+            "associate" => {
+                if let (Some(own), Some(ctx)) = (attr("own"), attr("context")) {
+                    c.selinux_associations.push((own.to_string(), ctx.to_string()));
+                }
+            }
+            "limit" => {
+                let lname = attr("name").ok_or_else(|| self.err(pos, "<limit> element must have a \"name\" attribute"))?;
+                let value: i64 = content.parse().map_err(|_| {
+                    self.err(pos, format!("<limit name=\"{lname}\"> element has invalid value (could not parse as integer)"))
+                })?;
+                if !self.config.limits.set(lname, value) {
+                    return Err(self.err(pos, format!("There is no limit called \"{lname}\"")));
+                }
+            }
+            "allow" | "deny" => {
+                for (k, _) in attrs {
+                    let known = SEND_ATTRS.contains(&k.as_str())
+                        || RECEIVE_ATTRS.contains(&k.as_str())
+                        || OTHER_RULE_ATTRS.contains(&k.as_str());
+                    if !known {
+                        return Err(self.err(pos, format!("Attribute \"{k}\" is invalid on <{name}> element in this context")));
+                    }
+                }
+                if attrs.is_empty() {
+                    return Err(self.err(pos, format!("<{name}> must have an attribute")));
+                }
+                let rule = PolicyRule {
+                    allow: name == "allow",
+                    attributes: attrs.to_vec(),
+                    file: self.file.clone(),
+                    line: line_of(&self.text, pos),
+                };
+                debug_assert_eq!(stack.last().map(|s| s.0.as_str()), Some("policy"));
+                if let Some(ctx) = self.config.policies.last_mut() {
+                    ctx.rules.push(rule);
+                }
+            }
+            "include" => {
+                if attr("if_selinux_enabled") == Some("yes") {
+                    // busd has no SELinux support: dbus-daemon skips these includes when
+                    // SELinux is disabled, which is what busd reports.
+                    return Ok(());
+                }
+                let path = self.resolve(content);
+                if !path.exists() && yes("ignore_missing") {
+                    return Ok(());
+                }
+                self.include(&path, pos)?;
+            }
+            "includedir" => {
+                let dir = self.resolve(content);
+                let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
+                    Ok(rd) => rd
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                files.sort();
+                for f in files {
+                    self.include(&f, pos)?;
+                }
+            }
+            other => return Err(self.err(pos, format!("Unknown element <{other}>"))),
+        }
+        Ok(())
+    }
+
+    fn include(&mut self, path: &Path, pos: usize) -> Result<(), Error> {
+        if self.depth >= MAX_INCLUDE_DEPTH {
+            return Err(self.err(pos, format!("includes nested too deeply at {}", path.display())));
+        }
+        self.config.load_file(path, self.depth + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn stock_session_conf_loads() {
+        let p = Path::new("/usr/share/dbus-1/session.conf");
+        if !p.exists() {
+            return;
+        }
+        let c = Config::load(p).unwrap();
+        assert_eq!(c.bus_type.as_deref(), Some("session"));
+        assert_eq!(c.listen, vec!["unix:tmpdir=/tmp"]);
+        assert_eq!(c.auth, vec!["EXTERNAL"]);
+        assert_eq!(c.limits.max_match_rules_per_connection, 50000);
+        assert!(c.servicedirs.contains(&ServiceDir::StandardSession));
+        c.check_policy_supported().unwrap();
+    }
+
+    #[test]
+    fn stock_system_conf_loads_but_its_policy_is_refused_for_now() {
+        let p = Path::new("/usr/share/dbus-1/system.conf");
+        if !p.exists() {
+            return;
+        }
+        let c = Config::load(p).unwrap();
+        assert_eq!(c.bus_type.as_deref(), Some("system"));
+        let err = c.check_policy_supported().unwrap_err().to_string();
+        assert!(err.contains("system.conf:"), "{err}");
+    }
+
+    #[test]
+    fn includes_merge_in_place_and_resolve_relative_paths() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("conf.d")).unwrap();
+        write(&d.path().join("conf.d"), "b.conf", "<busconfig><listen>unix:path=/b</listen></busconfig>");
+        write(&d.path().join("conf.d"), "a.conf", "<busconfig><listen>unix:path=/a</listen><type>system</type></busconfig>");
+        write(&d.path().join("conf.d"), "ignored.txt", "not xml");
+        let main = write(
+            d.path(),
+            "main.conf",
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=/first</listen>
+  <includedir>conf.d</includedir>
+  <includedir>missing.d</includedir>
+  <include ignore_missing="yes">nothere.conf</include>
+  <include if_selinux_enabled="yes" selinux_root_relative="yes">contexts/dbus_contexts</include>
+  <servicedir>services</servicedir>
+  <limit name="reply_timeout">-1</limit>
+  <limit name="max_names_per_connection">3</limit>
+</busconfig>"#,
+        );
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.listen, vec!["unix:path=/first", "unix:path=/a", "unix:path=/b"]);
+        assert_eq!(c.bus_type.as_deref(), Some("system"), "a later include overrides <type>");
+        assert_eq!(c.servicedirs, vec![ServiceDir::Path(d.path().join("services"))]);
+        assert_eq!(c.limits.reply_timeout, None);
+        assert_eq!(c.limits.max_names_per_connection, 3);
+        assert_eq!(c.files.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            ("<busconfig>\n<bogus/>\n</busconfig>", 2, "Element <bogus> not allowed"),
+            ("<busconfig>\n\n<limit name=\"nope\">1</limit></busconfig>", 3, "no limit called \"nope\""),
+            ("<busconfig>\n<limit name=\"auth_timeout\">soon</limit></busconfig>", 2, "could not parse"),
+            ("<busconfig>\n<include>missing.conf</include></busconfig>", 0, "missing.conf"),
+            ("<notbus/>", 1, "Root element must be <busconfig>"),
+            ("<busconfig>\n<policy context=\"sometimes\"/></busconfig>", 2, "\"default\" or \"mandatory\""),
+            ("<busconfig><policy context=\"default\">\n<allow bogus=\"x\"/></policy></busconfig>", 2, "Attribute \"bogus\""),
+            ("<busconfig>\n<listen></listen></busconfig>", 2, "has no content"),
+        ];
+        for (text, line, what) in cases {
+            let p = write(d.path(), "bad.conf", text);
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains(what), "{text}: {e}");
+            assert!(e.contains("bad.conf") || e.contains("missing.conf"), "{e}");
+            if line > 0 {
+                assert!(e.contains(&format!("bad.conf:{line}:")), "{text}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn deny_rules_are_refused_with_their_location() {
+        let c = Config::from_str_at(
+            "<busconfig><policy context=\"default\">\n<allow send_destination=\"*\"/><allow eavesdrop=\"true\"/><allow own=\"*\"/>\n<deny own=\"org.x\"/></policy></busconfig>",
+            Path::new("/etc/t.conf"),
+        )
+        .unwrap();
+        let e = c.check_policy_supported().unwrap_err().to_string();
+        assert!(e.starts_with("/etc/t.conf:3:"), "{e}");
+    }
+
+    #[test]
+    fn include_loops_are_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "loop.conf", "<busconfig><include>loop.conf</include></busconfig>");
+        assert!(Config::load(&p).unwrap_err().to_string().contains("nested too deeply"));
+    }
+}
