@@ -1,1 +1,227 @@
-fn main() {}
+//! busd's entry point: command line, configuration, listeners, then the event loop.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use busd::bus::{Bus, BusSettings};
+use busd::cli::{self, Options, Syslog};
+use busd::server::{self, Server, ServerConfig};
+use busd::wire::address::ListenAddress;
+use busd::wire::sasl::Mechanism;
+use busd_policy::Config;
+
+fn main() -> ExitCode {
+    ensure_standard_fds();
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}\n{}", cli::USAGE);
+            return ExitCode::from(1);
+        }
+    };
+    match run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("busd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Makes sure fds 0-2 are open, so sockets never land on them (the caller may have closed
+/// them, as dbus-daemon's fork test does).
+fn ensure_standard_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a plain open of a constant, nul-terminated path; the lowest free fd is
+            // the one being filled.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+fn init_logging(options: &Options) {
+    // Like dbus-daemon, quiet unless something is wrong; RUST_LOG=busd=debug for more.
+    let default = if options.syslog == Syslog::Only { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+}
+
+fn load(path: &Path) -> Result<(Config, ServerConfig)> {
+    let config = Config::load(path)?;
+    config.check_policy_supported()?;
+    let server = ServerConfig { mechanisms: mechanisms(&config)?, limits: config.limits.clone() };
+    Ok((config, server))
+}
+
+fn mechanisms(config: &Config) -> Result<Vec<Mechanism>> {
+    let mut out = Vec::new();
+    if config.auth.is_empty() {
+        out.push(Mechanism::External);
+        if config.allow_anonymous {
+            out.push(Mechanism::Anonymous);
+        }
+    }
+    for name in &config.auth {
+        match Mechanism::from_name(name) {
+            Some(Mechanism::Anonymous) if !config.allow_anonymous => {}
+            Some(m) if !out.contains(&m) => out.push(m),
+            Some(_) => {}
+            None => tracing::warn!("authentication mechanism {name} is not supported by busd; not offered"),
+        }
+    }
+    if out.is_empty() {
+        bail!("none of the configured authentication mechanisms ({}) is supported", config.auth.join(", "));
+    }
+    Ok(out)
+}
+
+fn machine_id() -> String {
+    for p in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            if s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return s.to_string();
+            }
+        }
+    }
+    cli::new_guid()
+}
+
+fn write_fd(fd: RawFd, text: &str) -> Result<()> {
+    // SAFETY: the caller named this descriptor on the command line for us to write to; it is
+    // only borrowed for the write.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut data = text.as_bytes();
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("cannot print to the given file descriptor"),
+        }
+    }
+    Ok(())
+}
+
+fn run(options: Options) -> Result<()> {
+    if options.version {
+        println!(
+            "busd {} (a D-Bus message bus daemon, compatible with dbus-daemon 1.14)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return Ok(());
+    }
+    if options.introspect {
+        print!("{}", busd::bus::introspection_xml("/org/freedesktop/DBus"));
+        return Ok(());
+    }
+    init_logging(&options);
+    let path = options.config_path().context("No configuration file specified.")?;
+    let (config, server_config) = load(&path)?;
+    let addresses = match &options.address {
+        Some(a) => ListenAddress::parse_list(a)?,
+        None => {
+            let mut all = Vec::new();
+            for l in &config.listen {
+                all.extend(ListenAddress::parse_list(l)?);
+            }
+            all
+        }
+    };
+    if addresses.is_empty() {
+        bail!("{}: no <listen> address and no --address given", path.display());
+    }
+    let mut listeners = Vec::new();
+    for a in &addresses {
+        listeners.push(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);
+    }
+    let guid = cli::new_guid();
+    let printed: Vec<String> = listeners.iter().map(|l| format!("{},guid={guid}", l.address)).collect();
+    let address_line = format!("{}\n", printed.join(";"));
+
+    let fork = options.fork.unwrap_or(config.fork);
+    let ready_pipe = if fork { Some(daemonize()?) } else { None };
+    let pid = std::process::id();
+    if let Some(to) = options.print_address {
+        write_fd(to.0, &address_line)?;
+    }
+    if let Some(to) = options.print_pid {
+        write_fd(to.0, &format!("{pid}\n"))?;
+    }
+    for fd in [options.print_address, options.print_pid].into_iter().flatten().map(|p| p.0) {
+        if fd > 2 {
+            // SAFETY: closing a descriptor the caller handed us only for printing.
+            unsafe { libc::close(fd) };
+        }
+    }
+    if !options.nopidfile {
+        if let Some(p) = &config.pidfile {
+            std::fs::write(p, format!("{pid}\n")).with_context(|| format!("cannot write pid file {}", p.display()))?;
+        }
+    }
+    if let Some(fd) = ready_pipe {
+        detach_stdio();
+        let _ = write_fd(fd, "1");
+        // SAFETY: our end of the readiness pipe, not used again.
+        unsafe { libc::close(fd) };
+    }
+
+    let settings = BusSettings {
+        guid,
+        machine_id: machine_id(),
+        uid: nix::unistd::getuid().as_raw(),
+        pid,
+        limits: config.limits.clone(),
+    };
+    tracing::info!("busd ready on {}", printed.join(";"));
+    let reload_path = path.clone();
+    let reloader = Box::new(move || load(&reload_path).map(|(_, s)| s).map_err(|e| format!("{e:#}")));
+    Server::new(listeners, Bus::new(settings), server_config, reloader)?.run()?;
+    Ok(())
+}
+
+/// Forks: the parent waits until the child says it is ready, then exits. Returns, in the
+/// child, the write end of the readiness pipe.
+fn daemonize() -> Result<RawFd> {
+    let (r, w) = nix::unistd::pipe()?;
+    // SAFETY: busd is single-threaded at this point (no runtime, no logging threads), so the
+    // child may run arbitrary code after fork.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut b = [0u8; 1];
+            let ok = matches!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut b), Ok(1));
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            nix::unistd::setsid()?;
+            Ok(std::os::fd::IntoRawFd::into_raw_fd(w))
+        }
+    }
+}
+
+/// The forked daemon must not keep the caller's terminal or pipes open.
+fn detach_stdio() {
+    // SAFETY: plain descriptor-table operations on fds 0-2, which ensure_standard_fds opened.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}

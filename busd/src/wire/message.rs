@@ -80,7 +80,7 @@ type Span = Option<(u32, u32)>;
 /// A complete, validated message: its bytes, its unix fds, and where each header field is.
 #[derive(Debug)]
 pub struct Message {
-    bytes: Vec<u8>,
+    bytes: Rc<Vec<u8>>,
     pub fds: Vec<OwnedFd>,
     endian: Endian,
     msg_type: u8,
@@ -123,6 +123,25 @@ pub fn total_length(fixed: &[u8]) -> Result<usize, Error> {
     Ok(total)
 }
 
+/// The UNIX_FDS header field of a complete message, read before full validation so the right
+/// number of received fds can be attached; 0 if absent or unreadable (validation then decides).
+pub fn declared_unix_fds(bytes: &[u8]) -> u32 {
+    let endian = if bytes[0] == b'l' { Endian::Little } else { Endian::Big };
+    let fields_end = FIXED_HEADER_SIZE + endian.u32(&bytes[12..16]) as usize;
+    let mut r = Reader::new(&bytes[..fields_end.min(bytes.len())], endian, FIXED_HEADER_SIZE);
+    while r.pos() < fields_end {
+        let Ok(()) = r.align(8) else { return 0 };
+        let (Ok(code), Ok(sig)) = (r.u8(), r.signature()) else { return 0 };
+        if code == FIELD_UNIX_FDS && sig == b"u" {
+            return r.u32().unwrap_or(0);
+        }
+        if r.skip_value(sig, 0).is_err() {
+            return 0;
+        }
+    }
+    0
+}
+
 impl Message {
     /// Parses and validates one complete message (exactly `total_length` bytes).
     pub fn parse(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<Message, Error> {
@@ -159,7 +178,7 @@ impl Message {
             reply_serial: None,
             unix_fds: 0,
             has_unknown_fields: false,
-            bytes: Vec::new(),
+            bytes: Rc::new(Vec::new()),
             fds,
         };
         let mut seen = 0u32;
@@ -309,7 +328,7 @@ impl Message {
         if m.signature.is_none() && bytes.len() > body_offset {
             return Err(Error::Malformed("body without signature"));
         }
-        m.bytes = bytes;
+        m.bytes = Rc::new(bytes);
         Ok(m)
     }
 
@@ -379,9 +398,9 @@ impl Message {
     /// field the bus does not know removed. The body is copied unchanged.
     pub fn forwarded(&self, sender: &str) -> Vec<u8> {
         if !self.has_unknown_fields && self.sender() == Some(sender) {
-            return self.bytes.clone();
+            return self.bytes.to_vec();
         }
-        let mut fields = HeaderFields {
+        let fields = HeaderFields {
             path: self.path(),
             interface: self.interface(),
             member: self.member(),
@@ -392,9 +411,6 @@ impl Message {
             signature: self.str_at(self.signature),
             unix_fds: self.unix_fds,
         };
-        if fields.unix_fds == 0 {
-            fields.unix_fds = 0;
-        }
         encode(
             self.endian,
             self.msg_type,
@@ -403,6 +419,23 @@ impl Message {
             &fields,
             self.body(),
         )
+    }
+}
+
+impl Message {
+    /// The message as it is delivered (see [`Message::forwarded`]), keeping its fds. Returns
+    /// None only if re-encoding produced an invalid message, which would be a bug in busd.
+    pub fn forward(self, sender: &str) -> Option<Message> {
+        if !self.has_unknown_fields && self.sender() == Some(sender) {
+            return Some(self);
+        }
+        let bytes = self.forwarded(sender);
+        Message::parse(bytes, self.fds).ok()
+    }
+
+    /// Shares the bytes and moves the fds into a value that can be queued on many connections.
+    pub fn take_outgoing(&mut self) -> Outgoing {
+        Outgoing { bytes: Rc::clone(&self.bytes), fds: Rc::new(std::mem::take(&mut self.fds)) }
     }
 }
 
@@ -439,7 +472,7 @@ pub fn encode(
     let len_at = w.len();
     w.u32(0);
     let start = w.len();
-    let mut str_field = |w: &mut Writer, code: u8, sig: u8, v: Option<&str>| {
+    let str_field = |w: &mut Writer, code: u8, sig: u8, v: Option<&str>| {
         if let Some(v) = v {
             w.align(8);
             w.u8(code);
@@ -480,13 +513,13 @@ pub fn encode(
 /// A message ready to be written to one or more connections: shared bytes and fds.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    pub bytes: Rc<[u8]>,
-    pub fds: Rc<[OwnedFd]>,
+    pub bytes: Rc<Vec<u8>>,
+    pub fds: Rc<Vec<OwnedFd>>,
 }
 
 impl Outgoing {
     pub fn new(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
-        Outgoing { bytes: bytes.into(), fds: fds.into() }
+        Outgoing { bytes: Rc::new(bytes), fds: Rc::new(fds) }
     }
 }
 

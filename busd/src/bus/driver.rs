@@ -1,0 +1,645 @@
+//! The bus driver, `org.freedesktop.DBus`: a table of (interface, member, signature, handler),
+//! with dbus-daemon's path rules, privilege checks and error messages (bus/driver.c).
+
+use busd_match::{names as valid, MatchRule};
+use tracing::{info, warn};
+
+use crate::wire::marshal::Reader;
+use crate::wire::message::{self, Message};
+
+use super::compose::{self, DriverMessage};
+use super::names::{self as reg, NameEvent};
+use super::{Bus, Effect, PeerId, DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
+
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
+const PEER: &str = "org.freedesktop.DBus.Peer";
+const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
+
+const E_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+const E_ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+const E_NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
+const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+
+/// An error reply: (D-Bus error name, message).
+type Failure = (&'static str, String);
+/// A successful reply: (body, signature), or None when the handler already replied.
+type Reply = Option<(Vec<u8>, &'static str)>;
+type Handler = fn(&mut Bus, PeerId, &Message, &mut Reader<'_>) -> Result<Reply, Failure>;
+
+struct Method {
+    name: &'static str,
+    args: &'static str,
+    out: &'static str,
+    handler: Handler,
+    any_path: bool,
+    privileged: bool,
+}
+
+struct Interface {
+    name: &'static str,
+    methods: &'static [Method],
+    any_path: bool,
+    /// Listed in the `Interfaces` property (dbus-daemon omits the "uninteresting" ones).
+    interesting: bool,
+    signals_xml: &'static str,
+}
+
+const fn m(name: &'static str, args: &'static str, out: &'static str, handler: Handler) -> Method {
+    Method { name, args, out, handler, any_path: true, privileged: false }
+}
+
+static DBUS_METHODS: &[Method] = &[
+    m("Hello", "", "s", hello),
+    m("RequestName", "su", "u", request_name),
+    m("ReleaseName", "s", "u", release_name),
+    m("StartServiceByName", "su", "u", start_service_by_name),
+    Method { privileged: true, any_path: false, ..m("UpdateActivationEnvironment", "a{ss}", "", update_activation_environment) },
+    m("NameHasOwner", "s", "b", name_has_owner),
+    m("ListNames", "", "as", list_names),
+    m("ListActivatableNames", "", "as", list_activatable_names),
+    m("AddMatch", "s", "", add_match),
+    m("RemoveMatch", "s", "", remove_match),
+    m("GetNameOwner", "s", "s", get_name_owner),
+    m("ListQueuedOwners", "s", "as", list_queued_owners),
+    m("GetConnectionUnixUser", "s", "u", get_unix_user),
+    m("GetConnectionUnixProcessID", "s", "u", get_unix_process_id),
+    m("GetAdtAuditSessionData", "s", "ay", get_adt_audit_session_data),
+    m("GetConnectionSELinuxSecurityContext", "s", "ay", get_selinux_context),
+    m("ReloadConfig", "", "", reload_config),
+    m("GetId", "", "s", get_id),
+    m("GetConnectionCredentials", "s", "a{sv}", get_connection_credentials),
+];
+
+static PROPERTIES_METHODS: &[Method] = &[
+    Method { any_path: false, ..m("Get", "ss", "v", properties_get) },
+    Method { any_path: false, ..m("GetAll", "s", "a{sv}", properties_get_all) },
+    Method { any_path: false, ..m("Set", "ssv", "", properties_set) },
+];
+
+static INTROSPECTABLE_METHODS: &[Method] = &[m("Introspect", "", "s", introspect)];
+
+static MONITORING_METHODS: &[Method] =
+    &[Method { privileged: true, any_path: false, ..m("BecomeMonitor", "asu", "", become_monitor) }];
+
+static PEER_METHODS: &[Method] = &[m("GetMachineId", "", "s", get_machine_id), m("Ping", "", "", ping)];
+
+static INTERFACES: &[Interface] = &[
+    Interface {
+        name: DBUS_INTERFACE,
+        methods: DBUS_METHODS,
+        any_path: true,
+        interesting: false,
+        signals_xml: "    <signal name=\"NameOwnerChanged\">\n      <arg type=\"s\"/>\n      <arg type=\"s\"/>\n      <arg type=\"s\"/>\n    </signal>\n    <signal name=\"NameLost\">\n      <arg type=\"s\"/>\n    </signal>\n    <signal name=\"NameAcquired\">\n      <arg type=\"s\"/>\n    </signal>\n    <property name=\"Features\" type=\"as\" access=\"read\">\n      <annotation name=\"org.freedesktop.DBus.Property.EmitsChangedSignal\" value=\"const\"/>\n    </property>\n    <property name=\"Interfaces\" type=\"as\" access=\"read\">\n      <annotation name=\"org.freedesktop.DBus.Property.EmitsChangedSignal\" value=\"const\"/>\n    </property>\n",
+    },
+    Interface {
+        name: PROPERTIES,
+        methods: PROPERTIES_METHODS,
+        any_path: false,
+        interesting: false,
+        signals_xml: "    <signal name=\"PropertiesChanged\">\n      <arg type=\"s\" name=\"interface_name\"/>\n      <arg type=\"a{sv}\" name=\"changed_properties\"/>\n      <arg type=\"as\" name=\"invalidated_properties\"/>\n    </signal>\n",
+    },
+    Interface { name: INTROSPECTABLE, methods: INTROSPECTABLE_METHODS, any_path: true, interesting: false, signals_xml: "" },
+    Interface { name: MONITORING, methods: MONITORING_METHODS, any_path: false, interesting: true, signals_xml: "" },
+    Interface { name: PEER, methods: PEER_METHODS, any_path: true, interesting: false, signals_xml: "" },
+];
+
+/// A method call (or other message) addressed to `org.freedesktop.DBus`.
+pub(super) fn handle(bus: &mut Bus, from: PeerId, msg: &Message) {
+    if msg.msg_type() != message::METHOD_CALL {
+        return;
+    }
+    let active = bus.peers.get(&from).is_some_and(|p| p.unique.is_some());
+    let member = msg.member().unwrap_or("");
+    if !active && !(member == "Hello" && matches!(msg.interface(), None | Some(DBUS_INTERFACE))) {
+        bus.error_reply(
+            from,
+            msg,
+            E_ACCESS_DENIED,
+            "Client tried to send a message other than Hello without being registered",
+        );
+        return;
+    }
+    let canonical = msg.path() == Some(DBUS_PATH);
+    let mut found_interface = false;
+    for iface in INTERFACES {
+        if !(canonical || iface.any_path) {
+            continue;
+        }
+        if msg.interface().is_some_and(|i| i != iface.name) {
+            continue;
+        }
+        found_interface = true;
+        let Some(method) = iface.methods.iter().find(|m| m.name == member) else {
+            continue;
+        };
+        let result = call(bus, from, msg, method, canonical);
+        match result {
+            Ok(Some((body, sig))) => {
+                if !(sig.is_empty() && msg.no_reply_expected()) {
+                    bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), body, sig));
+                }
+            }
+            Ok(None) => {}
+            Err((name, text)) => bus.error_reply(from, msg, name, &text),
+        }
+        return;
+    }
+    let name = if found_interface {
+        "org.freedesktop.DBus.Error.UnknownMethod"
+    } else {
+        "org.freedesktop.DBus.Error.UnknownInterface"
+    };
+    bus.error_reply(from, msg, name, &format!("{DBUS_NAME} does not understand message {member}"));
+}
+
+fn call(bus: &mut Bus, from: PeerId, msg: &Message, method: &Method, canonical: bool) -> Result<Reply, Failure> {
+    if method.privileged {
+        check_privileged(bus, from, msg)?;
+    }
+    if !(canonical || method.any_path) {
+        return Err((
+            E_ACCESS_DENIED,
+            format!("Method '{}' is only available at the canonical object path '{DBUS_PATH}'", method.name),
+        ));
+    }
+    if msg.signature() != method.args {
+        return Err((
+            E_INVALID_ARGS,
+            format!("Call to {} has wrong args ({}, expected {})\n", method.name, msg.signature(), method.args),
+        ));
+    }
+    let mut r = msg.body_reader();
+    let reply = (method.handler)(bus, from, msg, &mut r)?;
+    debug_assert!(reply.as_ref().is_none_or(|(_, sig)| *sig == method.out));
+    Ok(reply)
+}
+
+fn malformed() -> Failure {
+    (E_INVALID_ARGS, "Message has invalid arguments".to_string())
+}
+
+fn read_s<'a>(r: &mut Reader<'a>) -> Result<&'a str, Failure> {
+    r.string().map_err(|_| malformed())
+}
+
+fn check_privileged(bus: &Bus, from: PeerId, msg: &Message) -> Result<(), Failure> {
+    let peer = bus.peers.get(&from);
+    let name = peer.and_then(|p| p.unique.as_deref()).unwrap_or("(inactive)");
+    let method = msg.member().unwrap_or("");
+    match peer.and_then(|p| p.creds.uid) {
+        None => Err((E_ACCESS_DENIED, format!("rejected attempt to call {method} by connection {name} with unknown uid"))),
+        Some(uid) if uid == 0 || uid == bus.settings.uid => Ok(()),
+        Some(uid) => {
+            warn!(method, peer = name, uid, "rejected attempt to call a privileged method");
+            Err((E_ACCESS_DENIED, format!("rejected attempt to call {method} by connection {name} with uid {uid}")))
+        }
+    }
+}
+
+fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    if bus.peers.get(&from).is_some_and(|p| p.unique.is_some()) {
+        return Err(("org.freedesktop.DBus.Error.Failed", "Already handled an Hello message".into()));
+    }
+    // dbus-daemon numbers connections :1.0, :1.1, ...
+    let unique = loop {
+        let candidate = format!(":1.{}", bus.next_unique);
+        bus.next_unique += 1;
+        if !bus.unique_names.contains_key(&candidate) {
+            break candidate;
+        }
+    };
+    if let Some(p) = bus.peers.get_mut(&from) {
+        p.unique = Some(unique.clone());
+    }
+    bus.unique_names.insert(unique.clone(), from);
+    // The reply comes first, then the announcements (bus/driver.c, Hello).
+    bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), compose::body_s(&unique), "s"));
+    bus.emit_name_events(vec![
+        NameEvent::OwnerChanged { name: unique.clone(), old: None, new: Some(from) },
+        NameEvent::Acquired { peer: from, name: unique },
+    ]);
+    Ok(None)
+}
+
+fn peer_name(bus: &Bus, peer: PeerId) -> String {
+    bus.unique_of(peer).to_string()
+}
+
+fn request_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    let flags = r.u32().map_err(|_| malformed())?;
+    if !valid::is_valid_bus_name(name) {
+        return Err((E_INVALID_ARGS, format!("Requested bus name \"{name}\" is not valid")));
+    }
+    if valid::is_unique_name(name) {
+        return Err((E_INVALID_ARGS, format!("Cannot acquire a service starting with ':' such as \"{name}\"")));
+    }
+    if name == DBUS_NAME {
+        return Err((
+            E_INVALID_ARGS,
+            format!(
+                "Connection \"{}\" is not allowed to own the service \"{DBUS_NAME}\"because it is reserved for D-Bus' use only",
+                peer_name(bus, from)
+            ),
+        ));
+    }
+    let limit = bus.settings.limits.max_names_per_connection;
+    let held = bus.peers.get(&from).map_or(0, |p| p.names.len()) as u64 + 1;
+    if held >= limit && !bus.names.is_in_queue(name, from) {
+        let text = format!(
+            "Connection \"{}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection={limit})",
+            peer_name(bus, from)
+        );
+        warn!("{text}");
+        return Err((E_LIMITS_EXCEEDED, text));
+    }
+    let mut events = Vec::new();
+    let code = bus.names.request(name, from, flags, &mut events);
+    if let Some(p) = bus.peers.get_mut(&from) {
+        let queued = bus.names.is_in_queue(name, from);
+        let listed = p.names.iter().any(|n| n == name);
+        if queued && !listed {
+            p.names.push(name.to_string());
+        } else if !queued && listed {
+            p.names.retain(|n| n != name);
+        }
+    }
+    bus.emit_name_events(events);
+    Ok(Some((compose::body_u(code), "u")))
+}
+
+fn release_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    if !valid::is_valid_bus_name(name) {
+        return Err((E_INVALID_ARGS, format!("Given bus name \"{name}\" is not valid")));
+    }
+    if valid::is_unique_name(name) {
+        return Err((E_INVALID_ARGS, format!("Cannot release a service starting with ':' such as \"{name}\"")));
+    }
+    if name == DBUS_NAME {
+        return Err((E_INVALID_ARGS, format!("Cannot release the {DBUS_NAME} service because it is owned by the bus")));
+    }
+    let mut events = Vec::new();
+    let code = bus.names.release(name, from, &mut events);
+    if code == reg::RELEASE_RELEASED {
+        if let Some(p) = bus.peers.get_mut(&from) {
+            p.names.retain(|n| n != name);
+        }
+    }
+    bus.emit_name_events(events);
+    Ok(Some((compose::body_u(code), "u")))
+}
+
+fn start_service_by_name(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    if name == DBUS_NAME || bus.owner_of(name).is_some() {
+        // DBUS_START_REPLY_ALREADY_RUNNING
+        return Ok(Some((compose::body_u(2), "u")));
+    }
+    // Activation is not implemented yet: no name is activatable.
+    Err(("org.freedesktop.DBus.Error.ServiceUnknown", format!("The name {name} was not provided by any .service files")))
+}
+
+fn update_activation_environment(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let vars = r.string_dict().map_err(|_| malformed())?;
+    for (k, v) in vars {
+        bus.activation_env.insert(k.to_string(), v.to_string());
+    }
+    Ok(Some((Vec::new(), "")))
+}
+
+fn name_has_owner(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    let owned = name == DBUS_NAME || bus.owner_of(name).is_some();
+    Ok(Some((compose::body_b(owned), "b")))
+}
+
+fn list_names(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let mut all: Vec<&str> = vec![DBUS_NAME];
+    all.extend(bus.names.names());
+    all.extend(bus.unique_names.keys().map(String::as_str));
+    Ok(Some((compose::body_as(all), "as")))
+}
+
+fn list_activatable_names(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    Ok(Some((compose::body_as([DBUS_NAME]), "as")))
+}
+
+fn add_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let text = read_s(r)?;
+    let rule = MatchRule::parse(text).map_err(|e| match e {
+        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
+        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
+    })?;
+    let limit = bus.settings.limits.max_match_rules_per_connection;
+    let count = bus.peers.get(&from).map_or(0, |p| p.rules.len()) as u64;
+    if count >= limit {
+        let text = format!(
+            "Connection \"{}\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection={limit})",
+            peer_name(bus, from)
+        );
+        warn!("{text}");
+        return Err((E_LIMITS_EXCEEDED, text));
+    }
+    if let Some(p) = bus.peers.get_mut(&from) {
+        p.rules.push(rule.clone());
+    }
+    bus.matches.add(from, rule);
+    Ok(Some((Vec::new(), "")))
+}
+
+fn remove_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let text = read_s(r)?;
+    let rule = MatchRule::parse(text).map_err(|e| match e {
+        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
+        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
+    })?;
+    if !bus.matches.remove(from, &rule) {
+        return Err((
+            "org.freedesktop.DBus.Error.MatchRuleNotFound",
+            "The given match rule wasn't found and can't be removed".into(),
+        ));
+    }
+    if let Some(p) = bus.peers.get_mut(&from) {
+        if let Some(i) = p.rules.iter().position(|x| x == &rule) {
+            p.rules.remove(i);
+        }
+    }
+    Ok(Some((Vec::new(), "")))
+}
+
+fn get_name_owner(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    if name == DBUS_NAME {
+        return Ok(Some((compose::body_s(DBUS_NAME), "s")));
+    }
+    match bus.owner_of(name) {
+        Some(p) => Ok(Some((compose::body_s(bus.unique_of(p)), "s"))),
+        None => Err((E_NAME_HAS_NO_OWNER, format!("Could not get owner of name '{name}': no such name"))),
+    }
+}
+
+fn list_queued_owners(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let name = read_s(r)?;
+    if name == DBUS_NAME {
+        return Ok(Some((compose::body_as([DBUS_NAME]), "as")));
+    }
+    let owners: Vec<String> = if valid::is_unique_name(name) {
+        bus.unique_names.contains_key(name).then(|| vec![name.to_string()]).unwrap_or_default()
+    } else {
+        bus.names.queue(name).map(|q| q.map(|p| bus.unique_of(p).to_string()).collect()).unwrap_or_default()
+    };
+    if owners.is_empty() {
+        return Err((E_NAME_HAS_NO_OWNER, format!("Could not get owners of name '{name}': no such name")));
+    }
+    Ok(Some((compose::body_as(owners.iter().map(String::as_str)), "as")))
+}
+
+/// Resolves the name argument of the GetConnection* methods: None means the bus itself.
+fn connection_arg(bus: &Bus, r: &mut Reader<'_>, what: &str) -> Result<Option<PeerId>, Failure> {
+    let name = read_s(r)?;
+    if name == DBUS_NAME {
+        return Ok(None);
+    }
+    bus.owner_of(name)
+        .map(Some)
+        .ok_or_else(|| (E_NAME_HAS_NO_OWNER, format!("Could not get {what} of name '{name}': no such name")))
+}
+
+fn get_unix_user(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let uid = match connection_arg(bus, &mut r.clone(), "UID")? {
+        None => Some(bus.settings.uid),
+        Some(p) => bus.peers.get(&p).and_then(|p| p.creds.uid),
+    };
+    let name = read_s(r)?;
+    match uid {
+        Some(uid) => Ok(Some((compose::body_u(uid), "u"))),
+        None => Err(("org.freedesktop.DBus.Error.Failed", format!("Could not determine UID for '{name}'"))),
+    }
+}
+
+fn get_unix_process_id(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let pid = match connection_arg(bus, &mut r.clone(), "PID")? {
+        None => Some(bus.settings.pid),
+        Some(p) => bus.peers.get(&p).and_then(|p| p.creds.pid),
+    };
+    let name = read_s(r)?;
+    match pid {
+        Some(pid) => Ok(Some((compose::body_u(pid), "u"))),
+        None => Err(("org.freedesktop.DBus.Error.UnixProcessIdUnknown", format!("Could not determine PID for '{name}'"))),
+    }
+}
+
+fn get_adt_audit_session_data(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    connection_arg(bus, &mut r.clone(), "audit session data")?;
+    let name = read_s(r)?;
+    Err((
+        "org.freedesktop.DBus.Error.AdtAuditDataUnknown",
+        format!("Could not determine audit session data for '{name}'"),
+    ))
+}
+
+fn get_selinux_context(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    connection_arg(bus, &mut r.clone(), "security context")?;
+    let name = read_s(r)?;
+    Err((
+        "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown",
+        format!("Could not determine security context for '{name}'"),
+    ))
+}
+
+fn get_connection_credentials(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let (uid, pid) = match connection_arg(bus, r, "credentials")? {
+        None => (Some(bus.settings.uid), Some(bus.settings.pid)),
+        Some(p) => bus.peers.get(&p).map_or((None, None), |p| (p.creds.uid, p.creds.pid)),
+    };
+    let mut w = compose::writer();
+    let a = w.begin_array(8);
+    for (key, value) in [("UnixUserID", uid), ("ProcessID", pid)] {
+        if let Some(v) = value {
+            w.align(8);
+            w.string(key);
+            w.signature(b"u");
+            w.u32(v);
+        }
+    }
+    w.end_array(a);
+    Ok(Some((w.into_vec(), "a{sv}")))
+}
+
+fn reload_config(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    bus.effects.push(Effect::ReloadConfig { peer: from, serial: msg.serial() });
+    Ok(None)
+}
+
+fn get_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    Ok(Some((compose::body_s(&bus.settings.guid), "s")))
+}
+
+fn get_machine_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    Ok(Some((compose::body_s(&bus.settings.machine_id), "s")))
+}
+
+fn ping(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    Ok(Some((Vec::new(), "")))
+}
+
+/// Properties of `org.freedesktop.DBus`: (name, value as `as`).
+fn property(name: &str) -> Option<Vec<&'static str>> {
+    match name {
+        "Features" => Some(vec!["HeaderFiltering"]),
+        "Interfaces" => Some(INTERFACES.iter().filter(|i| i.interesting).map(|i| i.name).collect()),
+        _ => None,
+    }
+}
+
+fn check_interface(iface: &str) -> Result<(), Failure> {
+    if iface == DBUS_INTERFACE {
+        Ok(())
+    } else {
+        Err(("org.freedesktop.DBus.Error.UnknownInterface", format!("Interface \"{iface}\" not found")))
+    }
+}
+
+fn properties_get(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let iface = read_s(r)?;
+    let name = read_s(r)?;
+    check_interface(iface)?;
+    let value = property(name).ok_or_else(|| {
+        ("org.freedesktop.DBus.Error.UnknownProperty", format!("Property \"{iface}.{name}\" not found"))
+    })?;
+    let mut w = compose::writer();
+    w.signature(b"as");
+    w.string_array(value);
+    Ok(Some((w.into_vec(), "v")))
+}
+
+fn properties_get_all(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let iface = read_s(r)?;
+    check_interface(iface)?;
+    let mut w = compose::writer();
+    let a = w.begin_array(8);
+    for name in ["Features", "Interfaces"] {
+        w.align(8);
+        w.string(name);
+        w.signature(b"as");
+        w.string_array(property(name).unwrap_or_default());
+    }
+    w.end_array(a);
+    Ok(Some((w.into_vec(), "a{sv}")))
+}
+
+fn properties_set(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let iface = read_s(r)?;
+    let name = read_s(r)?;
+    check_interface(iface)?;
+    if property(name).is_none() {
+        return Err(("org.freedesktop.DBus.Error.UnknownProperty", format!("Property \"{iface}.{name}\" not found")));
+    }
+    Err(("org.freedesktop.DBus.Error.PropertyReadOnly", format!("Property '{iface}.{name}' cannot be set")))
+}
+
+fn introspect(_: &mut Bus, _: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+    Ok(Some((compose::body_s(&introspection_xml(msg.path().unwrap_or("/"))), "s")))
+}
+
+/// The driver's introspection data at `path` (also what `busd --introspect` prints).
+pub fn introspection_xml(path: &str) -> String {
+    let canonical = path == DBUS_PATH;
+    let mut xml = String::from(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n\"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n",
+    );
+    for iface in INTERFACES {
+        if !(canonical || iface.any_path) {
+            continue;
+        }
+        xml.push_str(&format!("  <interface name=\"{}\">\n", iface.name));
+        for m in iface.methods {
+            if !(canonical || m.any_path) {
+                continue;
+            }
+            xml.push_str(&format!("    <method name=\"{}\">\n", m.name));
+            for (dir, sig) in [("in", m.args), ("out", m.out)] {
+                let mut p = 0;
+                while p < sig.len() {
+                    let end = valid::complete_type_end(sig.as_bytes(), p, 0, 0).unwrap_or(sig.len());
+                    xml.push_str(&format!("      <arg direction=\"{dir}\" type=\"{}\"/>\n", &sig[p..end]));
+                    p = end;
+                }
+            }
+            xml.push_str("    </method>\n");
+        }
+        xml.push_str(iface.signals_xml);
+        xml.push_str("  </interface>\n");
+    }
+    if path == "/" {
+        xml.push_str("  <node name=\"org/freedesktop/DBus\"/>\n");
+    }
+    xml.push_str("</node>\n");
+    xml
+}
+
+fn become_monitor(bus: &mut Bus, from: PeerId, msg: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+    let texts = r.string_array().map_err(|_| malformed())?;
+    let flags = r.u32().map_err(|_| malformed())?;
+    if flags != 0 {
+        return Err((E_INVALID_ARGS, "BecomeMonitor does not support any flags yet".into()));
+    }
+    let texts = if texts.is_empty() { vec![""] } else { texts };
+    let mut rules = Vec::with_capacity(texts.len());
+    for t in texts {
+        let mut rule = MatchRule::parse(t).map_err(|e| match e {
+            busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
+            _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
+        })?;
+        // Monitors always eavesdrop.
+        rule.eavesdrop = true;
+        rules.push(rule);
+    }
+    // The reply goes out before the connection becomes a monitor.
+    if !msg.no_reply_expected() {
+        bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), Vec::new(), ""));
+    }
+    let unique = peer_name(bus, from);
+    info!("Connection {unique} became a monitor.");
+    let own_rules = bus.peers.get(&from).map(|p| p.rules.clone()).unwrap_or_default();
+    bus.matches.remove_peer(from, own_rules.iter());
+    bus.release_all_names(from);
+    // Its unique name goes too, as if it had disconnected.
+    bus.unique_names.remove(&unique);
+    bus.emit_name_events(vec![
+        NameEvent::Lost { peer: from, name: unique.clone() },
+        NameEvent::OwnerChanged { name: unique.clone(), old: Some(from), new: None },
+    ]);
+    bus.pending_replies.retain(|&(caller, _), replier| caller != from && *replier != from);
+    if let Some(p) = bus.peers.get_mut(&from) {
+        p.rules.clear();
+        p.pending_replies = 0;
+        p.monitor = Some(rules);
+    }
+    bus.monitors.push(from);
+    Ok(None)
+}
+
+/// A method call without a destination: addressed to the bus connection itself, which answers
+/// `org.freedesktop.DBus.Peer` as any libdbus connection does, and nothing else.
+pub(super) fn handle_peer_to_peer(bus: &mut Bus, from: PeerId, msg: &Message) {
+    let member = msg.member().unwrap_or("");
+    match (msg.interface(), member, msg.signature()) {
+        (None | Some(PEER), "Ping", "") => {
+            bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), Vec::new(), ""));
+        }
+        (None | Some(PEER), "GetMachineId", "") => {
+            let id = bus.settings.machine_id.clone();
+            bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), compose::body_s(&id), "s"));
+        }
+        (iface, _, sig) => {
+            let text = format!(
+                "Method \"{member}\" with signature \"{sig}\" on interface \"{}\" doesn't exist\n",
+                iface.unwrap_or("(null)")
+            );
+            bus.error_reply(from, msg, "org.freedesktop.DBus.Error.UnknownMethod", &text);
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! The bus state machine: peers, names, match rules, routing and the driver. No I/O.
+//!
+//! The I/O shell feeds it events ([`Bus::connect`], [`Bus::handle_message`],
+//! [`Bus::disconnected`]) and then drains [`Bus::take_effects`]: bytes to write to a peer, a
+//! peer to close, a configuration reload to perform. One thread owns it.
+
+mod compose;
+pub mod driver;
+pub mod matches;
+pub mod names;
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+
+use busd_match::{Arg, MatchRule, MessageInfo};
+use tracing::{debug, warn};
+
+use crate::wire::marshal::Reader;
+use crate::wire::message::{self, Message, Outgoing};
+
+pub use compose::DriverMessage;
+pub use driver::introspection_xml;
+
+/// The server's handle on a connection.
+pub type PeerId = u64;
+
+pub const DBUS_NAME: &str = "org.freedesktop.DBus";
+pub const DBUS_PATH: &str = "/org/freedesktop/DBus";
+pub const DBUS_INTERFACE: &str = "org.freedesktop.DBus";
+
+/// What the bus knows about itself, fixed at start-up or replaced on reload.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// The bus's GUID, 32 hex digits.
+    pub guid: String,
+    pub machine_id: String,
+    /// The daemon's own uid and pid (privileged callers; credentials of org.freedesktop.DBus).
+    pub uid: u32,
+    pub pid: u32,
+    pub limits: busd_policy::Limits,
+}
+
+/// Credentials of a connection, from SO_PEERCRED and authentication.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    pub pid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// What the I/O shell must do.
+#[derive(Debug)]
+pub enum Effect {
+    Send(PeerId, Outgoing),
+    Disconnect(PeerId),
+    /// Re-read the configuration; then call [`Bus::reload_finished`] with these.
+    ReloadConfig { peer: PeerId, serial: u32 },
+}
+
+#[derive(Debug)]
+struct Peer {
+    unique: Option<String>,
+    creds: Credentials,
+    unix_fds: bool,
+    /// Well-known names owned or queued for, in the order they were requested.
+    names: Vec<String>,
+    rules: Vec<MatchRule>,
+    /// Monitor rules, once the peer became a monitor.
+    monitor: Option<Vec<MatchRule>>,
+    /// Replies this peer is waiting for.
+    pending_replies: usize,
+    stamp: u64,
+    /// Set while its departure is announced: nothing more is sent to it.
+    closing: bool,
+}
+
+/// A method call that expects a reply: (caller, caller's serial) -> who must reply.
+type ReplyKey = (PeerId, u32);
+
+pub struct Bus {
+    settings: BusSettings,
+    peers: HashMap<PeerId, Peer>,
+    unique_names: HashMap<String, PeerId>,
+    names: names::NameRegistry,
+    matches: matches::MatchRegistry,
+    monitors: Vec<PeerId>,
+    pending_replies: HashMap<ReplyKey, PeerId>,
+    activation_env: HashMap<String, String>,
+    next_unique: u64,
+    serial: u32,
+    stamp: u64,
+    effects: Vec<Effect>,
+    /// Scratch list of recipients, reused across messages.
+    recipients: Vec<PeerId>,
+}
+
+/// A message being routed, seen by the matcher.
+struct Routed<'a> {
+    bus: &'a Bus,
+    msg: &'a Message,
+    /// None: the bus driver.
+    sender: Option<PeerId>,
+    /// The connection the message is addressed to, if any.
+    recipient: Option<PeerId>,
+    args: OnceCell<Vec<Arg<'a>>>,
+}
+
+impl<'a> Routed<'a> {
+    fn new(bus: &'a Bus, msg: &'a Message, sender: Option<PeerId>, recipient: Option<PeerId>) -> Self {
+        Routed { bus, msg, sender, recipient, args: OnceCell::new() }
+    }
+
+    fn names_of(&self, peer: Option<PeerId>, name: &str) -> bool {
+        match peer {
+            None => name == DBUS_NAME,
+            Some(p) => self.bus.is_owned_by(name, p),
+        }
+    }
+}
+
+/// Reads up to 64 top-level arguments for match rules. Allocates once per message, and only
+/// when some candidate rule tests arguments.
+fn parse_args(msg: &Message) -> Vec<Arg<'_>> {
+    let sig = msg.signature().as_bytes();
+    let mut r: Reader<'_> = msg.body_reader();
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
+        let arg = match sig[p] {
+            b's' => r.string().map(Arg::Str),
+            b'o' => r.string().map(Arg::Path),
+            _ => r.skip_value(&sig[p..], 0).map(|_| Arg::Other),
+        };
+        match arg {
+            Ok(a) => out.push(a),
+            Err(_) => break,
+        }
+        p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
+            Some(e) => e,
+            None => break,
+        };
+    }
+    out
+}
+
+impl MessageInfo for Routed<'_> {
+    fn msg_type(&self) -> u8 {
+        self.msg.msg_type()
+    }
+    fn interface(&self) -> Option<&str> {
+        self.msg.interface()
+    }
+    fn member(&self) -> Option<&str> {
+        self.msg.member()
+    }
+    fn path(&self) -> Option<&str> {
+        self.msg.path()
+    }
+    fn destination(&self) -> Option<&str> {
+        self.msg.destination()
+    }
+    fn sender_is(&self, name: &str) -> bool {
+        self.names_of(self.sender, name)
+    }
+    fn destination_is(&self, name: &str) -> bool {
+        match self.recipient {
+            Some(r) => self.bus.is_owned_by(name, r),
+            None => self.msg.destination() == Some(name),
+        }
+    }
+    fn arg(&self, index: u8) -> Arg<'_> {
+        self.args
+            .get_or_init(|| parse_args(self.msg))
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(Arg::Missing)
+    }
+}
+
+impl Bus {
+    pub fn new(settings: BusSettings) -> Self {
+        Bus {
+            settings,
+            peers: HashMap::new(),
+            unique_names: HashMap::new(),
+            names: names::NameRegistry::default(),
+            matches: matches::MatchRegistry::default(),
+            monitors: Vec::new(),
+            pending_replies: HashMap::new(),
+            activation_env: HashMap::new(),
+            next_unique: 0,
+            serial: 0,
+            stamp: 0,
+            effects: Vec::new(),
+            recipients: Vec::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
+    /// Replaces limits after a configuration reload.
+    pub fn set_limits(&mut self, limits: busd_policy::Limits) {
+        self.settings.limits = limits;
+    }
+
+    pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// An authenticated connection joined (before Hello).
+    pub fn connect(&mut self, id: PeerId, creds: Credentials, unix_fds: bool) {
+        self.peers.insert(
+            id,
+            Peer {
+                unique: None,
+                creds,
+                unix_fds,
+                names: Vec::new(),
+                rules: Vec::new(),
+                monitor: None,
+                pending_replies: 0,
+                stamp: 0,
+                closing: false,
+            },
+        );
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether `name` (unique or well-known) currently designates `peer`.
+    fn is_owned_by(&self, name: &str, peer: PeerId) -> bool {
+        if busd_match::names::is_unique_name(name) {
+            self.unique_names.get(name) == Some(&peer)
+        } else {
+            self.names.primary_owner(name) == Some(peer)
+        }
+    }
+
+    /// The connection a name designates.
+    fn owner_of(&self, name: &str) -> Option<PeerId> {
+        if busd_match::names::is_unique_name(name) {
+            self.unique_names.get(name).copied()
+        } else {
+            self.names.primary_owner(name)
+        }
+    }
+
+    fn unique_of(&self, peer: PeerId) -> &str {
+        self.peers.get(&peer).and_then(|p| p.unique.as_deref()).unwrap_or("")
+    }
+
+    fn next_serial(&mut self) -> u32 {
+        self.serial = self.serial.wrapping_add(1);
+        if self.serial == 0 {
+            self.serial = 1;
+        }
+        self.serial
+    }
+
+    fn send(&mut self, to: PeerId, out: Outgoing) {
+        if self.peers.get(&to).is_some_and(|p| !p.closing) {
+            self.effects.push(Effect::Send(to, out));
+        }
+    }
+
+    fn disconnect(&mut self, peer: PeerId) {
+        self.effects.push(Effect::Disconnect(peer));
+    }
+
+    /// Copies a message to every monitor whose rules match it.
+    fn capture(&mut self, msg: &Message, sender: Option<PeerId>, recipient: Option<PeerId>, out: &Outgoing) {
+        if self.monitors.is_empty() {
+            return;
+        }
+        let mut to = Vec::new();
+        {
+            let routed = Routed::new(self, msg, sender, recipient);
+            for &m in &self.monitors {
+                let rules = self.peers.get(&m).and_then(|p| p.monitor.as_ref());
+                if rules.is_some_and(|rules| rules.iter().any(|r| r.matches(&routed))) {
+                    to.push(m);
+                }
+            }
+        }
+        for m in to {
+            self.send(m, out.clone());
+        }
+    }
+
+    /// A complete, valid message arrived from `from`.
+    pub fn handle_message(&mut self, from: PeerId, msg: Message) {
+        let Some(peer) = self.peers.get(&from) else {
+            return;
+        };
+        if peer.monitor.is_some() {
+            warn!(
+                peer = self.unique_of(from),
+                "Monitoring connection is not allowed to send messages; closing it"
+            );
+            self.disconnect(from);
+            return;
+        }
+        let active = peer.unique.is_some();
+        let sender_name = peer.unique.clone().unwrap_or_else(|| ":not.active.yet".to_string());
+        let destination = msg.destination().map(str::to_string);
+
+        match destination.as_deref() {
+            Some(DBUS_NAME) => {
+                let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
+                self.capture(&msg, Some(from), None, &out);
+                driver::handle(self, from, &msg);
+                // Eavesdroppers may watch what is sent to the bus.
+                self.dispatch_matches(&msg, Some(from), None, &out);
+            }
+            _ if !active => {
+                debug!("message before Hello; closing the connection");
+                self.disconnect(from);
+            }
+            None => {
+                if msg.msg_type() == message::SIGNAL {
+                    let Some((out, view)) = self.outgoing(msg, &sender_name) else { return };
+                    self.capture(&view, Some(from), None, &out);
+                    self.dispatch_matches(&view, Some(from), None, &out);
+                } else if msg.msg_type() == message::METHOD_CALL {
+                    // Addressed to the bus connection itself, as peer-to-peer.
+                    driver::handle_peer_to_peer(self, from, &msg);
+                }
+            }
+            Some(dest) => {
+                let Some(recipient) = self.owner_of(dest) else {
+                    let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
+                    self.capture(&msg, Some(from), None, &out);
+                    let (name, text) = if msg.auto_start() && !busd_match::names::is_unique_name(dest) {
+                        (
+                            "org.freedesktop.DBus.Error.ServiceUnknown",
+                            format!("The name {dest} was not provided by any .service files"),
+                        )
+                    } else {
+                        ("org.freedesktop.DBus.Error.NameHasNoOwner", format!("Name \"{dest}\" does not exist"))
+                    };
+                    self.error_reply(from, &msg, name, &text);
+                    return;
+                };
+                self.unicast(from, recipient, msg, &sender_name);
+            }
+        }
+    }
+
+    /// Rebuilds the message with SENDER set; returns what to queue (bytes and fds shared by
+    /// every recipient) and the parsed view of exactly what is delivered, for matching.
+    fn outgoing(&self, msg: Message, sender: &str) -> Option<(Outgoing, Message)> {
+        let Some(mut view) = msg.forward(sender) else {
+            tracing::error!("re-encoding a valid message failed; dropping it");
+            return None;
+        };
+        Some((view.take_outgoing(), view))
+    }
+
+    fn unicast(&mut self, from: PeerId, recipient: PeerId, msg: Message, sender_name: &str) {
+        let ty = msg.msg_type();
+        if ty == message::METHOD_RETURN || ty == message::ERROR {
+            let key = (recipient, msg.reply_serial().unwrap_or(0));
+            if self.pending_replies.get(&key) != Some(&from) {
+                // Unrequested reply: never delivered to the addressed recipient (see
+                // docs/compat.md); monitors still see it.
+                debug!(from = sender_name, "dropping an unrequested reply");
+                if let Some((out, view)) = self.outgoing(msg, sender_name) {
+                    self.capture(&view, Some(from), Some(recipient), &out);
+                }
+                return;
+            }
+            self.pending_replies.remove(&key);
+            if let Some(p) = self.peers.get_mut(&recipient) {
+                p.pending_replies = p.pending_replies.saturating_sub(1);
+            }
+        }
+        let recipient_fds = self.peers.get(&recipient).is_some_and(|p| p.unix_fds);
+        if msg.unix_fds() > 0 && !recipient_fds {
+            let out = Outgoing::new(msg.forwarded(sender_name), Vec::new());
+            self.capture(&msg, Some(from), Some(recipient), &out);
+            self.error_reply(
+                from,
+                &msg,
+                "org.freedesktop.DBus.Error.NotSupported",
+                "Tried to send message with Unix file descriptors to a client that doesn't support that.",
+            );
+            return;
+        }
+        if ty == message::METHOD_CALL && !msg.no_reply_expected() {
+            let limit = self.settings.limits.max_replies_per_connection as usize;
+            let waiting = self.peers.get(&from).map_or(0, |p| p.pending_replies);
+            if waiting >= limit {
+                warn!(peer = sender_name, limit, "The maximum number of pending replies has been reached");
+                let out = Outgoing::new(msg.forwarded(sender_name), Vec::new());
+                self.capture(&msg, Some(from), Some(recipient), &out);
+                self.error_reply(
+                    from,
+                    &msg,
+                    "org.freedesktop.DBus.Error.LimitsExceeded",
+                    "The maximum number of pending replies per connection has been reached",
+                );
+                return;
+            }
+            if self.pending_replies.insert((from, msg.serial()), recipient).is_none() {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    p.pending_replies += 1;
+                }
+            }
+        }
+        let Some((out, view)) = self.outgoing(msg, sender_name) else { return };
+        self.capture(&view, Some(from), Some(recipient), &out);
+        self.send(recipient, out.clone());
+        self.dispatch_matches(&view, Some(from), Some(recipient), &out);
+    }
+
+    /// Delivers `out` to every connection with a matching rule (other than the addressed
+    /// recipient, which already has it).
+    fn dispatch_matches(&mut self, msg: &Message, sender: Option<PeerId>, recipient: Option<PeerId>, out: &Outgoing) {
+        if self.matches.is_empty() {
+            return;
+        }
+        self.stamp += 1;
+        let stamp = self.stamp;
+        let mut recipients = std::mem::take(&mut self.recipients);
+        recipients.clear();
+        {
+            let routed = Routed::new(self, msg, sender, recipient);
+            let mut sender_names: Vec<&str> = Vec::with_capacity(4);
+            match sender {
+                None => sender_names.push(DBUS_NAME),
+                Some(s) => {
+                    if let Some(p) = self.peers.get(&s) {
+                        sender_names.extend(p.unique.as_deref());
+                        sender_names.extend(p.names.iter().map(String::as_str));
+                    }
+                }
+            }
+            self.matches.candidates(&sender_names, msg.interface(), msg.member(), |e| {
+                if Some(e.peer) != recipient && e.rule.matches(&routed) {
+                    recipients.push(e.peer);
+                }
+            });
+        }
+        let fds = msg.unix_fds() > 0;
+        for &r in &recipients {
+            let Some(p) = self.peers.get_mut(&r) else { continue };
+            if p.stamp == stamp {
+                continue;
+            }
+            p.stamp = stamp;
+            if p.closing || (fds && !p.unix_fds) {
+                // dbus-daemon skips recipients that cannot receive fds, without an error.
+                continue;
+            }
+            self.effects.push(Effect::Send(r, out.clone()));
+        }
+        self.recipients = recipients;
+    }
+
+    /// Sends a message composed by the driver to `to` (None: broadcast via match rules).
+    fn send_from_driver(&mut self, to: Option<PeerId>, m: DriverMessage<'_>) {
+        let serial = self.next_serial();
+        // An inactive connection (before Hello) has no name to address.
+        let dest = to.map(|t| self.unique_of(t).to_string()).filter(|d| !d.is_empty());
+        let bytes = m.encode(serial, dest.as_deref());
+        let msg = match Message::parse(bytes, Vec::new()) {
+            Ok(m) => m,
+            Err(e) => {
+                // The driver composed an invalid message: a bug, never a peer's fault.
+                tracing::error!("driver composed an invalid message: {e}");
+                return;
+            }
+        };
+        let mut msg = msg;
+        let out = msg.take_outgoing();
+        self.capture(&msg, None, to, &out);
+        match to {
+            Some(t) => self.send(t, out),
+            None => self.dispatch_matches(&msg, None, None, &out),
+        }
+    }
+
+    fn error_reply(&mut self, to: PeerId, call: &Message, name: &str, text: &str) {
+        let m = DriverMessage::error(call.serial(), name, text);
+        self.send_from_driver(Some(to), m);
+    }
+
+    fn emit_name_events(&mut self, events: Vec<names::NameEvent>) {
+        for ev in events {
+            match ev {
+                names::NameEvent::Lost { peer, name } => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.names.retain(|n| n != &name);
+                    }
+                    if self.peers.get(&peer).is_some_and(|p| p.unique.is_some() && !p.closing) {
+                        self.send_from_driver(Some(peer), DriverMessage::signal("NameLost", compose::body_s(&name), "s"));
+                    }
+                }
+                names::NameEvent::Acquired { peer, name } => {
+                    self.send_from_driver(Some(peer), DriverMessage::signal("NameAcquired", compose::body_s(&name), "s"));
+                }
+                names::NameEvent::OwnerChanged { name, old, new } => {
+                    let old = old.map(|p| self.unique_of(p).to_string()).unwrap_or_default();
+                    let new = new.map(|p| self.unique_of(p).to_string()).unwrap_or_default();
+                    self.send_from_driver(
+                        None,
+                        DriverMessage::signal("NameOwnerChanged", compose::body_sss(&name, &old, &new), "sss"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Releases every name a peer holds, announcing each change.
+    fn release_all_names(&mut self, peer: PeerId) {
+        let held = self.peers.get(&peer).map(|p| p.names.clone()).unwrap_or_default();
+        for name in held {
+            let mut events = Vec::new();
+            self.names.release(&name, peer, &mut events);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.names.retain(|n| n != &name);
+            }
+            self.emit_name_events(events);
+        }
+    }
+
+    /// The connection is gone: release its names, rules and pending replies.
+    pub fn disconnected(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let unique = peer.unique.clone();
+        let rules = peer.rules.clone();
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.closing = true;
+        }
+        self.matches.remove_peer(id, rules.iter());
+        self.release_all_names(id);
+        self.monitors.retain(|&m| m != id);
+        self.pending_replies.retain(|&(caller, _), replier| caller != id && *replier != id);
+        if let Some(u) = unique {
+            self.unique_names.remove(&u);
+            self.send_from_driver(None, DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"));
+        }
+        self.peers.remove(&id);
+        // Effects queued for a peer that is gone are dropped by the shell.
+    }
+
+    /// The shell re-read the configuration for a ReloadConfig call.
+    pub fn reload_finished(&mut self, peer: PeerId, serial: u32, result: Result<(), String>) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        let m = match result {
+            Ok(()) => DriverMessage::reply(serial, Vec::new(), ""),
+            Err(e) => DriverMessage::error(serial, "org.freedesktop.DBus.Error.Failed", &e),
+        };
+        self.send_from_driver(Some(peer), m);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! One client connection: authentication, reading messages with their fds, and the output
+//! queue (partial writes, fds sent with a message's first byte).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::net::UnixStream;
+use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
+
+use crate::bus::Credentials;
+use crate::wire::message::{self, Message, Outgoing};
+use crate::wire::sasl::{Mechanism, SaslServer};
+
+/// Most fds one recvmsg can carry (the kernel's SCM_MAX_FD).
+const MAX_FDS_PER_READ: usize = 253;
+const READ_CHUNK: usize = 64 * 1024;
+
+pub enum ReadOutcome {
+    Open,
+    Closed,
+    Invalid(String),
+}
+
+pub struct Conn {
+    stream: UnixStream,
+    sasl: Option<SaslServer>,
+    auth_deadline: Option<Instant>,
+    creds: Credentials,
+    unix_fds: bool,
+    inbuf: Vec<u8>,
+    infds: VecDeque<OwnedFd>,
+    messages: Vec<Message>,
+    /// SASL replies, written before any message.
+    auth_out: Vec<u8>,
+    outq: VecDeque<(Outgoing, usize)>,
+}
+
+impl Conn {
+    pub fn new(stream: UnixStream, mechanisms: &[Mechanism], guid: &str, auth_timeout: Duration) -> io::Result<Conn> {
+        let cred = socket::getsockopt(&stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
+        let creds = Credentials { uid: Some(cred.uid()), pid: Some(cred.pid() as u32), gid: Some(cred.gid()) };
+        Ok(Conn {
+            sasl: Some(SaslServer::new(mechanisms.to_vec(), creds.uid, guid, true)),
+            auth_deadline: Some(Instant::now() + auth_timeout),
+            stream,
+            creds,
+            unix_fds: false,
+            inbuf: Vec::new(),
+            infds: VecDeque::new(),
+            messages: Vec::new(),
+            auth_out: Vec::new(),
+            outq: VecDeque::new(),
+        })
+    }
+
+    pub fn source(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.sasl.is_none()
+    }
+
+    pub fn auth_deadline(&self) -> Option<Instant> {
+        self.auth_deadline
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        self.creds
+    }
+
+    pub fn unix_fds(&self) -> bool {
+        self.unix_fds
+    }
+
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Reads everything available; complete messages are collected for [`Conn::take_messages`].
+    pub fn read(&mut self, limits: &busd_policy::Limits) -> ReadOutcome {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let r = socket::recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            );
+            let (n, fds) = match r {
+                Ok(msg) => {
+                    let mut fds = Vec::new();
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = c {
+                                // SAFETY: the kernel just installed these descriptors in this
+                                // process for us (SCM_RIGHTS); nothing else owns them.
+                                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                            }
+                        }
+                    }
+                    (msg.bytes, fds)
+                }
+                Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return ReadOutcome::Closed,
+            };
+            if n == 0 && fds.is_empty() {
+                return ReadOutcome::Closed;
+            }
+            if !fds.is_empty() && !self.unix_fds {
+                return ReadOutcome::Invalid("unix fds sent without NEGOTIATE_UNIX_FD".into());
+            }
+            self.infds.extend(fds);
+            self.inbuf.extend_from_slice(&buf[..n]);
+            if let Err(why) = self.process(limits) {
+                return ReadOutcome::Invalid(why);
+            }
+        }
+    }
+
+    fn process(&mut self, limits: &busd_policy::Limits) -> Result<(), String> {
+        if let Some(sasl) = &mut self.sasl {
+            let progress = sasl.feed(&self.inbuf, &mut self.auth_out).map_err(|e| e.to_string())?;
+            self.inbuf.drain(..progress.consumed);
+            if !progress.done {
+                return Ok(());
+            }
+            self.unix_fds = sasl.unix_fd_negotiated();
+            if let Some(crate::wire::sasl::Identity::Anonymous) = sasl.identity() {
+                self.creds.uid = None;
+            }
+            self.sasl = None;
+            self.auth_deadline = None;
+        }
+        while self.inbuf.len() >= message::FIXED_HEADER_SIZE {
+            let total = message::total_length(&self.inbuf[..message::FIXED_HEADER_SIZE]).map_err(|e| e.to_string())?;
+            if total as u64 > limits.max_message_size {
+                return Err(format!("message of {total} bytes exceeds max_message_size"));
+            }
+            if self.inbuf.len() < total {
+                break;
+            }
+            let bytes: Vec<u8> = if self.inbuf.len() == total {
+                std::mem::take(&mut self.inbuf)
+            } else {
+                self.inbuf.drain(..total).collect()
+            };
+            let declared = message::declared_unix_fds(&bytes);
+            if declared as u64 > limits.max_message_unix_fds {
+                return Err(format!("message carries {declared} fds, more than max_message_unix_fds"));
+            }
+            if declared as usize > self.infds.len() {
+                return Err("message declares more unix fds than were sent".into());
+            }
+            let fds: Vec<OwnedFd> = self.infds.drain(..declared as usize).collect();
+            let msg = Message::parse(bytes, fds).map_err(|e| e.to_string())?;
+            self.messages.push(msg);
+        }
+        Ok(())
+    }
+
+    pub fn queue(&mut self, out: Outgoing) {
+        self.outq.push_back((out, 0));
+    }
+
+    /// Writes as much queued output as the socket takes.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let fd = self.stream.as_raw_fd();
+        while !self.auth_out.is_empty() {
+            match socket::send(fd, &self.auth_out, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => drop(self.auth_out.drain(..n)),
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        while let Some((out, offset)) = self.outq.front_mut() {
+            let iov = [IoSlice::new(&out.bytes[*offset..])];
+            let raw: Vec<RawFd> = if *offset == 0 { out.fds.iter().map(|f| f.as_raw_fd()).collect() } else { Vec::new() };
+            let cmsgs = [ControlMessage::ScmRights(&raw)];
+            let cm: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
+            match socket::sendmsg::<()>(fd, &iov, cm, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None) {
+                Ok(n) => {
+                    *offset += n;
+                    if *offset >= out.bytes.len() {
+                        self.outq.pop_front();
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
