@@ -224,6 +224,8 @@ impl Server {
 
     fn close(&mut self, id: PeerId) {
         let Some(mut c) = self.conns.remove(&id) else { return };
+        // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
+        let _ = c.flush();
         let _ = self.poll.registry().deregister(c.source());
         let joined = c.is_authenticated();
         drop(c);

@@ -1,0 +1,248 @@
+//! Standard command-line clients against a busd process: dbus-send, dbus-monitor, gdbus,
+//! busctl, python3-dbus and dbus-run-session. Each skips loudly if its tool is missing (the
+//! README's test command installs them).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use busd_tests::{busd_binary, run, Busd};
+
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
+}
+
+/// Starts a long-running client and returns it with a reader of its stdout.
+fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing `needle`; returns everything read up to it.
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+    }
+    panic!("never saw {needle:?}; got:\n{seen}");
+}
+
+#[test]
+fn dbus_send_calls_the_driver() {
+    if !have("dbus-send") {
+        return;
+    }
+    let bus = Busd::start();
+    let (ok, out, err) = run(Command::new("dbus-send").args([
+        &format!("--bus={}", bus.address),
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.ListNames",
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("string \"org.freedesktop.DBus\""), "{out}");
+    let (ok, _, err) = run(Command::new("dbus-send").args([
+        &format!("--bus={}", bus.address),
+        "--print-reply",
+        "--dest=org.example.Nobody",
+        "/",
+        "org.example.X.Y",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("org.freedesktop.DBus.Error.ServiceUnknown"), "{err}");
+}
+
+#[test]
+fn dbus_monitor_sees_a_signal_from_dbus_send() {
+    if !have("dbus-send") || !have("dbus-monitor") {
+        return;
+    }
+    let bus = Busd::start();
+    let (mut mon, rx) = spawn_lines(Command::new("dbus-monitor").args(["--address", &bus.address]));
+    // dbus-monitor prints its own NameLost/NameOwnerChanged once it became a monitor.
+    wait_for(&rx, "NameLost");
+    let (ok, _, err) = run(Command::new("dbus-send").args([
+        &format!("--bus={}", bus.address),
+        "--type=signal",
+        "/org/example",
+        "org.example.Iface.Happened",
+        "string:payload-42",
+    ]));
+    assert!(ok, "{err}");
+    let seen = wait_for(&rx, "payload-42");
+    assert!(seen.contains("interface=org.example.Iface; member=Happened"), "{seen}");
+    let _ = mon.kill();
+    let _ = mon.wait();
+}
+
+#[test]
+fn gdbus_call_emit_and_monitor() {
+    if !have("gdbus") {
+        return;
+    }
+    let bus = Busd::start();
+    let (ok, out, err) = run(Command::new("gdbus").args([
+        "call", "--address", &bus.address, "--dest", "org.freedesktop.DBus", "--object-path",
+        "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.GetNameOwner", "org.freedesktop.DBus",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "('org.freedesktop.DBus',)");
+    let (ok, out, err) = run(Command::new("gdbus").args([
+        "call", "--address", &bus.address, "--dest", "org.freedesktop.DBus", "--object-path",
+        "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.Properties.Get", "org.freedesktop.DBus", "Features",
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("HeaderFiltering"), "{out}");
+    let (mut mon, rx) = spawn_lines(Command::new("gdbus").args(["monitor", "--address", &bus.address, "--dest", "org.freedesktop.DBus"]));
+    wait_for(&rx, "Monitoring");
+    let (ok, _, err) = run(Command::new("gdbus").args([
+        "emit", "--address", &bus.address, "--object-path", "/org/example", "--signal", "org.example.Iface.Hello", "'from-gdbus'",
+    ]));
+    assert!(ok, "{err}");
+    let _ = mon.kill();
+    let _ = mon.wait();
+}
+
+#[test]
+fn busctl_lists_and_calls() {
+    if !have("busctl") {
+        return;
+    }
+    let bus = Busd::start();
+    let (ok, out, err) = run(Command::new("busctl").args([&format!("--address={}", bus.address), "list", "--no-pager"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("org.freedesktop.DBus"), "{out}");
+    let (ok, out, err) = run(Command::new("busctl").args([
+        &format!("--address={}", bus.address), "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+        "org.freedesktop.DBus", "NameHasOwner", "s", "org.freedesktop.DBus",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "b true");
+}
+
+#[test]
+fn python_dbus_owns_a_name_and_answers_a_call() {
+    if !have("python3") {
+        return;
+    }
+    let has_dbus = Command::new("/usr/bin/python3").args(["-c", "import dbus"]).output().is_ok_and(|o| o.status.success());
+    if !has_dbus {
+        eprintln!("SKIPPED: python3-dbus is not installed");
+        return;
+    }
+    let bus = Busd::start();
+    let script = r#"
+import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+assert bus.request_name("org.example.Py") == dbus.bus.REQUEST_NAME_REPLY_PRIMARY_OWNER
+drv = dbus.Interface(bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DBus"), "org.freedesktop.DBus")
+print("owner", drv.GetNameOwner("org.example.Py") == bus.get_unique_name())
+print("names", "org.example.Py" in drv.ListNames())
+print("id", len(drv.GetId()))
+"#;
+    let (ok, out, err) = run(Command::new("/usr/bin/python3").args(["-c", script, &bus.address]));
+    assert!(ok, "{err}");
+    assert_eq!(out, "owner True\nnames True\nid 32\n");
+}
+
+#[test]
+fn dbus_run_session_uses_busd() {
+    if !have("dbus-run-session") || !have("dbus-send") {
+        return;
+    }
+    let (ok, out, err) = run(Command::new("dbus-run-session").args([
+        &format!("--dbus-daemon={}", busd_binary().display()),
+        "--",
+        "dbus-send",
+        "--session",
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.GetId",
+    ]));
+    assert!(ok, "{err}");
+    assert!(out.contains("string \""), "{out}");
+}
+
+#[test]
+fn a_malformed_message_disconnects_only_its_sender() {
+    let mut bus = Busd::start();
+    let path = bus.address.trim_start_matches("unix:path=").split(',').next().unwrap().to_string();
+    let mut bad = UnixStream::connect(&path).unwrap();
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+    bad.write_all(format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").as_bytes()).unwrap();
+    // A header with an invalid byte-order mark.
+    bad.write_all(b"X\x01\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(bad.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK "), "{line}");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    assert!(rest.is_empty(), "the bad client got data after its bad message");
+    assert!(bus.is_running());
+    if have("dbus-send") {
+        let (ok, _, err) = run(Command::new("dbus-send").args([
+            &format!("--bus={}", bus.address), "--print-reply", "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus", "org.freedesktop.DBus.GetId",
+        ]));
+        assert!(ok, "other clients keep working: {err}");
+    }
+}
+
+#[test]
+fn fork_prints_address_and_pid_then_the_parent_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("bus");
+    let out = Command::new(busd_binary())
+        .args(["--session", "--fork", "--print-address", "--print-pid"])
+        .arg(format!("--address=unix:path={}", sock.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("unix:path="));
+    let pid: i32 = lines.next().unwrap().parse().unwrap();
+    assert!(UnixStream::connect(&sock).is_ok(), "the forked daemon listens");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn bad_usage_and_bad_config_fail_clearly() {
+    let out = Command::new(busd_binary()).arg("--bogus").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown option"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    std::fs::write(&conf, "<busconfig>\n  <listen>unix:tmpdir=/tmp</listen>\n  <limit name=\"nope\">1</limit>\n</busconfig>\n").unwrap();
+    let out = Command::new(busd_binary()).arg(format!("--config-file={}", conf.display())).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:3:") && err.contains("nope"), "{err}");
+}
