@@ -86,20 +86,26 @@ impl Options {
                 "--introspect" => o.introspect = true,
                 "--session" | "--system" => {
                     config_sources += 1;
-                    o.bus_type = Some(if flag == "--session" { "session" } else { "system" });
+                    o.bus_type = Some(if flag == "--session" {
+                        "session"
+                    } else {
+                        "system"
+                    });
                 }
                 "--config-file" => {
                     config_sources += 1;
                     let v = match inline {
                         Some(v) => v.to_string(),
-                        None => take_next().ok_or_else(|| UsageError("--config-file needs a file name".into()))?,
+                        None => take_next()
+                            .ok_or_else(|| UsageError("--config-file needs a file name".into()))?,
                     };
                     o.config_file = Some(PathBuf::from(v));
                 }
                 "--address" => {
                     let v = match inline {
                         Some(v) => v.to_string(),
-                        None => take_next().ok_or_else(|| UsageError("--address needs an address".into()))?,
+                        None => take_next()
+                            .ok_or_else(|| UsageError("--address needs an address".into()))?,
                     };
                     o.address = Some(v);
                 }
@@ -132,7 +138,9 @@ impl Options {
             i += 1;
         }
         if config_sources > 1 {
-            return Err(UsageError("Only one of --system, --session and --config-file may be given".into()));
+            return Err(UsageError(
+                "Only one of --system, --session and --config-file may be given".into(),
+            ));
         }
         Ok(o)
     }
@@ -154,7 +162,8 @@ pub fn random_bytes(buf: &mut [u8]) {
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled part of `buf`, which stays
         // borrowed mutably for the call.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n > 0 {
             filled += n as usize;
         }
@@ -186,11 +195,23 @@ mod tests {
 
     #[test]
     fn print_flags_default_to_stdout_and_accept_equals() {
-        let o = parse(&["--print-address", "--print-pid=9", "--config-file", "/x.conf"]).unwrap();
+        let o = parse(&[
+            "--print-address",
+            "--print-pid=9",
+            "--config-file",
+            "/x.conf",
+        ])
+        .unwrap();
         assert_eq!(o.print_address, Some(PrintTo(1)));
         assert_eq!(o.print_pid, Some(PrintTo(9)));
         assert_eq!(o.config_path(), Some(PathBuf::from("/x.conf")));
-        let o = parse(&["--fork", "--print-address=8", "--print-pid=8", "--config-file=/y.conf"]).unwrap();
+        let o = parse(&[
+            "--fork",
+            "--print-address=8",
+            "--print-pid=8",
+            "--config-file=/y.conf",
+        ])
+        .unwrap();
         assert_eq!(o.print_address, Some(PrintTo(8)));
         assert_eq!(o.fork, Some(true));
     }

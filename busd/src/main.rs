@@ -45,7 +45,11 @@ fn ensure_standard_fds() {
 
 fn init_logging(options: &Options) {
     // Like dbus-daemon, quiet unless something is wrong; RUST_LOG=busd=debug for more.
-    let default = if options.syslog == Syslog::Only { "error" } else { "warn" };
+    let default = if options.syslog == Syslog::Only {
+        "error"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -59,7 +63,10 @@ fn init_logging(options: &Options) {
 fn load(path: &Path) -> Result<(Config, ServerConfig)> {
     let config = Config::load(path)?;
     config.check_policy_supported()?;
-    let server = ServerConfig { mechanisms: mechanisms(&config)?, limits: config.limits.clone() };
+    let server = ServerConfig {
+        mechanisms: mechanisms(&config)?,
+        limits: config.limits.clone(),
+    };
     Ok((config, server))
 }
 
@@ -76,11 +83,16 @@ fn mechanisms(config: &Config) -> Result<Vec<Mechanism>> {
             Some(Mechanism::Anonymous) if !config.allow_anonymous => {}
             Some(m) if !out.contains(&m) => out.push(m),
             Some(_) => {}
-            None => tracing::warn!("authentication mechanism {name} is not supported by busd; not offered"),
+            None => tracing::warn!(
+                "authentication mechanism {name} is not supported by busd; not offered"
+            ),
         }
     }
     if out.is_empty() {
-        bail!("none of the configured authentication mechanisms ({}) is supported", config.auth.join(", "));
+        bail!(
+            "none of the configured authentication mechanisms ({}) is supported",
+            config.auth.join(", ")
+        );
     }
     Ok(out)
 }
@@ -125,7 +137,9 @@ fn run(options: Options) -> Result<()> {
         return Ok(());
     }
     init_logging(&options);
-    let path = options.config_path().context("No configuration file specified.")?;
+    let path = options
+        .config_path()
+        .context("No configuration file specified.")?;
     let (config, server_config) = load(&path)?;
     let addresses = match &options.address {
         Some(a) => ListenAddress::parse_list(a)?,
@@ -138,14 +152,20 @@ fn run(options: Options) -> Result<()> {
         }
     };
     if addresses.is_empty() {
-        bail!("{}: no <listen> address and no --address given", path.display());
+        bail!(
+            "{}: no <listen> address and no --address given",
+            path.display()
+        );
     }
     let mut listeners = Vec::new();
     for a in &addresses {
         listeners.push(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);
     }
     let guid = cli::new_guid();
-    let printed: Vec<String> = listeners.iter().map(|l| format!("{},guid={guid}", l.address)).collect();
+    let printed: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("{},guid={guid}", l.address))
+        .collect();
     let address_line = format!("{}\n", printed.join(";"));
 
     let fork = options.fork.unwrap_or(config.fork);
@@ -157,7 +177,11 @@ fn run(options: Options) -> Result<()> {
     if let Some(to) = options.print_pid {
         write_fd(to.0, &format!("{pid}\n"))?;
     }
-    for fd in [options.print_address, options.print_pid].into_iter().flatten().map(|p| p.0) {
+    for fd in [options.print_address, options.print_pid]
+        .into_iter()
+        .flatten()
+        .map(|p| p.0)
+    {
         if fd > 2 {
             // SAFETY: closing a descriptor the caller handed us only for printing.
             unsafe { libc::close(fd) };
@@ -165,7 +189,8 @@ fn run(options: Options) -> Result<()> {
     }
     if !options.nopidfile {
         if let Some(p) = &config.pidfile {
-            std::fs::write(p, format!("{pid}\n")).with_context(|| format!("cannot write pid file {}", p.display()))?;
+            std::fs::write(p, format!("{pid}\n"))
+                .with_context(|| format!("cannot write pid file {}", p.display()))?;
         }
     }
     if let Some(fd) = ready_pipe {
@@ -184,7 +209,11 @@ fn run(options: Options) -> Result<()> {
     };
     tracing::info!("busd ready on {}", printed.join(";"));
     let reload_path = path.clone();
-    let reloader = Box::new(move || load(&reload_path).map(|(_, s)| s).map_err(|e| format!("{e:#}")));
+    let reloader = Box::new(move || {
+        load(&reload_path)
+            .map(|(_, s)| s)
+            .map_err(|e| format!("{e:#}"))
+    });
     Server::new(listeners, Bus::new(settings), server_config, reloader)?.run()?;
     Ok(())
 }
@@ -199,7 +228,10 @@ fn daemonize() -> Result<RawFd> {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(w);
             let mut b = [0u8; 1];
-            let ok = matches!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut b), Ok(1));
+            let ok = matches!(
+                nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&r), &mut b),
+                Ok(1)
+            );
             std::process::exit(if ok { 0 } else { 1 });
         }
         nix::unistd::ForkResult::Child => {

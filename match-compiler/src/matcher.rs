@@ -161,7 +161,10 @@ mod tests {
             self.destination == Some(name)
         }
         fn arg(&self, index: u8) -> Arg<'_> {
-            self.args.get(index as usize).copied().unwrap_or(Arg::Missing)
+            self.args
+                .get(index as usize)
+                .copied()
+                .unwrap_or(Arg::Missing)
         }
     }
 
@@ -188,7 +191,10 @@ mod tests {
     #[test]
     fn header_keys() {
         let m = signal();
-        assert!(rule("type='signal',interface='org.example.I',member='Changed',path='/a/b'").matches(&m));
+        assert!(
+            rule("type='signal',interface='org.example.I',member='Changed',path='/a/b'")
+                .matches(&m)
+        );
         assert!(!rule("type='method_call'").matches(&m));
         assert!(!rule("interface='org.example.J'").matches(&m));
         assert!(!rule("member='Other'").matches(&m));
@@ -206,9 +212,18 @@ mod tests {
     #[test]
     fn path_namespace_matches_whole_elements_only() {
         let mut m = signal();
-        for (path, expected) in [("/a/b", true), ("/a/b/c", true), ("/a/bc", false), ("/a", false)] {
+        for (path, expected) in [
+            ("/a/b", true),
+            ("/a/b/c", true),
+            ("/a/bc", false),
+            ("/a", false),
+        ] {
             m.path = Some(path);
-            assert_eq!(rule("path_namespace='/a/b'").matches(&m), expected, "{path}");
+            assert_eq!(
+                rule("path_namespace='/a/b'").matches(&m),
+                expected,
+                "{path}"
+            );
         }
         m.path = Some("/anything/at/all");
         assert!(rule("path_namespace='/'").matches(&m));
@@ -234,7 +249,10 @@ mod tests {
         assert!(rule("arg0='foo'").matches(&m));
         assert!(!rule("arg0='fo'").matches(&m));
         assert!(!rule("arg1='foo'").matches(&m));
-        assert!(!rule("arg2='/x'").matches(&m), "argN does not match object paths");
+        assert!(
+            !rule("arg2='/x'").matches(&m),
+            "argN does not match object paths"
+        );
         assert!(rule("arg2path='/x'").matches(&m), "argNpath does");
         assert!(!rule("arg3=''").matches(&m), "missing argument");
     }
@@ -273,7 +291,11 @@ mod tests {
             ("org", false),
         ] {
             m.args = vec![Arg::Str(actual)];
-            assert_eq!(rule("arg0namespace='org.example'").matches(&m), ok, "{actual}");
+            assert_eq!(
+                rule("arg0namespace='org.example'").matches(&m),
+                ok,
+                "{actual}"
+            );
         }
     }
 }

@@ -171,10 +171,20 @@ mod tests {
 
     #[test]
     fn bus_names_follow_the_specification() {
-        for ok in [":1.0", ":1.42", "org.freedesktop.DBus", "a.b", "a-b.c_d", ":a.0b", "com.x1"] {
+        for ok in [
+            ":1.0",
+            ":1.42",
+            "org.freedesktop.DBus",
+            "a.b",
+            "a-b.c_d",
+            ":a.0b",
+            "com.x1",
+        ] {
             assert!(is_valid_bus_name(ok), "{ok}");
         }
-        for bad in ["", "org", ".a.b", "a..b", "a.b.", "1a.b", "a.1b", "a.b!", ":1", ":", "a/b.c"] {
+        for bad in [
+            "", "org", ".a.b", "a..b", "a.b.", "1a.b", "a.1b", "a.b!", ":1", ":", "a/b.c",
+        ] {
             assert!(!is_valid_bus_name(bad), "{bad}");
         }
         assert!(!is_valid_bus_name(&format!("a.{}", "b".repeat(254))));
@@ -206,11 +216,29 @@ mod tests {
         for ok in ["", "s", "a{sv}", "(ii)", "aai", "a(sa{sv})", "v", "h"] {
             assert!(is_valid_signature(ok.as_bytes()), "{ok}");
         }
-        for bad in ["a", "()", "{sv}", "a{vs}", "a{s}", "(i", "z", "a{sv", "a{ss}}"] {
+        for bad in [
+            "a", "()", "{sv}", "a{vs}", "a{s}", "(i", "z", "a{sv", "a{ss}}",
+        ] {
             assert!(!is_valid_signature(bad.as_bytes()), "{bad}");
         }
-        assert!(is_valid_signature("a".repeat(32).as_bytes().iter().chain(b"i").copied().collect::<Vec<_>>().as_slice()));
-        assert!(!is_valid_signature("a".repeat(33).as_bytes().iter().chain(b"i").copied().collect::<Vec<_>>().as_slice()));
+        assert!(is_valid_signature(
+            "a".repeat(32)
+                .as_bytes()
+                .iter()
+                .chain(b"i")
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice()
+        ));
+        assert!(!is_valid_signature(
+            "a".repeat(33)
+                .as_bytes()
+                .iter()
+                .chain(b"i")
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice()
+        ));
         assert!(is_single_complete_type(b"a{sv}"));
         assert!(!is_single_complete_type(b"ss"));
     }

@@ -138,7 +138,9 @@ fn tokenize(text: &[u8]) -> Result<Vec<(String, String)>, Error> {
             return Err(invalid("Match rule has an empty key"));
         }
         if p >= text.len() || text[p] != b'=' {
-            return Err(invalid("Match rule has a key with no subsequent '=' character"));
+            return Err(invalid(
+                "Match rule has a key with no subsequent '=' character",
+            ));
         }
         p += 1;
         let key = String::from_utf8_lossy(&text[key_start..key_end]).into_owned();
@@ -181,8 +183,8 @@ fn tokenize(text: &[u8]) -> Result<Vec<(String, String)>, Error> {
                 "Match rule has more than {MAX_RULE_KEYS} keys"
             )));
         }
-        let value = String::from_utf8(value)
-            .map_err(|_| invalid("Match rule is not valid UTF-8"))?;
+        let value =
+            String::from_utf8(value).map_err(|_| invalid("Match rule is not valid UTF-8"))?;
         tokens.push((key, value));
     }
     Ok(tokens)
@@ -240,7 +242,9 @@ impl MatchRule {
             }
             "path" | "path_namespace" => {
                 if self.path.is_some() || self.path_namespace.is_some() {
-                    return Err(invalid("path or path_namespace specified twice in match rule"));
+                    return Err(invalid(
+                        "path or path_namespace specified twice in match rule",
+                    ));
                 }
                 if !names::is_valid_object_path(&value) {
                     return Err(invalid(format!("Path '{value}' is invalid")));
@@ -411,14 +415,24 @@ mod tests {
         assert_eq!(r.member.as_deref(), Some("Foo"));
         assert_eq!(r.path.as_deref(), Some("/bar/foo"));
         assert_eq!(r.destination.as_deref(), Some(":452345.34"));
-        assert_eq!(r.args, vec![ArgMatch { index: 2, kind: ArgMatchKind::String, value: "bar".into() }]);
+        assert_eq!(
+            r.args,
+            vec![ArgMatch {
+                index: 2,
+                kind: ArgMatchKind::String,
+                value: "bar".into()
+            }]
+        );
     }
 
     #[test]
     fn empty_rule_and_whitespace_are_fine() {
         assert_eq!(parse(""), MatchRule::default());
         assert_eq!(parse("   "), MatchRule::default());
-        assert_eq!(parse(" type ='signal', member='M'").msg_type, Some(MessageType::Signal));
+        assert_eq!(
+            parse(" type ='signal', member='M'").msg_type,
+            Some(MessageType::Signal)
+        );
         // Whitespace after '=' belongs to the value, as in dbus-daemon.
         assert!(MatchRule::parse("type= 'signal'").is_err());
         assert!(MatchRule::parse("=x").is_err());
@@ -466,7 +480,10 @@ mod tests {
             "unknown='x'",
             "arg0='unbalanced",
         ] {
-            assert!(matches!(MatchRule::parse(bad), Err(Error::Invalid(_))), "{bad}");
+            assert!(
+                matches!(MatchRule::parse(bad), Err(Error::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -482,7 +499,10 @@ mod tests {
     #[test]
     fn arg_keys() {
         let r = parse("arg63='x',arg3path='/a/',arg0namespace='org.example'");
-        assert_eq!(r.args.iter().map(|a| a.index).collect::<Vec<_>>(), vec![0, 3, 63]);
+        assert_eq!(
+            r.args.iter().map(|a| a.index).collect::<Vec<_>>(),
+            vec![0, 3, 63]
+        );
         assert_eq!(r.args[0].kind, ArgMatchKind::Namespace);
         assert_eq!(r.args[1].kind, ArgMatchKind::Path);
         assert_eq!(r.max_arg_index(), Some(63));
@@ -503,7 +523,8 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let r = parse(r"type='signal',member='M',arg0='it'\''s',path_namespace='/a',eavesdrop=true");
+        let r =
+            parse(r"type='signal',member='M',arg0='it'\''s',path_namespace='/a',eavesdrop=true");
         assert_eq!(parse(&r.to_string()), r);
         assert_eq!(
             r.to_string(),

@@ -20,9 +20,16 @@ const MAX_INCLUDE_DEPTH: usize = 32;
 pub enum Error {
     /// A problem in a file, with its location.
     #[error("{file}:{line}: {reason}")]
-    Parse { file: PathBuf, line: u32, reason: String },
+    Parse {
+        file: PathBuf,
+        line: u32,
+        reason: String,
+    },
     #[error("{file}: {source}")]
-    Io { file: PathBuf, source: std::io::Error },
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A `<servicedir>` or one of the standard sets, in configuration order.
@@ -83,26 +90,57 @@ pub struct Config {
 }
 
 const SEND_ATTRS: &[&str] = &[
-    "send_interface", "send_member", "send_error", "send_destination",
-    "send_destination_prefix", "send_path", "send_type", "send_requested_reply",
+    "send_interface",
+    "send_member",
+    "send_error",
+    "send_destination",
+    "send_destination_prefix",
+    "send_path",
+    "send_type",
+    "send_requested_reply",
     "send_broadcast",
 ];
 const RECEIVE_ATTRS: &[&str] = &[
-    "receive_interface", "receive_member", "receive_error", "receive_sender", "receive_path",
-    "receive_type", "receive_requested_reply",
+    "receive_interface",
+    "receive_member",
+    "receive_error",
+    "receive_sender",
+    "receive_path",
+    "receive_type",
+    "receive_requested_reply",
 ];
 const OTHER_RULE_ATTRS: &[&str] = &[
-    "eavesdrop", "own", "own_prefix", "user", "group", "min_fds", "max_fds", "log",
+    "eavesdrop",
+    "own",
+    "own_prefix",
+    "user",
+    "group",
+    "min_fds",
+    "max_fds",
+    "log",
 ];
 
 const NEEDS_CONTENT: &[&str] = &[
-    "type", "user", "listen", "pidfile", "servicehelper", "auth", "servicedir", "include",
+    "type",
+    "user",
+    "listen",
+    "pidfile",
+    "servicehelper",
+    "auth",
+    "servicedir",
+    "include",
     "includedir",
 ];
 
 fn line_of(text: &str, pos: usize) -> u32 {
-    1 + text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() as u32
+    1 + text.as_bytes()[..pos.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u32
 }
+
+/// An element being read: its name, attributes and where it starts.
+type OpenElement = (String, Vec<(String, String)>, usize);
 
 struct Loader<'c> {
     config: &'c mut Config,
@@ -128,15 +166,27 @@ impl Config {
     }
 
     fn load_file(&mut self, path: &Path, depth: usize) -> Result<(), Error> {
-        let text = fs::read_to_string(path)
-            .map_err(|source| Error::Io { file: path.to_path_buf(), source })?;
+        let text = fs::read_to_string(path).map_err(|source| Error::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
         self.parse_text(text, path, depth)
     }
 
     fn parse_text(&mut self, text: String, path: &Path, depth: usize) -> Result<(), Error> {
         self.files.push(path.to_path_buf());
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        Loader { config: self, file: path.to_path_buf(), dir, text, depth }.run()
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Loader {
+            config: self,
+            file: path.to_path_buf(),
+            dir,
+            text,
+            depth,
+        }
+        .run()
     }
 
     /// Until policy evaluation lands, busd enforces only a policy that allows everything (the
@@ -163,9 +213,8 @@ impl Config {
         let has = |attr: &str, value: &str, extra: Option<(&str, &str)>| {
             default_rules().any(|r| {
                 r.attributes.iter().any(|(k, v)| k == attr && v == value)
-                    && extra.map_or(true, |(k2, v2)| {
-                        r.attributes.iter().any(|(k, v)| k == k2 && v == v2)
-                    })
+                    && extra
+                        .is_none_or(|(k2, v2)| r.attributes.iter().any(|(k, v)| k == k2 && v == v2))
             })
         };
         let allows_send = has("send_destination", "*", None);
@@ -187,7 +236,11 @@ impl Config {
 
 impl Loader<'_> {
     fn err(&self, pos: usize, reason: impl Into<String>) -> Error {
-        Error::Parse { file: self.file.clone(), line: line_of(&self.text, pos), reason: reason.into() }
+        Error::Parse {
+            file: self.file.clone(),
+            line: line_of(&self.text, pos),
+            reason: reason.into(),
+        }
     }
 
     fn resolve(&self, p: &str) -> PathBuf {
@@ -219,7 +272,7 @@ impl Loader<'_> {
         let mut reader = quick_xml::Reader::from_str(&text);
         reader.config_mut().trim_text(true);
         // Element stack: (name, attributes, start position); text collects for the top.
-        let mut stack: Vec<(String, Vec<(String, String)>, usize)> = Vec::new();
+        let mut stack: Vec<OpenElement> = Vec::new();
         let mut content = String::new();
         let mut seen_root = false;
         loop {
@@ -227,7 +280,9 @@ impl Loader<'_> {
             // With trimmed text the reader stands before the whitespace that precedes a tag:
             // locate the tag itself so errors name its line.
             let pos = text[before..].find('<').map_or(before, |i| before + i);
-            let event = reader.read_event().map_err(|e| self.err(pos, format!("XML error: {e}")))?;
+            let event = reader
+                .read_event()
+                .map_err(|e| self.err(pos, format!("XML error: {e}")))?;
             match event {
                 Event::Start(e) => {
                     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
@@ -243,12 +298,16 @@ impl Loader<'_> {
                     self.close(&stack, &name, &attrs, "", pos)?;
                 }
                 Event::Text(t) => {
-                    let s = t.unescape().map_err(|e| self.err(pos, format!("XML error: {e}")))?;
+                    let s = t
+                        .unescape()
+                        .map_err(|e| self.err(pos, format!("XML error: {e}")))?;
                     content.push_str(&s);
                 }
                 Event::CData(t) => content.push_str(&String::from_utf8_lossy(&t)),
                 Event::End(_) => {
-                    let (name, attrs, start) = stack.pop().ok_or_else(|| self.err(pos, "unbalanced end tag"))?;
+                    let (name, attrs, start) = stack
+                        .pop()
+                        .ok_or_else(|| self.err(pos, "unbalanced end tag"))?;
                     let c = std::mem::take(&mut content);
                     self.close(&stack, &name, &attrs, c.trim(), start)?;
                 }
@@ -264,7 +323,7 @@ impl Loader<'_> {
 
     fn open(
         &mut self,
-        stack: &[(String, Vec<(String, String)>, usize)],
+        stack: &[OpenElement],
         name: &str,
         attrs: &[(String, String)],
         pos: usize,
@@ -278,15 +337,32 @@ impl Loader<'_> {
             }
             (Some("busconfig"), "policy") => {
                 let kind = self.policy_kind(attrs, pos)?;
-                self.config.policies.push(PolicyContext { kind, rules: Vec::new() });
+                self.config.policies.push(PolicyContext {
+                    kind,
+                    rules: Vec::new(),
+                });
                 true
             }
             (Some("busconfig"), n) => matches!(
                 n,
-                "type" | "user" | "fork" | "keep_umask" | "syslog" | "listen" | "pidfile"
-                    | "includedir" | "standard_session_servicedirs"
-                    | "standard_system_servicedirs" | "servicedir" | "servicehelper" | "auth"
-                    | "include" | "limit" | "selinux" | "apparmor" | "allow_anonymous"
+                "type"
+                    | "user"
+                    | "fork"
+                    | "keep_umask"
+                    | "syslog"
+                    | "listen"
+                    | "pidfile"
+                    | "includedir"
+                    | "standard_session_servicedirs"
+                    | "standard_system_servicedirs"
+                    | "servicedir"
+                    | "servicehelper"
+                    | "auth"
+                    | "include"
+                    | "limit"
+                    | "selinux"
+                    | "apparmor"
+                    | "allow_anonymous"
             ),
             (Some("policy"), "allow" | "deny") => true,
             (Some("selinux"), "associate") => true,
@@ -294,8 +370,14 @@ impl Loader<'_> {
         };
         if !ok {
             return Err(match parent {
-                None => self.err(pos, format!("Root element must be <busconfig>, not <{name}>")),
-                Some(p) => self.err(pos, format!("Element <{name}> not allowed inside <{p}> in configuration file")),
+                None => self.err(
+                    pos,
+                    format!("Root element must be <busconfig>, not <{name}>"),
+                ),
+                Some(p) => self.err(
+                    pos,
+                    format!("Element <{name}> not allowed inside <{p}> in configuration file"),
+                ),
             });
         }
         Ok(())
@@ -327,7 +409,7 @@ impl Loader<'_> {
 
     fn close(
         &mut self,
-        stack: &[(String, Vec<(String, String)>, usize)],
+        stack: &[OpenElement],
         name: &str,
         attrs: &[(String, String)],
         content: &str,
@@ -374,11 +456,14 @@ impl Loader<'_> {
             "apparmor" => c.apparmor_mode = attr("mode").map(str::to_string),
             "associate" => {
                 if let (Some(own), Some(ctx)) = (attr("own"), attr("context")) {
-                    c.selinux_associations.push((own.to_string(), ctx.to_string()));
+                    c.selinux_associations
+                        .push((own.to_string(), ctx.to_string()));
                 }
             }
             "limit" => {
-                let lname = attr("name").ok_or_else(|| self.err(pos, "<limit> element must have a \"name\" attribute"))?;
+                let lname = attr("name").ok_or_else(|| {
+                    self.err(pos, "<limit> element must have a \"name\" attribute")
+                })?;
                 let value: i64 = content.parse().map_err(|_| {
                     self.err(pos, format!("<limit name=\"{lname}\"> element has invalid value (could not parse as integer)"))
                 })?;
@@ -392,7 +477,12 @@ impl Loader<'_> {
                         || RECEIVE_ATTRS.contains(&k.as_str())
                         || OTHER_RULE_ATTRS.contains(&k.as_str());
                     if !known {
-                        return Err(self.err(pos, format!("Attribute \"{k}\" is invalid on <{name}> element in this context")));
+                        return Err(self.err(
+                            pos,
+                            format!(
+                                "Attribute \"{k}\" is invalid on <{name}> element in this context"
+                            ),
+                        ));
                     }
                 }
                 if attrs.is_empty() {
@@ -442,7 +532,10 @@ impl Loader<'_> {
 
     fn include(&mut self, path: &Path, pos: usize) -> Result<(), Error> {
         if self.depth >= MAX_INCLUDE_DEPTH {
-            return Err(self.err(pos, format!("includes nested too deeply at {}", path.display())));
+            return Err(self.err(
+                pos,
+                format!("includes nested too deeply at {}", path.display()),
+            ));
         }
         self.config.load_file(path, self.depth + 1)
     }
@@ -489,8 +582,16 @@ mod tests {
     fn includes_merge_in_place_and_resolve_relative_paths() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("conf.d")).unwrap();
-        write(&d.path().join("conf.d"), "b.conf", "<busconfig><listen>unix:path=/b</listen></busconfig>");
-        write(&d.path().join("conf.d"), "a.conf", "<busconfig><listen>unix:path=/a</listen><type>system</type></busconfig>");
+        write(
+            &d.path().join("conf.d"),
+            "b.conf",
+            "<busconfig><listen>unix:path=/b</listen></busconfig>",
+        );
+        write(
+            &d.path().join("conf.d"),
+            "a.conf",
+            "<busconfig><listen>unix:path=/a</listen><type>system</type></busconfig>",
+        );
         write(&d.path().join("conf.d"), "ignored.txt", "not xml");
         let main = write(
             d.path(),
@@ -510,9 +611,19 @@ mod tests {
 </busconfig>"#,
         );
         let c = Config::load(&main).unwrap();
-        assert_eq!(c.listen, vec!["unix:path=/first", "unix:path=/a", "unix:path=/b"]);
-        assert_eq!(c.bus_type.as_deref(), Some("system"), "a later include overrides <type>");
-        assert_eq!(c.servicedirs, vec![ServiceDir::Path(d.path().join("services"))]);
+        assert_eq!(
+            c.listen,
+            vec!["unix:path=/first", "unix:path=/a", "unix:path=/b"]
+        );
+        assert_eq!(
+            c.bus_type.as_deref(),
+            Some("system"),
+            "a later include overrides <type>"
+        );
+        assert_eq!(
+            c.servicedirs,
+            vec![ServiceDir::Path(d.path().join("services"))]
+        );
         assert_eq!(c.limits.reply_timeout, None);
         assert_eq!(c.limits.max_names_per_connection, 3);
         assert_eq!(c.files.len(), 3);
@@ -556,7 +667,14 @@ mod tests {
     #[test]
     fn include_loops_are_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "loop.conf", "<busconfig><include>loop.conf</include></busconfig>");
-        assert!(Config::load(&p).unwrap_err().to_string().contains("nested too deeply"));
+        let p = write(
+            d.path(),
+            "loop.conf",
+            "<busconfig><include>loop.conf</include></busconfig>",
+        );
+        assert!(Config::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("nested too deeply"));
     }
 }

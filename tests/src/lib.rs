@@ -12,7 +12,11 @@ pub fn busd_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/busd");
-    assert!(p.exists(), "{} not built: run `cargo build -p busd` first (or set BUSD)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p busd` first (or set BUSD)",
+        p.display()
+    );
     p
 }
 
@@ -42,9 +46,15 @@ impl Busd {
             .spawn()
             .expect("spawn busd");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read address");
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read address");
         assert!(line.starts_with("unix:path="), "busd printed {line:?}");
-        Busd { child, address: line.trim().to_string(), dir }
+        Busd {
+            child,
+            address: line.trim().to_string(),
+            dir,
+        }
     }
 
     /// Whether the daemon process is still running.
@@ -62,7 +72,11 @@ impl Drop for Busd {
 
 /// Runs a client command with a timeout; returns (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn client");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(_)) = child.try_wait() {

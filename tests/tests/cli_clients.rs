@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use busd_tests::{busd_binary, run, Busd};
 
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         eprintln!("SKIPPED: {tool} is not installed");
     }
@@ -19,7 +23,11 @@ fn have(tool: &str) -> bool {
 
 /// Starts a long-running client and returns it with a reader of its stdout.
 fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -71,7 +79,10 @@ fn dbus_send_calls_the_driver() {
         "org.example.X.Y",
     ]));
     assert!(!ok);
-    assert!(err.contains("org.freedesktop.DBus.Error.ServiceUnknown"), "{err}");
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -92,7 +103,10 @@ fn dbus_monitor_sees_a_signal_from_dbus_send() {
     ]));
     assert!(ok, "{err}");
     let seen = wait_for(&rx, "payload-42");
-    assert!(seen.contains("interface=org.example.Iface; member=Happened"), "{seen}");
+    assert!(
+        seen.contains("interface=org.example.Iface; member=Happened"),
+        "{seen}"
+    );
     let _ = mon.kill();
     let _ = mon.wait();
 }
@@ -104,21 +118,51 @@ fn gdbus_call_emit_and_monitor() {
     }
     let bus = Busd::start();
     let (ok, out, err) = run(Command::new("gdbus").args([
-        "call", "--address", &bus.address, "--dest", "org.freedesktop.DBus", "--object-path",
-        "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.GetNameOwner", "org.freedesktop.DBus",
+        "call",
+        "--address",
+        &bus.address,
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.GetNameOwner",
+        "org.freedesktop.DBus",
     ]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "('org.freedesktop.DBus',)");
     let (ok, out, err) = run(Command::new("gdbus").args([
-        "call", "--address", &bus.address, "--dest", "org.freedesktop.DBus", "--object-path",
-        "/org/freedesktop/DBus", "--method", "org.freedesktop.DBus.Properties.Get", "org.freedesktop.DBus", "Features",
+        "call",
+        "--address",
+        &bus.address,
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.Properties.Get",
+        "org.freedesktop.DBus",
+        "Features",
     ]));
     assert!(ok, "{err}");
     assert!(out.contains("HeaderFiltering"), "{out}");
-    let (mut mon, rx) = spawn_lines(Command::new("gdbus").args(["monitor", "--address", &bus.address, "--dest", "org.freedesktop.DBus"]));
+    let (mut mon, rx) = spawn_lines(Command::new("gdbus").args([
+        "monitor",
+        "--address",
+        &bus.address,
+        "--dest",
+        "org.freedesktop.DBus",
+    ]));
     wait_for(&rx, "Monitoring");
     let (ok, _, err) = run(Command::new("gdbus").args([
-        "emit", "--address", &bus.address, "--object-path", "/org/example", "--signal", "org.example.Iface.Hello", "'from-gdbus'",
+        "emit",
+        "--address",
+        &bus.address,
+        "--object-path",
+        "/org/example",
+        "--signal",
+        "org.example.Iface.Hello",
+        "'from-gdbus'",
     ]));
     assert!(ok, "{err}");
     let _ = mon.kill();
@@ -131,12 +175,22 @@ fn busctl_lists_and_calls() {
         return;
     }
     let bus = Busd::start();
-    let (ok, out, err) = run(Command::new("busctl").args([&format!("--address={}", bus.address), "list", "--no-pager"]));
+    let (ok, out, err) = run(Command::new("busctl").args([
+        &format!("--address={}", bus.address),
+        "list",
+        "--no-pager",
+    ]));
     assert!(ok, "{err}");
     assert!(out.contains("org.freedesktop.DBus"), "{out}");
     let (ok, out, err) = run(Command::new("busctl").args([
-        &format!("--address={}", bus.address), "call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
-        "org.freedesktop.DBus", "NameHasOwner", "s", "org.freedesktop.DBus",
+        &format!("--address={}", bus.address),
+        "call",
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "NameHasOwner",
+        "s",
+        "org.freedesktop.DBus",
     ]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "b true");
@@ -147,7 +201,10 @@ fn python_dbus_owns_a_name_and_answers_a_call() {
     if !have("python3") {
         return;
     }
-    let has_dbus = Command::new("/usr/bin/python3").args(["-c", "import dbus"]).output().is_ok_and(|o| o.status.success());
+    let has_dbus = Command::new("/usr/bin/python3")
+        .args(["-c", "import dbus"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_dbus {
         eprintln!("SKIPPED: python3-dbus is not installed");
         return;
@@ -189,13 +246,21 @@ fn dbus_run_session_uses_busd() {
 #[test]
 fn a_malformed_message_disconnects_only_its_sender() {
     let mut bus = Busd::start();
-    let path = bus.address.trim_start_matches("unix:path=").split(',').next().unwrap().to_string();
+    let path = bus
+        .address
+        .trim_start_matches("unix:path=")
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
     let mut bad = UnixStream::connect(&path).unwrap();
     let uid = nix::unistd::getuid().as_raw().to_string();
     let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
-    bad.write_all(format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").as_bytes()).unwrap();
+    bad.write_all(format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").as_bytes())
+        .unwrap();
     // A header with an invalid byte-order mark.
-    bad.write_all(b"X\x01\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    bad.write_all(b"X\x01\x00\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00")
+        .unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = BufReader::new(bad.try_clone().unwrap());
     let mut line = String::new();
@@ -203,12 +268,18 @@ fn a_malformed_message_disconnects_only_its_sender() {
     assert!(line.starts_with("OK "), "{line}");
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
-    assert!(rest.is_empty(), "the bad client got data after its bad message");
+    assert!(
+        rest.is_empty(),
+        "the bad client got data after its bad message"
+    );
     assert!(bus.is_running());
     if have("dbus-send") {
         let (ok, _, err) = run(Command::new("dbus-send").args([
-            &format!("--bus={}", bus.address), "--print-reply", "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus", "org.freedesktop.DBus.GetId",
+            &format!("--bus={}", bus.address),
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
         ]));
         assert!(ok, "other clients keep working: {err}");
     }
@@ -229,8 +300,14 @@ fn fork_prints_address_and_pid_then_the_parent_exits() {
     let mut lines = text.lines();
     assert!(lines.next().unwrap().starts_with("unix:path="));
     let pid: i32 = lines.next().unwrap().parse().unwrap();
-    assert!(UnixStream::connect(&sock).is_ok(), "the forked daemon listens");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        UnixStream::connect(&sock).is_ok(),
+        "the forked daemon listens"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
 }
 
 #[test]
@@ -241,7 +318,10 @@ fn bad_usage_and_bad_config_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("bad.conf");
     std::fs::write(&conf, "<busconfig>\n  <listen>unix:tmpdir=/tmp</listen>\n  <limit name=\"nope\">1</limit>\n</busconfig>\n").unwrap();
-    let out = Command::new(busd_binary()).arg(format!("--config-file={}", conf.display())).output().unwrap();
+    let out = Command::new(busd_binary())
+        .arg(format!("--config-file={}", conf.display()))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:3:") && err.contains("nope"), "{err}");

@@ -27,7 +27,11 @@ impl Echo {
 }
 
 async fn connect(bus: &Busd) -> Connection {
-    connection::Builder::address(bus.address.as_str()).unwrap().build().await.unwrap()
+    connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
 }
 
 fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
@@ -49,13 +53,28 @@ async fn method_call_reply_and_error_through_a_well_known_name() {
             .unwrap();
         let client = connect(&bus).await;
         let reply = client
-            .call_method(Some("org.example.Service"), "/echo", Some("org.example.Echo"), "Echo", &("hi",))
+            .call_method(
+                Some("org.example.Service"),
+                "/echo",
+                Some("org.example.Echo"),
+                "Echo",
+                &("hi",),
+            )
             .await
             .unwrap();
         assert_eq!(reply.body().deserialize::<String>().unwrap(), "echo: hi");
-        assert_eq!(reply.header().sender().unwrap().as_str(), service.unique_name().unwrap().as_str());
+        assert_eq!(
+            reply.header().sender().unwrap().as_str(),
+            service.unique_name().unwrap().as_str()
+        );
         let err = client
-            .call_method(Some("org.example.Service"), "/echo", Some("org.example.Echo"), "Fail", &())
+            .call_method(
+                Some("org.example.Service"),
+                "/echo",
+                Some("org.example.Echo"),
+                "Fail",
+                &(),
+            )
             .await
             .unwrap_err();
         match err {
@@ -66,10 +85,19 @@ async fn method_call_reply_and_error_through_a_well_known_name() {
             other => panic!("unexpected {other:?}"),
         }
         let dbus = fdo::DBusProxy::new(&client).await.unwrap();
-        let owner = dbus.get_name_owner("org.example.Service".try_into().unwrap()).await.unwrap();
+        let owner = dbus
+            .get_name_owner("org.example.Service".try_into().unwrap())
+            .await
+            .unwrap();
         assert_eq!(owner.as_str(), service.unique_name().unwrap().as_str());
-        let missing = dbus.get_name_owner("org.example.Missing".try_into().unwrap()).await.unwrap_err();
-        assert!(matches!(missing, fdo::Error::NameHasNoOwner(_)), "{missing:?}");
+        let missing = dbus
+            .get_name_owner("org.example.Missing".try_into().unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, fdo::Error::NameHasNoOwner(_)),
+            "{missing:?}"
+        );
     })
     .await
     .unwrap();
@@ -87,26 +115,63 @@ async fn name_ownership_moves_and_is_announced() {
         let name = "org.example.Moving";
         let da = fdo::DBusProxy::new(&a).await.unwrap();
         let db = fdo::DBusProxy::new(&b).await.unwrap();
-        let r = da.request_name(name.try_into().unwrap(), fdo::RequestNameFlags::AllowReplacement.into()).await.unwrap();
+        let r = da
+            .request_name(
+                name.try_into().unwrap(),
+                fdo::RequestNameFlags::AllowReplacement.into(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r, fdo::RequestNameReply::PrimaryOwner);
-        let r = db.request_name(name.try_into().unwrap(), fdo::RequestNameFlags::DoNotQueue.into()).await.unwrap();
+        let r = db
+            .request_name(
+                name.try_into().unwrap(),
+                fdo::RequestNameFlags::DoNotQueue.into(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r, fdo::RequestNameReply::Exists);
-        let r = db.request_name(name.try_into().unwrap(), fdo::RequestNameFlags::ReplaceExisting.into()).await.unwrap();
+        let r = db
+            .request_name(
+                name.try_into().unwrap(),
+                fdo::RequestNameFlags::ReplaceExisting.into(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r, fdo::RequestNameReply::PrimaryOwner);
-        let queued = dbus.list_queued_owners(name.try_into().unwrap()).await.unwrap();
+        let queued = dbus
+            .list_queued_owners(name.try_into().unwrap())
+            .await
+            .unwrap();
         let queued: Vec<String> = queued.iter().map(|n| n.to_string()).collect();
-        assert_eq!(queued, vec![b.unique_name().unwrap().to_string(), a.unique_name().unwrap().to_string()]);
+        assert_eq!(
+            queued,
+            vec![
+                b.unique_name().unwrap().to_string(),
+                a.unique_name().unwrap().to_string()
+            ]
+        );
         // Seen by the watcher: acquired by a, then moved to b.
         let mut seen = Vec::new();
         while seen.len() < 2 {
             let s = changes.next().await.unwrap();
             let args = s.args().unwrap();
             if args.name().as_str() == name {
-                let new = args.new_owner().as_ref().map(|n| n.to_string()).unwrap_or_default();
+                let new = args
+                    .new_owner()
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
                 seen.push(new);
             }
         }
-        assert_eq!(seen, vec![a.unique_name().unwrap().to_string(), b.unique_name().unwrap().to_string()]);
+        assert_eq!(
+            seen,
+            vec![
+                a.unique_name().unwrap().to_string(),
+                b.unique_name().unwrap().to_string()
+            ]
+        );
         // b leaves: the name goes back to a.
         drop(db);
         drop(b);
@@ -114,7 +179,10 @@ async fn name_ownership_moves_and_is_announced() {
             let s = changes.next().await.unwrap();
             let args = s.args().unwrap();
             if args.name().as_str() == name {
-                assert_eq!(args.new_owner().as_ref().unwrap().as_str(), a.unique_name().unwrap().as_str());
+                assert_eq!(
+                    args.new_owner().as_ref().unwrap().as_str(),
+                    a.unique_name().unwrap().as_str()
+                );
                 break;
             }
         }
@@ -139,19 +207,38 @@ async fn signals_reach_only_matching_subscribers() {
                 .unwrap()
                 .build()
         };
-        let mut yes_stream = MessageStream::for_match_rule(rule("wanted"), &yes, None).await.unwrap();
-        let mut no_stream = MessageStream::for_match_rule(rule("other"), &no, None).await.unwrap();
+        let mut yes_stream = MessageStream::for_match_rule(rule("wanted"), &yes, None)
+            .await
+            .unwrap();
+        let mut no_stream = MessageStream::for_match_rule(rule("other"), &no, None)
+            .await
+            .unwrap();
         for i in 0..3u32 {
-            emitter.emit_signal(None::<()>, "/sig", "org.example.Sig", "Tick", &("wanted", i)).await.unwrap();
+            emitter
+                .emit_signal(
+                    None::<()>,
+                    "/sig",
+                    "org.example.Sig",
+                    "Tick",
+                    &("wanted", i),
+                )
+                .await
+                .unwrap();
         }
         for i in 0..3u32 {
             let m = yes_stream.next().await.unwrap().unwrap();
             let (s, n): (String, u32) = m.body().deserialize().unwrap();
             assert_eq!((s.as_str(), n), ("wanted", i), "in order");
-            assert_eq!(m.header().sender().unwrap().as_str(), emitter.unique_name().unwrap().as_str());
+            assert_eq!(
+                m.header().sender().unwrap().as_str(),
+                emitter.unique_name().unwrap().as_str()
+            );
         }
         let nothing = tokio::time::timeout(Duration::from_millis(300), no_stream.next()).await;
-        assert!(nothing.is_err(), "a non-matching subscriber received the signal");
+        assert!(
+            nothing.is_err(),
+            "a non-matching subscriber received the signal"
+        );
     })
     .await
     .unwrap();
@@ -174,7 +261,13 @@ async fn unix_fds_pass_through_the_bus() {
         let (mut r, w) = std::io::pipe().unwrap();
         let w = std::os::fd::OwnedFd::from(w);
         let reply = client
-            .call_method(Some("org.example.Fds"), "/echo", Some("org.example.Echo"), "WriteTo", &(zbus::zvariant::Fd::from(&w),))
+            .call_method(
+                Some("org.example.Fds"),
+                "/echo",
+                Some("org.example.Echo"),
+                "WriteTo",
+                &(zbus::zvariant::Fd::from(&w),),
+            )
             .await
             .unwrap();
         assert_eq!(reply.body().deserialize::<u32>().unwrap(), 7);

@@ -22,15 +22,27 @@ pub struct DriverMessage<'a> {
 
 impl<'a> DriverMessage<'a> {
     pub fn reply(reply_serial: u32, body: Vec<u8>, signature: &'a str) -> Self {
-        DriverMessage { kind: Kind::Reply { reply_serial }, body, signature }
+        DriverMessage {
+            kind: Kind::Reply { reply_serial },
+            body,
+            signature,
+        }
     }
 
     pub fn error(reply_serial: u32, name: &'a str, text: &str) -> Self {
-        DriverMessage { kind: Kind::Error { reply_serial, name }, body: body_s(text), signature: "s" }
+        DriverMessage {
+            kind: Kind::Error { reply_serial, name },
+            body: body_s(text),
+            signature: "s",
+        }
     }
 
     pub fn signal(member: &'a str, body: Vec<u8>, signature: &'a str) -> Self {
-        DriverMessage { kind: Kind::Signal { member }, body, signature }
+        DriverMessage {
+            kind: Kind::Signal { member },
+            body,
+            signature,
+        }
     }
 
     pub fn encode(&self, serial: u32, destination: Option<&str>) -> Vec<u8> {
@@ -57,7 +69,14 @@ impl<'a> DriverMessage<'a> {
                 message::SIGNAL
             }
         };
-        message::encode(Endian::Little, ty, FLAG_NO_REPLY_EXPECTED, serial, &f, &self.body)
+        message::encode(
+            Endian::Little,
+            ty,
+            FLAG_NO_REPLY_EXPECTED,
+            serial,
+            &f,
+            &self.body,
+        )
     }
 }
 

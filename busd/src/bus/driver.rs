@@ -46,7 +46,14 @@ struct Interface {
 }
 
 const fn m(name: &'static str, args: &'static str, out: &'static str, handler: Handler) -> Method {
-    Method { name, args, out, handler, any_path: true, privileged: false }
+    Method {
+        name,
+        args,
+        out,
+        handler,
+        any_path: true,
+        privileged: false,
+    }
 }
 
 static DBUS_METHODS: &[Method] = &[
@@ -54,7 +61,16 @@ static DBUS_METHODS: &[Method] = &[
     m("RequestName", "su", "u", request_name),
     m("ReleaseName", "s", "u", release_name),
     m("StartServiceByName", "su", "u", start_service_by_name),
-    Method { privileged: true, any_path: false, ..m("UpdateActivationEnvironment", "a{ss}", "", update_activation_environment) },
+    Method {
+        privileged: true,
+        any_path: false,
+        ..m(
+            "UpdateActivationEnvironment",
+            "a{ss}",
+            "",
+            update_activation_environment,
+        )
+    },
     m("NameHasOwner", "s", "b", name_has_owner),
     m("ListNames", "", "as", list_names),
     m("ListActivatableNames", "", "as", list_activatable_names),
@@ -64,25 +80,55 @@ static DBUS_METHODS: &[Method] = &[
     m("ListQueuedOwners", "s", "as", list_queued_owners),
     m("GetConnectionUnixUser", "s", "u", get_unix_user),
     m("GetConnectionUnixProcessID", "s", "u", get_unix_process_id),
-    m("GetAdtAuditSessionData", "s", "ay", get_adt_audit_session_data),
-    m("GetConnectionSELinuxSecurityContext", "s", "ay", get_selinux_context),
+    m(
+        "GetAdtAuditSessionData",
+        "s",
+        "ay",
+        get_adt_audit_session_data,
+    ),
+    m(
+        "GetConnectionSELinuxSecurityContext",
+        "s",
+        "ay",
+        get_selinux_context,
+    ),
     m("ReloadConfig", "", "", reload_config),
     m("GetId", "", "s", get_id),
-    m("GetConnectionCredentials", "s", "a{sv}", get_connection_credentials),
+    m(
+        "GetConnectionCredentials",
+        "s",
+        "a{sv}",
+        get_connection_credentials,
+    ),
 ];
 
 static PROPERTIES_METHODS: &[Method] = &[
-    Method { any_path: false, ..m("Get", "ss", "v", properties_get) },
-    Method { any_path: false, ..m("GetAll", "s", "a{sv}", properties_get_all) },
-    Method { any_path: false, ..m("Set", "ssv", "", properties_set) },
+    Method {
+        any_path: false,
+        ..m("Get", "ss", "v", properties_get)
+    },
+    Method {
+        any_path: false,
+        ..m("GetAll", "s", "a{sv}", properties_get_all)
+    },
+    Method {
+        any_path: false,
+        ..m("Set", "ssv", "", properties_set)
+    },
 ];
 
 static INTROSPECTABLE_METHODS: &[Method] = &[m("Introspect", "", "s", introspect)];
 
-static MONITORING_METHODS: &[Method] =
-    &[Method { privileged: true, any_path: false, ..m("BecomeMonitor", "asu", "", become_monitor) }];
+static MONITORING_METHODS: &[Method] = &[Method {
+    privileged: true,
+    any_path: false,
+    ..m("BecomeMonitor", "asu", "", become_monitor)
+}];
 
-static PEER_METHODS: &[Method] = &[m("GetMachineId", "", "s", get_machine_id), m("Ping", "", "", ping)];
+static PEER_METHODS: &[Method] = &[
+    m("GetMachineId", "", "s", get_machine_id),
+    m("Ping", "", "", ping),
+];
 
 static INTERFACES: &[Interface] = &[
     Interface {
@@ -111,7 +157,8 @@ pub(super) fn handle(bus: &mut Bus, from: PeerId, msg: &Message) {
     }
     let active = bus.peers.get(&from).is_some_and(|p| p.unique.is_some());
     let member = msg.member().unwrap_or("");
-    if !active && !(member == "Hello" && matches!(msg.interface(), None | Some(DBUS_INTERFACE))) {
+    let is_hello = member == "Hello" && matches!(msg.interface(), None | Some(DBUS_INTERFACE));
+    if !(active || is_hello) {
         bus.error_reply(
             from,
             msg,
@@ -150,23 +197,42 @@ pub(super) fn handle(bus: &mut Bus, from: PeerId, msg: &Message) {
     } else {
         "org.freedesktop.DBus.Error.UnknownInterface"
     };
-    bus.error_reply(from, msg, name, &format!("{DBUS_NAME} does not understand message {member}"));
+    bus.error_reply(
+        from,
+        msg,
+        name,
+        &format!("{DBUS_NAME} does not understand message {member}"),
+    );
 }
 
-fn call(bus: &mut Bus, from: PeerId, msg: &Message, method: &Method, canonical: bool) -> Result<Reply, Failure> {
+fn call(
+    bus: &mut Bus,
+    from: PeerId,
+    msg: &Message,
+    method: &Method,
+    canonical: bool,
+) -> Result<Reply, Failure> {
     if method.privileged {
         check_privileged(bus, from, msg)?;
     }
     if !(canonical || method.any_path) {
         return Err((
             E_ACCESS_DENIED,
-            format!("Method '{}' is only available at the canonical object path '{DBUS_PATH}'", method.name),
+            format!(
+                "Method '{}' is only available at the canonical object path '{DBUS_PATH}'",
+                method.name
+            ),
         ));
     }
     if msg.signature() != method.args {
         return Err((
             E_INVALID_ARGS,
-            format!("Call to {} has wrong args ({}, expected {})\n", method.name, msg.signature(), method.args),
+            format!(
+                "Call to {} has wrong args ({}, expected {})\n",
+                method.name,
+                msg.signature(),
+                method.args
+            ),
         ));
     }
     let mut r = msg.body_reader();
@@ -185,21 +251,37 @@ fn read_s<'a>(r: &mut Reader<'a>) -> Result<&'a str, Failure> {
 
 fn check_privileged(bus: &Bus, from: PeerId, msg: &Message) -> Result<(), Failure> {
     let peer = bus.peers.get(&from);
-    let name = peer.and_then(|p| p.unique.as_deref()).unwrap_or("(inactive)");
+    let name = peer
+        .and_then(|p| p.unique.as_deref())
+        .unwrap_or("(inactive)");
     let method = msg.member().unwrap_or("");
     match peer.and_then(|p| p.creds.uid) {
-        None => Err((E_ACCESS_DENIED, format!("rejected attempt to call {method} by connection {name} with unknown uid"))),
+        None => Err((
+            E_ACCESS_DENIED,
+            format!("rejected attempt to call {method} by connection {name} with unknown uid"),
+        )),
         Some(uid) if uid == 0 || uid == bus.settings.uid => Ok(()),
         Some(uid) => {
-            warn!(method, peer = name, uid, "rejected attempt to call a privileged method");
-            Err((E_ACCESS_DENIED, format!("rejected attempt to call {method} by connection {name} with uid {uid}")))
+            warn!(
+                method,
+                peer = name,
+                uid,
+                "rejected attempt to call a privileged method"
+            );
+            Err((
+                E_ACCESS_DENIED,
+                format!("rejected attempt to call {method} by connection {name} with uid {uid}"),
+            ))
         }
     }
 }
 
 fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
     if bus.peers.get(&from).is_some_and(|p| p.unique.is_some()) {
-        return Err(("org.freedesktop.DBus.Error.Failed", "Already handled an Hello message".into()));
+        return Err((
+            "org.freedesktop.DBus.Error.Failed",
+            "Already handled an Hello message".into(),
+        ));
     }
     // dbus-daemon numbers connections :1.0, :1.1, ...
     let unique = loop {
@@ -214,10 +296,20 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
     }
     bus.unique_names.insert(unique.clone(), from);
     // The reply comes first, then the announcements (bus/driver.c, Hello).
-    bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), compose::body_s(&unique), "s"));
+    bus.send_from_driver(
+        Some(from),
+        DriverMessage::reply(msg.serial(), compose::body_s(&unique), "s"),
+    );
     bus.emit_name_events(vec![
-        NameEvent::OwnerChanged { name: unique.clone(), old: None, new: Some(from) },
-        NameEvent::Acquired { peer: from, name: unique },
+        NameEvent::OwnerChanged {
+            name: unique.clone(),
+            old: None,
+            new: Some(from),
+        },
+        NameEvent::Acquired {
+            peer: from,
+            name: unique,
+        },
     ]);
     Ok(None)
 }
@@ -226,14 +318,25 @@ fn peer_name(bus: &Bus, peer: PeerId) -> String {
     bus.unique_of(peer).to_string()
 }
 
-fn request_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn request_name(
+    bus: &mut Bus,
+    from: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     let flags = r.u32().map_err(|_| malformed())?;
     if !valid::is_valid_bus_name(name) {
-        return Err((E_INVALID_ARGS, format!("Requested bus name \"{name}\" is not valid")));
+        return Err((
+            E_INVALID_ARGS,
+            format!("Requested bus name \"{name}\" is not valid"),
+        ));
     }
     if valid::is_unique_name(name) {
-        return Err((E_INVALID_ARGS, format!("Cannot acquire a service starting with ':' such as \"{name}\"")));
+        return Err((
+            E_INVALID_ARGS,
+            format!("Cannot acquire a service starting with ':' such as \"{name}\""),
+        ));
     }
     if name == DBUS_NAME {
         return Err((
@@ -269,16 +372,30 @@ fn request_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) ->
     Ok(Some((compose::body_u(code), "u")))
 }
 
-fn release_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn release_name(
+    bus: &mut Bus,
+    from: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     if !valid::is_valid_bus_name(name) {
-        return Err((E_INVALID_ARGS, format!("Given bus name \"{name}\" is not valid")));
+        return Err((
+            E_INVALID_ARGS,
+            format!("Given bus name \"{name}\" is not valid"),
+        ));
     }
     if valid::is_unique_name(name) {
-        return Err((E_INVALID_ARGS, format!("Cannot release a service starting with ':' such as \"{name}\"")));
+        return Err((
+            E_INVALID_ARGS,
+            format!("Cannot release a service starting with ':' such as \"{name}\""),
+        ));
     }
     if name == DBUS_NAME {
-        return Err((E_INVALID_ARGS, format!("Cannot release the {DBUS_NAME} service because it is owned by the bus")));
+        return Err((
+            E_INVALID_ARGS,
+            format!("Cannot release the {DBUS_NAME} service because it is owned by the bus"),
+        ));
     }
     let mut events = Vec::new();
     let code = bus.names.release(name, from, &mut events);
@@ -291,17 +408,30 @@ fn release_name(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) ->
     Ok(Some((compose::body_u(code), "u")))
 }
 
-fn start_service_by_name(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn start_service_by_name(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     if name == DBUS_NAME || bus.owner_of(name).is_some() {
         // DBUS_START_REPLY_ALREADY_RUNNING
         return Ok(Some((compose::body_u(2), "u")));
     }
     // Activation is not implemented yet: no name is activatable.
-    Err(("org.freedesktop.DBus.Error.ServiceUnknown", format!("The name {name} was not provided by any .service files")))
+    Err((
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        format!("The name {name} was not provided by any .service files"),
+    ))
 }
 
-fn update_activation_environment(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn update_activation_environment(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let vars = r.string_dict().map_err(|_| malformed())?;
     for (k, v) in vars {
         bus.activation_env.insert(k.to_string(), v.to_string());
@@ -309,7 +439,12 @@ fn update_activation_environment(bus: &mut Bus, _: PeerId, _: &Message, r: &mut 
     Ok(Some((Vec::new(), "")))
 }
 
-fn name_has_owner(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn name_has_owner(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     let owned = name == DBUS_NAME || bus.owner_of(name).is_some();
     Ok(Some((compose::body_b(owned), "b")))
@@ -322,11 +457,21 @@ fn list_names(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Resu
     Ok(Some((compose::body_as(all), "as")))
 }
 
-fn list_activatable_names(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn list_activatable_names(
+    _: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     Ok(Some((compose::body_as([DBUS_NAME]), "as")))
 }
 
-fn add_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn add_match(
+    bus: &mut Bus,
+    from: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let text = read_s(r)?;
     let rule = MatchRule::parse(text).map_err(|e| match e {
         busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
@@ -349,7 +494,12 @@ fn add_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Re
     Ok(Some((Vec::new(), "")))
 }
 
-fn remove_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn remove_match(
+    bus: &mut Bus,
+    from: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let text = read_s(r)?;
     let rule = MatchRule::parse(text).map_err(|e| match e {
         busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
@@ -369,31 +519,57 @@ fn remove_match(bus: &mut Bus, from: PeerId, _: &Message, r: &mut Reader<'_>) ->
     Ok(Some((Vec::new(), "")))
 }
 
-fn get_name_owner(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_name_owner(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     if name == DBUS_NAME {
         return Ok(Some((compose::body_s(DBUS_NAME), "s")));
     }
     match bus.owner_of(name) {
         Some(p) => Ok(Some((compose::body_s(bus.unique_of(p)), "s"))),
-        None => Err((E_NAME_HAS_NO_OWNER, format!("Could not get owner of name '{name}': no such name"))),
+        None => Err((
+            E_NAME_HAS_NO_OWNER,
+            format!("Could not get owner of name '{name}': no such name"),
+        )),
     }
 }
 
-fn list_queued_owners(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn list_queued_owners(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     if name == DBUS_NAME {
         return Ok(Some((compose::body_as([DBUS_NAME]), "as")));
     }
     let owners: Vec<String> = if valid::is_unique_name(name) {
-        bus.unique_names.contains_key(name).then(|| vec![name.to_string()]).unwrap_or_default()
+        if bus.unique_names.contains_key(name) {
+            vec![name.to_string()]
+        } else {
+            Vec::new()
+        }
     } else {
-        bus.names.queue(name).map(|q| q.map(|p| bus.unique_of(p).to_string()).collect()).unwrap_or_default()
+        bus.names
+            .queue(name)
+            .map(|q| q.map(|p| bus.unique_of(p).to_string()).collect())
+            .unwrap_or_default()
     };
     if owners.is_empty() {
-        return Err((E_NAME_HAS_NO_OWNER, format!("Could not get owners of name '{name}': no such name")));
+        return Err((
+            E_NAME_HAS_NO_OWNER,
+            format!("Could not get owners of name '{name}': no such name"),
+        ));
     }
-    Ok(Some((compose::body_as(owners.iter().map(String::as_str)), "as")))
+    Ok(Some((
+        compose::body_as(owners.iter().map(String::as_str)),
+        "as",
+    )))
 }
 
 /// Resolves the name argument of the GetConnection* methods: None means the bus itself.
@@ -402,12 +578,20 @@ fn connection_arg(bus: &Bus, r: &mut Reader<'_>, what: &str) -> Result<Option<Pe
     if name == DBUS_NAME {
         return Ok(None);
     }
-    bus.owner_of(name)
-        .map(Some)
-        .ok_or_else(|| (E_NAME_HAS_NO_OWNER, format!("Could not get {what} of name '{name}': no such name")))
+    bus.owner_of(name).map(Some).ok_or_else(|| {
+        (
+            E_NAME_HAS_NO_OWNER,
+            format!("Could not get {what} of name '{name}': no such name"),
+        )
+    })
 }
 
-fn get_unix_user(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_unix_user(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let uid = match connection_arg(bus, &mut r.clone(), "UID")? {
         None => Some(bus.settings.uid),
         Some(p) => bus.peers.get(&p).and_then(|p| p.creds.uid),
@@ -415,11 +599,19 @@ fn get_unix_user(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> R
     let name = read_s(r)?;
     match uid {
         Some(uid) => Ok(Some((compose::body_u(uid), "u"))),
-        None => Err(("org.freedesktop.DBus.Error.Failed", format!("Could not determine UID for '{name}'"))),
+        None => Err((
+            "org.freedesktop.DBus.Error.Failed",
+            format!("Could not determine UID for '{name}'"),
+        )),
     }
 }
 
-fn get_unix_process_id(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_unix_process_id(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let pid = match connection_arg(bus, &mut r.clone(), "PID")? {
         None => Some(bus.settings.pid),
         Some(p) => bus.peers.get(&p).and_then(|p| p.creds.pid),
@@ -427,11 +619,19 @@ fn get_unix_process_id(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>
     let name = read_s(r)?;
     match pid {
         Some(pid) => Ok(Some((compose::body_u(pid), "u"))),
-        None => Err(("org.freedesktop.DBus.Error.UnixProcessIdUnknown", format!("Could not determine PID for '{name}'"))),
+        None => Err((
+            "org.freedesktop.DBus.Error.UnixProcessIdUnknown",
+            format!("Could not determine PID for '{name}'"),
+        )),
     }
 }
 
-fn get_adt_audit_session_data(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_adt_audit_session_data(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     connection_arg(bus, &mut r.clone(), "audit session data")?;
     let name = read_s(r)?;
     Err((
@@ -440,7 +640,12 @@ fn get_adt_audit_session_data(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Rea
     ))
 }
 
-fn get_selinux_context(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_selinux_context(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     connection_arg(bus, &mut r.clone(), "security context")?;
     let name = read_s(r)?;
     Err((
@@ -449,10 +654,18 @@ fn get_selinux_context(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>
     ))
 }
 
-fn get_connection_credentials(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_connection_credentials(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let (uid, pid) = match connection_arg(bus, r, "credentials")? {
         None => (Some(bus.settings.uid), Some(bus.settings.pid)),
-        Some(p) => bus.peers.get(&p).map_or((None, None), |p| (p.creds.uid, p.creds.pid)),
+        Some(p) => bus
+            .peers
+            .get(&p)
+            .map_or((None, None), |p| (p.creds.uid, p.creds.pid)),
     };
     let mut w = compose::writer();
     let a = w.begin_array(8);
@@ -468,8 +681,16 @@ fn get_connection_credentials(bus: &mut Bus, _: PeerId, _: &Message, r: &mut Rea
     Ok(Some((w.into_vec(), "a{sv}")))
 }
 
-fn reload_config(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
-    bus.effects.push(Effect::ReloadConfig { peer: from, serial: msg.serial() });
+fn reload_config(
+    bus: &mut Bus,
+    from: PeerId,
+    msg: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    bus.effects.push(Effect::ReloadConfig {
+        peer: from,
+        serial: msg.serial(),
+    });
     Ok(None)
 }
 
@@ -477,7 +698,12 @@ fn get_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<R
     Ok(Some((compose::body_s(&bus.settings.guid), "s")))
 }
 
-fn get_machine_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn get_machine_id(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     Ok(Some((compose::body_s(&bus.settings.machine_id), "s")))
 }
 
@@ -489,7 +715,13 @@ fn ping(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply
 fn property(name: &str) -> Option<Vec<&'static str>> {
     match name {
         "Features" => Some(vec!["HeaderFiltering"]),
-        "Interfaces" => Some(INTERFACES.iter().filter(|i| i.interesting).map(|i| i.name).collect()),
+        "Interfaces" => Some(
+            INTERFACES
+                .iter()
+                .filter(|i| i.interesting)
+                .map(|i| i.name)
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -498,16 +730,27 @@ fn check_interface(iface: &str) -> Result<(), Failure> {
     if iface == DBUS_INTERFACE {
         Ok(())
     } else {
-        Err(("org.freedesktop.DBus.Error.UnknownInterface", format!("Interface \"{iface}\" not found")))
+        Err((
+            "org.freedesktop.DBus.Error.UnknownInterface",
+            format!("Interface \"{iface}\" not found"),
+        ))
     }
 }
 
-fn properties_get(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn properties_get(
+    _: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let iface = read_s(r)?;
     let name = read_s(r)?;
     check_interface(iface)?;
     let value = property(name).ok_or_else(|| {
-        ("org.freedesktop.DBus.Error.UnknownProperty", format!("Property \"{iface}.{name}\" not found"))
+        (
+            "org.freedesktop.DBus.Error.UnknownProperty",
+            format!("Property \"{iface}.{name}\" not found"),
+        )
     })?;
     let mut w = compose::writer();
     w.signature(b"as");
@@ -515,7 +758,12 @@ fn properties_get(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Re
     Ok(Some((w.into_vec(), "v")))
 }
 
-fn properties_get_all(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn properties_get_all(
+    _: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let iface = read_s(r)?;
     check_interface(iface)?;
     let mut w = compose::writer();
@@ -530,18 +778,32 @@ fn properties_get_all(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -
     Ok(Some((w.into_vec(), "a{sv}")))
 }
 
-fn properties_set(_: &mut Bus, _: PeerId, _: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn properties_set(
+    _: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let iface = read_s(r)?;
     let name = read_s(r)?;
     check_interface(iface)?;
     if property(name).is_none() {
-        return Err(("org.freedesktop.DBus.Error.UnknownProperty", format!("Property \"{iface}.{name}\" not found")));
+        return Err((
+            "org.freedesktop.DBus.Error.UnknownProperty",
+            format!("Property \"{iface}.{name}\" not found"),
+        ));
     }
-    Err(("org.freedesktop.DBus.Error.PropertyReadOnly", format!("Property '{iface}.{name}' cannot be set")))
+    Err((
+        "org.freedesktop.DBus.Error.PropertyReadOnly",
+        format!("Property '{iface}.{name}' cannot be set"),
+    ))
 }
 
 fn introspect(_: &mut Bus, _: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
-    Ok(Some((compose::body_s(&introspection_xml(msg.path().unwrap_or("/"))), "s")))
+    Ok(Some((
+        compose::body_s(&introspection_xml(msg.path().unwrap_or("/"))),
+        "s",
+    )))
 }
 
 /// The driver's introspection data at `path` (also what `busd --introspect` prints).
@@ -563,8 +825,12 @@ pub fn introspection_xml(path: &str) -> String {
             for (dir, sig) in [("in", m.args), ("out", m.out)] {
                 let mut p = 0;
                 while p < sig.len() {
-                    let end = valid::complete_type_end(sig.as_bytes(), p, 0, 0).unwrap_or(sig.len());
-                    xml.push_str(&format!("      <arg direction=\"{dir}\" type=\"{}\"/>\n", &sig[p..end]));
+                    let end =
+                        valid::complete_type_end(sig.as_bytes(), p, 0, 0).unwrap_or(sig.len());
+                    xml.push_str(&format!(
+                        "      <arg direction=\"{dir}\" type=\"{}\"/>\n",
+                        &sig[p..end]
+                    ));
                     p = end;
                 }
             }
@@ -580,11 +846,19 @@ pub fn introspection_xml(path: &str) -> String {
     xml
 }
 
-fn become_monitor(bus: &mut Bus, from: PeerId, msg: &Message, r: &mut Reader<'_>) -> Result<Reply, Failure> {
+fn become_monitor(
+    bus: &mut Bus,
+    from: PeerId,
+    msg: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
     let texts = r.string_array().map_err(|_| malformed())?;
     let flags = r.u32().map_err(|_| malformed())?;
     if flags != 0 {
-        return Err((E_INVALID_ARGS, "BecomeMonitor does not support any flags yet".into()));
+        return Err((
+            E_INVALID_ARGS,
+            "BecomeMonitor does not support any flags yet".into(),
+        ));
     }
     let texts = if texts.is_empty() { vec![""] } else { texts };
     let mut rules = Vec::with_capacity(texts.len());
@@ -599,20 +873,35 @@ fn become_monitor(bus: &mut Bus, from: PeerId, msg: &Message, r: &mut Reader<'_>
     }
     // The reply goes out before the connection becomes a monitor.
     if !msg.no_reply_expected() {
-        bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), Vec::new(), ""));
+        bus.send_from_driver(
+            Some(from),
+            DriverMessage::reply(msg.serial(), Vec::new(), ""),
+        );
     }
     let unique = peer_name(bus, from);
     info!("Connection {unique} became a monitor.");
-    let own_rules = bus.peers.get(&from).map(|p| p.rules.clone()).unwrap_or_default();
+    let own_rules = bus
+        .peers
+        .get(&from)
+        .map(|p| p.rules.clone())
+        .unwrap_or_default();
     bus.matches.remove_peer(from, own_rules.iter());
     bus.release_all_names(from);
     // Its unique name goes too, as if it had disconnected.
     bus.unique_names.remove(&unique);
     bus.emit_name_events(vec![
-        NameEvent::Lost { peer: from, name: unique.clone() },
-        NameEvent::OwnerChanged { name: unique.clone(), old: Some(from), new: None },
+        NameEvent::Lost {
+            peer: from,
+            name: unique.clone(),
+        },
+        NameEvent::OwnerChanged {
+            name: unique.clone(),
+            old: Some(from),
+            new: None,
+        },
     ]);
-    bus.pending_replies.retain(|&(caller, _), replier| caller != from && *replier != from);
+    bus.pending_replies
+        .retain(|&(caller, _), replier| caller != from && *replier != from);
     if let Some(p) = bus.peers.get_mut(&from) {
         p.rules.clear();
         p.pending_replies = 0;
@@ -628,11 +917,17 @@ pub(super) fn handle_peer_to_peer(bus: &mut Bus, from: PeerId, msg: &Message) {
     let member = msg.member().unwrap_or("");
     match (msg.interface(), member, msg.signature()) {
         (None | Some(PEER), "Ping", "") => {
-            bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), Vec::new(), ""));
+            bus.send_from_driver(
+                Some(from),
+                DriverMessage::reply(msg.serial(), Vec::new(), ""),
+            );
         }
         (None | Some(PEER), "GetMachineId", "") => {
             let id = bus.settings.machine_id.clone();
-            bus.send_from_driver(Some(from), DriverMessage::reply(msg.serial(), compose::body_s(&id), "s"));
+            bus.send_from_driver(
+                Some(from),
+                DriverMessage::reply(msg.serial(), compose::body_s(&id), "s"),
+            );
         }
         (iface, _, sig) => {
             let text = format!(

@@ -29,49 +29,53 @@ pub struct MatchRegistry {
 }
 
 impl MatchRegistry {
-    fn bucket_mut(&mut self, rule: &MatchRule, create: bool) -> Option<(&mut Vec<Entry>, Option<(u8, String)>)> {
-        let (map, key, kind) = if let Some(s) = &rule.sender {
-            (&mut self.by_sender, s, 0)
+    fn map_for(&mut self, rule: &MatchRule) -> Option<(&mut HashMap<String, Vec<Entry>>, String)> {
+        if let Some(s) = &rule.sender {
+            Some((&mut self.by_sender, s.clone()))
         } else if let Some(i) = &rule.interface {
-            (&mut self.by_interface, i, 1)
-        } else if let Some(m) = &rule.member {
-            (&mut self.by_member, m, 2)
+            Some((&mut self.by_interface, i.clone()))
         } else {
-            return Some((&mut self.any, None));
-        };
-        if create {
-            Some((map.entry(key.clone()).or_default(), Some((kind, key.clone()))))
-        } else {
-            map.get_mut(key).map(|b| (b, Some((kind, key.clone()))))
+            rule.member
+                .as_ref()
+                .map(|m| (&mut self.by_member, m.clone()))
         }
     }
 
     pub fn add(&mut self, peer: PeerId, rule: MatchRule) {
-        if let Some((bucket, _)) = self.bucket_mut(&rule, true) {
-            bucket.push(Entry { peer, rule });
+        let entry = Entry { peer, rule };
+        match self.map_for(&entry.rule) {
+            Some((map, key)) => map.entry(key).or_default().push(entry),
+            None => self.any.push(entry),
         }
         self.len += 1;
     }
 
     /// Removes one instance of `rule` added by `peer`; false if there is none.
     pub fn remove(&mut self, peer: PeerId, rule: &MatchRule) -> bool {
-        let Some((bucket, key)) = self.bucket_mut(rule, false) else {
-            return false;
-        };
-        let Some(pos) = bucket.iter().position(|e| e.peer == peer && &e.rule == rule) else {
-            return false;
-        };
-        bucket.remove(pos);
-        if bucket.is_empty() {
-            match key {
-                Some((0, k)) => drop(self.by_sender.remove(&k)),
-                Some((1, k)) => drop(self.by_interface.remove(&k)),
-                Some((_, k)) => drop(self.by_member.remove(&k)),
-                None => {}
+        let found = |bucket: &mut Vec<Entry>| match bucket
+            .iter()
+            .position(|e| e.peer == peer && &e.rule == rule)
+        {
+            Some(pos) => {
+                bucket.remove(pos);
+                true
             }
+            None => false,
+        };
+        let removed = match self.map_for(rule) {
+            Some((map, key)) => {
+                let removed = map.get_mut(&key).is_some_and(found);
+                if map.get(&key).is_some_and(Vec::is_empty) {
+                    map.remove(&key);
+                }
+                removed
+            }
+            None => found(&mut self.any),
+        };
+        if removed {
+            self.len -= 1;
         }
-        self.len -= 1;
-        true
+        removed
     }
 
     /// Removes every rule of `peer` (on disconnect); `rules` lists them.
@@ -139,7 +143,10 @@ mod tests {
         r.add(3, rule("member='M'"));
         r.add(4, rule("type='signal'"));
         assert_eq!(hits(&r, &[":1.0"], Some("i.y"), Some("N")), vec![4]);
-        assert_eq!(hits(&r, &[":1.0", "org.a"], Some("i.x"), Some("M")), vec![1, 2, 3, 4]);
+        assert_eq!(
+            hits(&r, &[":1.0", "org.a"], Some("i.x"), Some("M")),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(hits(&r, &[":1.0"], Some("i.x"), None), vec![2, 4]);
     }
 

@@ -54,7 +54,10 @@ pub enum Effect {
     Send(PeerId, Outgoing),
     Disconnect(PeerId),
     /// Re-read the configuration; then call [`Bus::reload_finished`] with these.
-    ReloadConfig { peer: PeerId, serial: u32 },
+    ReloadConfig {
+        peer: PeerId,
+        serial: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -106,8 +109,19 @@ struct Routed<'a> {
 }
 
 impl<'a> Routed<'a> {
-    fn new(bus: &'a Bus, msg: &'a Message, sender: Option<PeerId>, recipient: Option<PeerId>) -> Self {
-        Routed { bus, msg, sender, recipient, args: OnceCell::new() }
+    fn new(
+        bus: &'a Bus,
+        msg: &'a Message,
+        sender: Option<PeerId>,
+        recipient: Option<PeerId>,
+    ) -> Self {
+        Routed {
+            bus,
+            msg,
+            sender,
+            recipient,
+            args: OnceCell::new(),
+        }
     }
 
     fn names_of(&self, peer: Option<PeerId>, name: &str) -> bool {
@@ -250,7 +264,10 @@ impl Bus {
     }
 
     fn unique_of(&self, peer: PeerId) -> &str {
-        self.peers.get(&peer).and_then(|p| p.unique.as_deref()).unwrap_or("")
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.unique.as_deref())
+            .unwrap_or("")
     }
 
     fn next_serial(&mut self) -> u32 {
@@ -272,7 +289,13 @@ impl Bus {
     }
 
     /// Copies a message to every monitor whose rules match it.
-    fn capture(&mut self, msg: &Message, sender: Option<PeerId>, recipient: Option<PeerId>, out: &Outgoing) {
+    fn capture(
+        &mut self,
+        msg: &Message,
+        sender: Option<PeerId>,
+        recipient: Option<PeerId>,
+        out: &Outgoing,
+    ) {
         if self.monitors.is_empty() {
             return;
         }
@@ -305,7 +328,10 @@ impl Bus {
             return;
         }
         let active = peer.unique.is_some();
-        let sender_name = peer.unique.clone().unwrap_or_else(|| ":not.active.yet".to_string());
+        let sender_name = peer
+            .unique
+            .clone()
+            .unwrap_or_else(|| ":not.active.yet".to_string());
         let destination = msg.destination().map(str::to_string);
 
         match destination.as_deref() {
@@ -322,7 +348,9 @@ impl Bus {
             }
             None => {
                 if msg.msg_type() == message::SIGNAL {
-                    let Some((out, view)) = self.outgoing(msg, &sender_name) else { return };
+                    let Some((out, view)) = self.outgoing(msg, &sender_name) else {
+                        return;
+                    };
                     self.capture(&view, Some(from), None, &out);
                     self.dispatch_matches(&view, Some(from), None, &out);
                 } else if msg.msg_type() == message::METHOD_CALL {
@@ -334,14 +362,18 @@ impl Bus {
                 let Some(recipient) = self.owner_of(dest) else {
                     let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
                     self.capture(&msg, Some(from), None, &out);
-                    let (name, text) = if msg.auto_start() && !busd_match::names::is_unique_name(dest) {
-                        (
-                            "org.freedesktop.DBus.Error.ServiceUnknown",
-                            format!("The name {dest} was not provided by any .service files"),
-                        )
-                    } else {
-                        ("org.freedesktop.DBus.Error.NameHasNoOwner", format!("Name \"{dest}\" does not exist"))
-                    };
+                    let (name, text) =
+                        if msg.auto_start() && !busd_match::names::is_unique_name(dest) {
+                            (
+                                "org.freedesktop.DBus.Error.ServiceUnknown",
+                                format!("The name {dest} was not provided by any .service files"),
+                            )
+                        } else {
+                            (
+                                "org.freedesktop.DBus.Error.NameHasNoOwner",
+                                format!("Name \"{dest}\" does not exist"),
+                            )
+                        };
                     self.error_reply(from, &msg, name, &text);
                     return;
                 };
@@ -394,7 +426,10 @@ impl Bus {
             let limit = self.settings.limits.max_replies_per_connection as usize;
             let waiting = self.peers.get(&from).map_or(0, |p| p.pending_replies);
             if waiting >= limit {
-                warn!(peer = sender_name, limit, "The maximum number of pending replies has been reached");
+                warn!(
+                    peer = sender_name,
+                    limit, "The maximum number of pending replies has been reached"
+                );
                 let out = Outgoing::new(msg.forwarded(sender_name), Vec::new());
                 self.capture(&msg, Some(from), Some(recipient), &out);
                 self.error_reply(
@@ -405,13 +440,19 @@ impl Bus {
                 );
                 return;
             }
-            if self.pending_replies.insert((from, msg.serial()), recipient).is_none() {
+            if self
+                .pending_replies
+                .insert((from, msg.serial()), recipient)
+                .is_none()
+            {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.pending_replies += 1;
                 }
             }
         }
-        let Some((out, view)) = self.outgoing(msg, sender_name) else { return };
+        let Some((out, view)) = self.outgoing(msg, sender_name) else {
+            return;
+        };
         self.capture(&view, Some(from), Some(recipient), &out);
         self.send(recipient, out.clone());
         self.dispatch_matches(&view, Some(from), Some(recipient), &out);
@@ -419,7 +460,13 @@ impl Bus {
 
     /// Delivers `out` to every connection with a matching rule (other than the addressed
     /// recipient, which already has it).
-    fn dispatch_matches(&mut self, msg: &Message, sender: Option<PeerId>, recipient: Option<PeerId>, out: &Outgoing) {
+    fn dispatch_matches(
+        &mut self,
+        msg: &Message,
+        sender: Option<PeerId>,
+        recipient: Option<PeerId>,
+        out: &Outgoing,
+    ) {
         if self.matches.is_empty() {
             return;
         }
@@ -439,15 +486,18 @@ impl Bus {
                     }
                 }
             }
-            self.matches.candidates(&sender_names, msg.interface(), msg.member(), |e| {
-                if Some(e.peer) != recipient && e.rule.matches(&routed) {
-                    recipients.push(e.peer);
-                }
-            });
+            self.matches
+                .candidates(&sender_names, msg.interface(), msg.member(), |e| {
+                    if Some(e.peer) != recipient && e.rule.matches(&routed) {
+                        recipients.push(e.peer);
+                    }
+                });
         }
         let fds = msg.unix_fds() > 0;
         for &r in &recipients {
-            let Some(p) = self.peers.get_mut(&r) else { continue };
+            let Some(p) = self.peers.get_mut(&r) else {
+                continue;
+            };
             if p.stamp == stamp {
                 continue;
             }
@@ -465,7 +515,9 @@ impl Bus {
     fn send_from_driver(&mut self, to: Option<PeerId>, m: DriverMessage<'_>) {
         let serial = self.next_serial();
         // An inactive connection (before Hello) has no name to address.
-        let dest = to.map(|t| self.unique_of(t).to_string()).filter(|d| !d.is_empty());
+        let dest = to
+            .map(|t| self.unique_of(t).to_string())
+            .filter(|d| !d.is_empty());
         let bytes = m.encode(serial, dest.as_deref());
         let msg = match Message::parse(bytes, Vec::new()) {
             Ok(m) => m,
@@ -496,19 +548,37 @@ impl Bus {
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.names.retain(|n| n != &name);
                     }
-                    if self.peers.get(&peer).is_some_and(|p| p.unique.is_some() && !p.closing) {
-                        self.send_from_driver(Some(peer), DriverMessage::signal("NameLost", compose::body_s(&name), "s"));
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.unique.is_some() && !p.closing)
+                    {
+                        self.send_from_driver(
+                            Some(peer),
+                            DriverMessage::signal("NameLost", compose::body_s(&name), "s"),
+                        );
                     }
                 }
                 names::NameEvent::Acquired { peer, name } => {
-                    self.send_from_driver(Some(peer), DriverMessage::signal("NameAcquired", compose::body_s(&name), "s"));
+                    self.send_from_driver(
+                        Some(peer),
+                        DriverMessage::signal("NameAcquired", compose::body_s(&name), "s"),
+                    );
                 }
                 names::NameEvent::OwnerChanged { name, old, new } => {
-                    let old = old.map(|p| self.unique_of(p).to_string()).unwrap_or_default();
-                    let new = new.map(|p| self.unique_of(p).to_string()).unwrap_or_default();
+                    let old = old
+                        .map(|p| self.unique_of(p).to_string())
+                        .unwrap_or_default();
+                    let new = new
+                        .map(|p| self.unique_of(p).to_string())
+                        .unwrap_or_default();
                     self.send_from_driver(
                         None,
-                        DriverMessage::signal("NameOwnerChanged", compose::body_sss(&name, &old, &new), "sss"),
+                        DriverMessage::signal(
+                            "NameOwnerChanged",
+                            compose::body_sss(&name, &old, &new),
+                            "sss",
+                        ),
                     );
                 }
             }
@@ -517,7 +587,11 @@ impl Bus {
 
     /// Releases every name a peer holds, announcing each change.
     fn release_all_names(&mut self, peer: PeerId) {
-        let held = self.peers.get(&peer).map(|p| p.names.clone()).unwrap_or_default();
+        let held = self
+            .peers
+            .get(&peer)
+            .map(|p| p.names.clone())
+            .unwrap_or_default();
         for name in held {
             let mut events = Vec::new();
             self.names.release(&name, peer, &mut events);
@@ -541,10 +615,14 @@ impl Bus {
         self.matches.remove_peer(id, rules.iter());
         self.release_all_names(id);
         self.monitors.retain(|&m| m != id);
-        self.pending_replies.retain(|&(caller, _), replier| caller != id && *replier != id);
+        self.pending_replies
+            .retain(|&(caller, _), replier| caller != id && *replier != id);
         if let Some(u) = unique {
             self.unique_names.remove(&u);
-            self.send_from_driver(None, DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"));
+            self.send_from_driver(
+                None,
+                DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"),
+            );
         }
         self.peers.remove(&id);
         // Effects queued for a peer that is gone are dropped by the shell.

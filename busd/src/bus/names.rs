@@ -32,7 +32,11 @@ pub enum NameEvent {
     /// `NameAcquired` to `peer`.
     Acquired { peer: PeerId, name: String },
     /// `NameOwnerChanged` broadcast.
-    OwnerChanged { name: String, old: Option<PeerId>, new: Option<PeerId> },
+    OwnerChanged {
+        name: String,
+        old: Option<PeerId>,
+        new: Option<PeerId>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -55,16 +59,32 @@ impl NameRegistry {
     }
 
     pub fn is_in_queue(&self, name: &str, peer: PeerId) -> bool {
-        self.names.get(name).is_some_and(|q| q.iter().any(|o| o.peer == peer))
+        self.names
+            .get(name)
+            .is_some_and(|q| q.iter().any(|o| o.peer == peer))
     }
 
     /// RequestName for a name already validated. Returns the reply code; `events` receives the
     /// announcements. `newly_queued` tells the caller the peer now holds a new queue entry.
-    pub fn request(&mut self, name: &str, peer: PeerId, flags: u32, events: &mut Vec<NameEvent>) -> u32 {
+    pub fn request(
+        &mut self,
+        name: &str,
+        peer: PeerId,
+        flags: u32,
+        events: &mut Vec<NameEvent>,
+    ) -> u32 {
         let Some(queue) = self.names.get_mut(name) else {
-            self.names.insert(name.to_string(), VecDeque::from([Owner { peer, flags }]));
-            events.push(NameEvent::OwnerChanged { name: name.to_string(), old: None, new: Some(peer) });
-            events.push(NameEvent::Acquired { peer, name: name.to_string() });
+            self.names
+                .insert(name.to_string(), VecDeque::from([Owner { peer, flags }]));
+            events.push(NameEvent::OwnerChanged {
+                name: name.to_string(),
+                old: None,
+                new: Some(peer),
+            });
+            events.push(NameEvent::Acquired {
+                peer,
+                name: name.to_string(),
+            });
             return REQUEST_PRIMARY_OWNER;
         };
         let primary = queue[0];
@@ -95,9 +115,19 @@ impl NameRegistry {
         if old.flags & NAME_FLAG_DO_NOT_QUEUE == 0 {
             queue.insert(1, old);
         }
-        events.push(NameEvent::Lost { peer: old.peer, name: name.to_string() });
-        events.push(NameEvent::OwnerChanged { name: name.to_string(), old: Some(old.peer), new: Some(peer) });
-        events.push(NameEvent::Acquired { peer, name: name.to_string() });
+        events.push(NameEvent::Lost {
+            peer: old.peer,
+            name: name.to_string(),
+        });
+        events.push(NameEvent::OwnerChanged {
+            name: name.to_string(),
+            old: Some(old.peer),
+            new: Some(peer),
+        });
+        events.push(NameEvent::Acquired {
+            peer,
+            name: name.to_string(),
+        });
         REQUEST_PRIMARY_OWNER
     }
 
@@ -111,11 +141,21 @@ impl NameRegistry {
         };
         queue.remove(pos);
         if pos == 0 {
-            events.push(NameEvent::Lost { peer, name: name.to_string() });
+            events.push(NameEvent::Lost {
+                peer,
+                name: name.to_string(),
+            });
             let new = queue.front().map(|o| o.peer);
-            events.push(NameEvent::OwnerChanged { name: name.to_string(), old: Some(peer), new });
+            events.push(NameEvent::OwnerChanged {
+                name: name.to_string(),
+                old: Some(peer),
+                new,
+            });
             if let Some(new) = new {
-                events.push(NameEvent::Acquired { peer: new, name: name.to_string() });
+                events.push(NameEvent::Acquired {
+                    peer: new,
+                    name: name.to_string(),
+                });
             }
         }
         if queue.is_empty() {
@@ -140,7 +180,11 @@ mod tests {
     }
 
     fn changed(old: Option<PeerId>, new: Option<PeerId>) -> NameEvent {
-        NameEvent::OwnerChanged { name: "org.x".into(), old, new }
+        NameEvent::OwnerChanged {
+            name: "org.x".into(),
+            old,
+            new,
+        }
     }
 
     #[test]
@@ -148,7 +192,16 @@ mod tests {
         let mut r = NameRegistry::default();
         let (code, ev) = req(&mut r, A, 0);
         assert_eq!(code, REQUEST_PRIMARY_OWNER);
-        assert_eq!(ev, vec![changed(None, Some(A)), NameEvent::Acquired { peer: A, name: "org.x".into() }]);
+        assert_eq!(
+            ev,
+            vec![
+                changed(None, Some(A)),
+                NameEvent::Acquired {
+                    peer: A,
+                    name: "org.x".into()
+                }
+            ]
+        );
         assert_eq!(req(&mut r, A, 0).0, REQUEST_ALREADY_OWNER);
     }
 
@@ -164,9 +217,15 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                NameEvent::Lost { peer: A, name: "org.x".into() },
+                NameEvent::Lost {
+                    peer: A,
+                    name: "org.x".into()
+                },
                 changed(Some(A), Some(B)),
-                NameEvent::Acquired { peer: B, name: "org.x".into() },
+                NameEvent::Acquired {
+                    peer: B,
+                    name: "org.x".into()
+                },
             ]
         );
         assert_eq!(r.release("org.x", A, &mut ev), RELEASE_NOT_OWNER);
@@ -178,17 +237,29 @@ mod tests {
         let mut r = NameRegistry::default();
         req(&mut r, A, 0);
         // REPLACE_EXISTING without ALLOW_REPLACEMENT on the owner: queued.
-        assert_eq!(req(&mut r, B, NAME_FLAG_REPLACE_EXISTING).0, REQUEST_IN_QUEUE);
+        assert_eq!(
+            req(&mut r, B, NAME_FLAG_REPLACE_EXISTING).0,
+            REQUEST_IN_QUEUE
+        );
         // The owner allows replacement now.
-        assert_eq!(req(&mut r, A, NAME_FLAG_ALLOW_REPLACEMENT).0, REQUEST_ALREADY_OWNER);
+        assert_eq!(
+            req(&mut r, A, NAME_FLAG_ALLOW_REPLACEMENT).0,
+            REQUEST_ALREADY_OWNER
+        );
         let (code, ev) = req(&mut r, C, NAME_FLAG_REPLACE_EXISTING);
         assert_eq!(code, REQUEST_PRIMARY_OWNER);
         assert_eq!(
             ev,
             vec![
-                NameEvent::Lost { peer: A, name: "org.x".into() },
+                NameEvent::Lost {
+                    peer: A,
+                    name: "org.x".into()
+                },
                 changed(Some(A), Some(C)),
-                NameEvent::Acquired { peer: C, name: "org.x".into() },
+                NameEvent::Acquired {
+                    peer: C,
+                    name: "org.x".into()
+                },
             ]
         );
         // The old owner stays queued right behind the new one.
@@ -198,8 +269,20 @@ mod tests {
     #[test]
     fn replaced_owner_that_asked_not_to_queue_is_dropped() {
         let mut r = NameRegistry::default();
-        req(&mut r, A, NAME_FLAG_ALLOW_REPLACEMENT | NAME_FLAG_DO_NOT_QUEUE);
-        assert_eq!(req(&mut r, B, NAME_FLAG_REPLACE_EXISTING | NAME_FLAG_DO_NOT_QUEUE).0, REQUEST_PRIMARY_OWNER);
+        req(
+            &mut r,
+            A,
+            NAME_FLAG_ALLOW_REPLACEMENT | NAME_FLAG_DO_NOT_QUEUE,
+        );
+        assert_eq!(
+            req(
+                &mut r,
+                B,
+                NAME_FLAG_REPLACE_EXISTING | NAME_FLAG_DO_NOT_QUEUE
+            )
+            .0,
+            REQUEST_PRIMARY_OWNER
+        );
         assert_eq!(r.queue("org.x").unwrap().collect::<Vec<_>>(), vec![B]);
     }
 

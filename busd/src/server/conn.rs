@@ -38,9 +38,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: UnixStream, mechanisms: &[Mechanism], guid: &str, auth_timeout: Duration) -> io::Result<Conn> {
-        let cred = socket::getsockopt(&stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
-        let creds = Credentials { uid: Some(cred.uid()), pid: Some(cred.pid() as u32), gid: Some(cred.gid()) };
+    pub fn new(
+        stream: UnixStream,
+        mechanisms: &[Mechanism],
+        guid: &str,
+        auth_timeout: Duration,
+    ) -> io::Result<Conn> {
+        let cred =
+            socket::getsockopt(&stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
+        let creds = Credentials {
+            uid: Some(cred.uid()),
+            pid: Some(cred.pid() as u32),
+            gid: Some(cred.gid()),
+        };
         Ok(Conn {
             sasl: Some(SaslServer::new(mechanisms.to_vec(), creds.uid, guid, true)),
             auth_deadline: Some(Instant::now() + auth_timeout),
@@ -99,7 +109,10 @@ impl Conn {
                             if let ControlMessageOwned::ScmRights(raw) = c {
                                 // SAFETY: the kernel just installed these descriptors in this
                                 // process for us (SCM_RIGHTS); nothing else owns them.
-                                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                                fds.extend(
+                                    raw.into_iter()
+                                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                                );
                             }
                         }
                     }
@@ -125,7 +138,9 @@ impl Conn {
 
     fn process(&mut self, limits: &busd_policy::Limits) -> Result<(), String> {
         if let Some(sasl) = &mut self.sasl {
-            let progress = sasl.feed(&self.inbuf, &mut self.auth_out).map_err(|e| e.to_string())?;
+            let progress = sasl
+                .feed(&self.inbuf, &mut self.auth_out)
+                .map_err(|e| e.to_string())?;
             self.inbuf.drain(..progress.consumed);
             if !progress.done {
                 return Ok(());
@@ -138,7 +153,8 @@ impl Conn {
             self.auth_deadline = None;
         }
         while self.inbuf.len() >= message::FIXED_HEADER_SIZE {
-            let total = message::total_length(&self.inbuf[..message::FIXED_HEADER_SIZE]).map_err(|e| e.to_string())?;
+            let total = message::total_length(&self.inbuf[..message::FIXED_HEADER_SIZE])
+                .map_err(|e| e.to_string())?;
             if total as u64 > limits.max_message_size {
                 return Err(format!("message of {total} bytes exceeds max_message_size"));
             }
@@ -152,7 +168,9 @@ impl Conn {
             };
             let declared = message::declared_unix_fds(&bytes);
             if declared as u64 > limits.max_message_unix_fds {
-                return Err(format!("message carries {declared} fds, more than max_message_unix_fds"));
+                return Err(format!(
+                    "message carries {declared} fds, more than max_message_unix_fds"
+                ));
             }
             if declared as usize > self.infds.len() {
                 return Err("message declares more unix fds than were sent".into());
@@ -172,7 +190,11 @@ impl Conn {
     pub fn flush(&mut self) -> io::Result<()> {
         let fd = self.stream.as_raw_fd();
         while !self.auth_out.is_empty() {
-            match socket::send(fd, &self.auth_out, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+            match socket::send(
+                fd,
+                &self.auth_out,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(n) => drop(self.auth_out.drain(..n)),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -181,10 +203,20 @@ impl Conn {
         }
         while let Some((out, offset)) = self.outq.front_mut() {
             let iov = [IoSlice::new(&out.bytes[*offset..])];
-            let raw: Vec<RawFd> = if *offset == 0 { out.fds.iter().map(|f| f.as_raw_fd()).collect() } else { Vec::new() };
+            let raw: Vec<RawFd> = if *offset == 0 {
+                out.fds.iter().map(|f| f.as_raw_fd()).collect()
+            } else {
+                Vec::new()
+            };
             let cmsgs = [ControlMessage::ScmRights(&raw)];
             let cm: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
-            match socket::sendmsg::<()>(fd, &iov, cm, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None) {
+            match socket::sendmsg::<()>(
+                fd,
+                &iov,
+                cm,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
                 Ok(n) => {
                     *offset += n;
                     if *offset >= out.bytes.len() {

@@ -26,7 +26,10 @@ fn random_suffix() -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = [0u8; 10];
     crate::cli::random_bytes(&mut bytes);
-    bytes.iter().map(|b| CHARS[*b as usize % CHARS.len()] as char).collect()
+    bytes
+        .iter()
+        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+        .collect()
 }
 
 fn listen_path(path: &Path) -> io::Result<Listener> {

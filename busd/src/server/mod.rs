@@ -42,11 +42,17 @@ pub struct Server {
 const FIRST_CONN: PeerId = 1024;
 
 impl Server {
-    pub fn new(listeners: Vec<Listener>, bus: Bus, config: ServerConfig, reloader: Reloader) -> io::Result<Self> {
+    pub fn new(
+        listeners: Vec<Listener>,
+        bus: Bus,
+        config: ServerConfig,
+        reloader: Reloader,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let mut listeners = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
-            poll.registry().register(&mut l.socket, Token(i), Interest::READABLE)?;
+            poll.registry()
+                .register(&mut l.socket, Token(i), Interest::READABLE)?;
         }
         Ok(Server {
             poll,
@@ -64,7 +70,9 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -94,8 +102,12 @@ impl Server {
 
     fn expire_auth(&mut self) {
         let now = Instant::now();
-        let expired: Vec<PeerId> =
-            self.conns.iter().filter(|(_, c)| c.auth_deadline().is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
+        let expired: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.auth_deadline().is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
         for id in expired {
             debug!(conn = id, "authentication timed out");
             self.close(id);
@@ -116,7 +128,11 @@ impl Server {
                     return;
                 }
             };
-            let incomplete = self.conns.values().filter(|c| !c.is_authenticated()).count() as u64;
+            let incomplete = self
+                .conns
+                .values()
+                .filter(|c| !c.is_authenticated())
+                .count() as u64;
             if incomplete >= self.config.limits.max_incomplete_connections {
                 warn!("too many connections still authenticating; refusing one");
                 continue;
@@ -124,14 +140,23 @@ impl Server {
             let id = self.next_id;
             self.next_id += 1;
             let timeout = Duration::from_millis(self.config.limits.auth_timeout);
-            let mut conn = match Conn::new(stream, &self.config.mechanisms, &self.bus.settings().guid, timeout) {
+            let mut conn = match Conn::new(
+                stream,
+                &self.config.mechanisms,
+                &self.bus.settings().guid,
+                timeout,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!("cannot set up a connection: {e}");
                     continue;
                 }
             };
-            if let Err(e) = self.poll.registry().register(conn.source(), Token(id as usize), Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = self.poll.registry().register(
+                conn.source(),
+                Token(id as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
                 warn!("cannot register a connection: {e}");
                 continue;
             }
@@ -140,14 +165,20 @@ impl Server {
     }
 
     fn read(&mut self, id: PeerId) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let was_authenticated = conn.is_authenticated();
         let outcome = conn.read(&self.config.limits);
         if !was_authenticated && conn.is_authenticated() {
             let completed = self.conns.values().filter(|c| c.is_authenticated()).count() as u64;
             let conn = &self.conns[&id];
             let uid = conn.credentials().uid;
-            let per_user = self.conns.values().filter(|c| c.is_authenticated() && c.credentials().uid == uid).count() as u64;
+            let per_user = self
+                .conns
+                .values()
+                .filter(|c| c.is_authenticated() && c.credentials().uid == uid)
+                .count() as u64;
             if completed > self.config.limits.max_completed_connections {
                 warn!("The maximum number of active connections has been reached (max_completed_connections)");
                 self.close_quietly(id);
@@ -161,7 +192,9 @@ impl Server {
             self.bus.connect(id, conn.credentials(), conn.unix_fds());
         }
         self.dirty.push(id);
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let messages = conn.take_messages();
         for msg in messages {
             self.bus.handle_message(id, msg);
@@ -171,7 +204,10 @@ impl Server {
             ReadOutcome::Open => {}
             ReadOutcome::Closed => self.close(id),
             ReadOutcome::Invalid(why) => {
-                warn!(conn = id, "disconnecting a client that sent invalid data: {why}");
+                warn!(
+                    conn = id,
+                    "disconnecting a client that sent invalid data: {why}"
+                );
                 self.close(id);
             }
         }
@@ -206,7 +242,9 @@ impl Server {
         dirty.sort_unstable();
         dirty.dedup();
         for id in dirty.drain(..) {
-            let Some(c) = self.conns.get_mut(&id) else { continue };
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
             if let Err(e) = c.flush() {
                 debug!(conn = id, "write failed: {e}");
                 self.close(id);
@@ -223,7 +261,9 @@ impl Server {
     }
 
     fn close(&mut self, id: PeerId) {
-        let Some(mut c) = self.conns.remove(&id) else { return };
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
         // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
         let _ = c.flush();
         let _ = self.poll.registry().deregister(c.source());

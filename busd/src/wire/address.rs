@@ -54,18 +54,26 @@ pub fn escape(v: &str) -> String {
 impl ListenAddress {
     /// Parses a `;`-separated list of addresses.
     pub fn parse_list(s: &str) -> Result<Vec<ListenAddress>, Error> {
-        s.split(';').filter(|a| !a.is_empty()).map(Self::parse).collect()
+        s.split(';')
+            .filter(|a| !a.is_empty())
+            .map(Self::parse)
+            .collect()
     }
 
     pub fn parse(s: &str) -> Result<ListenAddress, Error> {
-        let err = |reason: &str| Error { address: s.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| Error {
+            address: s.to_string(),
+            reason: reason.to_string(),
+        };
         let (transport, params) = s.split_once(':').ok_or_else(|| err("no transport"))?;
         if transport != "unix" {
             return Err(err("only the unix transport is supported"));
         }
         let mut found = None;
         for kv in params.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| err("parameter without '='"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err("parameter without '='"))?;
             let v = unescape(v).ok_or_else(|| err("bad %-escape"))?;
             let a = match k {
                 "path" => ListenAddress::Path(v),
@@ -78,7 +86,9 @@ impl ListenAddress {
                 _ => return Err(err(&format!("unknown key '{k}'"))),
             };
             if found.replace(a).is_some() {
-                return Err(err("more than one of path, abstract, tmpdir, dir and runtime"));
+                return Err(err(
+                    "more than one of path, abstract, tmpdir, dir and runtime",
+                ));
             }
         }
         found.ok_or_else(|| err("needs one of path, abstract, tmpdir, dir or runtime"))
@@ -121,14 +131,25 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_listen_on() {
-        for bad in ["tcp:host=localhost", "unix:", "unix:path=/a,abstract=b", "unix:foo=bar", "unix:path=%zz", "unix:runtime=no", "nocolon"] {
+        for bad in [
+            "tcp:host=localhost",
+            "unix:",
+            "unix:path=/a,abstract=b",
+            "unix:foo=bar",
+            "unix:path=%zz",
+            "unix:runtime=no",
+            "nocolon",
+        ] {
             assert!(ListenAddress::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn bound_addresses_print_escaped() {
-        assert_eq!(BoundAddress::Path("/tmp/a b".into()).to_string(), "unix:path=/tmp/a%20b");
+        assert_eq!(
+            BoundAddress::Path("/tmp/a b".into()).to_string(),
+            "unix:path=/tmp/a%20b"
+        );
         assert_eq!(unescape(&escape("/x,y=z;")).unwrap(), "/x,y=z;");
     }
 }

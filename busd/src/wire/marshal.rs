@@ -235,7 +235,10 @@ impl Writer {
     }
 
     pub fn with_capacity(endian: Endian, n: usize) -> Self {
-        Writer { buf: Vec::with_capacity(n), endian }
+        Writer {
+            buf: Vec::with_capacity(n),
+            endian,
+        }
     }
 
     pub fn len(&self) -> usize {

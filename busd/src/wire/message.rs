@@ -126,12 +126,22 @@ pub fn total_length(fixed: &[u8]) -> Result<usize, Error> {
 /// The UNIX_FDS header field of a complete message, read before full validation so the right
 /// number of received fds can be attached; 0 if absent or unreadable (validation then decides).
 pub fn declared_unix_fds(bytes: &[u8]) -> u32 {
-    let endian = if bytes[0] == b'l' { Endian::Little } else { Endian::Big };
+    let endian = if bytes[0] == b'l' {
+        Endian::Little
+    } else {
+        Endian::Big
+    };
     let fields_end = FIXED_HEADER_SIZE + endian.u32(&bytes[12..16]) as usize;
-    let mut r = Reader::new(&bytes[..fields_end.min(bytes.len())], endian, FIXED_HEADER_SIZE);
+    let mut r = Reader::new(
+        &bytes[..fields_end.min(bytes.len())],
+        endian,
+        FIXED_HEADER_SIZE,
+    );
     while r.pos() < fields_end {
         let Ok(()) = r.align(8) else { return 0 };
-        let (Ok(code), Ok(sig)) = (r.u8(), r.signature()) else { return 0 };
+        let (Ok(code), Ok(sig)) = (r.u8(), r.signature()) else {
+            return 0;
+        };
         if code == FIELD_UNIX_FDS && sig == b"u" {
             return r.u32().unwrap_or(0);
         }
@@ -147,7 +157,11 @@ impl Message {
     pub fn parse(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<Message, Error> {
         let total = total_length(&bytes[..FIXED_HEADER_SIZE])?;
         debug_assert_eq!(total, bytes.len());
-        let endian = if bytes[0] == b'l' { Endian::Little } else { Endian::Big };
+        let endian = if bytes[0] == b'l' {
+            Endian::Little
+        } else {
+            Endian::Big
+        };
         let msg_type = bytes[1];
         if msg_type == 0 {
             return Err(Error::Type);
@@ -185,12 +199,15 @@ impl Message {
         {
             let mut r = Reader::new(&bytes[..fields_end], endian, FIXED_HEADER_SIZE);
             while r.pos() < fields_end {
-                r.align(8).map_err(|_| Error::Malformed("field alignment"))?;
+                r.align(8)
+                    .map_err(|_| Error::Malformed("field alignment"))?;
                 if r.pos() >= fields_end {
                     return Err(Error::Malformed("field padding"));
                 }
                 let code = r.u8().map_err(|_| Error::Malformed("field code"))?;
-                let sig = r.signature().map_err(|_| Error::Malformed("field signature"))?;
+                let sig = r
+                    .signature()
+                    .map_err(|_| Error::Malformed("field signature"))?;
                 if !names::is_single_complete_type(sig) {
                     return Err(Error::Malformed("field signature"));
                 }
@@ -208,7 +225,8 @@ impl Message {
                     FIELD_SIGNATURE => b"g",
                     _ => {
                         m.has_unknown_fields = true;
-                        r.skip_value(sig, 0).map_err(|_| Error::Malformed("field value"))?;
+                        r.skip_value(sig, 0)
+                            .map_err(|_| Error::Malformed("field value"))?;
                         continue;
                     }
                 };
@@ -317,10 +335,8 @@ impl Message {
                     return Err(Error::MissingField("REPLY_SERIAL"));
                 }
             }
-            METHOD_RETURN => {
-                if m.reply_serial.is_none() {
-                    return Err(Error::MissingField("REPLY_SERIAL"));
-                }
+            METHOD_RETURN if m.reply_serial.is_none() => {
+                return Err(Error::MissingField("REPLY_SERIAL"))
             }
             // Unknown types are valid on the wire; the bus decides what to do with them.
             _ => {}
@@ -435,7 +451,10 @@ impl Message {
 
     /// Shares the bytes and moves the fds into a value that can be queued on many connections.
     pub fn take_outgoing(&mut self) -> Outgoing {
-        Outgoing { bytes: Rc::clone(&self.bytes), fds: Rc::new(std::mem::take(&mut self.fds)) }
+        Outgoing {
+            bytes: Rc::clone(&self.bytes),
+            fds: Rc::new(std::mem::take(&mut self.fds)),
+        }
     }
 }
 
@@ -496,7 +515,12 @@ pub fn encode(
     }
     str_field(&mut w, FIELD_DESTINATION, b's', f.destination);
     str_field(&mut w, FIELD_SENDER, b's', f.sender);
-    str_field(&mut w, FIELD_SIGNATURE, b'g', f.signature.filter(|s| !s.is_empty()));
+    str_field(
+        &mut w,
+        FIELD_SIGNATURE,
+        b'g',
+        f.signature.filter(|s| !s.is_empty()),
+    );
     if f.unix_fds > 0 {
         w.align(8);
         w.u8(FIELD_UNIX_FDS);
@@ -519,7 +543,10 @@ pub struct Outgoing {
 
 impl Outgoing {
     pub fn new(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
-        Outgoing { bytes: Rc::new(bytes), fds: Rc::new(fds) }
+        Outgoing {
+            bytes: Rc::new(bytes),
+            fds: Rc::new(fds),
+        }
     }
 }
 
@@ -642,35 +669,96 @@ mod tests {
     #[test]
     fn required_fields_and_names_are_checked() {
         let enc = |t: u8, f: HeaderFields<'_>| encode(Endian::Little, t, 0, 1, &f, &[]);
-        let sig = HeaderFields { path: Some("/"), member: Some("M"), ..Default::default() };
-        assert_eq!(expect_invalid(enc(SIGNAL, sig)), Error::MissingField("INTERFACE"));
+        let sig = HeaderFields {
+            path: Some("/"),
+            member: Some("M"),
+            ..Default::default()
+        };
         assert_eq!(
-            expect_invalid(enc(METHOD_CALL, HeaderFields { path: Some("/"), ..Default::default() })),
+            expect_invalid(enc(SIGNAL, sig)),
+            Error::MissingField("INTERFACE")
+        );
+        assert_eq!(
+            expect_invalid(enc(
+                METHOD_CALL,
+                HeaderFields {
+                    path: Some("/"),
+                    ..Default::default()
+                }
+            )),
             Error::MissingField("MEMBER")
         );
-        assert_eq!(expect_invalid(enc(METHOD_RETURN, HeaderFields::default())), Error::MissingField("REPLY_SERIAL"));
         assert_eq!(
-            expect_invalid(enc(ERROR, HeaderFields { reply_serial: Some(1), ..Default::default() })),
+            expect_invalid(enc(METHOD_RETURN, HeaderFields::default())),
+            Error::MissingField("REPLY_SERIAL")
+        );
+        assert_eq!(
+            expect_invalid(enc(
+                ERROR,
+                HeaderFields {
+                    reply_serial: Some(1),
+                    ..Default::default()
+                }
+            )),
             Error::MissingField("ERROR_NAME")
         );
-        let bad_member = HeaderFields { path: Some("/"), member: Some("a.b"), ..Default::default() };
-        assert_eq!(expect_invalid(enc(METHOD_CALL, bad_member)), Error::InvalidName("member"));
-        let bad_path = HeaderFields { path: Some("/a/"), member: Some("M"), ..Default::default() };
-        assert_eq!(expect_invalid(enc(METHOD_CALL, bad_path)), Error::InvalidName("object path"));
-        let local = HeaderFields { path: Some(LOCAL_PATH), member: Some("M"), ..Default::default() };
+        let bad_member = HeaderFields {
+            path: Some("/"),
+            member: Some("a.b"),
+            ..Default::default()
+        };
+        assert_eq!(
+            expect_invalid(enc(METHOD_CALL, bad_member)),
+            Error::InvalidName("member")
+        );
+        let bad_path = HeaderFields {
+            path: Some("/a/"),
+            member: Some("M"),
+            ..Default::default()
+        };
+        assert_eq!(
+            expect_invalid(enc(METHOD_CALL, bad_path)),
+            Error::InvalidName("object path")
+        );
+        let local = HeaderFields {
+            path: Some(LOCAL_PATH),
+            member: Some("M"),
+            ..Default::default()
+        };
         assert_eq!(expect_invalid(enc(METHOD_CALL, local)), Error::Local);
-        let bad_dest = HeaderFields { path: Some("/"), member: Some("M"), destination: Some("nodots"), ..Default::default() };
-        assert_eq!(expect_invalid(enc(METHOD_CALL, bad_dest)), Error::InvalidName("destination"));
+        let bad_dest = HeaderFields {
+            path: Some("/"),
+            member: Some("M"),
+            destination: Some("nodots"),
+            ..Default::default()
+        };
+        assert_eq!(
+            expect_invalid(enc(METHOD_CALL, bad_dest)),
+            Error::InvalidName("destination")
+        );
         // Unknown message types are accepted by the parser.
         assert!(Message::parse(enc(9, HeaderFields::default()), vec![]).is_ok());
     }
 
     #[test]
     fn body_without_signature_is_invalid() {
-        let b = encode(Endian::Little, SIGNAL, 0, 1,
-            &HeaderFields { path: Some("/"), interface: Some("a.b"), member: Some("M"), ..Default::default() },
-            &[1, 2, 3, 4]);
-        assert_eq!(expect_invalid(b), Error::Malformed("body without signature"));
+        let b = encode(
+            Endian::Little,
+            SIGNAL,
+            0,
+            1,
+            &HeaderFields {
+                path: Some("/"),
+                interface: Some("a.b"),
+                member: Some("M"),
+                ..Default::default()
+            },
+            &[1, 2, 3, 4],
+        );
+        assert_eq!(
+            expect_invalid(b),
+            Error::Malformed("body without signature")
+        );
     }
 
     proptest::proptest! {

@@ -85,7 +85,7 @@ pub struct SaslServer {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -97,7 +97,12 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 impl SaslServer {
     /// `mechanisms` are the ones offered, in order (already filtered by `<auth>` and
     /// `<allow_anonymous/>`); `peer_uid` comes from `SO_PEERCRED`.
-    pub fn new(mechanisms: Vec<Mechanism>, peer_uid: Option<u32>, guid: &str, can_pass_fds: bool) -> Self {
+    pub fn new(
+        mechanisms: Vec<Mechanism>,
+        peer_uid: Option<u32>,
+        guid: &str,
+        can_pass_fds: bool,
+    ) -> Self {
         SaslServer {
             state: State::Start,
             mechanisms,
@@ -123,7 +128,12 @@ impl SaslServer {
         let mut consumed = 0;
         if self.state == State::Start {
             match input.first() {
-                None => return Ok(Progress { consumed: 0, done: false }),
+                None => {
+                    return Ok(Progress {
+                        consumed: 0,
+                        done: false,
+                    })
+                }
                 Some(0) => {
                     consumed = 1;
                     self.state = State::WaitingForAuth;
@@ -146,7 +156,10 @@ impl SaslServer {
             consumed += eol + 2;
             self.command(&line, out)?;
         }
-        Ok(Progress { consumed, done: self.state == State::Done })
+        Ok(Progress {
+            consumed,
+            done: self.state == State::Done,
+        })
     }
 
     fn reject(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
@@ -183,7 +196,9 @@ impl SaslServer {
             self.ok(Identity::Uid(peer), out);
             return Ok(());
         }
-        let claimed = std::str::from_utf8(response).ok().and_then(|s| s.parse::<u32>().ok());
+        let claimed = std::str::from_utf8(response)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok());
         if claimed == Some(peer) {
             self.ok(Identity::Uid(peer), out);
             Ok(())
@@ -231,7 +246,9 @@ impl SaslServer {
                     }
                 }
             }
-            (State::WaitingForAuth, "BEGIN") | (State::WaitingForData, "BEGIN") => Err(Error::EarlyBegin),
+            (State::WaitingForAuth, "BEGIN") | (State::WaitingForData, "BEGIN") => {
+                Err(Error::EarlyBegin)
+            }
             (State::WaitingForAuth, "DATA" | "CANCEL") => {
                 Self::error(out, "Not currently in an auth conversation");
                 Ok(())
@@ -240,7 +257,9 @@ impl SaslServer {
                 Self::error(out, "Need to authenticate first");
                 Ok(())
             }
-            (_, "ERROR") | (State::WaitingForData | State::WaitingForBegin, "CANCEL") => self.reject(out),
+            (_, "ERROR") | (State::WaitingForData | State::WaitingForBegin, "CANCEL") => {
+                self.reject(out)
+            }
             (State::WaitingForData, "DATA") => match hex_decode(arg) {
                 Some(r) => self.external(&r, out),
                 None => {
@@ -297,11 +316,17 @@ mod tests {
     fn external_with_initial_response() {
         let mut s = server(vec![Mechanism::External]);
         // "1000" hex-encoded.
-        let (r, out) = talk(&mut s, "\0AUTH EXTERNAL 31303030\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\nrest");
+        let (r, out) = talk(
+            &mut s,
+            "\0AUTH EXTERNAL 31303030\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\nrest",
+        );
         assert_eq!(out, format!("{OK}AGREE_UNIX_FD\r\n"));
         let p = r.unwrap();
         assert!(p.done);
-        assert_eq!(p.consumed, "\0AUTH EXTERNAL 31303030\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n".len());
+        assert_eq!(
+            p.consumed,
+            "\0AUTH EXTERNAL 31303030\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n".len()
+        );
         assert_eq!(s.identity(), Some(Identity::Uid(1000)));
         assert!(s.unix_fd_negotiated());
     }
@@ -332,7 +357,10 @@ mod tests {
              REJECTED EXTERNAL\r\nREJECTED EXTERNAL\r\nREJECTED EXTERNAL\r\nERROR \"Invalid hex encoding\"\r\n"
         );
         let mut s = server(vec![Mechanism::External]);
-        let (_, out) = talk(&mut s, "\0AUTH EXTERNAL 31303030\r\nFOO\r\nDATA\r\nAUTH EXTERNAL\r\nCANCEL\r\n");
+        let (_, out) = talk(
+            &mut s,
+            "\0AUTH EXTERNAL 31303030\r\nFOO\r\nDATA\r\nAUTH EXTERNAL\r\nCANCEL\r\n",
+        );
         assert_eq!(
             out,
             format!("{OK}ERROR \"Unknown command\"\r\nERROR \"Sent DATA while expecting BEGIN\"\r\nERROR \"Sent AUTH while expecting BEGIN\"\r\nREJECTED EXTERNAL\r\n")
@@ -344,7 +372,10 @@ mod tests {
         let mut s = server(vec![Mechanism::External]);
         assert_eq!(talk(&mut s, "\0BEGIN\r\n").0, Err(Error::EarlyBegin));
         let mut s = server(vec![Mechanism::External]);
-        assert_eq!(talk(&mut s, "\0AUTH EXTERNAL\r\nBEGIN\r\n").0, Err(Error::EarlyBegin));
+        assert_eq!(
+            talk(&mut s, "\0AUTH EXTERNAL\r\nBEGIN\r\n").0,
+            Err(Error::EarlyBegin)
+        );
     }
 
     #[test]
@@ -358,19 +389,31 @@ mod tests {
     #[test]
     fn anonymous_only_when_offered() {
         let mut s = server(vec![Mechanism::External]);
-        assert_eq!(talk(&mut s, "\0AUTH ANONYMOUS\r\n").1, "REJECTED EXTERNAL\r\n");
+        assert_eq!(
+            talk(&mut s, "\0AUTH ANONYMOUS\r\n").1,
+            "REJECTED EXTERNAL\r\n"
+        );
         let mut s = server(vec![Mechanism::External, Mechanism::Anonymous]);
         assert_eq!(talk(&mut s, "\0AUTH ANONYMOUS 7472616365\r\n").1, OK);
         assert_eq!(s.identity(), Some(Identity::Anonymous));
         let mut s = server(vec![Mechanism::External, Mechanism::Anonymous]);
-        assert_eq!(talk(&mut s, "\0AUTH\r\n").1, "REJECTED EXTERNAL ANONYMOUS\r\n");
+        assert_eq!(
+            talk(&mut s, "\0AUTH\r\n").1,
+            "REJECTED EXTERNAL ANONYMOUS\r\n"
+        );
     }
 
     #[test]
     fn partial_lines_wait_for_more() {
         let mut s = server(vec![Mechanism::External]);
         let (r, out) = talk(&mut s, "\0AUTH EXTER");
-        assert_eq!(r.unwrap(), Progress { consumed: 1, done: false });
+        assert_eq!(
+            r.unwrap(),
+            Progress {
+                consumed: 1,
+                done: false
+            }
+        );
         assert!(out.is_empty());
         let (r, out) = talk(&mut s, "AUTH EXTERNAL\r\n");
         assert_eq!(r.unwrap().consumed, 15);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace; installs the D-Bus clients the end-to-end
+# tests drive when they are missing (Debian: needs root, as on the project's machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v dbus-send >/dev/null || need+=(dbus-bin)
+command -v dbus-monitor >/dev/null || need+=(dbus-bin)
+command -v dbus-run-session >/dev/null || need+=(dbus-bin)
+[ -f /usr/share/dbus-1/session.conf ] || need+=(dbus-session-bus-common)
+command -v gdbus >/dev/null || need+=(libglib2.0-bin)
+command -v busctl >/dev/null || need+=(systemd)
+/usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages and not root: install ${need[*]} first" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --locked
+echo "== tests"
+cargo test --workspace --locked
