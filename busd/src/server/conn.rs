@@ -120,7 +120,10 @@ impl Conn {
                 }
                 Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return ReadOutcome::Closed,
+                Err(e) => {
+                    tracing::debug!("read failed: {e}");
+                    return ReadOutcome::Closed;
+                }
             };
             if n == 0 && fds.is_empty() {
                 return ReadOutcome::Closed;

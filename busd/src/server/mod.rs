@@ -218,6 +218,7 @@ impl Server {
         for effect in effects {
             match effect {
                 Effect::Send(to, out) => {
+                    tracing::trace!(conn = to, len = out.bytes.len(), "queue");
                     if let Some(c) = self.conns.get_mut(&to) {
                         c.queue(out);
                         self.dirty.push(to);
@@ -247,6 +248,9 @@ impl Server {
             };
             if let Err(e) = c.flush() {
                 debug!(conn = id, "write failed: {e}");
+                // The peer hung up: first take in whatever it sent before it left (its last
+                // messages must still be routed), then close.
+                self.read(id);
                 self.close(id);
             }
         }
