@@ -245,6 +245,15 @@ fn malformed() -> Failure {
     (E_INVALID_ARGS, "Message has invalid arguments".to_string())
 }
 
+/// Parses rule text for AddMatch, RemoveMatch and BecomeMonitor: an over-long rule is
+/// `LimitsExceeded`, any other problem `MatchRuleInvalid` (as dbus-daemon answers).
+fn parse_rule(text: &str) -> Result<MatchRule, Failure> {
+    MatchRule::parse(text).map_err(|e| match e {
+        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
+        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
+    })
+}
+
 fn read_s<'a>(r: &mut Reader<'a>) -> Result<&'a str, Failure> {
     r.string().map_err(|_| malformed())
 }
@@ -473,10 +482,7 @@ fn add_match(
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     let text = read_s(r)?;
-    let rule = MatchRule::parse(text).map_err(|e| match e {
-        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
-        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
-    })?;
+    let rule = parse_rule(text)?;
     let limit = bus.settings.limits.max_match_rules_per_connection;
     let count = bus.peers.get(&from).map_or(0, |p| p.rules.len()) as u64;
     if count >= limit {
@@ -501,10 +507,7 @@ fn remove_match(
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     let text = read_s(r)?;
-    let rule = MatchRule::parse(text).map_err(|e| match e {
-        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
-        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
-    })?;
+    let rule = parse_rule(text)?;
     if !bus.matches.remove(from, &rule) {
         return Err((
             "org.freedesktop.DBus.Error.MatchRuleNotFound",
@@ -863,10 +866,7 @@ fn become_monitor(
     let texts = if texts.is_empty() { vec![""] } else { texts };
     let mut rules = Vec::with_capacity(texts.len());
     for t in texts {
-        let mut rule = MatchRule::parse(t).map_err(|e| match e {
-            busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
-            _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
-        })?;
+        let mut rule = parse_rule(t)?;
         // Monitors always eavesdrop.
         rule.eavesdrop = true;
         rules.push(rule);
