@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use quick_xml::events::{BytesStart, Event};
 
 use crate::limits::Limits;
+use crate::rule::Rule;
 
 /// Deepest nesting of includes (guards against include loops).
 const MAX_INCLUDE_DEPTH: usize = 32;
@@ -50,19 +51,21 @@ pub enum PolicyKind {
     AtConsole(bool),
 }
 
-/// One `<allow>` or `<deny>` with its attributes, where it was written.
+/// One `<allow>` or `<deny>`, typed, and where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRule {
-    pub allow: bool,
-    pub attributes: Vec<(String, String)>,
+    pub rule: Rule,
     pub file: PathBuf,
     pub line: u32,
 }
 
+/// One `<policy>` element and where it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyContext {
     pub kind: PolicyKind,
     pub rules: Vec<PolicyRule>,
+    pub file: PathBuf,
+    pub line: u32,
 }
 
 /// The whole configuration, merged over includes.
@@ -88,37 +91,6 @@ pub struct Config {
     /// Every file read, in order.
     pub files: Vec<PathBuf>,
 }
-
-const SEND_ATTRS: &[&str] = &[
-    "send_interface",
-    "send_member",
-    "send_error",
-    "send_destination",
-    "send_destination_prefix",
-    "send_path",
-    "send_type",
-    "send_requested_reply",
-    "send_broadcast",
-];
-const RECEIVE_ATTRS: &[&str] = &[
-    "receive_interface",
-    "receive_member",
-    "receive_error",
-    "receive_sender",
-    "receive_path",
-    "receive_type",
-    "receive_requested_reply",
-];
-const OTHER_RULE_ATTRS: &[&str] = &[
-    "eavesdrop",
-    "own",
-    "own_prefix",
-    "user",
-    "group",
-    "min_fds",
-    "max_fds",
-    "log",
-];
 
 const NEEDS_CONTENT: &[&str] = &[
     "type",
@@ -187,50 +159,6 @@ impl Config {
             depth,
         }
         .run()
-    }
-
-    /// Until policy evaluation lands, busd enforces only a policy that allows everything (the
-    /// stock session bus). Any `<deny>`, or a default context that does not allow sending,
-    /// receiving and owning, is refused here with its location, never silently ignored.
-    pub fn check_policy_supported(&self) -> Result<(), Error> {
-        for ctx in &self.policies {
-            if let Some(rule) = ctx.rules.iter().find(|r| !r.allow) {
-                return Err(Error::Parse {
-                    file: rule.file.clone(),
-                    line: rule.line,
-                    reason: "this <deny> rule cannot be enforced yet: busd does not evaluate \
-                             policies other than allow-all"
-                        .into(),
-                });
-            }
-        }
-        let default_rules = || {
-            self.policies
-                .iter()
-                .filter(|c| c.kind == PolicyKind::Default)
-                .flat_map(|c| c.rules.iter())
-        };
-        let has = |attr: &str, value: &str, extra: Option<(&str, &str)>| {
-            default_rules().any(|r| {
-                r.attributes.iter().any(|(k, v)| k == attr && v == value)
-                    && extra
-                        .is_none_or(|(k2, v2)| r.attributes.iter().any(|(k, v)| k == k2 && v == v2))
-            })
-        };
-        let allows_send = has("send_destination", "*", None);
-        let allows_receive = has("eavesdrop", "true", None) || has("receive_sender", "*", None);
-        let allows_own = has("own", "*", None);
-        if !(allows_send && allows_receive && allows_own) {
-            let file = self.files.first().cloned().unwrap_or_default();
-            return Err(Error::Parse {
-                file,
-                line: 1,
-                reason: "the default policy does not allow everything (send_destination=\"*\", \
-                         receiving, own=\"*\"), and busd does not evaluate other policies yet"
-                    .into(),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -340,6 +268,8 @@ impl Loader<'_> {
                 self.config.policies.push(PolicyContext {
                     kind,
                     rules: Vec::new(),
+                    file: self.file.clone(),
+                    line: line_of(&self.text, pos),
                 });
                 true
             }
@@ -384,6 +314,15 @@ impl Loader<'_> {
     }
 
     fn policy_kind(&self, attrs: &[(String, String)], pos: usize) -> Result<PolicyKind, Error> {
+        if let Some((k, _)) = attrs
+            .iter()
+            .find(|(k, _)| !matches!(k.as_str(), "context" | "user" | "group" | "at_console"))
+        {
+            return Err(self.err(
+                pos,
+                format!("Attribute \"{k}\" is invalid on <policy> element in this context"),
+            ));
+        }
         if attrs.len() != 1 {
             return Err(self.err(pos, "<policy> element must have exactly one of (context|user|group|at_console) attributes"));
         }
@@ -472,25 +411,10 @@ impl Loader<'_> {
                 }
             }
             "allow" | "deny" => {
-                for (k, _) in attrs {
-                    let known = SEND_ATTRS.contains(&k.as_str())
-                        || RECEIVE_ATTRS.contains(&k.as_str())
-                        || OTHER_RULE_ATTRS.contains(&k.as_str());
-                    if !known {
-                        return Err(self.err(
-                            pos,
-                            format!(
-                                "Attribute \"{k}\" is invalid on <{name}> element in this context"
-                            ),
-                        ));
-                    }
-                }
-                if attrs.is_empty() {
-                    return Err(self.err(pos, format!("<{name}> must have an attribute")));
-                }
+                let rule = Rule::from_attributes(name == "allow", attrs)
+                    .map_err(|reason| self.err(pos, reason))?;
                 let rule = PolicyRule {
-                    allow: name == "allow",
-                    attributes: attrs.to_vec(),
+                    rule,
                     file: self.file.clone(),
                     line: line_of(&self.text, pos),
                 };
@@ -563,19 +487,18 @@ mod tests {
         assert_eq!(c.auth, vec!["EXTERNAL"]);
         assert_eq!(c.limits.max_match_rules_per_connection, 50000);
         assert!(c.servicedirs.contains(&ServiceDir::StandardSession));
-        c.check_policy_supported().unwrap();
     }
 
     #[test]
-    fn stock_system_conf_loads_but_its_policy_is_refused_for_now() {
+    fn stock_system_conf_loads() {
         let p = Path::new("/usr/share/dbus-1/system.conf");
         if !p.exists() {
             return;
         }
         let c = Config::load(p).unwrap();
         assert_eq!(c.bus_type.as_deref(), Some("system"));
-        let err = c.check_policy_supported().unwrap_err().to_string();
-        assert!(err.contains("system.conf:"), "{err}");
+        assert_eq!(c.user.as_deref(), Some("messagebus"));
+        assert!(c.policies.iter().any(|p| p.kind == PolicyKind::Default));
     }
 
     #[test]
@@ -654,14 +577,15 @@ mod tests {
     }
 
     #[test]
-    fn deny_rules_are_refused_with_their_location() {
-        let c = Config::from_str_at(
-            "<busconfig><policy context=\"default\">\n<allow send_destination=\"*\"/><allow eavesdrop=\"true\"/><allow own=\"*\"/>\n<deny own=\"org.x\"/></policy></busconfig>",
+    fn rule_errors_carry_the_rules_location() {
+        let e = Config::from_str_at(
+            "<busconfig><policy context=\"default\">\n\n<deny send_member=\"Frob\"/></policy></busconfig>",
             Path::new("/etc/t.conf"),
         )
-        .unwrap();
-        let e = c.check_policy_supported().unwrap_err().to_string();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("/etc/t.conf:3:"), "{e}");
+        assert!(e.contains("if you specify a member"), "{e}");
     }
 
     #[test]
