@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "busd [--version] [--session] [--system] [--config-file=FILE] \
 [--print-address[=DESCRIPTOR]] [--print-pid[=DESCRIPTOR]] [--introspect] [--address=ADDRESS] \
-[--nopidfile] [--nosyslog] [--syslog] [--syslog-only] [--nofork] [--fork] [--systemd-activation]";
+[--nopidfile] [--nosyslog] [--syslog] [--syslog-only] [--nofork] [--fork] [--systemd-activation] \
+[--check-config]";
 
 pub const SESSION_CONFIG: &str = "/usr/share/dbus-1/session.conf";
 pub const SYSTEM_CONFIG: &str = "/usr/share/dbus-1/system.conf";
@@ -34,6 +35,8 @@ pub struct Options {
     pub fork: Option<bool>,
     pub nopidfile: bool,
     pub introspect: bool,
+    /// busd's own: load and check the configuration, print what it means, exit.
+    pub check_config: bool,
     pub version: bool,
     pub syslog: Syslog,
     pub systemd_activation: bool,
@@ -63,6 +66,7 @@ impl Options {
             fork: None,
             nopidfile: false,
             introspect: false,
+            check_config: false,
             version: false,
             syslog: Syslog::Default,
             systemd_activation: false,
@@ -84,6 +88,7 @@ impl Options {
             match flag {
                 "--version" => o.version = true,
                 "--introspect" => o.introspect = true,
+                "--check-config" => o.check_config = true,
                 "--session" | "--system" => {
                     config_sources += 1;
                     o.bus_type = Some(if flag == "--session" {

@@ -1,16 +1,19 @@
 //! busd's entry point: command line, configuration, listeners, then the event loop.
 
+use std::fmt::Write as _;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::Path;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use busd::bus::{Bus, BusSettings};
 use busd::cli::{self, Options, Syslog};
+use busd::server::identity::NssAccounts;
 use busd::server::{self, Server, ServerConfig};
 use busd::wire::address::ListenAddress;
 use busd::wire::sasl::Mechanism;
-use busd_policy::Config;
+use busd_policy::{CompiledPolicy, Config};
 
 fn main() -> ExitCode {
     ensure_standard_fds();
@@ -60,14 +63,60 @@ fn init_logging(options: &Options) {
         .init();
 }
 
+/// Loads and compiles a configuration; nothing is applied until all of it is valid.
 fn load(path: &Path) -> Result<(Config, ServerConfig)> {
     let config = Config::load(path)?;
-    config.check_policy_supported()?;
+    let policy = CompiledPolicy::compile(&config, &NssAccounts)?;
+    for w in &policy.warnings {
+        tracing::warn!("{w}");
+    }
     let server = ServerConfig {
         mechanisms: mechanisms(&config)?,
         limits: config.limits.clone(),
+        policy: Rc::new(policy),
     };
     Ok((config, server))
+}
+
+/// `--check-config`: what the configuration means, for administrators.
+fn describe(config: &Config, server: &ServerConfig) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "configuration files:");
+    for f in &config.files {
+        let _ = writeln!(out, "  {}", f.display());
+    }
+    let _ = writeln!(
+        out,
+        "bus type: {}",
+        config.bus_type.as_deref().unwrap_or("(unset)")
+    );
+    if let Some(u) = &config.user {
+        let _ = writeln!(out, "runs as user: {u}");
+    }
+    let _ = writeln!(out, "listen:");
+    for l in &config.listen {
+        let _ = writeln!(out, "  {l}");
+    }
+    let mechs: Vec<&str> = server.mechanisms.iter().map(|m| m.name()).collect();
+    let _ = writeln!(out, "auth mechanisms: {}", mechs.join(" "));
+    let _ = writeln!(out, "limits:");
+    for (name, value) in server.limits.entries() {
+        let _ = writeln!(out, "  {name} = {value}");
+    }
+    let _ = writeln!(out, "policy (rules per context: send/receive/own/connect):");
+    for (ctx, v) in server.policy.describe() {
+        if v.send + v.receive + v.own + v.connect > 0 {
+            let _ = writeln!(
+                out,
+                "  {ctx}: {}/{}/{}/{}",
+                v.send, v.receive, v.own, v.connect
+            );
+        }
+    }
+    for w in &server.policy.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
 }
 
 fn mechanisms(config: &Config) -> Result<Vec<Mechanism>> {
@@ -141,6 +190,10 @@ fn run(options: Options) -> Result<()> {
         .config_path()
         .context("No configuration file specified.")?;
     let (config, server_config) = load(&path)?;
+    if options.check_config {
+        print!("{}", describe(&config, &server_config));
+        return Ok(());
+    }
     let addresses = match &options.address {
         Some(a) => ListenAddress::parse_list(a)?,
         None => {
@@ -200,12 +253,16 @@ fn run(options: Options) -> Result<()> {
         unsafe { libc::close(fd) };
     }
 
+    if let Some(user) = &config.user {
+        change_user(user)?;
+    }
     let settings = BusSettings {
         guid,
         machine_id: machine_id(),
-        uid: nix::unistd::getuid().as_raw(),
+        uid: nix::unistd::geteuid().as_raw(),
         pid,
         limits: config.limits.clone(),
+        policy: Rc::clone(&server_config.policy),
     };
     tracing::info!("busd ready on {}", printed.join(";"));
     let reload_path = path.clone();
@@ -215,6 +272,26 @@ fn run(options: Options) -> Result<()> {
             .map_err(|e| format!("{e:#}"))
     });
     Server::new(listeners, Bus::new(settings), server_config, reloader)?.run()?;
+    Ok(())
+}
+
+/// `<user>`: after binding, run as that user (as dbus-daemon does for the system bus).
+fn change_user(name: &str) -> Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, User};
+    let user = User::from_name(name)
+        .ok()
+        .flatten()
+        .with_context(|| format!("Could not get UID and GID for username \"{name}\""))?;
+    if nix::unistd::geteuid() == user.uid {
+        return Ok(());
+    }
+    let groups: Vec<Gid> = std::ffi::CString::new(name)
+        .ok()
+        .and_then(|c| nix::unistd::getgrouplist(&c, user.gid).ok())
+        .unwrap_or_else(|| vec![user.gid]);
+    setgroups(&groups).with_context(|| format!("Failed to set groups for user \"{name}\""))?;
+    setgid(user.gid).with_context(|| format!("Failed to set GID to {}", user.gid))?;
+    setuid(user.uid).with_context(|| format!("Failed to set UID to {}", user.uid))?;
     Ok(())
 }
 

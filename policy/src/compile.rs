@@ -178,7 +178,12 @@ impl CompiledPolicy {
             if let Some(ctx) = self.by_uid.get(&uid) {
                 rules.extend(ctx.client.iter().cloned());
             }
-            rules.extend(self.console[usize::from(who.at_console)].client.iter().cloned());
+            rules.extend(
+                self.console[usize::from(who.at_console)]
+                    .client
+                    .iter()
+                    .cloned(),
+            );
         }
         rules.extend(self.mandatory.client.iter().cloned());
         ClientPolicy::from_rules(rules)
@@ -226,10 +231,7 @@ impl CompiledPolicy {
             "at_console=true".into(),
             ClientPolicyView::of(&self.console[1]),
         ));
-        out.push((
-            "mandatory".into(),
-            ClientPolicyView::of(&self.mandatory),
-        ));
+        out.push(("mandatory".into(), ClientPolicyView::of(&self.mandatory)));
         out
     }
 }

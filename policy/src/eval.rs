@@ -141,7 +141,12 @@ impl RuleSet {
     }
 
     /// The highest position among `positions` at or below which a rule applies.
-    fn last_in(&self, positions: &[u32], above: Option<u32>, applies: &dyn Fn(usize) -> bool) -> Option<u32> {
+    fn last_in(
+        &self,
+        positions: &[u32],
+        above: Option<u32>,
+        applies: &dyn Fn(usize) -> bool,
+    ) -> Option<u32> {
         positions
             .iter()
             .rev()
@@ -150,7 +155,12 @@ impl RuleSet {
             .copied()
     }
 
-    fn decide(&self, exact_names: Peer<'_>, msg_name: Option<&str>, applies: &dyn Fn(usize) -> bool) -> Decision {
+    fn decide(
+        &self,
+        exact_names: Peer<'_>,
+        msg_name: Option<&str>,
+        applies: &dyn Fn(usize) -> bool,
+    ) -> Decision {
         if let Some(allowed) = self.fixed {
             if allowed {
                 return Decision {
@@ -247,7 +257,12 @@ fn header_applies(allow: bool, r: &MessageRule, m: &MessageFacts<'_>) -> bool {
     true
 }
 
-fn reply_applies(allow: bool, r: &MessageRule, m: &MessageFacts<'_>, requested_reply: bool) -> bool {
+fn reply_applies(
+    allow: bool,
+    r: &MessageRule,
+    m: &MessageFacts<'_>,
+    requested_reply: bool,
+) -> bool {
     if !m.is_reply {
         return true;
     }
@@ -399,7 +414,12 @@ impl ClientPolicy {
 
     /// May this connection send `m` to `receiver`? `requested_reply`: `m` answers a call
     /// the receiver made to this connection and is still waiting for.
-    pub fn check_send(&self, m: &MessageFacts<'_>, requested_reply: bool, receiver: Peer<'_>) -> Decision {
+    pub fn check_send(
+        &self,
+        m: &MessageFacts<'_>,
+        requested_reply: bool,
+        receiver: Peer<'_>,
+    ) -> Decision {
         let applies = self.send_applies(m, requested_reply, receiver);
         self.send.decide(receiver, m.destination, &applies)
     }
@@ -420,8 +440,14 @@ impl ClientPolicy {
     }
 
     #[cfg(test)]
-    fn check_send_linear(&self, m: &MessageFacts<'_>, requested_reply: bool, receiver: Peer<'_>) -> bool {
-        self.send.decide_linear(&self.send_applies(m, requested_reply, receiver))
+    fn check_send_linear(
+        &self,
+        m: &MessageFacts<'_>,
+        requested_reply: bool,
+        receiver: Peer<'_>,
+    ) -> bool {
+        self.send
+            .decide_linear(&self.send_applies(m, requested_reply, receiver))
     }
 
     #[cfg(test)]

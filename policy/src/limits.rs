@@ -57,39 +57,76 @@ impl Default for Limits {
     }
 }
 
+/// Applies `$m!` to the limits stored as plain numbers (every one but `reply_timeout`).
+macro_rules! numeric_limits {
+    ($m:ident, $($args:tt)*) => {
+        $m!($($args)*;
+            max_incoming_bytes, max_incoming_unix_fds, max_outgoing_bytes,
+            max_outgoing_unix_fds, max_message_size, max_message_unix_fds,
+            service_start_timeout, auth_timeout, pending_fd_timeout,
+            max_completed_connections, max_incomplete_connections, max_connections_per_user,
+            max_pending_service_starts, max_names_per_connection,
+            max_match_rules_per_connection, max_replies_per_connection, max_containers,
+            max_containers_per_user, max_container_metadata_bytes,
+            max_connections_per_container)
+    };
+}
+
+macro_rules! set_by_name {
+    ($self:ident, $name:ident, $v:ident; $($field:ident),*) => {
+        match $name {
+            $(stringify!($field) => {
+                $self.$field = $v;
+                true
+            })*
+            _ => false,
+        }
+    };
+}
+
+macro_rules! list_entries {
+    ($self:ident; $($field:ident),*) => {
+        vec![$((stringify!($field), $self.$field.to_string())),*]
+    };
+}
+
 impl Limits {
     /// Sets a limit by its configuration name. `value` is already parsed; a negative
     /// `reply_timeout` means "never". Returns false for an unknown name.
     pub fn set(&mut self, name: &str, value: i64) -> bool {
+        if name == "reply_timeout" {
+            self.reply_timeout = (value > 0).then_some(value as u64);
+            return true;
+        }
         let v = value.max(0) as u64;
-        let slot = match name {
-            "max_incoming_bytes" => &mut self.max_incoming_bytes,
-            "max_incoming_unix_fds" => &mut self.max_incoming_unix_fds,
-            "max_outgoing_bytes" => &mut self.max_outgoing_bytes,
-            "max_outgoing_unix_fds" => &mut self.max_outgoing_unix_fds,
-            "max_message_size" => &mut self.max_message_size,
-            "max_message_unix_fds" => &mut self.max_message_unix_fds,
-            "service_start_timeout" => &mut self.service_start_timeout,
-            "auth_timeout" => &mut self.auth_timeout,
-            "pending_fd_timeout" => &mut self.pending_fd_timeout,
-            "reply_timeout" => {
-                self.reply_timeout = (value > 0).then_some(v);
-                return true;
-            }
-            "max_completed_connections" => &mut self.max_completed_connections,
-            "max_incomplete_connections" => &mut self.max_incomplete_connections,
-            "max_connections_per_user" => &mut self.max_connections_per_user,
-            "max_pending_service_starts" => &mut self.max_pending_service_starts,
-            "max_names_per_connection" => &mut self.max_names_per_connection,
-            "max_match_rules_per_connection" => &mut self.max_match_rules_per_connection,
-            "max_replies_per_connection" => &mut self.max_replies_per_connection,
-            "max_containers" => &mut self.max_containers,
-            "max_containers_per_user" => &mut self.max_containers_per_user,
-            "max_container_metadata_bytes" => &mut self.max_container_metadata_bytes,
-            "max_connections_per_container" => &mut self.max_connections_per_container,
-            _ => return false,
-        };
-        *slot = v;
-        true
+        numeric_limits!(set_by_name, self, name, v)
+    }
+
+    /// Every limit with its value, by configuration name (for `--check-config`).
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = numeric_limits!(list_entries, self);
+        out.push((
+            "reply_timeout",
+            self.reply_timeout
+                .map_or_else(|| "none".to_string(), |t| t.to_string()),
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_is_settable_by_name_and_listed() {
+        let mut l = Limits::default();
+        for (name, _) in Limits::default().entries() {
+            assert!(l.set(name, 7), "{name}");
+        }
+        assert!(l.entries().iter().all(|(_, v)| v == "7"));
+        assert!(!l.set("max_frobs", 1));
+        l.set("reply_timeout", -1);
+        assert_eq!(l.reply_timeout, None);
     }
 }

@@ -258,10 +258,8 @@ impl Rule {
                      match anything"
                 ));
             }
-            let requested_reply = boolean(
-                &format!("{p}_requested_reply"),
-                attr("requested_reply"),
-            )?;
+            let requested_reply =
+                boolean(&format!("{p}_requested_reply"), attr("requested_reply"))?;
             let max_fds = fds("max_fds", get("max_fds"), MAX_MESSAGE_UNIX_FDS)?;
             let min_fds = fds("min_fds", get("min_fds"), 0)?;
             let (peer, peer_is_prefix) = if any_send {
@@ -343,14 +341,23 @@ mod tests {
         assert!(send(rule(true, &[("send_destination", "a.b")])).requested_reply);
         assert!(!send(rule(false, &[("send_destination", "a.b")])).requested_reply);
         assert!(
-            !send(rule(true, &[("send_destination", "a.b"), ("send_requested_reply", "false")]))
-                .requested_reply
+            !send(rule(
+                true,
+                &[
+                    ("send_destination", "a.b"),
+                    ("send_requested_reply", "false")
+                ]
+            ))
+            .requested_reply
         );
     }
 
     #[test]
     fn wildcards_become_none_but_a_prefix_star_is_literal() {
-        let r = send(rule(true, &[("send_destination", "*"), ("send_interface", "*")]));
+        let r = send(rule(
+            true,
+            &[("send_destination", "*"), ("send_interface", "*")],
+        ));
         assert_eq!((r.peer, r.interface), (None, None));
         let r = send(rule(true, &[("send_destination_prefix", "*")]));
         assert_eq!(r.peer.as_deref(), Some("*"));
@@ -362,14 +369,20 @@ mod tests {
                 prefix: false
             }
         );
-        assert_eq!(rule(false, &[("user", "*")]).unwrap().kind, RuleKind::User(None));
+        assert_eq!(
+            rule(false, &[("user", "*")]).unwrap().kind,
+            RuleKind::User(None)
+        );
     }
 
     #[test]
     fn eavesdrop_alone_is_a_receive_rule_and_with_send_attributes_a_send_rule() {
         let r = rule(true, &[("eavesdrop", "true")]).unwrap();
         assert!(matches!(r.kind, RuleKind::Receive(ref m) if m.eavesdrop && m.peer.is_none()));
-        let r = send(rule(true, &[("send_destination", "*"), ("eavesdrop", "true")]));
+        let r = send(rule(
+            true,
+            &[("send_destination", "*"), ("eavesdrop", "true")],
+        ));
         assert!(r.eavesdrop);
     }
 
@@ -381,17 +394,45 @@ mod tests {
             (&[("send_member", "Foo")], "if you specify a member"),
             (&[("own", "a.b"), ("user", "root")], "cannot be combined"),
             (&[("own", "a.b"), ("min_fds", "1")], "cannot be combined"),
-            (&[("send_destination", "a"), ("receive_sender", "b")], "send and receive"),
-            (&[("send_error", "a.E"), ("send_interface", "a.I")], "send_error cannot"),
-            (&[("receive_error", "a.E"), ("receive_member", "M"), ("receive_path", "/")], "receive_error cannot"),
-            (&[("send_destination", "a"), ("send_destination_prefix", "b")], "send_destination_prefix"),
+            (
+                &[("send_destination", "a"), ("receive_sender", "b")],
+                "send and receive",
+            ),
+            (
+                &[("send_error", "a.E"), ("send_interface", "a.I")],
+                "send_error cannot",
+            ),
+            (
+                &[
+                    ("receive_error", "a.E"),
+                    ("receive_member", "M"),
+                    ("receive_path", "/"),
+                ],
+                "receive_error cannot",
+            ),
+            (
+                &[("send_destination", "a"), ("send_destination_prefix", "b")],
+                "send_destination_prefix",
+            ),
             (&[("send_type", "bogus")], "Bad message type \"bogus\""),
             (&[("send_broadcast", "maybe")], "must be true or false"),
-            (&[("send_broadcast", "true"), ("send_destination", "a.b")], "cannot match anything"),
-            (&[("receive_sender", "a"), ("eavesdrop", "yes")], "must be true or false"),
-            (&[("send_destination", "a"), ("max_fds", "-1")], "range 0 to"),
+            (
+                &[("send_broadcast", "true"), ("send_destination", "a.b")],
+                "cannot match anything",
+            ),
+            (
+                &[("receive_sender", "a"), ("eavesdrop", "yes")],
+                "must be true or false",
+            ),
+            (
+                &[("send_destination", "a"), ("max_fds", "-1")],
+                "range 0 to",
+            ),
             (&[("send_destination", "a"), ("min_fds", "x")], "range 0 to"),
-            (&[("frobnicate", "a")], "Attribute \"frobnicate\" is invalid"),
+            (
+                &[("frobnicate", "a")],
+                "Attribute \"frobnicate\" is invalid",
+            ),
         ];
         for (attrs, want) in cases {
             let e = rule(true, attrs).unwrap_err();
@@ -401,7 +442,10 @@ mod tests {
 
     #[test]
     fn broadcast_true_with_a_wildcard_destination_is_fine() {
-        let r = send(rule(true, &[("send_broadcast", "true"), ("send_destination", "*")]));
+        let r = send(rule(
+            true,
+            &[("send_broadcast", "true"), ("send_destination", "*")],
+        ));
         assert_eq!(r.broadcast, Some(true));
     }
 

@@ -9,6 +9,7 @@ use crate::wire::message::{self, Message};
 
 use super::compose::{self, DriverMessage};
 use super::names::{self as reg, NameEvent};
+use super::security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 use super::{Bus, Effect, PeerId, DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
 
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
@@ -17,9 +18,7 @@ const PEER: &str = "org.freedesktop.DBus.Peer";
 const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
 
 const E_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
-const E_ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 const E_NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
-const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
 
 /// An error reply: (D-Bus error name, message).
 type Failure = (&'static str, String);
@@ -352,6 +351,19 @@ fn request_name(
             E_INVALID_ARGS,
             format!(
                 "Connection \"{}\" is not allowed to own the service \"{DBUS_NAME}\"because it is reserved for D-Bus' use only",
+                peer_name(bus, from)
+            ),
+        ));
+    }
+    if !bus
+        .peers
+        .get(&from)
+        .is_some_and(|p| p.policy.check_own(name))
+    {
+        return Err((
+            E_ACCESS_DENIED,
+            format!(
+                "Connection \"{}\" is not allowed to own the service \"{name}\" due to security policies in the configuration file",
                 peer_name(bus, from)
             ),
         ));
@@ -901,7 +913,7 @@ fn become_monitor(
         },
     ]);
     bus.pending_replies
-        .retain(|&(caller, _), replier| caller != from && *replier != from);
+        .retain(|&(caller, _), p| caller != from && p.replier != from);
     if let Some(p) = bus.peers.get_mut(&from) {
         p.rules.clear();
         p.pending_replies = 0;

@@ -8,15 +8,21 @@ mod compose;
 pub mod driver;
 pub mod matches;
 pub mod names;
+mod security;
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use busd_match::{Arg, MatchRule, MessageInfo};
+use busd_policy::{ClientIdentity, ClientPolicy, CompiledPolicy};
 use tracing::{debug, warn};
 
 use crate::wire::marshal::Reader;
 use crate::wire::message::{self, Message, Outgoing};
+use crate::wire::queue::{Charge, QueueLoad};
+use security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 
 pub use compose::DriverMessage;
 pub use driver::introspection_xml;
@@ -38,14 +44,60 @@ pub struct BusSettings {
     pub uid: u32,
     pub pid: u32,
     pub limits: busd_policy::Limits,
+    pub policy: Rc<CompiledPolicy>,
 }
 
-/// Credentials of a connection, from SO_PEERCRED and authentication.
-#[derive(Debug, Clone, Copy, Default)]
+/// Credentials of a connection, from SO_PEERCRED, SO_PEERGROUPS and authentication.
+#[derive(Debug, Clone, Default)]
 pub struct Credentials {
+    /// None for an anonymous connection.
     pub uid: Option<u32>,
     pub pid: Option<u32>,
     pub gid: Option<u32>,
+    /// Every group of the peer process (its primary group included), sorted.
+    pub groups: Vec<u32>,
+    /// The user has a local seat (asked only when the policy has at_console contexts).
+    pub at_console: bool,
+    /// The peer's command line, shortened, for log messages.
+    pub command: Option<String>,
+}
+
+impl Credentials {
+    /// How dbus-daemon names a connection in its log messages.
+    pub fn loginfo(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid={uid}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!(
+                "pid={pid} comm=\"{}\"",
+                self.command.as_deref().unwrap_or("")
+            ));
+        }
+        parts.join(" ")
+    }
+
+    fn identity(&self, policy: &CompiledPolicy) -> ClientIdentity {
+        ClientIdentity {
+            uid: self.uid,
+            groups: if policy.uses_groups() {
+                self.groups.clone()
+            } else {
+                Vec::new()
+            },
+            at_console: self.at_console && policy.uses_console(),
+        }
+    }
+}
+
+/// The shell's accounting for one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Meters {
+    /// What waits in its output queue.
+    pub outgoing: Rc<QueueLoad>,
+    /// Its own messages still waiting in anyone's queue.
+    pub live: Rc<QueueLoad>,
 }
 
 /// What the I/O shell must do.
@@ -64,6 +116,9 @@ pub enum Effect {
 struct Peer {
     unique: Option<String>,
     creds: Credentials,
+    policy: Rc<ClientPolicy>,
+    outgoing: Rc<QueueLoad>,
+    live: Rc<QueueLoad>,
     unix_fds: bool,
     /// Well-known names owned or queued for, in the order they were requested.
     names: Vec<String>,
@@ -77,8 +132,16 @@ struct Peer {
     closing: bool,
 }
 
-/// A method call that expects a reply: (caller, caller's serial) -> who must reply.
+/// A method call that expects a reply: (caller, caller's serial).
 type ReplyKey = (PeerId, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PendingReply {
+    /// Who must reply.
+    replier: PeerId,
+    /// When the bus gives up (reply_timeout), if it ever does.
+    deadline: Option<Instant>,
+}
 
 pub struct Bus {
     settings: BusSettings,
@@ -87,7 +150,14 @@ pub struct Bus {
     names: names::NameRegistry,
     matches: matches::MatchRegistry,
     monitors: Vec<PeerId>,
-    pending_replies: HashMap<ReplyKey, PeerId>,
+    pending_replies: HashMap<ReplyKey, PendingReply>,
+    /// Deadlines of pending replies in the order they expire (one timeout for all, so
+    /// insertion order); entries whose reply came are skipped when reached.
+    reply_deadlines: VecDeque<(Instant, ReplyKey)>,
+    /// One client policy per distinct identity, rebuilt on reload.
+    policy_cache: HashMap<ClientIdentity, Rc<ClientPolicy>>,
+    /// The time of the event being handled, set by the shell.
+    now: Instant,
     activation_env: HashMap<String, String>,
     next_unique: u64,
     serial: u32,
@@ -201,6 +271,9 @@ impl Bus {
             matches: matches::MatchRegistry::default(),
             monitors: Vec::new(),
             pending_replies: HashMap::new(),
+            reply_deadlines: VecDeque::new(),
+            policy_cache: HashMap::new(),
+            now: Instant::now(),
             activation_env: HashMap::new(),
             next_unique: 0,
             serial: 0,
@@ -214,9 +287,35 @@ impl Bus {
         &self.settings
     }
 
-    /// Replaces limits after a configuration reload.
-    pub fn set_limits(&mut self, limits: busd_policy::Limits) {
+    /// Replaces limits and policy after a configuration reload; every connection's policy
+    /// is rebuilt from the new rules.
+    pub fn reconfigure(&mut self, limits: busd_policy::Limits, policy: Rc<CompiledPolicy>) {
         self.settings.limits = limits;
+        self.settings.policy = policy;
+        self.policy_cache.clear();
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let creds = self.peers[&id].creds.clone();
+            let policy = self.client_policy(&creds);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.policy = policy;
+            }
+        }
+    }
+
+    /// Sets the clock for the events that follow (the shell calls it once per wake-up).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    fn client_policy(&mut self, creds: &Credentials) -> Rc<ClientPolicy> {
+        let key = creds.identity(&self.settings.policy);
+        if let Some(p) = self.policy_cache.get(&key) {
+            return Rc::clone(p);
+        }
+        let p = Rc::new(self.settings.policy.client_policy(&key));
+        self.policy_cache.insert(key, Rc::clone(&p));
+        p
     }
 
     pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
@@ -224,12 +323,16 @@ impl Bus {
     }
 
     /// An authenticated connection joined (before Hello).
-    pub fn connect(&mut self, id: PeerId, creds: Credentials, unix_fds: bool) {
+    pub fn connect(&mut self, id: PeerId, creds: Credentials, unix_fds: bool, meters: Meters) {
+        let policy = self.client_policy(&creds);
         self.peers.insert(
             id,
             Peer {
                 unique: None,
                 creds,
+                policy,
+                outgoing: meters.outgoing,
+                live: meters.live,
                 unix_fds,
                 names: Vec::new(),
                 rules: Vec::new(),
@@ -336,11 +439,19 @@ impl Bus {
 
         match destination.as_deref() {
             Some(DBUS_NAME) => {
-                let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
-                self.capture(&msg, Some(from), None, &out);
-                driver::handle(self, from, &msg);
+                let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
+                    return;
+                };
+                self.capture(&view, Some(from), None, &out);
+                if active {
+                    if let Err(denied) = self.check_security(&view, Some(from), None, None, false) {
+                        self.error_reply(from, &view, denied.name, &denied.text);
+                        return;
+                    }
+                }
+                driver::handle(self, from, &view);
                 // Eavesdroppers may watch what is sent to the bus.
-                self.dispatch_matches(&msg, Some(from), None, &out);
+                self.dispatch_matches(&view, Some(from), None, &out);
             }
             _ if !active => {
                 debug!("message before Hello; closing the connection");
@@ -348,7 +459,7 @@ impl Bus {
             }
             None => {
                 if msg.msg_type() == message::SIGNAL {
-                    let Some((out, view)) = self.outgoing(msg, &sender_name) else {
+                    let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
                         return;
                     };
                     self.capture(&view, Some(from), None, &out);
@@ -359,11 +470,13 @@ impl Bus {
                 }
             }
             Some(dest) => {
+                // Without an owner, dbus-daemon tries activation (for unique names too,
+                // which no .service file provides) unless the caller said not to.
                 let Some(recipient) = self.owner_of(dest) else {
                     let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
                     self.capture(&msg, Some(from), None, &out);
                     let (name, text) =
-                        if msg.auto_start() && !busd_match::names::is_unique_name(dest) {
+                        if msg.auto_start() {
                             (
                                 "org.freedesktop.DBus.Error.ServiceUnknown",
                                 format!("The name {dest} was not provided by any .service files"),
@@ -383,83 +496,159 @@ impl Bus {
     }
 
     /// Rebuilds the message with SENDER set; returns what to queue (bytes and fds shared by
-    /// every recipient) and the parsed view of exactly what is delivered, for matching.
-    fn outgoing(&self, msg: Message, sender: &str) -> Option<(Outgoing, Message)> {
+    /// every recipient, counted against the sender while queued) and the parsed view of
+    /// exactly what is delivered, for matching.
+    fn outgoing(&self, msg: Message, from: PeerId, sender: &str) -> Option<(Outgoing, Message)> {
         let Some(mut view) = msg.forward(sender) else {
             tracing::error!("re-encoding a valid message failed; dropping it");
             return None;
         };
-        Some((view.take_outgoing(), view))
+        let mut out = view.take_outgoing();
+        if let Some(p) = self.peers.get(&from) {
+            out.charge = Some(Charge::new(
+                &p.live,
+                out.bytes.len() as u64,
+                out.fds.len() as u64,
+            ));
+        }
+        Some((out, view))
     }
 
     fn unicast(&mut self, from: PeerId, recipient: PeerId, msg: Message, sender_name: &str) {
         let ty = msg.msg_type();
-        if ty == message::METHOD_RETURN || ty == message::ERROR {
-            let key = (recipient, msg.reply_serial().unwrap_or(0));
-            if self.pending_replies.get(&key) != Some(&from) {
-                // Unrequested reply: never delivered to the addressed recipient (see
-                // docs/compat.md); monitors still see it.
-                debug!(from = sender_name, "dropping an unrequested reply");
-                if let Some((out, view)) = self.outgoing(msg, sender_name) {
-                    self.capture(&view, Some(from), Some(recipient), &out);
-                }
-                return;
+        let Some((out, view)) = self.outgoing(msg, from, sender_name) else {
+            return;
+        };
+        self.capture(&view, Some(from), Some(recipient), &out);
+        // A reply the recipient is waiting for is "requested"; any other reply is up to
+        // the policy (the session bus lets them through, as dbus-daemon does).
+        let mut requested_reply = false;
+        if let Some(reply_serial) = view.reply_serial() {
+            let key = (recipient, reply_serial);
+            if self.pending_replies.get(&key).map(|p| p.replier) == Some(from) {
+                requested_reply = true;
+                self.forget_pending_reply(key);
             }
-            self.pending_replies.remove(&key);
-            if let Some(p) = self.peers.get_mut(&recipient) {
-                p.pending_replies = p.pending_replies.saturating_sub(1);
+        }
+        if let Err(denied) = self.check_security(
+            &view,
+            Some(from),
+            Some(recipient),
+            Some(recipient),
+            requested_reply,
+        ) {
+            self.error_reply(from, &view, denied.name, &denied.text);
+            return;
+        }
+        if ty == message::METHOD_CALL && !view.no_reply_expected() {
+            if let Err((name, text)) = self.expect_reply(from, recipient, view.serial()) {
+                self.error_reply(from, &view, name, &text);
+                return;
             }
         }
         let recipient_fds = self.peers.get(&recipient).is_some_and(|p| p.unix_fds);
-        if msg.unix_fds() > 0 && !recipient_fds {
-            let out = Outgoing::new(msg.forwarded(sender_name), Vec::new());
-            self.capture(&msg, Some(from), Some(recipient), &out);
+        if view.unix_fds() > 0 && !recipient_fds {
             self.error_reply(
                 from,
-                &msg,
+                &view,
                 "org.freedesktop.DBus.Error.NotSupported",
                 "Tried to send message with Unix file descriptors to a client that doesn't support that.",
             );
             return;
         }
-        if ty == message::METHOD_CALL && !msg.no_reply_expected() {
-            let limit = self.settings.limits.max_replies_per_connection as usize;
-            let waiting = self.peers.get(&from).map_or(0, |p| p.pending_replies);
-            if waiting >= limit {
-                warn!(
-                    peer = sender_name,
-                    limit, "The maximum number of pending replies has been reached"
-                );
-                let out = Outgoing::new(msg.forwarded(sender_name), Vec::new());
-                self.capture(&msg, Some(from), Some(recipient), &out);
-                self.error_reply(
-                    from,
-                    &msg,
-                    "org.freedesktop.DBus.Error.LimitsExceeded",
-                    "The maximum number of pending replies per connection has been reached",
-                );
-                return;
-            }
-            if self
-                .pending_replies
-                .insert((from, msg.serial()), recipient)
-                .is_none()
-            {
-                if let Some(p) = self.peers.get_mut(&from) {
-                    p.pending_replies += 1;
-                }
-            }
-        }
-        let Some((out, view)) = self.outgoing(msg, sender_name) else {
-            return;
-        };
-        self.capture(&view, Some(from), Some(recipient), &out);
         self.send(recipient, out.clone());
         self.dispatch_matches(&view, Some(from), Some(recipient), &out);
     }
 
+    /// Records that `caller` waits for a reply from `replier` to its call `serial`.
+    fn expect_reply(
+        &mut self,
+        caller: PeerId,
+        replier: PeerId,
+        serial: u32,
+    ) -> Result<(), (&'static str, String)> {
+        let key = (caller, serial);
+        if self
+            .pending_replies
+            .get(&key)
+            .is_some_and(|p| p.replier == replier)
+        {
+            return Err((
+                E_ACCESS_DENIED,
+                "Message has the same reply serial as a currently-outstanding existing method call"
+                    .into(),
+            ));
+        }
+        let limit = self.settings.limits.max_replies_per_connection as usize;
+        let waiting = self.peers.get(&caller).map_or(0, |p| p.pending_replies);
+        if waiting >= limit {
+            warn!(
+                peer = self.unique_of(caller),
+                limit, "The maximum number of pending replies has been reached"
+            );
+            return Err((
+                E_LIMITS_EXCEEDED,
+                "The maximum number of pending replies per connection has been reached".into(),
+            ));
+        }
+        let deadline = self
+            .settings
+            .limits
+            .reply_timeout
+            .map(|ms| self.now + Duration::from_millis(ms));
+        let previous = self
+            .pending_replies
+            .insert(key, PendingReply { replier, deadline });
+        if let Some(d) = deadline {
+            self.reply_deadlines.push_back((d, key));
+        }
+        if previous.is_none() {
+            if let Some(p) = self.peers.get_mut(&caller) {
+                p.pending_replies += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_pending_reply(&mut self, key: ReplyKey) -> Option<PendingReply> {
+        let pending = self.pending_replies.remove(&key)?;
+        if let Some(p) = self.peers.get_mut(&key.0) {
+            p.pending_replies = p.pending_replies.saturating_sub(1);
+        }
+        Some(pending)
+    }
+
+    /// When the next pending reply times out, if any does.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.reply_deadlines.front().map(|&(d, _)| d)
+    }
+
+    /// Gives up on replies whose time is up: the caller gets NoReply from the bus.
+    pub fn expire(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(&(deadline, key)) = self.reply_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.reply_deadlines.pop_front();
+            let current = self.pending_replies.get(&key).copied();
+            if current.is_some_and(|p| p.deadline == Some(deadline)) {
+                self.forget_pending_reply(key);
+                self.no_reply(
+                    key,
+                    "Message did not receive a reply (timeout by message bus)",
+                );
+            }
+        }
+    }
+
+    fn no_reply(&mut self, (caller, serial): ReplyKey, text: &str) {
+        let m = DriverMessage::error(serial, "org.freedesktop.DBus.Error.NoReply", text);
+        self.send_from_driver(Some(caller), m);
+    }
+
     /// Delivers `out` to every connection with a matching rule (other than the addressed
-    /// recipient, which already has it).
+    /// recipient, which already has it) that the policy lets see it.
     fn dispatch_matches(
         &mut self,
         msg: &Message,
@@ -502,7 +691,15 @@ impl Bus {
                 continue;
             }
             p.stamp = stamp;
-            if p.closing || (fds && !p.unix_fds) {
+            if p.closing {
+                continue;
+            }
+            if let Err(denied) = self.check_security(msg, sender, recipient, Some(r), false) {
+                // Not an error for the sender: this recipient just does not get it.
+                debug!(to = self.unique_of(r), "not delivered: {}", denied.text);
+                continue;
+            }
+            if fds && !self.peers[&r].unix_fds {
                 // dbus-daemon skips recipients that cannot receive fds, without an error.
                 continue;
             }
@@ -531,7 +728,19 @@ impl Bus {
         let out = msg.take_outgoing();
         self.capture(&msg, None, to, &out);
         match to {
-            Some(t) => self.send(t, out),
+            Some(t) => {
+                // The bus never sends unrequested replies; like dbus-daemon, a message the
+                // recipient's policy or queue refuses is dropped (the bus wants no answer).
+                let requested = msg.reply_serial().is_some();
+                if let Err(denied) = self.check_security(&msg, None, Some(t), Some(t), requested) {
+                    debug!(
+                        to = self.unique_of(t),
+                        "message from the bus not delivered: {}", denied.text
+                    );
+                    return;
+                }
+                self.send(t, out)
+            }
             None => self.dispatch_matches(&msg, None, None, &out),
         }
     }
@@ -615,13 +824,29 @@ impl Bus {
         self.matches.remove_peer(id, rules.iter());
         self.release_all_names(id);
         self.monitors.retain(|&m| m != id);
-        self.pending_replies
-            .retain(|&(caller, _), replier| caller != id && *replier != id);
+        let mut orphaned: Vec<ReplyKey> = Vec::new();
+        self.pending_replies.retain(|&(caller, serial), p| {
+            if p.replier == id && caller != id {
+                orphaned.push((caller, serial));
+            }
+            caller != id && p.replier != id
+        });
         if let Some(u) = unique {
             self.unique_names.remove(&u);
             self.send_from_driver(
                 None,
                 DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"),
+            );
+        }
+        // Callers still waiting for this connection hear that it left without replying.
+        orphaned.sort_unstable();
+        for key in orphaned {
+            if let Some(p) = self.peers.get_mut(&key.0) {
+                p.pending_replies = p.pending_replies.saturating_sub(1);
+            }
+            self.no_reply(
+                key,
+                "Message recipient disconnected from message bus without replying",
             );
         }
         self.peers.remove(&id);

@@ -5,14 +5,52 @@ use super::*;
 use crate::wire::marshal::{Endian, Writer};
 use crate::wire::message::{encode, HeaderFields, Message};
 
+/// The stock session bus's policy.
+const SESSION_POLICY: &str = r#"<policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+</policy>"#;
+
 fn bus() -> Bus {
+    bus_with(SESSION_POLICY, busd_policy::Limits::default())
+}
+
+struct NoAccounts;
+
+impl busd_policy::Accounts for NoAccounts {
+    fn user_id(&self, _: &str) -> Option<u32> {
+        None
+    }
+    fn group_id(&self, _: &str) -> Option<u32> {
+        None
+    }
+}
+
+fn compile(policy: &str) -> Rc<CompiledPolicy> {
+    let text = format!("<busconfig>{policy}</busconfig>");
+    let config =
+        busd_policy::Config::from_str_at(&text, std::path::Path::new("/test.conf")).unwrap();
+    Rc::new(CompiledPolicy::compile(&config, &NoAccounts).unwrap())
+}
+
+fn bus_with(policy: &str, limits: busd_policy::Limits) -> Bus {
     Bus::new(BusSettings {
         guid: "0123456789abcdef0123456789abcdef".into(),
         machine_id: "fedcba9876543210fedcba9876543210".into(),
         uid: 1000,
         pid: 1,
-        limits: busd_policy::Limits::default(),
+        limits,
+        policy: compile(policy),
     })
+}
+
+fn creds(uid: u32, pid: u32) -> Credentials {
+    Credentials {
+        uid: Some(uid),
+        pid: Some(pid),
+        gid: Some(uid),
+        groups: vec![uid],
+        ..Default::default()
+    }
 }
 
 struct Sent {
@@ -63,15 +101,11 @@ fn su_body(s: &str, u: u32) -> Vec<u8> {
 
 /// Connects and says Hello; returns the unique name.
 fn join(bus: &mut Bus, id: PeerId) -> String {
-    bus.connect(
-        id,
-        Credentials {
-            uid: Some(1000),
-            pid: Some(id as u32),
-            gid: Some(1000),
-        },
-        true,
-    );
+    join_with(bus, id, Meters::default())
+}
+
+fn join_with(bus: &mut Bus, id: PeerId, meters: Meters) -> String {
+    bus.connect(id, creds(1000, id as u32), true, meters);
     bus.handle_message(id, call(1, DBUS_NAME, DBUS_INTERFACE, "Hello", "", vec![]));
     let sent = drain(bus);
     sent[0].msg.body_reader().string().unwrap().to_string()
@@ -94,7 +128,7 @@ fn describe(s: &Sent) -> String {
 #[test]
 fn hello_assigns_unique_names_and_replies_before_name_acquired() {
     let mut b = bus();
-    b.connect(7, Credentials::default(), false);
+    b.connect(7, Credentials::default(), false, Meters::default());
     b.handle_message(7, call(1, DBUS_NAME, DBUS_INTERFACE, "Hello", "", vec![]));
     let sent = drain(&mut b);
     assert_eq!(
@@ -116,7 +150,7 @@ fn hello_assigns_unique_names_and_replies_before_name_acquired() {
 #[test]
 fn messages_before_hello_are_refused() {
     let mut b = bus();
-    b.connect(1, Credentials::default(), false);
+    b.connect(1, Credentials::default(), false, Meters::default());
     b.handle_message(
         1,
         call(1, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
@@ -210,43 +244,289 @@ fn unknown_destinations_get_dbus_daemons_errors() {
     );
     assert_eq!(e[0].msg.reply_serial(), Some(5));
     b.handle_message(1, call(6, ":1.99", "org.x", "M", "", vec![]));
+    let e = drain(&mut b);
+    assert_eq!(
+        e[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.ServiceUnknown")
+    );
+    assert_eq!(
+        e[0].msg.body_reader().string().unwrap(),
+        "The name :1.99 was not provided by any .service files"
+    );
+}
+
+fn reply(serial: u32, reply_serial: u32, dest: &str) -> Message {
+    let f = HeaderFields {
+        reply_serial: Some(reply_serial),
+        destination: Some(dest),
+        ..Default::default()
+    };
+    Message::parse(
+        encode(Endian::Little, message::METHOD_RETURN, 0, serial, &f, &[]),
+        Vec::new(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn unrequested_replies_are_up_to_the_policy() {
+    // The session policy's eavesdrop="true" send rule lets unrequested replies through, as
+    // on dbus-daemon.
+    let mut b = bus();
+    join(&mut b, 1);
+    join(&mut b, 2);
+    b.handle_message(2, reply(1, 11, ":1.0"));
+    let sent = drain(&mut b);
+    assert_eq!((sent.len(), sent[0].to), (1, 1));
+
+    // A policy without it refuses them, and tells the sender.
+    let mut b = bus_with(
+        r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/></policy>"#,
+        busd_policy::Limits::default(),
+    );
+    join(&mut b, 1);
+    let callee = join(&mut b, 2);
+    b.handle_message(2, reply(1, 11, ":1.0"));
+    let sent = drain(&mut b);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].to, 2);
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.AccessDenied")
+    );
+    let text = sent[0].msg.body_reader().string().unwrap().to_string();
+    assert!(
+        text.starts_with("Rejected send message, 0 matched rules; type=\"method_return\", sender=\":1.1\" (uid=1000 pid=2 comm=\"\")"),
+        "{text}"
+    );
+    // A requested reply passes, once.
+    b.handle_message(1, call(10, &callee, "org.x", "M", "", vec![]));
+    assert_eq!(drain(&mut b)[0].to, 2);
+    b.handle_message(2, reply(2, 10, ":1.0"));
+    let sent = drain(&mut b);
+    assert_eq!((sent[0].to, sent[0].msg.reply_serial()), (1, Some(10)));
+    b.handle_message(2, reply(3, 10, ":1.0"));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
-        Some("org.freedesktop.DBus.Error.NameHasNoOwner")
+        Some("org.freedesktop.DBus.Error.AccessDenied")
     );
 }
 
 #[test]
-fn replies_reach_only_a_waiting_caller() {
-    let mut b = bus();
+fn send_and_receive_rules_refuse_with_dbus_daemons_errors() {
+    let mut b = bus_with(
+        r#"<policy context="default">
+             <allow send_destination="*"/><allow receive_sender="*"/><allow own="*"/>
+             <deny send_interface="org.example.Secret"/>
+             <deny receive_interface="org.example.Private"/>
+           </policy>"#,
+        busd_policy::Limits::default(),
+    );
     join(&mut b, 1);
     let callee = join(&mut b, 2);
-    b.handle_message(1, call(10, &callee, "org.x", "M", "", vec![]));
+    b.handle_message(1, call(5, &callee, "org.example.Secret", "M", "", vec![]));
     let sent = drain(&mut b);
-    assert_eq!(sent[0].to, 2);
-    assert_eq!(sent[0].msg.sender(), Some(":1.0"));
-    let reply = |serial: u32, reply_serial: u32| {
-        let f = HeaderFields {
-            reply_serial: Some(reply_serial),
-            destination: Some(":1.0"),
-            ..Default::default()
-        };
-        Message::parse(
-            encode(Endian::Little, message::METHOD_RETURN, 0, serial, &f, &[]),
-            Vec::new(),
-        )
+    assert_eq!(sent.len(), 1, "only the error, nothing reaches the callee");
+    assert_eq!(sent[0].to, 1);
+    let text = sent[0].msg.body_reader().string().unwrap().to_string();
+    assert!(
+        text.starts_with("Rejected send message, 2 matched rules; type=\"method_call\""),
+        "{text}"
+    );
+    assert!(text.ends_with("interface=\"org.example.Secret\" member=\"M\" error name=\"(unset)\" requested_reply=\"0\" destination=\":1.1\" (uid=1000 pid=2 comm=\"\")"), "{text}");
+    b.handle_message(1, call(6, &callee, "org.example.Private", "M", "", vec![]));
+    let text = drain(&mut b)[0]
+        .msg
+        .body_reader()
+        .string()
         .unwrap()
-    };
-    // An unrequested reply is not delivered.
-    b.handle_message(2, reply(1, 11));
-    assert!(drain(&mut b).is_empty());
-    b.handle_message(2, reply(2, 10));
+        .to_string();
+    assert!(
+        text.starts_with("Rejected receive message, 2 matched rules"),
+        "{text}"
+    );
+    b.handle_message(1, call(7, &callee, "org.example.Public", "M", "", vec![]));
+    assert_eq!(drain(&mut b)[0].to, 2);
+}
+
+#[test]
+fn own_rules_refuse_request_name() {
+    let mut b = bus_with(
+        r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/>
+             <allow own="*"/><deny own_prefix="org.example"/></policy>"#,
+        busd_policy::Limits::default(),
+    );
+    join(&mut b, 1);
+    b.handle_message(
+        1,
+        call(
+            2,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "RequestName",
+            "su",
+            su_body("org.example.Foo", 0),
+        ),
+    );
+    let sent = drain(&mut b);
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.AccessDenied")
+    );
+    assert_eq!(
+        sent[0].msg.body_reader().string().unwrap(),
+        "Connection \":1.0\" is not allowed to own the service \"org.example.Foo\" due to security policies in the configuration file"
+    );
+    b.handle_message(
+        1,
+        call(
+            3,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "RequestName",
+            "su",
+            su_body("org.other", 0),
+        ),
+    );
+    assert!(drain(&mut b)
+        .iter()
+        .any(|s| s.msg.msg_type() == message::METHOD_RETURN && s.msg.reply_serial() == Some(3)));
+}
+
+#[test]
+fn calls_to_the_driver_are_checked_against_send_rules() {
+    let mut b = bus_with(
+        r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/>
+             <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="ListNames"/>
+           </policy>"#,
+        busd_policy::Limits::default(),
+    );
+    join(&mut b, 1);
+    b.handle_message(
+        1,
+        call(2, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
+    );
     let sent = drain(&mut b);
     assert_eq!(sent.len(), 1);
-    assert_eq!((sent[0].to, sent[0].msg.reply_serial()), (1, Some(10)));
-    // Only once.
-    b.handle_message(2, reply(3, 10));
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.AccessDenied")
+    );
+    b.handle_message(1, call(3, DBUS_NAME, DBUS_INTERFACE, "GetId", "", vec![]));
+    assert_eq!(drain(&mut b)[0].msg.msg_type(), message::METHOD_RETURN);
+}
+
+#[test]
+fn a_full_queue_refuses_with_limits_exceeded() {
+    let limits = busd_policy::Limits {
+        max_outgoing_bytes: 100,
+        ..Default::default()
+    };
+    let mut b = bus_with(SESSION_POLICY, limits);
+    join(&mut b, 1);
+    let slow = Meters::default();
+    let callee = join_with(&mut b, 2, slow.clone());
+    slow.outgoing.add(101, 0);
+    b.handle_message(1, call(5, &callee, "org.x", "M", "", vec![]));
+    let sent = drain(&mut b);
+    assert_eq!((sent.len(), sent[0].to), (1, 1));
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.LimitsExceeded")
+    );
+    assert!(sent[0]
+        .msg
+        .body_reader()
+        .string()
+        .unwrap()
+        .starts_with("Rejected: destination has a full message queue, 0 matched rules;"));
+    slow.outgoing.sub(101, 0);
+    b.handle_message(1, call(6, &callee, "org.x", "M", "", vec![]));
+    assert_eq!(drain(&mut b)[0].to, 2);
+}
+
+#[test]
+fn queued_messages_count_against_their_sender_until_written() {
+    let mut b = bus();
+    let sender = Meters::default();
+    join_with(&mut b, 1, sender.clone());
+    let callee = join(&mut b, 2);
+    b.handle_message(1, call(5, &callee, "org.x", "M", "", vec![]));
+    let out: Vec<Effect> = b.take_effects().collect();
+    assert!(sender.live.bytes() > 0);
+    drop(out);
+    assert_eq!(sender.live.bytes(), 0);
+}
+
+#[test]
+fn callers_hear_no_reply_when_the_callee_leaves_or_the_time_is_up() {
+    let limits = busd_policy::Limits {
+        reply_timeout: Some(1000),
+        ..Default::default()
+    };
+    let mut b = bus_with(SESSION_POLICY, limits);
+    let t0 = Instant::now();
+    b.set_now(t0);
+    join(&mut b, 1);
+    let callee = join(&mut b, 2);
+    b.handle_message(1, call(5, &callee, "org.x", "M", "", vec![]));
+    drain(&mut b);
+    assert_eq!(b.next_deadline(), Some(t0 + Duration::from_secs(1)));
+    b.expire(t0 + Duration::from_millis(999));
     assert!(drain(&mut b).is_empty());
+    b.expire(t0 + Duration::from_secs(1));
+    let sent = drain(&mut b);
+    assert_eq!((sent[0].to, sent[0].msg.reply_serial()), (1, Some(5)));
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.NoReply")
+    );
+    assert_eq!(
+        sent[0].msg.body_reader().string().unwrap(),
+        "Message did not receive a reply (timeout by message bus)"
+    );
+    // The late reply is now unrequested.
+    b.handle_message(2, reply(9, 5, ":1.0"));
+    drain(&mut b);
+
+    b.handle_message(1, call(6, &callee, "org.x", "M", "", vec![]));
+    drain(&mut b);
+    b.disconnected(2);
+    let sent = drain(&mut b);
+    let no_reply = sent
+        .iter()
+        .find(|s| s.msg.error_name() == Some("org.freedesktop.DBus.Error.NoReply"))
+        .unwrap();
+    assert_eq!((no_reply.to, no_reply.msg.reply_serial()), (1, Some(6)));
+    assert_eq!(
+        no_reply.msg.body_reader().string().unwrap(),
+        "Message recipient disconnected from message bus without replying"
+    );
+}
+
+#[test]
+fn reloading_rebuilds_every_connections_policy() {
+    let mut b = bus();
+    join(&mut b, 1);
+    b.reconfigure(
+        busd_policy::Limits::default(),
+        compile(r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/></policy>"#),
+    );
+    b.handle_message(
+        1,
+        call(
+            2,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "RequestName",
+            "su",
+            su_body("org.example.Foo", 0),
+        ),
+    );
+    assert_eq!(
+        drain(&mut b)[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.AccessDenied")
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::net::UnixStream;
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 
-use crate::bus::Credentials;
+use crate::bus::{Credentials, Meters};
 use crate::wire::message::{self, Message, Outgoing};
 use crate::wire::sasl::{Mechanism, SaslServer};
 
@@ -18,7 +18,10 @@ const MAX_FDS_PER_READ: usize = 253;
 const READ_CHUNK: usize = 64 * 1024;
 
 pub enum ReadOutcome {
-    Open,
+    /// Read something; there may be more.
+    More,
+    /// Nothing more to read for now.
+    Drained,
     Closed,
     Invalid(String),
 }
@@ -27,7 +30,10 @@ pub struct Conn {
     stream: UnixStream,
     sasl: Option<SaslServer>,
     auth_deadline: Option<Instant>,
+    /// Since when fds have waited for the rest of their message (pending_fd_timeout).
+    fds_pending_since: Option<Instant>,
     creds: Credentials,
+    meters: Meters,
     unix_fds: bool,
     inbuf: Vec<u8>,
     infds: VecDeque<OwnedFd>,
@@ -46,16 +52,22 @@ impl Conn {
     ) -> io::Result<Conn> {
         let cred =
             socket::getsockopt(&stream, sockopt::PeerCredentials).map_err(io::Error::from)?;
+        let pid = cred.pid() as u32;
         let creds = Credentials {
             uid: Some(cred.uid()),
-            pid: Some(cred.pid() as u32),
+            pid: Some(pid),
             gid: Some(cred.gid()),
+            groups: super::identity::peer_groups(std::os::fd::AsFd::as_fd(&stream), cred.gid()),
+            at_console: false,
+            command: super::identity::command_for_pid(pid),
         };
         Ok(Conn {
             sasl: Some(SaslServer::new(mechanisms.to_vec(), creds.uid, guid, true)),
             auth_deadline: Some(Instant::now() + auth_timeout),
+            fds_pending_since: None,
             stream,
             creds,
+            meters: Meters::default(),
             unix_fds: false,
             inbuf: Vec::new(),
             infds: VecDeque::new(),
@@ -77,8 +89,21 @@ impl Conn {
         self.auth_deadline
     }
 
-    pub fn credentials(&self) -> Credentials {
-        self.creds
+    pub fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    pub fn credentials_mut(&mut self) -> &mut Credentials {
+        &mut self.creds
+    }
+
+    pub fn meters(&self) -> &Meters {
+        &self.meters
+    }
+
+    /// When fds that arrived without the rest of their message have waited too long.
+    pub fn fds_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.fds_pending_since.map(|t| t + timeout)
     }
 
     pub fn unix_fds(&self) -> bool {
@@ -89,8 +114,9 @@ impl Conn {
         std::mem::take(&mut self.messages)
     }
 
-    /// Reads everything available; complete messages are collected for [`Conn::take_messages`].
-    pub fn read(&mut self, limits: &busd_policy::Limits) -> ReadOutcome {
+    /// Reads once from the socket; complete messages are collected for
+    /// [`Conn::take_messages`].
+    pub fn read_once(&mut self, limits: &busd_policy::Limits) -> ReadOutcome {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
@@ -118,7 +144,7 @@ impl Conn {
                     }
                     (msg.bytes, fds)
                 }
-                Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Open,
+                Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Drained,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::debug!("read failed: {e}");
@@ -136,6 +162,12 @@ impl Conn {
             if let Err(why) = self.process(limits) {
                 return ReadOutcome::Invalid(why);
             }
+            if self.infds.is_empty() {
+                self.fds_pending_since = None;
+            } else if self.fds_pending_since.is_none() {
+                self.fds_pending_since = Some(Instant::now());
+            }
+            return ReadOutcome::More;
         }
     }
 
@@ -186,6 +218,9 @@ impl Conn {
     }
 
     pub fn queue(&mut self, out: Outgoing) {
+        self.meters
+            .outgoing
+            .add(out.bytes.len() as u64, out.fds.len() as u64);
         self.outq.push_back((out, 0));
     }
 
@@ -223,6 +258,9 @@ impl Conn {
                 Ok(n) => {
                     *offset += n;
                     if *offset >= out.bytes.len() {
+                        self.meters
+                            .outgoing
+                            .sub(out.bytes.len() as u64, out.fds.len() as u64);
                         self.outq.pop_front();
                     }
                 }

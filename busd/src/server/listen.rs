@@ -33,8 +33,18 @@ fn random_suffix() -> String {
 }
 
 fn listen_path(path: &Path) -> io::Result<Listener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    // Like dbus-daemon: a socket left behind by a crashed bus is replaced (anything else at
+    // that path is an error from bind), and the socket is open to every user, the policy
+    // deciding who may connect.
+    if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
     let std = StdListener::bind(path)?;
     std.set_nonblocking(true)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)) {
+        tracing::warn!("Could not set mode 0777 on socket {}: {e}", path.display());
+    }
     Ok(Listener {
         socket: mio::net::UnixListener::from_std(std),
         address: BoundAddress::Path(path.to_string_lossy().into_owned()),

@@ -2,11 +2,15 @@
 //! feeds the bus state machine and carries out its effects.
 
 mod conn;
+pub mod identity;
 mod listen;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use busd_policy::CompiledPolicy;
 
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, info, warn};
@@ -22,6 +26,7 @@ use conn::{Conn, ReadOutcome};
 pub struct ServerConfig {
     pub mechanisms: Vec<Mechanism>,
     pub limits: busd_policy::Limits,
+    pub policy: Rc<CompiledPolicy>,
 }
 
 /// Re-reads the configuration (the shell does the file I/O; the bus only gets the result).
@@ -37,6 +42,9 @@ pub struct Server {
     next_id: PeerId,
     /// Connections with queued output to flush at the end of this iteration.
     dirty: Vec<PeerId>,
+    /// Connections not read from while their messages fill others' queues beyond
+    /// max_incoming_bytes / max_incoming_unix_fds.
+    paused: BTreeSet<PeerId>,
 }
 
 const FIRST_CONN: PeerId = 1024;
@@ -63,6 +71,7 @@ impl Server {
             reloader,
             next_id: FIRST_CONN,
             dirty: Vec::new(),
+            paused: BTreeSet::new(),
         })
     }
 
@@ -78,6 +87,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+            self.bus.set_now(Instant::now());
             for event in events.iter() {
                 let token = event.token().0 as PeerId;
                 if token < FIRST_CONN {
@@ -91,27 +101,77 @@ impl Server {
                     self.dirty.push(token);
                 }
             }
-            self.expire_auth();
+            self.expire();
             self.flush_dirty();
+            self.resume_paused();
         }
+    }
+
+    fn pending_fd_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.limits.pending_fd_timeout)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().filter_map(Conn::auth_deadline).min()
+        let fd_timeout = self.pending_fd_timeout();
+        self.conns
+            .values()
+            .flat_map(|c| [c.auth_deadline(), c.fds_deadline(fd_timeout)])
+            .flatten()
+            .chain(self.bus.next_deadline())
+            .min()
     }
 
-    fn expire_auth(&mut self) {
+    fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<PeerId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.auth_deadline().is_some_and(|d| d <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in expired {
+        let fd_timeout = self.pending_fd_timeout();
+        let mut auth_expired = Vec::new();
+        let mut fds_expired = Vec::new();
+        for (&id, c) in &self.conns {
+            if c.auth_deadline().is_some_and(|d| d <= now) {
+                auth_expired.push(id);
+            } else if c.fds_deadline(fd_timeout).is_some_and(|d| d <= now) {
+                fds_expired.push(id);
+            }
+        }
+        for id in auth_expired {
             debug!(conn = id, "authentication timed out");
             self.close(id);
         }
+        for id in fds_expired {
+            warn!(
+                conn = id,
+                pending_fd_timeout = self.config.limits.pending_fd_timeout,
+                "Connection has had Unix fds pending for too long, closing it"
+            );
+            self.close(id);
+        }
+        self.bus.expire(now);
+        self.apply_effects();
+    }
+
+    /// Reads again from connections whose earlier messages have drained from the queues.
+    fn resume_paused(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let ready: Vec<PeerId> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|id| self.conns.get(id).is_none_or(|c| !self.over_incoming(c)))
+            .collect();
+        for id in ready {
+            self.paused.remove(&id);
+            self.read(id);
+        }
+        self.flush_dirty();
+    }
+
+    fn over_incoming(&self, c: &Conn) -> bool {
+        let l = &self.config.limits;
+        c.meters()
+            .live
+            .over(l.max_incoming_bytes, l.max_incoming_unix_fds)
     }
 
     fn accept(&mut self, index: usize) {
@@ -165,52 +225,97 @@ impl Server {
     }
 
     fn read(&mut self, id: PeerId) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let was_authenticated = conn.is_authenticated();
-        let outcome = conn.read(&self.config.limits);
-        if !was_authenticated && conn.is_authenticated() {
-            let completed = self.conns.values().filter(|c| c.is_authenticated()).count() as u64;
-            let conn = &self.conns[&id];
-            let uid = conn.credentials().uid;
-            let per_user = self
-                .conns
-                .values()
-                .filter(|c| c.is_authenticated() && c.credentials().uid == uid)
-                .count() as u64;
-            if completed > self.config.limits.max_completed_connections {
-                warn!("The maximum number of active connections has been reached (max_completed_connections)");
-                self.close_quietly(id);
+        loop {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if conn.is_authenticated() && self.over_incoming(&self.conns[&id]) {
+                // Like dbus-daemon, stop reading from a sender whose messages already
+                // fill the queues; it resumes when they drain.
+                self.paused.insert(id);
                 return;
             }
-            if per_user > self.config.limits.max_connections_per_user {
-                warn!(?uid, "The maximum number of active connections for this user has been reached (max_connections_per_user)");
-                self.close_quietly(id);
+            let conn = self.conns.get_mut(&id).expect("checked above");
+            let was_authenticated = conn.is_authenticated();
+            let outcome = conn.read_once(&self.config.limits);
+            if !was_authenticated && conn.is_authenticated() && !self.admit(id) {
                 return;
             }
-            self.bus.connect(id, conn.credentials(), conn.unix_fds());
+            self.dirty.push(id);
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let messages = conn.take_messages();
+            for msg in messages {
+                self.bus.handle_message(id, msg);
+                self.apply_effects();
+            }
+            match outcome {
+                ReadOutcome::More => {}
+                ReadOutcome::Drained => return,
+                ReadOutcome::Closed => return self.close(id),
+                ReadOutcome::Invalid(why) => {
+                    warn!(
+                        conn = id,
+                        "disconnecting a client that sent invalid data: {why}"
+                    );
+                    return self.close(id);
+                }
+            }
         }
-        self.dirty.push(id);
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let messages = conn.take_messages();
-        for msg in messages {
-            self.bus.handle_message(id, msg);
-            self.apply_effects();
+    }
+
+    /// A connection finished authenticating: apply the connection limits and the policy's
+    /// user rules, then hand it to the bus. Returns false if it was refused and closed.
+    fn admit(&mut self, id: PeerId) -> bool {
+        let completed = self.conns.values().filter(|c| c.is_authenticated()).count() as u64;
+        let uid = self.conns[&id].credentials().uid;
+        let per_user = self
+            .conns
+            .values()
+            .filter(|c| c.is_authenticated() && c.credentials().uid == uid)
+            .count() as u64;
+        if completed > self.config.limits.max_completed_connections {
+            warn!("The maximum number of active connections has been reached (max_completed_connections)");
+            self.close_quietly(id);
+            return false;
         }
-        match outcome {
-            ReadOutcome::Open => {}
-            ReadOutcome::Closed => self.close(id),
-            ReadOutcome::Invalid(why) => {
+        if per_user > self.config.limits.max_connections_per_user {
+            warn!(?uid, "The maximum number of active connections for this user has been reached (max_connections_per_user)");
+            self.close_quietly(id);
+            return false;
+        }
+        let policy = &self.config.policy;
+        if let Some(uid) = uid {
+            let groups = if policy.connect_uses_groups() {
+                identity::user_groups(uid)
+            } else {
+                Vec::new()
+            };
+            if !policy.may_connect(uid, &groups, self.bus.settings().uid) {
+                // The SASL OK is already queued; like dbus-daemon, the connection closes
+                // once the client begins.
                 warn!(
-                    conn = id,
-                    "disconnecting a client that sent invalid data: {why}"
+                    uid,
+                    "Connection from this user is not allowed by the bus policy; disconnecting"
                 );
-                self.close(id);
+                self.close_quietly(id);
+                return false;
             }
         }
+        let at_console = uid.is_some_and(|u| policy.uses_console() && identity::at_console(u));
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .expect("admitting a known connection");
+        conn.credentials_mut().at_console = at_console;
+        self.bus.connect(
+            id,
+            conn.credentials().clone(),
+            conn.unix_fds(),
+            conn.meters().clone(),
+        );
+        true
     }
 
     fn apply_effects(&mut self) {
@@ -226,8 +331,10 @@ impl Server {
                 }
                 Effect::Disconnect(id) => self.close(id),
                 Effect::ReloadConfig { peer, serial } => {
+                    // Either the whole new configuration applies or none of it.
                     let result = (self.reloader)().map(|cfg| {
-                        self.bus.set_limits(cfg.limits.clone());
+                        self.bus
+                            .reconfigure(cfg.limits.clone(), Rc::clone(&cfg.policy));
                         self.config = cfg;
                         info!("configuration reloaded");
                     });
@@ -259,12 +366,15 @@ impl Server {
 
     /// Drops a connection that never joined the bus.
     fn close_quietly(&mut self, id: PeerId) {
+        self.paused.remove(&id);
         if let Some(mut c) = self.conns.remove(&id) {
+            let _ = c.flush();
             let _ = self.poll.registry().deregister(c.source());
         }
     }
 
     fn close(&mut self, id: PeerId) {
+        self.paused.remove(&id);
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };

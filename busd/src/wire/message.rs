@@ -9,6 +9,8 @@
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
+use crate::wire::queue::Charge;
+
 use busd_match::names;
 
 use super::marshal::{align_to, Endian, Reader, Writer};
@@ -454,6 +456,7 @@ impl Message {
         Outgoing {
             bytes: Rc::clone(&self.bytes),
             fds: Rc::new(std::mem::take(&mut self.fds)),
+            charge: None,
         }
     }
 }
@@ -539,6 +542,8 @@ pub fn encode(
 pub struct Outgoing {
     pub bytes: Rc<Vec<u8>>,
     pub fds: Rc<Vec<OwnedFd>>,
+    /// Counts the message against its sender while any copy is queued.
+    pub charge: Option<Rc<Charge>>,
 }
 
 impl Outgoing {
@@ -546,6 +551,7 @@ impl Outgoing {
         Outgoing {
             bytes: Rc::new(bytes),
             fds: Rc::new(fds),
+            charge: None,
         }
     }
 }

@@ -124,9 +124,10 @@ fn the_session_default_allows_everything_without_looking() {
 fn no_rules_deny_everything() {
     let p = policy("");
     assert!(!to_service(&p, &call("org.example.Service", None, "M")));
-    assert!(!p
-        .check_receive(&broadcast("a.b", "C"), false, false, Peer::Bus)
-        .allowed);
+    assert!(
+        !p.check_receive(&broadcast("a.b", "C"), false, false, Peer::Bus)
+            .allowed
+    );
     assert!(!p.check_own("org.example"));
 }
 
@@ -170,8 +171,14 @@ fn path_type_and_member_rules() {
         r#"<allow send_path="/org/example" send_member="Get"/>
            <allow send_type="signal"/>"#,
     );
-    assert!(to_service(&p, &call("org.example.Service", Some("a.b"), "Get")));
-    assert!(!to_service(&p, &call("org.example.Service", Some("a.b"), "Set")));
+    assert!(to_service(
+        &p,
+        &call("org.example.Service", Some("a.b"), "Get")
+    ));
+    assert!(!to_service(
+        &p,
+        &call("org.example.Service", Some("a.b"), "Set")
+    ));
     let mut elsewhere = call("org.example.Service", Some("a.b"), "Get");
     elsewhere.path = Some("/other");
     assert!(!to_service(&p, &elsewhere));
@@ -184,7 +191,10 @@ fn path_type_and_member_rules() {
 fn send_error_rules_also_match_messages_without_an_error_name() {
     // dbus-daemon only skips the rule when the message has a different error name.
     let p = policy(r#"<allow send_error="org.example.Error.Failed"/>"#);
-    assert!(to_service(&p, &call("org.example.Service", Some("a.b"), "M")));
+    assert!(to_service(
+        &p,
+        &call("org.example.Service", Some("a.b"), "M")
+    ));
     let mut err = reply(":1.2");
     err.msg_type = ERROR;
     err.error_name = Some("org.example.Error.Other");
@@ -199,16 +209,19 @@ fn send_destination_matches_primary_and_queued_owners_or_the_header_for_the_bus(
     // Addressed by unique name, but the receiver owns the name: allowed.
     assert!(to_service(&p, &call(":1.2", None, "M")));
     let other = TestNames(&[":1.3"]);
-    assert!(!p
-        .check_send(&call(":1.3", None, "M"), false, Peer::Connection(&other))
-        .allowed);
+    assert!(
+        !p.check_send(&call(":1.3", None, "M"), false, Peer::Connection(&other))
+            .allowed
+    );
     // The bus itself (or a service being activated): the header is compared.
-    assert!(p
-        .check_send(&call("org.example.Service", None, "M"), false, Peer::Bus)
-        .allowed);
-    assert!(!p
-        .check_send(&call("org.example.Servic", None, "M"), false, Peer::Bus)
-        .allowed);
+    assert!(
+        p.check_send(&call("org.example.Service", None, "M"), false, Peer::Bus)
+            .allowed
+    );
+    assert!(
+        !p.check_send(&call("org.example.Servic", None, "M"), false, Peer::Bus)
+            .allowed
+    );
 }
 
 #[test]
@@ -216,18 +229,22 @@ fn send_destination_prefix_matches_whole_name_components() {
     let p = policy(r#"<allow send_destination_prefix="org.example"/>"#);
     let below = TestNames(&[":1.4", "org.example.Foo.Bar"]);
     let beside = TestNames(&[":1.5", "org.examples"]);
-    assert!(p
-        .check_send(&call(":1.4", None, "M"), false, Peer::Connection(&below))
-        .allowed);
-    assert!(!p
-        .check_send(&call(":1.5", None, "M"), false, Peer::Connection(&beside))
-        .allowed);
-    assert!(p
-        .check_send(&call("org.example", None, "M"), false, Peer::Bus)
-        .allowed);
-    assert!(!p
-        .check_send(&call("org.examplex", None, "M"), false, Peer::Bus)
-        .allowed);
+    assert!(
+        p.check_send(&call(":1.4", None, "M"), false, Peer::Connection(&below))
+            .allowed
+    );
+    assert!(
+        !p.check_send(&call(":1.5", None, "M"), false, Peer::Connection(&beside))
+            .allowed
+    );
+    assert!(
+        p.check_send(&call("org.example", None, "M"), false, Peer::Bus)
+            .allowed
+    );
+    assert!(
+        !p.check_send(&call("org.examplex", None, "M"), false, Peer::Bus)
+            .allowed
+    );
 }
 
 #[test]
@@ -237,8 +254,7 @@ fn requested_reply_semantics() {
     assert!(to_service_reply(&default_allow, &m, true));
     assert!(!to_service_reply(&default_allow, &m, false));
 
-    let allow_unrequested =
-        policy(r#"<allow send_destination="*" send_requested_reply="false"/>"#);
+    let allow_unrequested = policy(r#"<allow send_destination="*" send_requested_reply="false"/>"#);
     assert!(to_service_reply(&allow_unrequested, &m, false));
 
     // A deny rule applies only to unrequested replies unless it says otherwise.
@@ -258,7 +274,8 @@ fn requested_reply_semantics() {
 }
 
 fn to_service_reply(p: &ClientPolicy, m: &MessageFacts<'_>, requested: bool) -> bool {
-    p.check_send(m, requested, Peer::Connection(&SERVICE)).allowed
+    p.check_send(m, requested, Peer::Connection(&SERVICE))
+        .allowed
 }
 
 #[test]
@@ -279,9 +296,14 @@ fn send_broadcast_distinguishes_signals_without_destination() {
 fn blanket_rules_drop_earlier_rules_of_their_kind_even_with_modifiers() {
     // dbus-daemon's pruning ignores send_broadcast: the allow below is gone, so a unicast
     // to the service is denied although no remaining rule denies it.
-    let p = policy(r#"<allow send_destination="org.example.Service"/><deny send_broadcast="true"/>"#);
+    let p =
+        policy(r#"<allow send_destination="org.example.Service"/><deny send_broadcast="true"/>"#);
     assert!(!to_service(&p, &call("org.example.Service", None, "M")));
-    let d = p.check_send(&call("org.example.Service", None, "M"), false, Peer::Connection(&SERVICE));
+    let d = p.check_send(
+        &call("org.example.Service", None, "M"),
+        false,
+        Peer::Connection(&SERVICE),
+    );
     assert_eq!(d.matched_rules, 0);
 }
 
@@ -293,7 +315,8 @@ fn fd_bounds() {
     m.unix_fds = 1;
     assert!(!to_service(&p, &m));
     // Without a message test, the fd rule is a blanket rule and prunes the allow.
-    let blanket = policy(r#"<allow send_destination="*"/><deny send_destination="*" min_fds="1"/>"#);
+    let blanket =
+        policy(r#"<allow send_destination="*"/><deny send_destination="*" min_fds="1"/>"#);
     m.unix_fds = 0;
     assert!(!to_service(&blanket, &m));
     let q = policy(r#"<allow send_destination="*" max_fds="2"/>"#);
@@ -307,24 +330,35 @@ fn fd_bounds() {
 fn receive_rules_and_eavesdropping() {
     let p = policy(r#"<allow receive_sender="org.example.Service"/>"#);
     let sig = broadcast("a.b", "C");
-    assert!(p
-        .check_receive(&sig, false, false, Peer::Connection(&SERVICE))
-        .allowed);
+    assert!(
+        p.check_receive(&sig, false, false, Peer::Connection(&SERVICE))
+            .allowed
+    );
     let stranger = TestNames(&[":1.9"]);
-    assert!(!p
-        .check_receive(&sig, false, false, Peer::Connection(&stranger))
-        .allowed);
+    assert!(
+        !p.check_receive(&sig, false, false, Peer::Connection(&stranger))
+            .allowed
+    );
     // A unicast seen by someone else needs eavesdrop="true".
     let mut unicast = call(":1.7", None, "M");
     unicast.sender = Some(":1.2");
-    assert!(!p
-        .check_receive(&unicast, false, true, Peer::Connection(&SERVICE))
-        .allowed);
-    let e = policy(r#"<allow receive_sender="*" eavesdrop="true"/><deny eavesdrop="true" receive_interface="a.b"/>"#);
+    assert!(
+        !p.check_receive(&unicast, false, true, Peer::Connection(&SERVICE))
+            .allowed
+    );
+    let e = policy(
+        r#"<allow receive_sender="*" eavesdrop="true"/><deny eavesdrop="true" receive_interface="a.b"/>"#,
+    );
     unicast.interface = Some("a.b");
-    assert!(!e.check_receive(&unicast, false, true, Peer::Connection(&SERVICE)).allowed);
+    assert!(
+        !e.check_receive(&unicast, false, true, Peer::Connection(&SERVICE))
+            .allowed
+    );
     // ...and that deny does not touch the addressed recipient.
-    assert!(e.check_receive(&unicast, false, false, Peer::Connection(&SERVICE)).allowed);
+    assert!(
+        e.check_receive(&unicast, false, false, Peer::Connection(&SERVICE))
+            .allowed
+    );
     // From the bus, the message's sender field is compared.
     let d = policy(r#"<allow receive_sender="org.freedesktop.DBus"/>"#);
     let mut from_bus = broadcast("org.freedesktop.DBus", "NameOwnerChanged");
@@ -336,15 +370,20 @@ fn receive_rules_and_eavesdropping() {
 fn receive_requested_reply() {
     let p = policy(r#"<allow receive_sender="*"/>"#);
     let m = reply(":1.1");
-    assert!(p.check_receive(&m, true, false, Peer::Connection(&SERVICE)).allowed);
-    assert!(!p.check_receive(&m, false, false, Peer::Connection(&SERVICE)).allowed);
+    assert!(
+        p.check_receive(&m, true, false, Peer::Connection(&SERVICE))
+            .allowed
+    );
+    assert!(
+        !p.check_receive(&m, false, false, Peer::Connection(&SERVICE))
+            .allowed
+    );
 }
 
 #[test]
 fn own_and_own_prefix() {
-    let p = policy(
-        r#"<allow own="*"/><deny own_prefix="org.example"/><allow own="org.example.Ok"/>"#,
-    );
+    let p =
+        policy(r#"<allow own="*"/><deny own_prefix="org.example"/><allow own="org.example.Ok"/>"#);
     assert!(p.check_own("com.other"));
     assert!(!p.check_own("org.example"));
     assert!(!p.check_own("org.example.Foo"));
@@ -424,7 +463,11 @@ fn arb_rule() -> impl Strategy<Value = String> {
         prop_oneof![Just("send"), Just("receive")],
         opt_name(),
         opt_name(),
-        prop::option::of(prop_oneof![Just("method_call"), Just("signal"), Just("method_return")]),
+        prop::option::of(prop_oneof![
+            Just("method_call"),
+            Just("signal"),
+            Just("method_return")
+        ]),
         prop::option::of(any::<bool>()),
         prop::option::of(any::<bool>()),
         any::<bool>(),

@@ -1,0 +1,195 @@
+//! The security check every delivery passes (dbus-daemon's
+//! `bus_context_check_security_policy`): the sender's send rules, the recipient's receive
+//! rules, then the recipient's queue limits.
+
+use busd_policy::eval::has_word_prefix;
+use busd_policy::{MessageFacts, Names, Peer as PolicyPeer};
+use tracing::warn;
+
+use super::{Bus, Peer, PeerId, DBUS_NAME};
+use crate::wire::message::{self, Message};
+
+pub(super) const E_ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+pub(super) const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
+
+/// Why a message may not be delivered: a D-Bus error name and dbus-daemon's text.
+#[derive(Debug)]
+pub(super) struct Denied {
+    pub name: &'static str,
+    pub text: String,
+}
+
+/// The names a connection holds, as the policy sees them.
+struct PeerNames<'a>(&'a Peer);
+
+impl Names for PeerNames<'_> {
+    fn in_queue(&self, name: &str) -> bool {
+        self.0.unique.as_deref() == Some(name) || self.0.names.iter().any(|n| n == name)
+    }
+
+    fn in_queue_below(&self, prefix: &str) -> bool {
+        self.0.names.iter().any(|n| has_word_prefix(n, prefix))
+    }
+
+    fn for_each_name(&self, f: &mut dyn FnMut(&str)) {
+        if let Some(u) = &self.0.unique {
+            f(u);
+        }
+        for n in &self.0.names {
+            f(n);
+        }
+    }
+}
+
+pub(super) fn facts(msg: &Message) -> MessageFacts<'_> {
+    MessageFacts {
+        msg_type: msg.msg_type(),
+        path: msg.path(),
+        interface: msg.interface(),
+        member: msg.member(),
+        error_name: msg.error_name(),
+        destination: msg.destination(),
+        sender: msg.sender(),
+        is_reply: msg.reply_serial().is_some(),
+        unix_fds: msg.unix_fds(),
+    }
+}
+
+fn type_name(t: u8) -> &'static str {
+    match t {
+        message::METHOD_CALL => "method_call",
+        message::METHOD_RETURN => "method_return",
+        message::ERROR => "error",
+        message::SIGNAL => "signal",
+        _ => "invalid",
+    }
+}
+
+impl Bus {
+    /// May `msg` from `sender` (None: the bus) go to `proposed` (None: the bus)?
+    /// `addressed` is the connection the message is addressed to; `requested_reply` says
+    /// whether it answers a call that `proposed` is waiting for.
+    pub(super) fn check_security(
+        &self,
+        msg: &Message,
+        sender: Option<PeerId>,
+        addressed: Option<PeerId>,
+        proposed: Option<PeerId>,
+        requested_reply: bool,
+    ) -> Result<(), Denied> {
+        let sender_peer = sender.and_then(|s| self.peers.get(&s));
+        let proposed_peer = proposed.and_then(|p| self.peers.get(&p));
+        let m = facts(msg);
+        let complain = |name, complaint: &str, matched: u32| {
+            let text = self.complaint(
+                msg,
+                complaint,
+                matched,
+                sender_peer,
+                proposed_peer,
+                requested_reply,
+            );
+            if addressed == proposed {
+                warn!("{text}");
+            }
+            Denied { name, text }
+        };
+        if let Some(sp) = sender_peer {
+            let receiver = match proposed_peer {
+                Some(p) => PolicyPeer::Connection(&PeerNames(p)),
+                None => PolicyPeer::Bus,
+            };
+            let d = sp.policy.check_send(&m, requested_reply, receiver);
+            if !d.allowed {
+                return Err(complain(
+                    E_ACCESS_DENIED,
+                    "Rejected send message",
+                    d.matched_rules,
+                ));
+            }
+            if d.log {
+                warn!(
+                    "{}",
+                    self.complaint(
+                        msg,
+                        "Would reject message",
+                        d.matched_rules,
+                        sender_peer,
+                        proposed_peer,
+                        requested_reply
+                    )
+                );
+            }
+        }
+        if let Some(rp) = proposed_peer {
+            // A connection that has not said Hello only ever hears from the bus, and any
+            // such message is allowed.
+            if rp.unique.is_some() || sender.is_some() {
+                let eavesdropping = addressed != proposed && msg.destination().is_some();
+                let from = match sender_peer {
+                    Some(s) => PolicyPeer::Connection(&PeerNames(s)),
+                    None => PolicyPeer::Bus,
+                };
+                let d = rp
+                    .policy
+                    .check_receive(&m, requested_reply, eavesdropping, from);
+                if !d.allowed {
+                    return Err(complain(
+                        E_ACCESS_DENIED,
+                        "Rejected receive message",
+                        d.matched_rules,
+                    ));
+                }
+            }
+            let limits = &self.settings.limits;
+            if rp
+                .outgoing
+                .over(limits.max_outgoing_bytes, limits.max_outgoing_unix_fds)
+            {
+                return Err(Denied {
+                    name: E_LIMITS_EXCEEDED,
+                    text: self.complaint(
+                        msg,
+                        "Rejected: destination has a full message queue",
+                        0,
+                        sender_peer,
+                        proposed_peer,
+                        requested_reply,
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// dbus-daemon's description of a refused message (bus.c, complain_about_message).
+    fn complaint(
+        &self,
+        msg: &Message,
+        complaint: &str,
+        matched: u32,
+        sender: Option<&Peer>,
+        proposed: Option<&Peer>,
+        requested_reply: bool,
+    ) -> String {
+        let (sender_name, sender_info) = match sender {
+            Some(p) => (
+                p.unique.as_deref().unwrap_or("(inactive)"),
+                p.creds.loginfo(),
+            ),
+            None => ("(unset)", "(bus)".to_string()),
+        };
+        let dest_info = proposed.map_or_else(|| "bus".to_string(), |p| p.creds.loginfo());
+        format!(
+            "{complaint}, {matched} matched rules; type=\"{}\", sender=\"{sender_name}\" ({sender_info}) \
+             interface=\"{}\" member=\"{}\" error name=\"{}\" requested_reply=\"{}\" \
+             destination=\"{}\" ({dest_info})",
+            type_name(msg.msg_type()),
+            msg.interface().unwrap_or("(unset)"),
+            msg.member().unwrap_or("(unset)"),
+            msg.error_name().unwrap_or("(unset)"),
+            u8::from(requested_reply),
+            msg.destination().unwrap_or(DBUS_NAME),
+        )
+    }
+}

@@ -1,0 +1,131 @@
+//! Who a peer is, from the kernel and the account database: groups (SO_PEERGROUPS, NSS),
+//! console presence, command line for log messages. Blocking look-ups happen here, in the
+//! shell, once per connection; the bus only sees the results.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// dbus-daemon shortens command lines in log messages to this many bytes.
+const MAX_LOG_COMMAND_LEN: usize = 50;
+
+/// The peer process's groups (SO_PEERGROUPS) plus its primary group, sorted, without
+/// duplicates; like dbus-daemon, only the primary group when the kernel cannot tell.
+pub fn peer_groups(fd: BorrowedFd<'_>, primary: u32) -> Vec<u32> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes of gid_t, and the kernel writes at most `len`
+        // bytes and reports the size it needs in `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > groups.len()
+        {
+            groups.resize(n, 0);
+            continue;
+        }
+        groups.clear();
+        break;
+    }
+    groups.push(primary);
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// The groups the account database gives a user (for deciding who may connect).
+pub fn user_groups(uid: u32) -> Vec<u32> {
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return Vec::new();
+    };
+    let Ok(name) = CString::new(user.name) else {
+        return vec![user.gid.as_raw()];
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .map(|g| g.into_iter().map(Gid::as_raw).collect())
+        .unwrap_or_else(|_| vec![user.gid.as_raw()])
+}
+
+/// Whether a user is logged in at a local seat: systemd-logind's record when the system
+/// runs systemd, else pam_console's `/var/run/console/USER`, as dbus-daemon checks.
+pub fn at_console(uid: u32) -> bool {
+    if Path::new("/run/systemd/system").exists() {
+        let Ok(text) = std::fs::read_to_string(format!("/run/systemd/users/{uid}")) else {
+            return false;
+        };
+        return text
+            .lines()
+            .filter_map(|l| l.strip_prefix("SEATS="))
+            .any(|seats| !seats.trim().is_empty());
+    }
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(user)) => Path::new("/var/run/console").join(user.name).exists(),
+        _ => false,
+    }
+}
+
+/// The command line of a process, arguments separated by spaces, shortened for logs.
+pub fn command_for_pid(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut text: String = String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .replace('\0', " ");
+    if text.len() > MAX_LOG_COMMAND_LEN {
+        let mut end = MAX_LOG_COMMAND_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    Some(text)
+}
+
+/// The account database (NSS), for resolving names in the configuration.
+pub struct NssAccounts;
+
+impl busd_policy::Accounts for NssAccounts {
+    fn user_id(&self, name: &str) -> Option<u32> {
+        User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+    }
+
+    fn group_id(&self, name: &str) -> Option<u32> {
+        Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_pair_reports_our_own_groups() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let gid = nix::unistd::getegid().as_raw();
+        let groups = peer_groups(std::os::fd::AsFd::as_fd(&a), gid);
+        assert!(groups.contains(&gid));
+        assert!(groups.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn our_command_line_is_readable_and_short() {
+        let c = command_for_pid(std::process::id()).unwrap();
+        assert!(!c.is_empty() && c.len() <= MAX_LOG_COMMAND_LEN);
+    }
+}

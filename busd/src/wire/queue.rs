@@ -1,0 +1,82 @@
+//! Queue accounting: how many bytes and fds wait in a connection's output queue, and how
+//! many of a sender's messages are still waiting anywhere (dbus-daemon's "live messages").
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// Bytes and fds currently counted against one connection. Shared between the I/O shell,
+/// which updates it as messages are queued and written, and the bus, which reads it to
+/// apply `max_outgoing_*` and `max_incoming_*`.
+#[derive(Debug, Default)]
+pub struct QueueLoad {
+    bytes: Cell<u64>,
+    fds: Cell<u64>,
+}
+
+impl QueueLoad {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    pub fn fds(&self) -> u64 {
+        self.fds.get()
+    }
+
+    pub fn add(&self, bytes: u64, fds: u64) {
+        self.bytes.set(self.bytes.get() + bytes);
+        self.fds.set(self.fds.get() + fds);
+    }
+
+    pub fn sub(&self, bytes: u64, fds: u64) {
+        self.bytes.set(self.bytes.get().saturating_sub(bytes));
+        self.fds.set(self.fds.get().saturating_sub(fds));
+    }
+
+    /// Whether either count is above its limit (dbus-daemon compares with `>`).
+    pub fn over(&self, max_bytes: u64, max_fds: u64) -> bool {
+        self.bytes() > max_bytes || self.fds() > max_fds
+    }
+}
+
+/// Counts one message against its sender for as long as any copy of it exists (queued on
+/// one or more connections); dropping the last copy gives the count back.
+#[derive(Debug)]
+pub struct Charge {
+    load: Rc<QueueLoad>,
+    bytes: u64,
+    fds: u64,
+}
+
+impl Charge {
+    pub fn new(load: &Rc<QueueLoad>, bytes: u64, fds: u64) -> Rc<Charge> {
+        load.add(bytes, fds);
+        Rc::new(Charge {
+            load: Rc::clone(load),
+            bytes,
+            fds,
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.load.sub(self.bytes, self.fds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_lasts_until_its_last_copy_is_gone() {
+        let load = Rc::new(QueueLoad::default());
+        let c = Charge::new(&load, 100, 2);
+        let copy = Rc::clone(&c);
+        drop(c);
+        assert_eq!((load.bytes(), load.fds()), (100, 2));
+        assert!(load.over(99, 10) && load.over(1000, 1) && !load.over(100, 2));
+        drop(copy);
+        assert_eq!((load.bytes(), load.fds()), (0, 0));
+    }
+}
