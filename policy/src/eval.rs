@@ -414,7 +414,7 @@ impl ClientPolicy {
 
     /// May this connection send `m` to `receiver`? `requested_reply`: `m` answers a call
     /// the receiver made to this connection and is still waiting for.
-    pub fn check_send(
+    pub fn may_send(
         &self,
         m: &MessageFacts<'_>,
         requested_reply: bool,
@@ -426,7 +426,7 @@ impl ClientPolicy {
 
     /// May this connection receive `m` from `sender`? `eavesdropping`: the message is
     /// addressed to someone else.
-    pub fn check_receive(
+    pub fn may_receive(
         &self,
         m: &MessageFacts<'_>,
         requested_reply: bool,
@@ -440,7 +440,7 @@ impl ClientPolicy {
     }
 
     #[cfg(test)]
-    fn check_send_linear(
+    fn may_send_linear(
         &self,
         m: &MessageFacts<'_>,
         requested_reply: bool,
@@ -451,7 +451,7 @@ impl ClientPolicy {
     }
 
     #[cfg(test)]
-    fn check_receive_linear(
+    fn may_receive_linear(
         &self,
         m: &MessageFacts<'_>,
         requested_reply: bool,
@@ -463,7 +463,7 @@ impl ClientPolicy {
     }
 
     /// May this connection own `name`?
-    pub fn check_own(&self, name: &str) -> bool {
+    pub fn may_own(&self, name: &str) -> bool {
         self.own
             .iter()
             .rev()

@@ -34,9 +34,14 @@ impl Busd {
     }
 
     pub fn start_with(args: &[&str]) -> Busd {
+        Self::start_program(&busd_binary(), args)
+    }
+
+    /// Starts another bus daemon (dbus-daemon, to compare) the same way.
+    pub fn start_program(program: &Path, args: &[&str]) -> Busd {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("bus");
-        let mut child = Command::new(busd_binary())
+        let mut child = Command::new(program)
             .args(args)
             .arg(format!("--address=unix:path={}", sock.display()))
             .arg("--print-address")
@@ -68,6 +73,20 @@ impl Drop for Busd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a command is installed; says so on stderr when it is not (the README's test
+/// command installs every tool the tests use).
+pub fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
 }
 
 /// Runs a client command with a timeout; returns (success, stdout, stderr).

@@ -7,19 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use busd_tests::{busd_binary, run, Busd};
-
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
-}
+use busd_tests::{busd_binary, have, run, Busd};
 
 /// Starts a long-running client and returns it with a reader of its stdout.
 fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
@@ -218,10 +206,20 @@ drv = dbus.Interface(bus.get_object("org.freedesktop.DBus", "/org/freedesktop/DB
 print("owner", drv.GetNameOwner("org.example.Py") == bus.get_unique_name())
 print("names", "org.example.Py" in drv.ListNames())
 print("id", len(drv.GetId()))
+import os
+creds = drv.GetConnectionCredentials(bus.get_unique_name())
+print("keys", [str(k) for k in creds.keys()])
+print("uid", creds["UnixUserID"] == os.geteuid(), "pid", creds["ProcessID"] == os.getpid())
+print("groups", sorted(creds["UnixGroupIDs"]) == sorted(set(os.getgroups()) | {os.getegid()}))
 "#;
     let (ok, out, err) = run(Command::new("/usr/bin/python3").args(["-c", script, &bus.address]));
     assert!(ok, "{err}");
-    assert_eq!(out, "owner True\nnames True\nid 32\n");
+    assert_eq!(
+        out,
+        "owner True\nnames True\nid 32\n\
+         keys ['ProcessID', 'UnixUserID', 'UnixGroupIDs']\n\
+         uid True pid True\ngroups True\n"
+    );
 }
 
 #[test]

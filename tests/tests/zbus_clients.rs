@@ -34,6 +34,33 @@ async fn connect(bus: &Busd) -> Connection {
         .unwrap()
 }
 
+/// A connection that owns `name` and serves [`Echo`] at `/echo`.
+async fn serve_echo(bus: &Busd, name: &str) -> Connection {
+    connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name(name)
+        .unwrap()
+        .serve_at("/echo", Echo)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Calls Echo on org.example.Service.
+async fn echo(client: &Connection, text: &str) -> zbus::Message {
+    client
+        .call_method(
+            Some("org.example.Service"),
+            "/echo",
+            Some("org.example.Echo"),
+            "Echo",
+            &(text,),
+        )
+        .await
+        .unwrap()
+}
+
 fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(Duration::from_secs(20), f)
 }
@@ -42,26 +69,9 @@ fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
 async fn method_call_reply_and_error_through_a_well_known_name() {
     let bus = Busd::start();
     timeout(async {
-        let service = connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .name("org.example.Service")
-            .unwrap()
-            .serve_at("/echo", Echo)
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let service = serve_echo(&bus, "org.example.Service").await;
         let client = connect(&bus).await;
-        let reply = client
-            .call_method(
-                Some("org.example.Service"),
-                "/echo",
-                Some("org.example.Echo"),
-                "Echo",
-                &("hi",),
-            )
-            .await
-            .unwrap();
+        let reply = echo(&client, "hi").await;
         assert_eq!(reply.body().deserialize::<String>().unwrap(), "echo: hi");
         assert_eq!(
             reply.header().sender().unwrap().as_str(),
@@ -248,15 +258,7 @@ async fn signals_reach_only_matching_subscribers() {
 async fn unix_fds_pass_through_the_bus() {
     let bus = Busd::start();
     timeout(async {
-        let _service = connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .name("org.example.Fds")
-            .unwrap()
-            .serve_at("/echo", Echo)
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let _service = serve_echo(&bus, "org.example.Fds").await;
         let client = connect(&bus).await;
         let (mut r, w) = std::io::pipe().unwrap();
         let w = std::os::fd::OwnedFd::from(w);
@@ -275,6 +277,41 @@ async fn unix_fds_pass_through_the_bus() {
         let mut got = String::new();
         r.read_to_string(&mut got).unwrap();
         assert_eq!(got, "written through a passed fd");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_tiny_incoming_limit_slows_senders_but_loses_nothing() {
+    // max_incoming_bytes=1: busd reads a sender only while none of its messages wait in a
+    // queue, as dbus-daemon's incoming-limit configuration exercises.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limited.conf");
+    std::fs::write(
+        &config,
+        r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+  </policy>
+  <limit name="max_incoming_bytes">1</limit>
+  <limit name="max_replies_per_connection">1000000</limit>
+</busconfig>"#,
+    )
+    .unwrap();
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    timeout(async {
+        let _service = serve_echo(&bus, "org.example.Service").await;
+        let client = connect(&bus).await;
+        let calls = (0..500).map(|i| {
+            let client = client.clone();
+            async move {
+                let reply = echo(&client, &i.to_string()).await;
+                let text: String = reply.body().deserialize().unwrap();
+                assert_eq!(text, format!("echo: {i}"));
+            }
+        });
+        futures_util::future::join_all(calls).await;
     })
     .await
     .unwrap();

@@ -355,11 +355,7 @@ fn request_name(
             ),
         ));
     }
-    if !bus
-        .peers
-        .get(&from)
-        .is_some_and(|p| p.policy.check_own(name))
-    {
+    if !bus.peers.get(&from).is_some_and(|p| p.policy.may_own(name)) {
         return Err((
             E_ACCESS_DENIED,
             format!(
@@ -675,22 +671,32 @@ fn get_connection_credentials(
     _: &Message,
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
-    let (uid, pid) = match connection_arg(bus, r, "credentials")? {
-        None => (Some(bus.settings.uid), Some(bus.settings.pid)),
-        Some(p) => bus
-            .peers
-            .get(&p)
-            .map_or((None, None), |p| (p.creds.uid, p.creds.pid)),
+    let (uid, pid, groups) = match connection_arg(bus, r, "credentials")? {
+        None => (Some(bus.settings.uid), Some(bus.settings.pid), Vec::new()),
+        Some(p) => bus.peers.get(&p).map_or((None, None, Vec::new()), |p| {
+            (p.creds.uid, p.creds.pid, p.creds.groups.clone())
+        }),
     };
+    // dbus-daemon's order: ProcessID, UnixUserID, UnixGroupIDs.
     let mut w = compose::writer();
     let a = w.begin_array(8);
-    for (key, value) in [("UnixUserID", uid), ("ProcessID", pid)] {
+    for (key, value) in [("ProcessID", pid), ("UnixUserID", uid)] {
         if let Some(v) = value {
             w.align(8);
             w.string(key);
             w.signature(b"u");
             w.u32(v);
         }
+    }
+    if !groups.is_empty() {
+        w.align(8);
+        w.string("UnixGroupIDs");
+        w.signature(b"au");
+        let g = w.begin_array(4);
+        for gid in groups {
+            w.u32(gid);
+        }
+        w.end_array(g);
     }
     w.end_array(a);
     Ok(Some((w.into_vec(), "a{sv}")))

@@ -475,18 +475,17 @@ impl Bus {
                 let Some(recipient) = self.owner_of(dest) else {
                     let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
                     self.capture(&msg, Some(from), None, &out);
-                    let (name, text) =
-                        if msg.auto_start() {
-                            (
-                                "org.freedesktop.DBus.Error.ServiceUnknown",
-                                format!("The name {dest} was not provided by any .service files"),
-                            )
-                        } else {
-                            (
-                                "org.freedesktop.DBus.Error.NameHasNoOwner",
-                                format!("Name \"{dest}\" does not exist"),
-                            )
-                        };
+                    let (name, text) = if msg.auto_start() {
+                        (
+                            "org.freedesktop.DBus.Error.ServiceUnknown",
+                            format!("The name {dest} was not provided by any .service files"),
+                        )
+                    } else {
+                        (
+                            "org.freedesktop.DBus.Error.NameHasNoOwner",
+                            format!("Name \"{dest}\" does not exist"),
+                        )
+                    };
                     self.error_reply(from, &msg, name, &text);
                     return;
                 };

@@ -99,7 +99,7 @@ impl Bus {
                 Some(p) => PolicyPeer::Connection(&PeerNames(p)),
                 None => PolicyPeer::Bus,
             };
-            let d = sp.policy.check_send(&m, requested_reply, receiver);
+            let d = sp.policy.may_send(&m, requested_reply, receiver);
             if !d.allowed {
                 return Err(complain(
                     E_ACCESS_DENIED,
@@ -132,7 +132,7 @@ impl Bus {
                 };
                 let d = rp
                     .policy
-                    .check_receive(&m, requested_reply, eavesdropping, from);
+                    .may_receive(&m, requested_reply, eavesdropping, from);
                 if !d.allowed {
                     return Err(complain(
                         E_ACCESS_DENIED,

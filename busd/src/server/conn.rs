@@ -182,7 +182,9 @@ impl Conn {
             }
             self.unix_fds = sasl.unix_fd_negotiated();
             if let Some(crate::wire::sasl::Identity::Anonymous) = sasl.identity() {
+                // An anonymous peer has no identity the bus may rely on.
                 self.creds.uid = None;
+                self.creds.groups.clear();
             }
             self.sasl = None;
             self.auth_deadline = None;

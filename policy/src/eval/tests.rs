@@ -103,7 +103,7 @@ fn broadcast<'a>(iface: &'a str, member: &'a str) -> MessageFacts<'a> {
 const SERVICE: TestNames<'static> = TestNames(&[":1.2", "org.example.Service"]);
 
 fn to_service(p: &ClientPolicy, m: &MessageFacts<'_>) -> bool {
-    p.check_send(m, false, Peer::Connection(&SERVICE)).allowed
+    p.may_send(m, false, Peer::Connection(&SERVICE)).allowed
 }
 
 const SESSION: &str = r#"<allow send_destination="*" eavesdrop="true"/>
@@ -115,9 +115,9 @@ fn the_session_default_allows_everything_without_looking() {
     assert!(p.allows_all_messages());
     let m = reply(":1.2");
     // Even unrequested replies: the eavesdrop="true" send rule lets them through.
-    assert!(p.check_send(&m, false, Peer::Connection(&SERVICE)).allowed);
-    assert!(p.check_receive(&m, false, true, Peer::Bus).allowed);
-    assert!(p.check_own("any.name"));
+    assert!(p.may_send(&m, false, Peer::Connection(&SERVICE)).allowed);
+    assert!(p.may_receive(&m, false, true, Peer::Bus).allowed);
+    assert!(p.may_own("any.name"));
 }
 
 #[test]
@@ -125,10 +125,10 @@ fn no_rules_deny_everything() {
     let p = policy("");
     assert!(!to_service(&p, &call("org.example.Service", None, "M")));
     assert!(
-        !p.check_receive(&broadcast("a.b", "C"), false, false, Peer::Bus)
+        !p.may_receive(&broadcast("a.b", "C"), false, false, Peer::Bus)
             .allowed
     );
-    assert!(!p.check_own("org.example"));
+    assert!(!p.may_own("org.example"));
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn the_last_applicable_rule_wins_and_counts_are_reported() {
         &p,
         &call("org.example.Service", Some("org.example.Other"), "X")
     ));
-    let d = p.check_send(
+    let d = p.may_send(
         &call("org.example.Service", Some("org.example.Secret"), "Close"),
         false,
         Peer::Connection(&SERVICE),
@@ -198,9 +198,9 @@ fn send_error_rules_also_match_messages_without_an_error_name() {
     let mut err = reply(":1.2");
     err.msg_type = ERROR;
     err.error_name = Some("org.example.Error.Other");
-    assert!(!p.check_send(&err, true, Peer::Connection(&SERVICE)).allowed);
+    assert!(!p.may_send(&err, true, Peer::Connection(&SERVICE)).allowed);
     err.error_name = Some("org.example.Error.Failed");
-    assert!(p.check_send(&err, true, Peer::Connection(&SERVICE)).allowed);
+    assert!(p.may_send(&err, true, Peer::Connection(&SERVICE)).allowed);
 }
 
 #[test]
@@ -210,16 +210,16 @@ fn send_destination_matches_primary_and_queued_owners_or_the_header_for_the_bus(
     assert!(to_service(&p, &call(":1.2", None, "M")));
     let other = TestNames(&[":1.3"]);
     assert!(
-        !p.check_send(&call(":1.3", None, "M"), false, Peer::Connection(&other))
+        !p.may_send(&call(":1.3", None, "M"), false, Peer::Connection(&other))
             .allowed
     );
     // The bus itself (or a service being activated): the header is compared.
     assert!(
-        p.check_send(&call("org.example.Service", None, "M"), false, Peer::Bus)
+        p.may_send(&call("org.example.Service", None, "M"), false, Peer::Bus)
             .allowed
     );
     assert!(
-        !p.check_send(&call("org.example.Servic", None, "M"), false, Peer::Bus)
+        !p.may_send(&call("org.example.Servic", None, "M"), false, Peer::Bus)
             .allowed
     );
 }
@@ -230,19 +230,19 @@ fn send_destination_prefix_matches_whole_name_components() {
     let below = TestNames(&[":1.4", "org.example.Foo.Bar"]);
     let beside = TestNames(&[":1.5", "org.examples"]);
     assert!(
-        p.check_send(&call(":1.4", None, "M"), false, Peer::Connection(&below))
+        p.may_send(&call(":1.4", None, "M"), false, Peer::Connection(&below))
             .allowed
     );
     assert!(
-        !p.check_send(&call(":1.5", None, "M"), false, Peer::Connection(&beside))
+        !p.may_send(&call(":1.5", None, "M"), false, Peer::Connection(&beside))
             .allowed
     );
     assert!(
-        p.check_send(&call("org.example", None, "M"), false, Peer::Bus)
+        p.may_send(&call("org.example", None, "M"), false, Peer::Bus)
             .allowed
     );
     assert!(
-        !p.check_send(&call("org.examplex", None, "M"), false, Peer::Bus)
+        !p.may_send(&call("org.examplex", None, "M"), false, Peer::Bus)
             .allowed
     );
 }
@@ -274,8 +274,7 @@ fn requested_reply_semantics() {
 }
 
 fn to_service_reply(p: &ClientPolicy, m: &MessageFacts<'_>, requested: bool) -> bool {
-    p.check_send(m, requested, Peer::Connection(&SERVICE))
-        .allowed
+    p.may_send(m, requested, Peer::Connection(&SERVICE)).allowed
 }
 
 #[test]
@@ -299,7 +298,7 @@ fn blanket_rules_drop_earlier_rules_of_their_kind_even_with_modifiers() {
     let p =
         policy(r#"<allow send_destination="org.example.Service"/><deny send_broadcast="true"/>"#);
     assert!(!to_service(&p, &call("org.example.Service", None, "M")));
-    let d = p.check_send(
+    let d = p.may_send(
         &call("org.example.Service", None, "M"),
         false,
         Peer::Connection(&SERVICE),
@@ -331,19 +330,19 @@ fn receive_rules_and_eavesdropping() {
     let p = policy(r#"<allow receive_sender="org.example.Service"/>"#);
     let sig = broadcast("a.b", "C");
     assert!(
-        p.check_receive(&sig, false, false, Peer::Connection(&SERVICE))
+        p.may_receive(&sig, false, false, Peer::Connection(&SERVICE))
             .allowed
     );
     let stranger = TestNames(&[":1.9"]);
     assert!(
-        !p.check_receive(&sig, false, false, Peer::Connection(&stranger))
+        !p.may_receive(&sig, false, false, Peer::Connection(&stranger))
             .allowed
     );
     // A unicast seen by someone else needs eavesdrop="true".
     let mut unicast = call(":1.7", None, "M");
     unicast.sender = Some(":1.2");
     assert!(
-        !p.check_receive(&unicast, false, true, Peer::Connection(&SERVICE))
+        !p.may_receive(&unicast, false, true, Peer::Connection(&SERVICE))
             .allowed
     );
     let e = policy(
@@ -351,19 +350,19 @@ fn receive_rules_and_eavesdropping() {
     );
     unicast.interface = Some("a.b");
     assert!(
-        !e.check_receive(&unicast, false, true, Peer::Connection(&SERVICE))
+        !e.may_receive(&unicast, false, true, Peer::Connection(&SERVICE))
             .allowed
     );
     // ...and that deny does not touch the addressed recipient.
     assert!(
-        e.check_receive(&unicast, false, false, Peer::Connection(&SERVICE))
+        e.may_receive(&unicast, false, false, Peer::Connection(&SERVICE))
             .allowed
     );
     // From the bus, the message's sender field is compared.
     let d = policy(r#"<allow receive_sender="org.freedesktop.DBus"/>"#);
     let mut from_bus = broadcast("org.freedesktop.DBus", "NameOwnerChanged");
     from_bus.sender = Some("org.freedesktop.DBus");
-    assert!(d.check_receive(&from_bus, false, false, Peer::Bus).allowed);
+    assert!(d.may_receive(&from_bus, false, false, Peer::Bus).allowed);
 }
 
 #[test]
@@ -371,11 +370,11 @@ fn receive_requested_reply() {
     let p = policy(r#"<allow receive_sender="*"/>"#);
     let m = reply(":1.1");
     assert!(
-        p.check_receive(&m, true, false, Peer::Connection(&SERVICE))
+        p.may_receive(&m, true, false, Peer::Connection(&SERVICE))
             .allowed
     );
     assert!(
-        !p.check_receive(&m, false, false, Peer::Connection(&SERVICE))
+        !p.may_receive(&m, false, false, Peer::Connection(&SERVICE))
             .allowed
     );
 }
@@ -384,11 +383,11 @@ fn receive_requested_reply() {
 fn own_and_own_prefix() {
     let p =
         policy(r#"<allow own="*"/><deny own_prefix="org.example"/><allow own="org.example.Ok"/>"#);
-    assert!(p.check_own("com.other"));
-    assert!(!p.check_own("org.example"));
-    assert!(!p.check_own("org.example.Foo"));
-    assert!(p.check_own("org.example.Ok"));
-    assert!(p.check_own("org.examples"));
+    assert!(p.may_own("com.other"));
+    assert!(!p.may_own("org.example"));
+    assert!(!p.may_own("org.example.Foo"));
+    assert!(p.may_own("org.example.Ok"));
+    assert!(p.may_own("org.examples"));
 }
 
 #[test]
@@ -407,17 +406,17 @@ fn contexts_apply_in_order_default_group_user_console_mandatory() {
     let mut who = alice();
     who.groups = vec![50, 1000];
     let p = c.client_policy(&who);
-    assert!(p.check_own("a.b"), "group beats default");
-    assert!(!p.check_own("u.v"), "user beats group");
-    assert!(!p.check_own("m.n"), "mandatory beats everything");
-    assert!(!p.check_own("c.d") && p.check_own("e.f"));
+    assert!(p.may_own("a.b"), "group beats default");
+    assert!(!p.may_own("u.v"), "user beats group");
+    assert!(!p.may_own("m.n"), "mandatory beats everything");
+    assert!(!p.may_own("c.d") && p.may_own("e.f"));
     who.at_console = true;
-    assert!(c.client_policy(&who).check_own("c.d"));
+    assert!(c.client_policy(&who).may_own("c.d"));
     who.groups = vec![1000];
-    assert!(!c.client_policy(&who).check_own("a.b"));
+    assert!(!c.client_policy(&who).may_own("a.b"));
     // Anonymous connections get neither user nor console rules.
     let anon = c.client_policy(&ClientIdentity::default());
-    assert!(!anon.check_own("e.f"));
+    assert!(!anon.may_own("e.f"));
 }
 
 #[test]
@@ -531,12 +530,12 @@ proptest! {
         let n = TestNames(&names);
         let peer = if to_bus { Peer::Bus } else { Peer::Connection(&n) };
         prop_assert_eq!(
-            p.check_send(&m, requested, peer).allowed,
-            p.check_send_linear(&m, requested, peer)
+            p.may_send(&m, requested, peer).allowed,
+            p.may_send_linear(&m, requested, peer)
         );
         prop_assert_eq!(
-            p.check_receive(&m, requested, eavesdropping, peer).allowed,
-            p.check_receive_linear(&m, requested, eavesdropping, peer)
+            p.may_receive(&m, requested, eavesdropping, peer).allowed,
+            p.may_receive_linear(&m, requested, eavesdropping, peer)
         );
     }
 }
