@@ -66,8 +66,14 @@ fn init_logging(options: &Options) {
 /// Loads and compiles a configuration; nothing is applied until all of it is valid.
 fn load(path: &Path) -> Result<(Config, ServerConfig)> {
     let config = Config::load(path)?;
+    if config.apparmor_mode.as_deref() == Some("required") {
+        bail!(
+            "{}: <apparmor mode=\"required\"> asks for AppArmor mediation, which busd does not implement",
+            path.display()
+        );
+    }
     let policy = CompiledPolicy::compile(&config, &NssAccounts)?;
-    for w in &policy.warnings {
+    for w in config.warnings.iter().chain(&policy.warnings) {
         tracing::warn!("{w}");
     }
     let server = ServerConfig {
@@ -113,7 +119,7 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
             );
         }
     }
-    for w in &server.policy.warnings {
+    for w in config.warnings.iter().chain(&server.policy.warnings) {
         let _ = writeln!(out, "warning: {w}");
     }
     out

@@ -13,9 +13,6 @@ use quick_xml::events::{BytesStart, Event};
 use crate::limits::Limits;
 use crate::rule::Rule;
 
-/// Deepest nesting of includes (guards against include loops).
-const MAX_INCLUDE_DEPTH: usize = 32;
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -90,6 +87,8 @@ pub struct Config {
     pub selinux_associations: Vec<(String, String)>,
     /// Every file read, in order.
     pub files: Vec<PathBuf>,
+    /// Files of an `<includedir>` that could not be used: dbus-daemon reports and skips them.
+    pub warnings: Vec<String>,
 }
 
 const NEEDS_CONTENT: &[&str] = &[
@@ -102,6 +101,7 @@ const NEEDS_CONTENT: &[&str] = &[
     "servicedir",
     "include",
     "includedir",
+    "limit",
 ];
 
 fn line_of(text: &str, pos: usize) -> u32 {
@@ -119,33 +119,34 @@ struct Loader<'c> {
     file: PathBuf,
     dir: PathBuf,
     text: String,
-    depth: usize,
+    /// The files being included, outermost first (to detect circular inclusion).
+    stack: Vec<PathBuf>,
 }
 
 impl Config {
     /// Loads a configuration file and everything it includes.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let mut config = Config::default();
-        config.load_file(path, 0)?;
+        config.load_file(path, &[])?;
         Ok(config)
     }
 
     /// Parses a configuration from a string, as if read from `path` (for tests and tools).
     pub fn from_str_at(text: &str, path: &Path) -> Result<Config, Error> {
         let mut config = Config::default();
-        config.parse_text(text.to_string(), path, 0)?;
+        config.parse_text(text.to_string(), path, &[])?;
         Ok(config)
     }
 
-    fn load_file(&mut self, path: &Path, depth: usize) -> Result<(), Error> {
+    fn load_file(&mut self, path: &Path, stack: &[PathBuf]) -> Result<(), Error> {
         let text = fs::read_to_string(path).map_err(|source| Error::Io {
             file: path.to_path_buf(),
             source,
         })?;
-        self.parse_text(text, path, depth)
+        self.parse_text(text, path, stack)
     }
 
-    fn parse_text(&mut self, text: String, path: &Path, depth: usize) -> Result<(), Error> {
+    fn parse_text(&mut self, text: String, path: &Path, stack: &[PathBuf]) -> Result<(), Error> {
         self.files.push(path.to_path_buf());
         let dir = path
             .parent()
@@ -156,9 +157,68 @@ impl Config {
             file: path.to_path_buf(),
             dir,
             text,
-            depth,
+            stack: stack
+                .iter()
+                .cloned()
+                .chain(std::iter::once(path.to_path_buf()))
+                .collect(),
         }
         .run()
+    }
+}
+
+impl Config {
+    /// Service directories are listed once, at their first mention.
+    fn add_servicedir(&mut self, d: ServiceDir) {
+        if !self.servicedirs.contains(&d) {
+            self.servicedirs.push(d);
+        }
+    }
+
+    /// dbus-daemon's merge of an included file: single values it sets override, flags it
+    /// sets stick, lists append (service directories without repeats), limits carry over.
+    fn merge(&mut self, child: Config) {
+        let Config {
+            bus_type,
+            user,
+            fork,
+            keep_umask,
+            syslog,
+            allow_anonymous,
+            listen,
+            pidfile,
+            servicehelper,
+            auth,
+            servicedirs,
+            limits,
+            policies,
+            apparmor_mode,
+            selinux_associations,
+            files,
+            warnings,
+        } = child;
+        macro_rules! override_with {
+            ($($field:ident),*) => {$(
+                if $field.is_some() {
+                    self.$field = $field;
+                }
+            )*};
+        }
+        override_with!(bus_type, user, pidfile, servicehelper, apparmor_mode);
+        self.fork |= fork;
+        self.keep_umask |= keep_umask;
+        self.syslog |= syslog;
+        self.allow_anonymous |= allow_anonymous;
+        self.listen.extend(listen);
+        self.auth.extend(auth);
+        for d in servicedirs {
+            self.add_servicedir(d);
+        }
+        self.limits = limits;
+        self.policies.extend(policies);
+        self.selinux_associations.extend(selinux_associations);
+        self.files.extend(files);
+        self.warnings.extend(warnings);
     }
 }
 
@@ -357,7 +417,10 @@ impl Loader<'_> {
         let attr = |k: &str| attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
         let yes = |k: &str| attr(k) == Some("yes");
         if content.is_empty() && NEEDS_CONTENT.contains(&name) {
-            return Err(self.err(pos, format!("<{name}> element has no content")));
+            return Err(self.err(
+                pos,
+                format!("XML element <{name}> was expected to have content inside it"),
+            ));
         }
         let c = &mut *self.config;
         match name {
@@ -388,17 +451,33 @@ impl Loader<'_> {
             }
             "servicedir" => {
                 let p = self.resolve(content);
-                self.config.servicedirs.push(ServiceDir::Path(p));
+                self.config.add_servicedir(ServiceDir::Path(p));
             }
-            "standard_session_servicedirs" => c.servicedirs.push(ServiceDir::StandardSession),
-            "standard_system_servicedirs" => c.servicedirs.push(ServiceDir::StandardSystem),
-            "apparmor" => c.apparmor_mode = attr("mode").map(str::to_string),
-            "associate" => {
-                if let (Some(own), Some(ctx)) = (attr("own"), attr("context")) {
-                    c.selinux_associations
-                        .push((own.to_string(), ctx.to_string()));
+            "standard_session_servicedirs" => c.add_servicedir(ServiceDir::StandardSession),
+            "standard_system_servicedirs" => c.add_servicedir(ServiceDir::StandardSystem),
+            "apparmor" => match attr("mode") {
+                None => {}
+                Some(m @ ("required" | "enabled" | "disabled")) => {
+                    c.apparmor_mode = Some(m.to_string())
                 }
-            }
+                Some(other) => {
+                    return Err(self.err(
+                        pos,
+                        format!("Mode attribute on <apparmor> must have value \"required\", \"enabled\" or \"disabled\", not \"{other}\""),
+                    ))
+                }
+            },
+            "associate" => match (attr("own"), attr("context")) {
+                (Some(own), Some(ctx)) => c
+                    .selinux_associations
+                    .push((own.to_string(), ctx.to_string())),
+                _ => {
+                    return Err(self.err(
+                        pos,
+                        "Element <associate> must have attributes own=\"<servicename>\" and context=\"<selinux context>\"",
+                    ))
+                }
+            },
             "limit" => {
                 let lname = attr("name").ok_or_else(|| {
                     self.err(pos, "<limit> element must have a \"name\" attribute")
@@ -433,7 +512,7 @@ impl Loader<'_> {
                 if !path.exists() && yes("ignore_missing") {
                     return Ok(());
                 }
-                self.include(&path, pos)?;
+                self.include(&path, pos, false)?;
             }
             "includedir" => {
                 let dir = self.resolve(content);
@@ -446,7 +525,7 @@ impl Loader<'_> {
                 };
                 files.sort();
                 for f in files {
-                    self.include(&f, pos)?;
+                    self.include(&f, pos, true)?;
                 }
             }
             other => return Err(self.err(pos, format!("Unknown element <{other}>"))),
@@ -454,14 +533,34 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn include(&mut self, path: &Path, pos: usize) -> Result<(), Error> {
-        if self.depth >= MAX_INCLUDE_DEPTH {
+    /// Reads an included file into a configuration of its own (starting from the current
+    /// limits), then merges it in: a file that fails contributes nothing. In an
+    /// `<includedir>` (`from_dir`), such a file is reported and skipped, as dbus-daemon does.
+    fn include(&mut self, path: &Path, pos: usize, from_dir: bool) -> Result<(), Error> {
+        if self.stack.iter().any(|p| p == path) {
             return Err(self.err(
                 pos,
-                format!("includes nested too deeply at {}", path.display()),
+                format!("Circular inclusion of file '{}'", path.display()),
             ));
         }
-        self.config.load_file(path, self.depth + 1)
+        let mut child = Config {
+            limits: self.config.limits.clone(),
+            ..Config::default()
+        };
+        match child.load_file(path, &self.stack) {
+            Ok(()) => {
+                self.config.merge(child);
+                Ok(())
+            }
+            Err(e) if from_dir => {
+                self.config.warnings.push(format!(
+                    "Encountered error '{e}' while parsing '{}'",
+                    path.display()
+                ));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -563,7 +662,7 @@ mod tests {
             ("<notbus/>", 1, "Root element must be <busconfig>"),
             ("<busconfig>\n<policy context=\"sometimes\"/></busconfig>", 2, "\"default\" or \"mandatory\""),
             ("<busconfig><policy context=\"default\">\n<allow bogus=\"x\"/></policy></busconfig>", 2, "Attribute \"bogus\""),
-            ("<busconfig>\n<listen></listen></busconfig>", 2, "has no content"),
+            ("<busconfig>\n<listen></listen></busconfig>", 2, "expected to have content"),
         ];
         for (text, line, what) in cases {
             let p = write(d.path(), "bad.conf", text);
@@ -599,6 +698,40 @@ mod tests {
         assert!(Config::load(&p)
             .unwrap_err()
             .to_string()
-            .contains("nested too deeply"));
+            .contains("Circular inclusion of file"));
+    }
+
+    #[test]
+    fn a_broken_file_in_an_includedir_is_reported_and_contributes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("conf.d")).unwrap();
+        write(
+            &d.path().join("conf.d"),
+            "a.conf",
+            "<busconfig><listen>unix:path=/half</listen><bogus/></busconfig>",
+        );
+        write(
+            &d.path().join("conf.d"),
+            "b.conf",
+            "<busconfig><limit name=\"max_names_per_connection\">9</limit></busconfig>",
+        );
+        let main = write(
+            d.path(),
+            "main.conf",
+            "<busconfig><servicedir>/s</servicedir><servicedir>/s</servicedir><includedir>conf.d</includedir></busconfig>",
+        );
+        let c = Config::load(&main).unwrap();
+        assert!(c.listen.is_empty(), "nothing of the broken file is kept");
+        assert_eq!(c.limits.max_names_per_connection, 9);
+        assert_eq!(c.servicedirs.len(), 1);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("a.conf"), "{:?}", c.warnings);
+        // The same file included twice, not circularly, is fine.
+        let twice = write(
+            d.path(),
+            "twice.conf",
+            "<busconfig><include>conf.d/b.conf</include><include>conf.d/b.conf</include></busconfig>",
+        );
+        assert!(Config::load(&twice).is_ok());
     }
 }
