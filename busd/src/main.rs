@@ -80,6 +80,7 @@ fn load(path: &Path) -> Result<(Config, ServerConfig)> {
         mechanisms: mechanisms(&config)?,
         limits: config.limits.clone(),
         policy: Rc::new(policy),
+        servicehelper: config.servicehelper.is_some(),
     };
     Ok((config, server))
 }
@@ -269,6 +270,7 @@ fn run(options: Options) -> Result<()> {
         pid,
         limits: config.limits.clone(),
         policy: Rc::clone(&server_config.policy),
+        servicehelper: server_config.servicehelper,
     };
     tracing::info!("busd ready on {}", printed.join(";"));
     let reload_path = path.clone();

@@ -1,5 +1,6 @@
-//! Shared harness for busd's end-to-end tests: starts `busd` as a process on a private socket
-//! and hands its address to real clients. The tests themselves are in `tests/`.
+//! Shared harness for busd's end-to-end tests: starts `busd` (or dbus-daemon, to compare) as a
+//! process on a private socket and hands its address to real clients. The tests themselves are
+//! in `tests/`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -62,6 +63,22 @@ impl Busd {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to 5 s for the daemon to exit; returns its exit status if it did.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// Whether the daemon process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -113,4 +130,133 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The doctype line dbus-daemon's configuration files start with.
+pub const HEADER: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">"#;
+
+/// Writes a configuration file (the doctype is added).
+pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{HEADER}\n{body}\n")).unwrap();
+    p
+}
+
+/// dbus-daemon, when installed, as the reference to compare with.
+pub fn dbus_daemon() -> Option<PathBuf> {
+    have("dbus-daemon").then(|| PathBuf::from("dbus-daemon"))
+}
+
+/// dbus-send's option naming this bus (it then says Hello, unlike with `--address`).
+pub fn bus_arg(bus: &Busd) -> String {
+    format!("--bus={}", bus.address)
+}
+
+/// Makes two daemons' answers comparable: connection names, pids and command lines differ.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find([':', 'p', 'c']) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let skip_digits = |s: &str, prefix: &str| -> Option<usize> {
+            let after = s.strip_prefix(prefix)?;
+            let n = after.bytes().take_while(|b| b.is_ascii_digit()).count();
+            (n > 0).then_some(prefix.len() + n)
+        };
+        if let Some(n) = skip_digits(rest, ":1.") {
+            out.push_str(":1.N");
+            rest = &rest[n..];
+        } else if let Some(n) = skip_digits(rest, "pid=") {
+            out.push_str("pid=N");
+            rest = &rest[n..];
+        } else if let Some(after) = rest.strip_prefix("comm=\"") {
+            let end = after.find('"').map_or(after.len(), |e| e + 1);
+            out.push_str("comm=\"\"");
+            rest = &after[end..];
+        } else {
+            out.push_str(&rest[..1]);
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs `scenario` against busd and dbus-daemon with the same configuration file; returns
+/// busd's outcome after checking dbus-daemon's is the same.
+pub fn both<F>(config: &Path, scenario: F) -> Vec<(bool, String)>
+where
+    F: Fn(&Busd) -> Vec<(bool, String)>,
+{
+    let arg = format!("--config-file={}", config.display());
+    // No pid file: the stock system.conf names the real bus's.
+    let args = [arg.as_str(), "--nopidfile"];
+    // Addresses differ between the two buses; they appear in some client errors.
+    let run_on = |bus: Busd| -> Vec<(bool, String)> {
+        scenario(&bus)
+            .into_iter()
+            .map(|(ok, t)| (ok, t.replace(&bus.address, "ADDRESS")))
+            .collect()
+    };
+    let ours = run_on(Busd::start_with(&args));
+    match dbus_daemon() {
+        Some(reference) => {
+            let theirs = run_on(Busd::start_program(&reference, &args));
+            // Errors must read the same; successful replies carry serials, times and ids
+            // that differ between any two buses.
+            let n = |v: &[(bool, String)]| -> Vec<(bool, String)> {
+                v.iter()
+                    .map(|(ok, t)| (*ok, if *ok { String::new() } else { normalize(t) }))
+                    .collect()
+            };
+            assert_eq!(n(&ours), n(&theirs), "busd and dbus-daemon disagree");
+        }
+        None => eprintln!("dbus-daemon not installed: checked busd alone"),
+    }
+    ours
+}
+
+/// Runs `dbus-send --print-reply` on the bus; returns (success, output and errors).
+pub fn dbus_send(bus: &Busd, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = run(Command::new("dbus-send")
+        .arg(bus_arg(bus))
+        .arg("--print-reply")
+        .args(args));
+    (ok, format!("{out}{err}").trim().to_string())
+}
+
+/// A python-dbus connection that owns `name` and never answers.
+pub struct Sink(std::process::Child);
+
+impl Sink {
+    pub fn start(address: &str, name: &str) -> Sink {
+        let script = format!(
+            "import dbus, time\n\
+             b = dbus.bus.BusConnection('{address}')\n\
+             b.request_name('{name}')\n\
+             print('ready', flush=True)\n\
+             time.sleep(60)\n"
+        );
+        // The system interpreter: python3-dbus is a Debian package.
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Sink(child)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -2,14 +2,10 @@
 //! it is installed, to dbus-daemon, and the clients must see the same outcomes (AccessDenied
 //! exactly where dbus-daemon gives it, with the same text).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use busd_tests::{busd_binary, have, run, Busd};
-
-const HEADER: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">"#;
+use busd_tests::{both, busd_binary, dbus_send, have, run, write_config, Busd, Sink};
 
 /// A session-like bus with a few denials.
 const RESTRICTED: &str = r#"<busconfig>
@@ -26,94 +22,6 @@ const RESTRICTED: &str = r#"<busconfig>
     <deny receive_interface="org.example.Hidden"/>
   </policy>
 </busconfig>"#;
-
-fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{HEADER}\n{body}\n")).unwrap();
-    p
-}
-
-fn dbus_daemon() -> Option<PathBuf> {
-    have("dbus-daemon").then(|| PathBuf::from("dbus-daemon"))
-}
-
-/// The bus address without the guid, for clients that want only the path.
-fn bus_arg(bus: &Busd) -> String {
-    format!("--bus={}", bus.address)
-}
-
-/// Makes two daemons' answers comparable: connection names, pids and command lines differ.
-fn normalize(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find([':', 'p', 'c']) {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let skip_digits = |s: &str, prefix: &str| -> Option<usize> {
-            let after = s.strip_prefix(prefix)?;
-            let n = after.bytes().take_while(|b| b.is_ascii_digit()).count();
-            (n > 0).then_some(prefix.len() + n)
-        };
-        if let Some(n) = skip_digits(rest, ":1.") {
-            out.push_str(":1.N");
-            rest = &rest[n..];
-        } else if let Some(n) = skip_digits(rest, "pid=") {
-            out.push_str("pid=N");
-            rest = &rest[n..];
-        } else if let Some(after) = rest.strip_prefix("comm=\"") {
-            let end = after.find('"').map_or(after.len(), |e| e + 1);
-            out.push_str("comm=\"\"");
-            rest = &after[end..];
-        } else {
-            out.push_str(&rest[..1]);
-            rest = &rest[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Runs `scenario` against busd and dbus-daemon with the same configuration file; returns
-/// busd's outcome after checking dbus-daemon's is the same.
-fn both<F>(config: &Path, scenario: F) -> Vec<(bool, String)>
-where
-    F: Fn(&Busd) -> Vec<(bool, String)>,
-{
-    let arg = format!("--config-file={}", config.display());
-    // No pid file: the stock system.conf names the real bus's.
-    let args = [arg.as_str(), "--nopidfile"];
-    // Addresses differ between the two buses; they appear in some client errors.
-    let run_on = |bus: Busd| -> Vec<(bool, String)> {
-        scenario(&bus)
-            .into_iter()
-            .map(|(ok, t)| (ok, t.replace(&bus.address, "ADDRESS")))
-            .collect()
-    };
-    let ours = run_on(Busd::start_with(&args));
-    match dbus_daemon() {
-        Some(reference) => {
-            let theirs = run_on(Busd::start_program(&reference, &args));
-            // Errors must read the same; successful replies carry serials, times and ids
-            // that differ between any two buses.
-            let n = |v: &[(bool, String)]| -> Vec<(bool, String)> {
-                v.iter()
-                    .map(|(ok, t)| (*ok, if *ok { String::new() } else { normalize(t) }))
-                    .collect()
-            };
-            assert_eq!(n(&ours), n(&theirs), "busd and dbus-daemon disagree");
-        }
-        None => eprintln!("dbus-daemon not installed: checked busd alone"),
-    }
-    ours
-}
-
-fn dbus_send(bus: &Busd, args: &[&str]) -> (bool, String) {
-    let (ok, out, err) = run(Command::new("dbus-send")
-        .arg(bus_arg(bus))
-        .arg("--print-reply")
-        .args(args));
-    (ok, format!("{out}{err}").trim().to_string())
-}
 
 fn gdbus_call(bus: &Busd, method: &str, args: &[&str]) -> (bool, String) {
     let (ok, out, err) = run(Command::new("gdbus")
@@ -206,40 +114,6 @@ fn denials_match_dbus_daemon_for_dbus_send_and_gdbus() {
     assert_eq!(outcomes[4], (true, "(uint32 1,)".to_string()));
 }
 
-/// A python-dbus connection that owns `name` and never answers.
-struct Sink(std::process::Child);
-
-impl Sink {
-    fn start(address: &str, name: &str) -> Sink {
-        let script = format!(
-            "import dbus, time\n\
-             b = dbus.bus.BusConnection('{address}')\n\
-             b.request_name('{name}')\n\
-             print('ready', flush=True)\n\
-             time.sleep(60)\n"
-        );
-        // The system interpreter: python3-dbus is a Debian package.
-        let mut child = Command::new("/usr/bin/python3")
-            .args(["-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Sink(child)
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn receive_rules_refuse_delivery_and_tell_the_sender() {
     if !(have("dbus-send") && Path::new("/usr/bin/python3").exists()) {
@@ -325,10 +199,10 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
   </policy></busconfig>"#;
     let config = write_config(dir.path(), "bus.conf", allow_all);
     let arg = format!("--config-file={}", config.display());
-    let bus = Busd::start_with(&[&arg]);
-    let reload = || {
+    let mut bus = Busd::start_with(&[&arg]);
+    let reload = |bus: &Busd| {
         dbus_send(
-            &bus,
+            bus,
             &[
                 "--dest=org.freedesktop.DBus",
                 "/org/freedesktop/DBus",
@@ -336,20 +210,25 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
             ],
         )
     };
-    let own = || {
+    // Each dbus-send is a new connection: the name is released when it leaves.
+    let own = |bus: &Busd, name: &str| {
         dbus_send(
-            &bus,
+            bus,
             &[
                 "--dest=org.freedesktop.DBus",
                 "/org/freedesktop/DBus",
                 "org.freedesktop.DBus.RequestName",
-                "string:org.example.Late",
+                &format!("string:{name}"),
                 "uint32:0",
             ],
         )
     };
-    std::fs::write(&config, "<busconfig>\n<policy context=\"default\">\n<allow send_member=\"X\"/>\n</policy></busconfig>").unwrap();
-    let (ok, text) = reload();
+    std::fs::write(
+        &config,
+        "<busconfig>\n<policy context=\"default\">\n<allow send_member=\"X\"/>\n</policy></busconfig>",
+    )
+    .unwrap();
+    let (ok, text) = reload(&bus);
     assert!(!ok);
     assert!(
         text.contains("org.freedesktop.DBus.Error.Failed")
@@ -357,30 +236,40 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
             && text.contains("if you specify a member"),
         "{text}"
     );
-    assert!(own().0, "the old policy still applies");
-    std::fs::write(
-        &config,
-        format!(
-            "{HEADER}\n{}",
-            allow_all.replace(
-                "<allow own=\"*\"/>",
-                "<allow own=\"*\"/><deny own=\"org.example.Later\"/>"
-            )
-        ),
-    )
-    .unwrap();
-    assert!(reload().0);
-    let (ok, text) = dbus_send(
-        &bus,
-        &[
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.RequestName",
-            "string:org.example.Later",
-            "uint32:0",
-        ],
+    assert!(
+        own(&bus, "org.example.Late").0,
+        "the old policy still applies"
     );
+
+    let denying = allow_all.replace(
+        "<allow own=\"*\"/>",
+        "<allow own=\"*\"/><deny own=\"org.example.Later\"/>",
+    );
+    write_config(dir.path(), "bus.conf", &denying);
+    assert!(reload(&bus).0);
+    let (ok, text) = own(&bus, "org.example.Later");
     assert!(!ok && text.contains("AccessDenied"), "{text}");
+
+    // SIGHUP reloads too, as with dbus-daemon.
+    write_config(dir.path(), "bus.conf", allow_all);
+    let pid = nix::unistd::Pid::from_raw(bus.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !own(&bus, "org.example.Later").0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // SIGTERM ends the bus cleanly and removes its socket.
+    let socket = bus.dir.path().join("bus");
+    assert!(socket.exists());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = bus.wait_exit().expect("busd exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists());
 }
 
 #[test]

@@ -449,6 +449,12 @@ fn update_activation_environment(
     _: &Message,
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
+    if bus.settings.servicehelper {
+        return Err((
+            E_ACCESS_DENIED,
+            "Cannot change activation environment on a system bus.".into(),
+        ));
+    }
     let vars = r.string_dict().map_err(|_| malformed())?;
     for (k, v) in vars {
         bus.activation_env.insert(k.to_string(), v.to_string());

@@ -45,6 +45,9 @@ pub struct BusSettings {
     pub pid: u32,
     pub limits: busd_policy::Limits,
     pub policy: Rc<CompiledPolicy>,
+    /// A `<servicehelper>` is configured (a system bus): the activation environment is
+    /// fixed.
+    pub servicehelper: bool,
 }
 
 /// Credentials of a connection, from SO_PEERCRED, SO_PEERGROUPS and authentication.
@@ -289,9 +292,15 @@ impl Bus {
 
     /// Replaces limits and policy after a configuration reload; every connection's policy
     /// is rebuilt from the new rules.
-    pub fn reconfigure(&mut self, limits: busd_policy::Limits, policy: Rc<CompiledPolicy>) {
+    pub fn reconfigure(
+        &mut self,
+        limits: busd_policy::Limits,
+        policy: Rc<CompiledPolicy>,
+        servicehelper: bool,
+    ) {
         self.settings.limits = limits;
         self.settings.policy = policy;
+        self.settings.servicehelper = servicehelper;
         self.policy_cache.clear();
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {

@@ -40,6 +40,7 @@ fn bus_with(policy: &str, limits: busd_policy::Limits) -> Bus {
         pid: 1,
         limits,
         policy: compile(policy),
+        servicehelper: false,
     })
 }
 
@@ -511,6 +512,7 @@ fn reloading_rebuilds_every_connections_policy() {
     b.reconfigure(
         busd_policy::Limits::default(),
         compile(r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/></policy>"#),
+        false,
     );
     b.handle_message(
         1,

@@ -154,13 +154,15 @@ impl Conn {
             if n == 0 && fds.is_empty() {
                 return ReadOutcome::Closed;
             }
-            if !fds.is_empty() && !self.unix_fds {
-                return ReadOutcome::Invalid("unix fds sent without NEGOTIATE_UNIX_FD".into());
-            }
             self.infds.extend(fds);
             self.inbuf.extend_from_slice(&buf[..n]);
             if let Err(why) = self.process(limits) {
                 return ReadOutcome::Invalid(why);
+            }
+            // Checked after the SASL lines of the same read were taken in: fds may follow
+            // NEGOTIATE_UNIX_FD and BEGIN in one read.
+            if !self.infds.is_empty() && !self.unix_fds {
+                return ReadOutcome::Invalid("unix fds sent without NEGOTIATE_UNIX_FD".into());
             }
             if self.infds.is_empty() {
                 self.fds_pending_since = None;

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use busd_policy::CompiledPolicy;
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{debug, info, warn};
 
 use crate::bus::{Bus, Effect, PeerId};
@@ -27,6 +30,7 @@ pub struct ServerConfig {
     pub mechanisms: Vec<Mechanism>,
     pub limits: busd_policy::Limits,
     pub policy: Rc<CompiledPolicy>,
+    pub servicehelper: bool,
 }
 
 /// Re-reads the configuration (the shell does the file I/O; the bus only gets the result).
@@ -45,9 +49,14 @@ pub struct Server {
     /// Connections not read from while their messages fill others' queues beyond
     /// max_incoming_bytes / max_incoming_unix_fds.
     paused: BTreeSet<PeerId>,
+    /// Listeners are not accepted from while max_incomplete_connections are authenticating.
+    accept_paused: bool,
+    /// SIGHUP (reload), SIGTERM and SIGINT (exit), read in the loop.
+    signals: SignalFd,
 }
 
 const FIRST_CONN: PeerId = 1024;
+const SIGNALS: Token = Token(FIRST_CONN as usize - 1);
 
 impl Server {
     pub fn new(
@@ -57,6 +66,20 @@ impl Server {
         reloader: Reloader,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
+        // The signals busd acts on are blocked and read from a signalfd in the loop, so a
+        // reload happens between two events, never inside one. (A child process would have
+        // to unblock them; busd starts none yet.)
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+            mask.add(s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        poll.registry().register(
+            &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&signals)),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
         let mut listeners = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
@@ -72,10 +95,12 @@ impl Server {
             next_id: FIRST_CONN,
             dirty: Vec::new(),
             paused: BTreeSet::new(),
+            accept_paused: false,
+            signals,
         })
     }
 
-    /// Runs until the process is killed.
+    /// Runs until SIGTERM or SIGINT; dropping the server then removes its socket files.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
@@ -89,6 +114,13 @@ impl Server {
             }
             self.bus.set_now(Instant::now());
             for event in events.iter() {
+                if event.token() == SIGNALS {
+                    if self.take_signals() {
+                        info!("exiting on a signal");
+                        return Ok(());
+                    }
+                    continue;
+                }
                 let token = event.token().0 as PeerId;
                 if token < FIRST_CONN {
                     self.accept(token as usize);
@@ -104,6 +136,55 @@ impl Server {
             self.expire();
             self.flush_dirty();
             self.resume_paused();
+            self.resume_accepting();
+        }
+    }
+
+    /// Handles pending signals; returns true when busd should exit.
+    fn take_signals(&mut self) -> bool {
+        let mut exit = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGHUP) => match self.reload() {
+                    Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                    Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
+                },
+                Ok(Signal::SIGTERM | Signal::SIGINT) => exit = true,
+                _ => {}
+            }
+        }
+        exit
+    }
+
+    /// Re-reads the configuration; either all of it applies or none of it.
+    fn reload(&mut self) -> Result<(), String> {
+        let cfg = (self.reloader)()?;
+        self.bus.reconfigure(
+            cfg.limits.clone(),
+            Rc::clone(&cfg.policy),
+            cfg.servicehelper,
+        );
+        self.config = cfg;
+        Ok(())
+    }
+
+    fn incomplete_count(&self) -> u64 {
+        self.conns
+            .values()
+            .filter(|c| !c.is_authenticated())
+            .count() as u64
+    }
+
+    /// Accepts again once fewer than max_incomplete_connections are authenticating
+    /// (clients waited in the listen backlog meanwhile, as with dbus-daemon).
+    fn resume_accepting(&mut self) {
+        if self.accept_paused
+            && self.incomplete_count() < self.config.limits.max_incomplete_connections
+        {
+            self.accept_paused = false;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
         }
     }
 
@@ -176,6 +257,10 @@ impl Server {
 
     fn accept(&mut self, index: usize) {
         loop {
+            if self.incomplete_count() >= self.config.limits.max_incomplete_connections {
+                self.accept_paused = true;
+                return;
+            }
             let accepted = match self.listeners.get(index) {
                 Some(l) => l.socket.accept(),
                 None => return,
@@ -188,15 +273,6 @@ impl Server {
                     return;
                 }
             };
-            let incomplete = self
-                .conns
-                .values()
-                .filter(|c| !c.is_authenticated())
-                .count() as u64;
-            if incomplete >= self.config.limits.max_incomplete_connections {
-                warn!("too many connections still authenticating; refusing one");
-                continue;
-            }
             let id = self.next_id;
             self.next_id += 1;
             let timeout = Duration::from_millis(self.config.limits.auth_timeout);
@@ -331,13 +407,10 @@ impl Server {
                 }
                 Effect::Disconnect(id) => self.close(id),
                 Effect::ReloadConfig { peer, serial } => {
-                    // Either the whole new configuration applies or none of it.
-                    let result = (self.reloader)().map(|cfg| {
-                        self.bus
-                            .reconfigure(cfg.limits.clone(), Rc::clone(&cfg.policy));
-                        self.config = cfg;
+                    let result = self.reload();
+                    if result.is_ok() {
                         info!("configuration reloaded");
-                    });
+                    }
                     self.bus.reload_finished(peer, serial, result);
                     self.apply_effects();
                 }
