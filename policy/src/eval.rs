@@ -2,11 +2,13 @@
 //! (bus/policy.c), evaluated from an index instead of a linear scan.
 //!
 //! dbus-daemon walks a connection's rules in order and the last rule that applies wins. A
-//! [`RuleSet`] keeps that meaning but indexes the rules that name one peer (`send_destination`,
-//! `receive_sender`, `own`) by that name: the answer is the applicable rule with the highest
-//! position among the unnamed rules and the buckets of the names involved, each scanned from
-//! its end. A set whose last rule applies to everything has a fixed answer and costs nothing
-//! per message (the session bus). Nothing here allocates per message.
+//! [`RuleSet`] keeps that meaning but indexes the rules: first by the one peer they may name
+//! (`send_destination`, `receive_sender`), then by interface. The answer is the applicable
+//! rule with the highest position among the few lists a message can meet (unnamed rules and
+//! the buckets of the names involved; in each, rules without an interface and those of the
+//! message's interface), each scanned from its end. A set whose last rule applies to
+//! everything has a fixed answer and costs nothing per message (the session bus). Nothing
+//! here allocates per message.
 
 use std::collections::HashMap;
 
@@ -66,14 +68,88 @@ enum Direction {
     Receive,
 }
 
-/// One context's worth of message rules, in configuration order, indexed by peer name.
+/// Positions of rules (ascending) that test one interface, split by the member they test.
+#[derive(Debug, Clone, Default)]
+struct Members {
+    all: Vec<u32>,
+    any_member: Vec<u32>,
+    by_member: HashMap<Box<str>, Vec<u32>>,
+}
+
+/// Positions of rules (ascending), split by the interface they test, then the member.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    all: Vec<u32>,
+    any_interface: Vec<u32>,
+    by_interface: HashMap<Box<str>, Members>,
+}
+
+/// The highest position among `positions` above `above` whose rule applies.
+fn last_in(positions: &[u32], above: Option<u32>, applies: &dyn Fn(usize) -> bool) -> Option<u32> {
+    positions
+        .iter()
+        .rev()
+        .take_while(|&&p| above.is_none_or(|a| p > a))
+        .find(|&&p| applies(p as usize))
+        .copied()
+}
+
+impl Bucket {
+    fn push(&mut self, position: u32, rule: &MessageRule) {
+        self.all.push(position);
+        let Some(interface) = &rule.interface else {
+            self.any_interface.push(position);
+            return;
+        };
+        let members = self.by_interface.entry(interface.clone()).or_default();
+        members.all.push(position);
+        match &rule.member {
+            None => members.any_member.push(position),
+            Some(m) => members
+                .by_member
+                .entry(m.clone())
+                .or_default()
+                .push(position),
+        }
+    }
+
+    /// The highest position above `above` whose rule applies. A message without an
+    /// interface can meet rules of any interface (deny rules apply to it), and one without a
+    /// member rules of any member, so those scan wider lists.
+    fn last(
+        &self,
+        m: &MessageFacts<'_>,
+        above: Option<u32>,
+        applies: &dyn Fn(usize) -> bool,
+    ) -> Option<u32> {
+        let Some(interface) = m.interface else {
+            return last_in(&self.all, above, applies);
+        };
+        let mut best = last_in(&self.any_interface, above, applies).or(above);
+        if let Some(members) = self.by_interface.get(interface) {
+            match m.member {
+                None => best = last_in(&members.all, best, applies).or(best),
+                Some(member) => {
+                    best = last_in(&members.any_member, best, applies).or(best);
+                    if let Some(list) = members.by_member.get(member) {
+                        best = last_in(list, best, applies).or(best);
+                    }
+                }
+            }
+        }
+        best.filter(|&b| above != Some(b))
+    }
+}
+
+/// One context's worth of message rules, in configuration order, indexed by peer name and
+/// interface.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<(bool, MessageRule)>,
-    /// Positions of rules without an exact peer name.
-    general: Vec<u32>,
-    /// Positions of rules naming one peer exactly, by that name.
-    by_name: HashMap<Box<str>, Vec<u32>>,
+    /// Rules without an exact peer name.
+    general: Bucket,
+    /// Rules naming one peer exactly, by that name.
+    by_name: HashMap<Box<str>, Bucket>,
     /// The answer when the last rule applies to every message.
     fixed: Option<bool>,
 }
@@ -104,15 +180,14 @@ fn applies_to_everything(allow: bool, r: &MessageRule, dir: Direction) -> bool {
 
 impl RuleSet {
     fn new(rules: Vec<(bool, MessageRule)>, dir: Direction) -> Self {
-        let mut general = Vec::new();
-        let mut by_name: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut general = Bucket::default();
+        let mut by_name: HashMap<Box<str>, Bucket> = HashMap::new();
         for (i, (_, r)) in rules.iter().enumerate() {
-            match &r.peer {
-                Some(name) if !r.peer_is_prefix => {
-                    by_name.entry(name.clone()).or_default().push(i as u32)
-                }
-                _ => general.push(i as u32),
-            }
+            let bucket = match &r.peer {
+                Some(name) if !r.peer_is_prefix => by_name.entry(name.clone()).or_default(),
+                _ => &mut general,
+            };
+            bucket.push(i as u32, r);
         }
         let fixed = match rules.last() {
             None => Some(false),
@@ -140,25 +215,11 @@ impl RuleSet {
         self.rules.iter()
     }
 
-    /// The highest position among `positions` at or below which a rule applies.
-    fn last_in(
-        &self,
-        positions: &[u32],
-        above: Option<u32>,
-        applies: &dyn Fn(usize) -> bool,
-    ) -> Option<u32> {
-        positions
-            .iter()
-            .rev()
-            .take_while(|&&p| above.is_none_or(|a| p > a))
-            .find(|&&p| applies(p as usize))
-            .copied()
-    }
-
     fn decide(
         &self,
         exact_names: Peer<'_>,
         msg_name: Option<&str>,
+        m: &MessageFacts<'_>,
         applies: &dyn Fn(usize) -> bool,
     ) -> Decision {
         if let Some(allowed) = self.fixed {
@@ -170,11 +231,11 @@ impl RuleSet {
                 };
             }
         }
-        let mut best = self.last_in(&self.general, None, applies);
+        let mut best = self.general.last(m, None, applies);
         if !self.by_name.is_empty() {
             let mut consider = |name: &str| {
-                if let Some(list) = self.by_name.get(name) {
-                    if let Some(p) = self.last_in(list, best, applies) {
+                if let Some(bucket) = self.by_name.get(name) {
+                    if let Some(p) = bucket.last(m, best, applies) {
                         best = Some(p);
                     }
                 }
@@ -421,7 +482,7 @@ impl ClientPolicy {
         receiver: Peer<'_>,
     ) -> Decision {
         let applies = self.send_applies(m, requested_reply, receiver);
-        self.send.decide(receiver, m.destination, &applies)
+        self.send.decide(receiver, m.destination, m, &applies)
     }
 
     /// May this connection receive `m` from `sender`? `eavesdropping`: the message is
@@ -434,7 +495,7 @@ impl ClientPolicy {
         sender: Peer<'_>,
     ) -> Decision {
         let applies = self.receive_applies(m, requested_reply, eavesdropping, sender);
-        let mut d = self.receive.decide(sender, m.sender, &applies);
+        let mut d = self.receive.decide(sender, m.sender, m, &applies);
         d.log = false;
         d
     }

@@ -470,8 +470,9 @@ fn arb_rule() -> impl Strategy<Value = String> {
         prop::option::of(any::<bool>()),
         prop::option::of(any::<bool>()),
         any::<bool>(),
+        prop::option::of(prop_oneof![Just("M"), Just("N")]),
     )
-        .prop_map(|(allow, dir, peer, iface, ty, rr, eaves, prefix)| {
+        .prop_map(|(allow, dir, peer, iface, ty, rr, eaves, prefix, member)| {
             let mut attrs = Vec::new();
             if let Some(p) = peer {
                 let key = match (dir, prefix) {
@@ -483,6 +484,13 @@ fn arb_rule() -> impl Strategy<Value = String> {
             }
             if let Some(i) = iface {
                 attrs.push(format!("{dir}_interface=\"{i}\""));
+            }
+            if let Some(m) = member {
+                // A member needs an interface or a path beside it.
+                if iface.is_none() {
+                    attrs.push(format!("{dir}_path=\"/\""));
+                }
+                attrs.push(format!("{dir}_member=\"{m}\""));
             }
             if let Some(t) = ty {
                 attrs.push(format!("{dir}_type=\"{t}\""));
@@ -508,6 +516,7 @@ proptest! {
         rules in prop::collection::vec(arb_rule(), 0..12),
         ty in prop_oneof![Just(METHOD_CALL), Just(SIGNAL), Just(METHOD_RETURN)],
         iface in opt_name(),
+        member in prop_oneof![Just(None), Just(Some("M")), Just(Some("N"))],
         dest in opt_name(),
         peer_names in prop::collection::vec(prop_oneof![Just("a.b"), Just("a.b.c"), Just("x.y"), Just("q.r")], 0..3),
         requested in any::<bool>(),
@@ -519,7 +528,7 @@ proptest! {
             msg_type: ty,
             path: Some("/"),
             interface: iface,
-            member: Some("M"),
+            member,
             destination: dest,
             sender: dest,
             is_reply: ty == METHOD_RETURN,
