@@ -717,3 +717,28 @@ fn monitors_see_traffic_and_may_not_send() {
         Some(Effect::Disconnect(2))
     ));
 }
+
+fn add_match(b: &mut Bus, peer: PeerId, rule: &str) {
+    b.handle_message(
+        peer,
+        call(90, DBUS_NAME, DBUS_INTERFACE, "AddMatch", "s", s_body(rule)),
+    );
+    drain(b);
+}
+
+#[test]
+fn eavesdropping_needs_a_receive_rule_with_eavesdrop_true() {
+    let strict = r#"<policy context="default"><allow send_destination="*"/>
+        <allow receive_sender="*"/><allow own="*"/></policy>"#;
+    for (policy, sees) in [(SESSION_POLICY, true), (strict, false)] {
+        let mut b = bus_with(policy, busd_policy::Limits::default());
+        join(&mut b, 1);
+        let callee = join(&mut b, 2);
+        join(&mut b, 3);
+        add_match(&mut b, 3, "eavesdrop=true,type='method_call'");
+        b.handle_message(1, call(5, &callee, "org.x", "M", "", vec![]));
+        let to: Vec<PeerId> = drain(&mut b).iter().map(|s| s.to).collect();
+        assert_eq!(to.contains(&3), sees, "{policy}: {to:?}");
+        assert!(to.contains(&2), "the addressed recipient always gets it");
+    }
+}

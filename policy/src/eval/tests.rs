@@ -548,3 +548,20 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn the_deciding_send_rule_says_whether_to_log() {
+    let p = policy(r#"<allow send_destination="*" log="true"/><allow send_interface="a.b"/>"#);
+    let d = p.may_send(
+        &call("org.example.Service", Some("c.d"), "M"),
+        false,
+        Peer::Bus,
+    );
+    assert!(d.allowed && d.log);
+    let d = p.may_send(
+        &call("org.example.Service", Some("a.b"), "M"),
+        false,
+        Peer::Bus,
+    );
+    assert!(d.allowed && !d.log);
+}
