@@ -291,6 +291,38 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
             "Already handled an Hello message".into(),
         ));
     }
+    // A connection counts as complete once it said Hello; over a limit, the Hello fails and
+    // the connection is left as it is, as dbus-daemon does (it may retry, or time out).
+    let limits = &bus.settings.limits;
+    let uid = bus.peers.get(&from).and_then(|p| p.creds.uid);
+    let completed = bus.peers.values().filter(|p| p.is_active());
+    let (mut total, mut same_user) = (0u64, 0u64);
+    for p in completed {
+        total += 1;
+        same_user += u64::from(uid.is_some() && p.creds.uid == uid);
+    }
+    let over = if total >= limits.max_completed_connections {
+        Some((
+            "The maximum number of active connections has been reached".to_string(),
+            "max_completed_connections",
+            limits.max_completed_connections,
+        ))
+    } else if same_user >= limits.max_connections_per_user {
+        Some((
+            format!(
+                "The maximum number of active connections for UID {} has been reached",
+                uid.unwrap_or_default()
+            ),
+            "max_connections_per_user",
+            limits.max_connections_per_user,
+        ))
+    } else {
+        None
+    };
+    if let Some((text, limit_name, limit)) = over {
+        warn!("{text} ({limit_name}={limit})");
+        return Err((E_LIMITS_EXCEEDED, text));
+    }
     // dbus-daemon numbers connections :1.0, :1.1, ...
     let unique = loop {
         let candidate = format!(":1.{}", bus.next_unique);

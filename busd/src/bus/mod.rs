@@ -181,6 +181,13 @@ struct Routed<'a> {
     args: OnceCell<Vec<Arg<'a>>>,
 }
 
+impl Peer {
+    /// Said Hello (monitors too: they stay complete connections).
+    fn is_active(&self) -> bool {
+        self.unique.is_some() || self.monitor.is_some()
+    }
+}
+
 impl<'a> Routed<'a> {
     fn new(
         bus: &'a Bus,
@@ -355,6 +362,12 @@ impl Bus {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// Whether a connection has said Hello (dbus-daemon's "complete" connections; the others
+    /// count against max_incomplete_connections and auth_timeout).
+    pub fn is_active(&self, id: PeerId) -> bool {
+        self.peers.get(&id).is_some_and(Peer::is_active)
     }
 
     /// Whether `name` (unique or well-known) currently designates `peer`.

@@ -85,8 +85,19 @@ impl Conn {
         self.sasl.is_none()
     }
 
+    /// Until the connection says Hello, it must get there before auth_timeout (as in
+    /// dbus-daemon, where it is "incomplete" until then).
     pub fn auth_deadline(&self) -> Option<Instant> {
         self.auth_deadline
+    }
+
+    /// The connection said Hello: it is complete, and no longer on the clock.
+    pub fn completed(&mut self) {
+        self.auth_deadline = None;
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.auth_deadline.is_none()
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -189,7 +200,6 @@ impl Conn {
                 self.creds.groups.clear();
             }
             self.sasl = None;
-            self.auth_deadline = None;
         }
         while self.inbuf.len() >= message::FIXED_HEADER_SIZE {
             let total = message::total_length(&self.inbuf[..message::FIXED_HEADER_SIZE])

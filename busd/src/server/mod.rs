@@ -169,10 +169,7 @@ impl Server {
     }
 
     fn incomplete_count(&self) -> u64 {
-        self.conns
-            .values()
-            .filter(|c| !c.is_authenticated())
-            .count() as u64
+        self.conns.values().filter(|c| !c.is_complete()).count() as u64
     }
 
     /// Accepts again once fewer than max_incomplete_connections are authenticating
@@ -326,6 +323,11 @@ impl Server {
                 self.bus.handle_message(id, msg);
                 self.apply_effects();
             }
+            if let Some(conn) = self.conns.get_mut(&id) {
+                if !conn.is_complete() && self.bus.is_active(id) {
+                    conn.completed();
+                }
+            }
             match outcome {
                 ReadOutcome::More => {}
                 ReadOutcome::Drained => return,
@@ -341,26 +343,11 @@ impl Server {
         }
     }
 
-    /// A connection finished authenticating: apply the connection limits and the policy's
-    /// user rules, then hand it to the bus. Returns false if it was refused and closed.
+    /// A connection finished authenticating: apply the policy's user rules, then hand it to
+    /// the bus (the completed-connection limits apply at Hello, in the bus). Returns false if
+    /// it was refused and closed.
     fn admit(&mut self, id: PeerId) -> bool {
-        let completed = self.conns.values().filter(|c| c.is_authenticated()).count() as u64;
         let uid = self.conns[&id].credentials().uid;
-        let per_user = self
-            .conns
-            .values()
-            .filter(|c| c.is_authenticated() && c.credentials().uid == uid)
-            .count() as u64;
-        if completed > self.config.limits.max_completed_connections {
-            warn!("The maximum number of active connections has been reached (max_completed_connections)");
-            self.close_quietly(id);
-            return false;
-        }
-        if per_user > self.config.limits.max_connections_per_user {
-            warn!(?uid, "The maximum number of active connections for this user has been reached (max_connections_per_user)");
-            self.close_quietly(id);
-            return false;
-        }
         let policy = &self.config.policy;
         if let Some(uid) = uid {
             let groups = if policy.connect_uses_groups() {
