@@ -41,6 +41,8 @@ pub struct Conn {
     /// SASL replies, written before any message.
     auth_out: Vec<u8>,
     outq: VecDeque<(Outgoing, usize)>,
+    /// The event loop watches this connection for writability (output is waiting).
+    pub watching_writable: bool,
 }
 
 impl Conn {
@@ -74,6 +76,7 @@ impl Conn {
             messages: Vec::new(),
             auth_out: Vec::new(),
             outq: VecDeque::new(),
+            watching_writable: false,
         })
     }
 
@@ -229,6 +232,11 @@ impl Conn {
             self.messages.push(msg);
         }
         Ok(())
+    }
+
+    /// Output is waiting for the socket to take it.
+    pub fn has_output(&self) -> bool {
+        !self.auth_out.is_empty() || !self.outq.is_empty()
     }
 
     pub fn queue(&mut self, out: Outgoing) {

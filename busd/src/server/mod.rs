@@ -285,11 +285,11 @@ impl Server {
                     continue;
                 }
             };
-            if let Err(e) = self.poll.registry().register(
-                conn.source(),
-                Token(id as usize),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(conn.source(), Token(id as usize), Interest::READABLE)
+            {
                 warn!("cannot register a connection: {e}");
                 continue;
             }
@@ -413,12 +413,35 @@ impl Server {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
-            if let Err(e) = c.flush() {
-                debug!(conn = id, "write failed: {e}");
-                // The peer hung up: first take in whatever it sent before it left (its last
-                // messages must still be routed), then close.
-                self.read(id);
-                self.close(id);
+            match c.flush() {
+                Ok(()) => {
+                    // Writability is watched only while output waits: a socket that is
+                    // always "ready to write" would also be reported ahead of others that
+                    // became readable later, and upset the order senders are served in.
+                    let waiting = c.has_output();
+                    if waiting != c.watching_writable {
+                        c.watching_writable = waiting;
+                        let interest = if waiting {
+                            Interest::READABLE | Interest::WRITABLE
+                        } else {
+                            Interest::READABLE
+                        };
+                        if let Err(e) = self.poll.registry().reregister(
+                            c.source(),
+                            Token(id as usize),
+                            interest,
+                        ) {
+                            warn!(conn = id, "cannot watch a connection: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(conn = id, "write failed: {e}");
+                    // The peer hung up: first take in whatever it sent before it left (its
+                    // last messages must still be routed), then close.
+                    self.read(id);
+                    self.close(id);
+                }
             }
         }
         self.dirty = dirty;
