@@ -715,13 +715,23 @@ impl Bus {
             if p.closing {
                 continue;
             }
-            if let Err(denied) = self.check_security(msg, sender, recipient, Some(r), false) {
-                // Not an error for the sender: this recipient just does not get it.
+            // Not an error for the sender: this recipient just does not get it (monitors see
+            // the error dbus-daemon would have given).
+            let refusal = match self.check_security(msg, sender, recipient, Some(r), false) {
+                Err(denied) => Some(denied),
+                Ok(()) if fds && !self.peers[&r].unix_fds => Some(security::Denied {
+                    name: "org.freedesktop.DBus.Error.NotSupported",
+                    text: format!(
+                        "broadcast cannot be delivered to {} ({}) because it does not support receiving Unix fds",
+                        self.unique_of(r),
+                        self.peers[&r].creds.loginfo()
+                    ),
+                }),
+                Ok(()) => None,
+            };
+            if let Some(denied) = refusal {
                 debug!(to = self.unique_of(r), "not delivered: {}", denied.text);
-                continue;
-            }
-            if fds && !self.peers[&r].unix_fds {
-                // dbus-daemon skips recipients that cannot receive fds, without an error.
+                self.capture_error_reply(recipient, msg, &denied);
                 continue;
             }
             self.effects.push(Effect::Send(r, out.clone()));
@@ -730,24 +740,61 @@ impl Bus {
     }
 
     /// Sends a message composed by the driver to `to` (None: broadcast via match rules).
-    fn send_from_driver(&mut self, to: Option<PeerId>, m: DriverMessage<'_>) {
-        let serial = self.next_serial();
+    /// Encodes a message from the bus to `to` (None: a broadcast) and shows it to monitors.
+    fn compose_from_driver(
+        &mut self,
+        to: Option<PeerId>,
+        m: DriverMessage<'_>,
+    ) -> Option<(Message, Outgoing)> {
         // An inactive connection (before Hello) has no name to address.
         let dest = to
             .map(|t| self.unique_of(t).to_string())
             .filter(|d| !d.is_empty());
-        let bytes = m.encode(serial, dest.as_deref());
-        let msg = match Message::parse(bytes, Vec::new()) {
+        self.compose_from_driver_to(to, dest.as_deref(), m)
+    }
+
+    /// As [`Bus::compose_from_driver`], with the DESTINATION header given.
+    fn compose_from_driver_to(
+        &mut self,
+        to: Option<PeerId>,
+        dest: Option<&str>,
+        m: DriverMessage<'_>,
+    ) -> Option<(Message, Outgoing)> {
+        let serial = self.next_serial();
+        let bytes = m.encode(serial, dest);
+        let mut msg = match Message::parse(bytes, Vec::new()) {
             Ok(m) => m,
             Err(e) => {
                 // The driver composed an invalid message: a bug, never a peer's fault.
                 tracing::error!("driver composed an invalid message: {e}");
-                return;
+                return None;
             }
         };
-        let mut msg = msg;
         let out = msg.take_outgoing();
         self.capture(&msg, None, to, &out);
+        Some((msg, out))
+    }
+
+    /// What dbus-daemon shows monitors when it drops a message for one recipient: an error
+    /// in reply to it, addressed to its sender (the bus itself, for the bus's own messages),
+    /// though nobody receives it. `addressed` is the connection the message was meant for.
+    fn capture_error_reply(
+        &mut self,
+        addressed: Option<PeerId>,
+        in_reply_to: &Message,
+        denied: &security::Denied,
+    ) {
+        if !self.monitors.is_empty() {
+            let m = DriverMessage::error(in_reply_to.serial(), denied.name, &denied.text);
+            let dest = in_reply_to.sender().map(str::to_string);
+            self.compose_from_driver_to(addressed, dest.as_deref(), m);
+        }
+    }
+
+    fn send_from_driver(&mut self, to: Option<PeerId>, m: DriverMessage<'_>) {
+        let Some((msg, out)) = self.compose_from_driver(to, m) else {
+            return;
+        };
         match to {
             Some(t) => {
                 // The bus never sends unrequested replies; like dbus-daemon, a message the
@@ -758,6 +805,7 @@ impl Bus {
                         to = self.unique_of(t),
                         "message from the bus not delivered: {}", denied.text
                     );
+                    self.capture_error_reply(Some(t), &msg, &denied);
                     return;
                 }
                 self.send(t, out)
