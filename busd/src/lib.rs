@@ -4,8 +4,10 @@
 //! - [`wire`]: the protocol, knowing nothing of buses (messages, marshalling, SASL, addresses).
 //! - [`bus`]: the bus state machine (peers, names, match rules, routing, driver); no I/O.
 //! - [`server`]: the I/O shell: listeners, connections, the event loop.
+//! - [`activation`]: the shell's side of activation (service directories and files).
 //! - [`cli`]: dbus-daemon's command line.
 
+pub mod activation;
 pub mod bus;
 pub mod cli;
 pub mod server;

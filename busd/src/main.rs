@@ -73,14 +73,33 @@ fn load(path: &Path) -> Result<(Config, ServerConfig)> {
         );
     }
     let policy = CompiledPolicy::compile(&config, &NssAccounts)?;
-    for w in config.warnings.iter().chain(&policy.warnings) {
+    let mut warnings = Vec::new();
+    let service_dirs = busd::activation::directories(&config, &mut warnings);
+    let services = busd::activation::scan(&service_dirs, &mut warnings);
+    for w in config
+        .warnings
+        .iter()
+        .chain(&policy.warnings)
+        .chain(&warnings)
+    {
         tracing::warn!("{w}");
     }
+    let watched_dirs = config
+        .include_dirs
+        .iter()
+        .cloned()
+        .chain(service_dirs.into_iter().map(|d| d.path))
+        .collect();
     let server = ServerConfig {
         mechanisms: mechanisms(&config)?,
         limits: config.limits.clone(),
         policy: Rc::new(policy),
-        servicehelper: config.servicehelper.is_some(),
+        servicehelper: config
+            .servicehelper
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        services,
+        watched_dirs,
     };
     Ok((config, server))
 }
@@ -270,7 +289,8 @@ fn run(options: Options) -> Result<()> {
         pid,
         limits: config.limits.clone(),
         policy: Rc::clone(&server_config.policy),
-        servicehelper: server_config.servicehelper,
+        servicehelper: server_config.servicehelper.clone(),
+        systemd_activation: options.systemd_activation,
     };
     tracing::info!("busd ready on {}", printed.join(";"));
     let reload_path = path.clone();
@@ -279,7 +299,20 @@ fn run(options: Options) -> Result<()> {
             .map(|(_, s)| s)
             .map_err(|e| format!("{e:#}"))
     });
-    Server::new(listeners, Bus::new(settings), server_config, reloader)?.run()?;
+    // What started services find in their environment (bus.c, add_bus_environment).
+    let starter_address = printed.first().cloned().unwrap_or_default();
+    let mut starter_env = vec![("DBUS_STARTER_ADDRESS".to_string(), starter_address.clone())];
+    if let Some(t) = &config.bus_type {
+        starter_env.push(("DBUS_STARTER_BUS_TYPE".into(), t.clone()));
+        match t.as_str() {
+            "session" => starter_env.push(("DBUS_SESSION_BUS_ADDRESS".into(), starter_address)),
+            "system" => starter_env.push(("DBUS_SYSTEM_BUS_ADDRESS".into(), starter_address)),
+            _ => {}
+        }
+    }
+    let mut bus = Bus::new(settings);
+    bus.set_activatable(server_config.services.clone(), false);
+    Server::new(listeners, bus, server_config, reloader, starter_env)?.run()?;
     Ok(())
 }
 

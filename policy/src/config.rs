@@ -87,6 +87,8 @@ pub struct Config {
     pub selinux_associations: Vec<(String, String)>,
     /// Every file read, in order.
     pub files: Vec<PathBuf>,
+    /// Every `<includedir>` (existing or not), in order.
+    pub include_dirs: Vec<PathBuf>,
     /// Files of an `<includedir>` that could not be used: dbus-daemon reports and skips them.
     pub warnings: Vec<String>,
 }
@@ -195,6 +197,7 @@ impl Config {
             apparmor_mode,
             selinux_associations,
             files,
+            include_dirs,
             warnings,
         } = child;
         macro_rules! override_with {
@@ -218,6 +221,7 @@ impl Config {
         self.policies.extend(policies);
         self.selinux_associations.extend(selinux_associations);
         self.files.extend(files);
+        self.include_dirs.extend(include_dirs);
         self.warnings.extend(warnings);
     }
 }
@@ -516,6 +520,7 @@ impl Loader<'_> {
             }
             "includedir" => {
                 let dir = self.resolve(content);
+                self.config.include_dirs.push(dir.clone());
                 let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
                     Ok(rd) => rd
                         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -1,4 +1,5 @@
-//! Messages the bus driver sends: replies, errors and signals from `org.freedesktop.DBus`.
+//! Messages the bus driver sends: replies, errors and signals from `org.freedesktop.DBus`,
+//! and the few calls it makes itself (to systemd).
 
 use crate::wire::marshal::{Endian, Writer};
 use crate::wire::message::{self, HeaderFields, FLAG_NO_REPLY_EXPECTED};
@@ -7,9 +8,23 @@ use super::{DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
 
 #[derive(Debug)]
 enum Kind<'a> {
-    Reply { reply_serial: u32 },
-    Error { reply_serial: u32, name: &'a str },
-    Signal { member: &'a str },
+    Reply {
+        reply_serial: u32,
+    },
+    Error {
+        reply_serial: u32,
+        name: &'a str,
+    },
+    Signal {
+        path: &'a str,
+        interface: &'a str,
+        member: &'a str,
+    },
+    Call {
+        path: &'a str,
+        interface: &'a str,
+        member: &'a str,
+    },
 }
 
 /// A message from the driver, before it gets a serial and a destination.
@@ -38,8 +53,42 @@ impl<'a> DriverMessage<'a> {
     }
 
     pub fn signal(member: &'a str, body: Vec<u8>, signature: &'a str) -> Self {
+        Self::signal_on(DBUS_PATH, DBUS_INTERFACE, member, body, signature)
+    }
+
+    /// A signal on another interface (systemd's ActivationRequest).
+    pub fn signal_on(
+        path: &'a str,
+        interface: &'a str,
+        member: &'a str,
+        body: Vec<u8>,
+        signature: &'a str,
+    ) -> Self {
         DriverMessage {
-            kind: Kind::Signal { member },
+            kind: Kind::Signal {
+                path,
+                interface,
+                member,
+            },
+            body,
+            signature,
+        }
+    }
+
+    /// A method call from the bus; like all its messages, it expects no reply.
+    pub fn call(
+        path: &'a str,
+        interface: &'a str,
+        member: &'a str,
+        body: Vec<u8>,
+        signature: &'a str,
+    ) -> Self {
+        DriverMessage {
+            kind: Kind::Call {
+                path,
+                interface,
+                member,
+            },
             body,
             signature,
         }
@@ -62,11 +111,25 @@ impl<'a> DriverMessage<'a> {
                 f.error_name = Some(name);
                 message::ERROR
             }
-            Kind::Signal { member } => {
-                f.path = Some(DBUS_PATH);
-                f.interface = Some(DBUS_INTERFACE);
+            Kind::Signal {
+                path,
+                interface,
+                member,
+            } => {
+                f.path = Some(path);
+                f.interface = Some(interface);
                 f.member = Some(member);
                 message::SIGNAL
+            }
+            Kind::Call {
+                path,
+                interface,
+                member,
+            } => {
+                f.path = Some(path);
+                f.interface = Some(interface);
+                f.member = Some(member);
+                message::METHOD_CALL
             }
         };
         message::encode(

@@ -418,6 +418,11 @@ fn request_name(
         }
     }
     bus.emit_name_events(events);
+    if code == reg::REQUEST_PRIMARY_OWNER {
+        // Messages that started this service go on now, before the reply (as in
+        // dbus-daemon).
+        bus.activation_name_acquired(name, from);
+    }
     Ok(Some((compose::body_u(code), "u")))
 }
 
@@ -459,20 +464,21 @@ fn release_name(
 
 fn start_service_by_name(
     bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
+    from: PeerId,
+    msg: &Message,
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
-    let name = read_s(r)?;
-    if name == DBUS_NAME || bus.owner_of(name).is_some() {
-        // DBUS_START_REPLY_ALREADY_RUNNING
+    let name = read_s(r)?.to_string();
+    if name == DBUS_NAME {
+        // DBUS_START_REPLY_ALREADY_RUNNING: the bus is always running.
         return Ok(Some((compose::body_u(2), "u")));
     }
-    // Activation is not implemented yet: no name is activatable.
-    Err((
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        format!("The name {name} was not provided by any .service files"),
-    ))
+    // Flags are unused, as in dbus-daemon. The answer comes when the name appears.
+    let request = super::activation::Request::Start {
+        serial: msg.serial(),
+    };
+    bus.activate(Some(from), request, &name)?;
+    Ok(None)
 }
 
 fn update_activation_environment(
@@ -481,15 +487,23 @@ fn update_activation_environment(
     _: &Message,
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
-    if bus.settings.servicehelper {
+    if bus.settings.servicehelper.is_some() {
         return Err((
             E_ACCESS_DENIED,
             "Cannot change activation environment on a system bus.".into(),
         ));
     }
-    let vars = r.string_dict().map_err(|_| malformed())?;
-    for (k, v) in vars {
-        bus.activation_env.insert(k.to_string(), v.to_string());
+    let vars: Vec<(String, String)> = r
+        .string_dict()
+        .map_err(|_| malformed())?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &vars {
+        bus.activation_env.insert(k.clone(), v.clone());
+    }
+    if bus.settings.systemd_activation {
+        bus.forward_environment_to_systemd(&vars);
     }
     Ok(Some((Vec::new(), "")))
 }
@@ -513,12 +527,14 @@ fn list_names(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Resu
 }
 
 fn list_activatable_names(
-    _: &mut Bus,
+    bus: &mut Bus,
     _: PeerId,
     _: &Message,
     _: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
-    Ok(Some((compose::body_as([DBUS_NAME]), "as")))
+    let mut names = vec![DBUS_NAME];
+    names.extend(bus.activatable_names());
+    Ok(Some((compose::body_as(names), "as")))
 }
 
 fn add_match(
@@ -771,9 +787,15 @@ fn ping(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply
 }
 
 /// Properties of `org.freedesktop.DBus`: (name, value as `as`).
-fn property(name: &str) -> Option<Vec<&'static str>> {
+fn property(bus: &Bus, name: &str) -> Option<Vec<&'static str>> {
     match name {
-        "Features" => Some(vec!["HeaderFiltering"]),
+        "Features" => {
+            let mut f = vec!["ActivatableServicesChanged", "HeaderFiltering"];
+            if bus.settings.systemd_activation {
+                f.push("SystemdActivation");
+            }
+            Some(f)
+        }
         "Interfaces" => Some(
             INTERFACES
                 .iter()
@@ -797,7 +819,7 @@ fn check_interface(iface: &str) -> Result<(), Failure> {
 }
 
 fn properties_get(
-    _: &mut Bus,
+    bus: &mut Bus,
     _: PeerId,
     _: &Message,
     r: &mut Reader<'_>,
@@ -805,7 +827,7 @@ fn properties_get(
     let iface = read_s(r)?;
     let name = read_s(r)?;
     check_interface(iface)?;
-    let value = property(name).ok_or_else(|| {
+    let value = property(bus, name).ok_or_else(|| {
         (
             "org.freedesktop.DBus.Error.UnknownProperty",
             format!("Property \"{iface}.{name}\" not found"),
@@ -818,7 +840,7 @@ fn properties_get(
 }
 
 fn properties_get_all(
-    _: &mut Bus,
+    bus: &mut Bus,
     _: PeerId,
     _: &Message,
     r: &mut Reader<'_>,
@@ -831,14 +853,14 @@ fn properties_get_all(
         w.align(8);
         w.string(name);
         w.signature(b"as");
-        w.string_array(property(name).unwrap_or_default());
+        w.string_array(property(bus, name).unwrap_or_default());
     }
     w.end_array(a);
     Ok(Some((w.into_vec(), "a{sv}")))
 }
 
 fn properties_set(
-    _: &mut Bus,
+    bus: &mut Bus,
     _: PeerId,
     _: &Message,
     r: &mut Reader<'_>,
@@ -846,7 +868,7 @@ fn properties_set(
     let iface = read_s(r)?;
     let name = read_s(r)?;
     check_interface(iface)?;
-    if property(name).is_none() {
+    if property(bus, name).is_none() {
         return Err((
             "org.freedesktop.DBus.Error.UnknownProperty",
             format!("Property \"{iface}.{name}\" not found"),

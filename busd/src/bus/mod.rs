@@ -4,6 +4,7 @@
 //! [`Bus::disconnected`]) and then drains [`Bus::take_effects`]: bytes to write to a peer, a
 //! peer to close, a configuration reload to perform. One thread owns it.
 
+pub mod activation;
 mod compose;
 pub mod driver;
 pub mod matches;
@@ -45,9 +46,11 @@ pub struct BusSettings {
     pub pid: u32,
     pub limits: busd_policy::Limits,
     pub policy: Rc<CompiledPolicy>,
-    /// A `<servicehelper>` is configured (a system bus): the activation environment is
-    /// fixed.
-    pub servicehelper: bool,
+    /// The `<servicehelper>` (a system bus): services are started through it, and the
+    /// activation environment is fixed.
+    pub servicehelper: Option<String>,
+    /// `--systemd-activation`: services with a SystemdService are started by systemd.
+    pub systemd_activation: bool,
 }
 
 /// Credentials of a connection, from SO_PEERCRED, SO_PEERGROUPS and authentication.
@@ -113,6 +116,18 @@ pub enum Effect {
         peer: PeerId,
         serial: u32,
     },
+    /// Start a service's process (then report [`Bus::child_exited`] or
+    /// [`Bus::spawn_failed`]). `env` overrides the daemon's environment.
+    Spawn {
+        child: u64,
+        service: String,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// Kill a started process that did not take its name in time.
+    Kill {
+        child: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -162,6 +177,7 @@ pub struct Bus {
     /// The time of the event being handled, set by the shell.
     now: Instant,
     activation_env: HashMap<String, String>,
+    activation: activation::Activation,
     next_unique: u64,
     serial: u32,
     stamp: u64,
@@ -285,6 +301,7 @@ impl Bus {
             policy_cache: HashMap::new(),
             now: Instant::now(),
             activation_env: HashMap::new(),
+            activation: activation::Activation::default(),
             next_unique: 0,
             serial: 0,
             stamp: 0,
@@ -303,7 +320,7 @@ impl Bus {
         &mut self,
         limits: busd_policy::Limits,
         policy: Rc<CompiledPolicy>,
-        servicehelper: bool,
+        servicehelper: Option<String>,
     ) {
         self.settings.limits = limits;
         self.settings.policy = policy;
@@ -471,7 +488,14 @@ impl Bus {
                         return;
                     }
                 }
-                driver::handle(self, from, &view);
+                if view.msg_type() == message::SIGNAL
+                    && view.interface() == Some("org.freedesktop.systemd1.Activator")
+                    && view.member() == Some("ActivationFailure")
+                {
+                    self.handle_activation_failure(from, &view);
+                } else {
+                    driver::handle(self, from, &view);
+                }
                 // Eavesdroppers may watch what is sent to the bus.
                 self.dispatch_matches(&view, Some(from), None, &out);
             }
@@ -495,20 +519,27 @@ impl Bus {
                 // Without an owner, dbus-daemon tries activation (for unique names too,
                 // which no .service file provides) unless the caller said not to.
                 let Some(recipient) = self.owner_of(dest) else {
-                    let out = Outgoing::new(msg.forwarded(&sender_name), Vec::new());
-                    self.capture(&msg, Some(from), None, &out);
-                    let (name, text) = if msg.auto_start() {
-                        (
-                            "org.freedesktop.DBus.Error.ServiceUnknown",
-                            format!("The name {dest} was not provided by any .service files"),
+                    let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
+                        return;
+                    };
+                    self.capture(&view, Some(from), None, &out);
+                    let serial = view.serial();
+                    let result = if view.auto_start() {
+                        self.activate(
+                            Some(from),
+                            activation::Request::Auto { msg: view, out },
+                            dest,
                         )
                     } else {
-                        (
+                        Err((
                             "org.freedesktop.DBus.Error.NameHasNoOwner",
                             format!("Name \"{dest}\" does not exist"),
-                        )
+                        ))
                     };
-                    self.error_reply(from, &msg, name, &text);
+                    if let Err((name, text)) = result {
+                        let m = DriverMessage::error(serial, name, &text);
+                        self.send_from_driver(Some(from), m);
+                    }
                     return;
                 };
                 self.unicast(from, recipient, msg, &sender_name);
@@ -536,11 +567,17 @@ impl Bus {
     }
 
     fn unicast(&mut self, from: PeerId, recipient: PeerId, msg: Message, sender_name: &str) {
-        let ty = msg.msg_type();
         let Some((out, view)) = self.outgoing(msg, from, sender_name) else {
             return;
         };
         self.capture(&view, Some(from), Some(recipient), &out);
+        self.deliver(from, recipient, &view, out);
+    }
+
+    /// Delivers a message (already shown to monitors) to the connection it is addressed to,
+    /// then to those whose match rules want it: bus_dispatch_matches in dbus-daemon.
+    fn deliver(&mut self, from: PeerId, recipient: PeerId, view: &Message, out: Outgoing) {
+        let ty = view.msg_type();
         // A reply the recipient is waiting for is "requested"; any other reply is up to
         // the policy (the session bus lets them through, as dbus-daemon does).
         let mut requested_reply = false;
@@ -639,14 +676,19 @@ impl Bus {
         Some(pending)
     }
 
-    /// When the next pending reply times out, if any does.
+    /// When the next pending reply or service start times out, if any does.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.reply_deadlines.front().map(|&(d, _)| d)
+        let reply = self.reply_deadlines.front().map(|&(d, _)| d);
+        match (reply, self.activation_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Gives up on replies whose time is up: the caller gets NoReply from the bus.
     pub fn expire(&mut self, now: Instant) {
         self.now = now;
+        self.expire_activations(now);
         while let Some(&(deadline, key)) = self.reply_deadlines.front() {
             if deadline > now {
                 break;
@@ -858,6 +900,9 @@ impl Bus {
                             "sss",
                         ),
                     );
+                    if old.is_empty() && !new.is_empty() {
+                        self.activation_name_created(&name);
+                    }
                 }
             }
         }

@@ -40,7 +40,8 @@ fn bus_with(policy: &str, limits: busd_policy::Limits) -> Bus {
         pid: 1,
         limits,
         policy: compile(policy),
-        servicehelper: false,
+        servicehelper: None,
+        systemd_activation: false,
     })
 }
 
@@ -512,7 +513,7 @@ fn reloading_rebuilds_every_connections_policy() {
     b.reconfigure(
         busd_policy::Limits::default(),
         compile(r#"<policy context="default"><allow send_destination="*"/><allow receive_sender="*"/></policy>"#),
-        false,
+        None,
     );
     b.handle_message(
         1,

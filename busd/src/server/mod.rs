@@ -14,10 +14,12 @@ use busd_policy::CompiledPolicy;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{debug, info, warn};
 
+use crate::bus::activation::{ChildExit, ServiceEntry};
 use crate::bus::{Bus, Effect, PeerId};
 use crate::wire::sasl::Mechanism;
 
@@ -30,7 +32,12 @@ pub struct ServerConfig {
     pub mechanisms: Vec<Mechanism>,
     pub limits: busd_policy::Limits,
     pub policy: Rc<CompiledPolicy>,
-    pub servicehelper: bool,
+    pub servicehelper: Option<String>,
+    /// The `.service` entries of the configured directories.
+    pub services: Vec<ServiceEntry>,
+    /// Directories whose changes trigger a reload (configuration and service directories),
+    /// as dbus-daemon watches them.
+    pub watched_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Re-reads the configuration (the shell does the file I/O; the bus only gets the result).
@@ -51,33 +58,62 @@ pub struct Server {
     paused: BTreeSet<PeerId>,
     /// Listeners are not accepted from while max_incomplete_connections are authenticating.
     accept_paused: bool,
-    /// SIGHUP (reload), SIGTERM and SIGINT (exit), read in the loop.
+    /// SIGHUP (reload), SIGTERM and SIGINT (exit), SIGCHLD (a started service ended).
     signals: SignalFd,
+    /// Changes in the watched directories.
+    inotify: Inotify,
+    /// Processes started for activation, by the bus's child id.
+    children: HashMap<u64, std::process::Child>,
+    /// DBUS_STARTER_ADDRESS and friends, given to every started service.
+    starter_env: Vec<(String, String)>,
 }
 
 const FIRST_CONN: PeerId = 1024;
 const SIGNALS: Token = Token(FIRST_CONN as usize - 1);
+const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
+
+/// The signals busd takes from its signalfd (blocked otherwise, unblocked in children).
+fn handled_signals() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+    ] {
+        mask.add(s);
+    }
+    mask
+}
 
 impl Server {
+    /// `starter_env`: what started services find in DBUS_STARTER_ADDRESS,
+    /// DBUS_STARTER_BUS_TYPE and DBUS_SESSION_BUS_ADDRESS/DBUS_SYSTEM_BUS_ADDRESS.
     pub fn new(
         listeners: Vec<Listener>,
         bus: Bus,
         config: ServerConfig,
         reloader: Reloader,
+        starter_env: Vec<(String, String)>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         // The signals busd acts on are blocked and read from a signalfd in the loop, so a
-        // reload happens between two events, never inside one. (A child process would have
-        // to unblock them; busd starts none yet.)
-        let mut mask = SigSet::empty();
-        for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-            mask.add(s);
-        }
+        // reload happens between two events, never inside one. Started services get them
+        // unblocked again.
+        let mask = handled_signals();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         poll.registry().register(
             &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&signals)),
             SIGNALS,
+            Interest::READABLE,
+        )?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        poll.registry().register(
+            &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
+                &inotify,
+            ))),
+            DIR_CHANGES,
             Interest::READABLE,
         )?;
         let mut listeners = listeners;
@@ -97,6 +133,13 @@ impl Server {
             paused: BTreeSet::new(),
             accept_paused: false,
             signals,
+            inotify,
+            children: HashMap::new(),
+            starter_env,
+        })
+        .map(|mut s| {
+            s.watch_dirs();
+            s
         })
     }
 
@@ -119,6 +162,10 @@ impl Server {
                         info!("exiting on a signal");
                         return Ok(());
                     }
+                    continue;
+                }
+                if event.token() == DIR_CHANGES {
+                    self.dirs_changed();
                     continue;
                 }
                 let token = event.token().0 as PeerId;
@@ -150,22 +197,123 @@ impl Server {
                     Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
                 },
                 Ok(Signal::SIGTERM | Signal::SIGINT) => exit = true,
+                Ok(Signal::SIGCHLD) => self.reap_children(),
                 _ => {}
             }
         }
         exit
     }
 
-    /// Re-reads the configuration; either all of it applies or none of it.
+    /// Re-reads the configuration and the service files; either all of it applies or none
+    /// of it.
     fn reload(&mut self) -> Result<(), String> {
         let cfg = (self.reloader)()?;
         self.bus.reconfigure(
             cfg.limits.clone(),
             Rc::clone(&cfg.policy),
-            cfg.servicehelper,
+            cfg.servicehelper.clone(),
         );
+        self.bus.set_activatable(cfg.services.clone(), true);
         self.config = cfg;
+        self.watch_dirs();
+        self.apply_effects();
         Ok(())
+    }
+
+    /// Watches the configuration's directories (those that exist), as dbus-daemon does.
+    fn watch_dirs(&mut self) {
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM;
+        for dir in &self.config.watched_dirs {
+            // Watching a directory twice returns the same watch: harmless.
+            if dir.is_dir() {
+                if let Err(e) = self.inotify.add_watch(dir.as_path(), flags) {
+                    debug!("cannot watch {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+
+    /// Something changed in a watched directory: reload, as dbus-daemon does.
+    fn dirs_changed(&mut self) {
+        let mut changed = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            changed = true;
+        }
+        if changed {
+            match self.reload() {
+                Ok(()) => info!("configuration reloaded (a watched directory changed)"),
+                Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
+            }
+        }
+    }
+
+    /// Starts a service's process as dbus-daemon does: the daemon's environment with the
+    /// activation environment over it, the daemon's stdio, no PATH search.
+    fn spawn(&mut self, child: u64, service: &str, argv: &[String], env: &[(String, String)]) {
+        use std::os::unix::process::CommandExt;
+        let Some((program, args)) = argv.split_first() else {
+            return;
+        };
+        // execve() without a search path, like dbus-daemon: a bare name is relative.
+        let program = if program.contains('/') {
+            program.clone()
+        } else {
+            format!("./{program}")
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().cloned())
+            .envs(self.starter_env.iter().cloned());
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (sigprocmask, signal).
+        unsafe {
+            cmd.pre_exec(|| {
+                let mask = handled_signals();
+                nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None)?;
+                // dbus-daemon's services start with SIGPIPE ignored.
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(c) => {
+                debug!(service, pid = c.id(), "started");
+                self.children.insert(child, c);
+            }
+            Err(e) => {
+                let reason = e
+                    .raw_os_error()
+                    .map(|n| nix::errno::Errno::from_raw(n).desc().to_string())
+                    .unwrap_or_else(|| e.to_string());
+                self.bus.spawn_failed(child, &reason);
+            }
+        }
+    }
+
+    /// Collects the exit of every started process that ended.
+    fn reap_children(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let ended: Vec<(u64, std::process::ExitStatus)> = self
+            .children
+            .iter_mut()
+            .filter_map(|(&id, c)| c.try_wait().ok().flatten().map(|s| (id, s)))
+            .collect();
+        for (id, status) in ended {
+            self.children.remove(&id);
+            let how = match (status.code(), status.signal()) {
+                (Some(code), _) => ChildExit::Exited(code),
+                (None, Some(sig)) => ChildExit::Signaled(sig),
+                (None, None) => continue,
+            };
+            self.bus.child_exited(id, how);
+        }
+        self.apply_effects();
     }
 
     fn incomplete_count(&self) -> u64 {
@@ -393,6 +541,20 @@ impl Server {
                     }
                 }
                 Effect::Disconnect(id) => self.close(id),
+                Effect::Spawn {
+                    child,
+                    service,
+                    argv,
+                    env,
+                } => {
+                    self.spawn(child, &service, &argv, &env);
+                    self.apply_effects();
+                }
+                Effect::Kill { child } => {
+                    if let Some(c) = self.children.get_mut(&child) {
+                        let _ = c.kill();
+                    }
+                }
                 Effect::ReloadConfig { peer, serial } => {
                     let result = self.reload();
                     if result.is_ok() {

@@ -1,0 +1,201 @@
+//! `.service` files: the desktop-entry syntax dbus-daemon reads (bus/desktop-file.c), and
+//! the `[D-BUS Service]` keys it uses. Written by hand to accept exactly what dbus-daemon
+//! accepts: `[Section]` headers, `Key=Value` (spaces around `=`), `Key[locale]=` ignored,
+//! `#` comments, the escapes `\s \n \t \r \\` in values.
+
+use crate::bus::activation::ServiceEntry;
+
+/// dbus-daemon refuses larger files.
+const MAX_SIZE: usize = 128 * 1024;
+const SECTION: &str = "D-BUS Service";
+
+/// One parsed file: sections in order, each with its keys in order.
+#[derive(Debug, Default)]
+struct DesktopFile {
+    sections: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl DesktopFile {
+    fn get(&self, section: &str, key: &str) -> Option<&str> {
+        let (_, lines) = self.sections.iter().find(|(s, _)| s == section)?;
+        lines
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn unescape(value: &str) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\0' {
+            return Err("Text to be unescaped contains embedded nul");
+        }
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            None => return Err("Text to be unescaped ended in \\"),
+            Some('s') => out.push(' '),
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some(_) => return Err("Text to be unescaped contains invalid escape sequence"),
+        }
+    }
+    Ok(out)
+}
+
+fn parse(text: &str) -> Result<DesktopFile, String> {
+    let mut file = DesktopFile::default();
+    let err = |line: usize, section: Option<&str>, msg: &str| match section {
+        Some(s) => format!("Error in section {s} at line {line}: {msg}"),
+        None => format!("Error at line {line}: {msg}"),
+    };
+    for (i, line) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let current = file.sections.last().map(|(s, _)| s.as_str());
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let Some(name) = rest.strip_suffix(']').filter(|n| !n.is_empty()) else {
+                return Err(err(n, current, "Invalid syntax for section header"));
+            };
+            if name
+                .bytes()
+                .any(|c| c <= 0x1f || c >= 0x7f || c == b'[' || c == b']')
+            {
+                return Err(err(n, current, "Invalid characters in section name"));
+            }
+            file.sections.push((name.to_string(), Vec::new()));
+            continue;
+        }
+        let key_len = line
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            .count();
+        if key_len == 0 {
+            return Err(err(n, current, "Empty key name"));
+        }
+        let (key, rest) = line.split_at(key_len);
+        if rest.starts_with('[') {
+            // A localised key: dbus-daemon ignores locales.
+            continue;
+        }
+        let rest = rest.trim_start_matches(' ');
+        let Some(value) = rest.strip_prefix('=') else {
+            return Err(err(
+                n,
+                current,
+                if rest.is_empty() {
+                    "No '=' in key/value pair"
+                } else {
+                    "Invalid characters in key name"
+                },
+            ));
+        };
+        let value = unescape(value.trim_start_matches(' ')).map_err(|m| err(n, current, m))?;
+        let Some((_, lines)) = file.sections.last_mut() else {
+            return Err("invalid service file: key=value before [Section]".into());
+        };
+        lines.push((key.to_string(), value));
+    }
+    Ok(file)
+}
+
+/// Reads one `.service` file's entry. `file_name` is its name in its directory; `strict`
+/// directories (the transient one) require it to be `<Name>.service`.
+pub fn parse_service(text: &[u8], file_name: &str, strict: bool) -> Result<ServiceEntry, String> {
+    if text.len() > MAX_SIZE {
+        return Err(format!(
+            "Desktop file size ({} bytes) is too large",
+            text.len()
+        ));
+    }
+    let text = std::str::from_utf8(text).map_err(|_| "invalid UTF-8".to_string())?;
+    let file = parse(text)?;
+    let key = |k: &str| file.get(SECTION, k).map(str::to_string);
+    let missing = |k: &str| format!("No \"{k}\" key in .service file\n");
+    let name = key("Name").ok_or_else(|| missing("Name"))?;
+    let exec = key("Exec").ok_or_else(|| missing("Exec"))?;
+    if !busd_match::names::is_valid_bus_name(&name) || busd_match::names::is_unique_name(&name) {
+        return Err(format!("\"{name}\" is not a valid well-known bus name"));
+    }
+    let expected = format!("{name}.service");
+    if strict && file_name != expected {
+        return Err(format!(
+            "Service file \"{file_name}\" should have been named \"{expected}\": not loading it"
+        ));
+    }
+    Ok(ServiceEntry {
+        name,
+        exec,
+        user: key("User"),
+        systemd_service: key("SystemdService"),
+        assumed_apparmor_label: key("AssumedAppArmorLabel"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_keys_dbus_daemon_uses() {
+        let text = b"# a comment\n[D-BUS Service]\nName = org.example.Foo\nExec=/usr/bin/foo --x\\sy\nName[fr]=ignored\nUser=nobody\nSystemdService=foo.service\n\n[Other]\nName=org.example.Bar\n";
+        let e = parse_service(text, "whatever.service", false).unwrap();
+        assert_eq!(e.name, "org.example.Foo");
+        assert_eq!(e.exec, "/usr/bin/foo --x y");
+        assert_eq!(e.user.as_deref(), Some("nobody"));
+        assert_eq!(e.systemd_service.as_deref(), Some("foo.service"));
+        assert_eq!(e.assumed_apparmor_label, None);
+    }
+
+    #[test]
+    fn refuses_what_dbus_daemon_refuses() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"Name=x\n", "key=value before [Section]"),
+            (b"[D-BUS Service]\nExec=/bin/true\n", "No \"Name\" key"),
+            (b"[D-BUS Service]\nName=org.x.Y\n", "No \"Exec\" key"),
+            (b"[D-BUS Service\n", "Invalid syntax for section header"),
+            (b"[D-BUS Service]\n=x\n", "Empty key name"),
+            (
+                b"[D-BUS Service]\nName x\n",
+                "Invalid characters in key name",
+            ),
+            (b"[D-BUS Service]\nName\n", "No '=' in key/value pair"),
+            (b"[D-BUS Service]\nName=a\\q\n", "invalid escape"),
+            (
+                b"[D-BUS Service]\nName=:1.5\nExec=/bin/true\n",
+                "not a valid well-known bus name",
+            ),
+            (
+                b"[D-BUS Service]\nName=org.x.Y\nExec=/bin/true\n\xff",
+                "invalid UTF-8",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse_service(text, "f.service", false).unwrap_err();
+            assert!(e.contains(want), "{:?}: {e}", String::from_utf8_lossy(text));
+        }
+        let big = vec![b'#'; MAX_SIZE + 1];
+        assert!(parse_service(&big, "f.service", false).is_err());
+    }
+
+    #[test]
+    fn strict_directories_need_the_canonical_file_name() {
+        let text = b"[D-BUS Service]\nName=org.example.Foo\nExec=/bin/true\n";
+        assert!(parse_service(text, "org.example.Foo.service", true).is_ok());
+        let e = parse_service(text, "foo.service", true).unwrap_err();
+        assert!(
+            e.contains("should have been named \"org.example.Foo.service\""),
+            "{e}"
+        );
+        assert!(parse_service(text, "foo.service", false).is_ok());
+    }
+}

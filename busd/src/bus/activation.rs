@@ -1,0 +1,570 @@
+//! Activation in the bus core (dbus-daemon's bus/activation.c): which names can be started,
+//! which starts are under way, who waits for them, and what happens when the name appears,
+//! the process fails, or the time is up. Processes are started and reaped by the shell
+//! ([`super::Effect::Spawn`], [`Bus::child_exited`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::compose::{self, DriverMessage};
+use super::security::E_LIMITS_EXCEEDED;
+use super::{Bus, Effect, PeerId, DBUS_PATH};
+use crate::wire::message::{Message, Outgoing};
+
+pub const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+const E_SERVICE_UNKNOWN: &str = "org.freedesktop.DBus.Error.ServiceUnknown";
+
+/// StartServiceByName's answers.
+const START_REPLY_SUCCESS: u32 = 1;
+const START_REPLY_ALREADY_RUNNING: u32 = 2;
+
+/// One `.service` file's `[D-BUS Service]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub exec: String,
+    pub user: Option<String>,
+    pub systemd_service: Option<String>,
+    pub assumed_apparmor_label: Option<String>,
+}
+
+/// How a started process ended (before its name appeared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Why a name is being started.
+#[derive(Debug)]
+pub(super) enum Request {
+    /// Auto-start: deliver this message once the name is owned (as forwarded, SENDER set).
+    Auto { msg: Message, out: Outgoing },
+    /// StartServiceByName: answer the call with this serial.
+    Start { serial: u32 },
+}
+
+/// Someone waiting for a start.
+#[derive(Debug)]
+struct Waiter {
+    /// Who asked (None: the bus itself, e.g. an ActivationRequest for systemd).
+    peer: Option<PeerId>,
+    request: Request,
+}
+
+impl Waiter {
+    fn serial(&self) -> u32 {
+        match &self.request {
+            Request::Auto { msg, .. } => msg.serial(),
+            Request::Start { serial } => *serial,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    waiters: Vec<Waiter>,
+    deadline: Instant,
+    exec: Option<String>,
+    systemd_service: Option<String>,
+    child: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Activation {
+    entries: HashMap<String, ServiceEntry>,
+    pending: HashMap<String, Pending>,
+    /// Messages waiting, over all pending starts (max_pending_service_starts).
+    waiting: usize,
+    next_child: u64,
+}
+
+type Failure = (&'static str, String);
+
+/// The error dbus-daemon's setuid launch helper means by its exit code.
+fn helper_exit_error(code: i32) -> Failure {
+    let (name, text): (&str, String) = match code {
+        2 => (
+            "org.freedesktop.DBus.Error.Spawn.ConfigInvalid",
+            "Invalid configuration (missing or empty <user>?)".into(),
+        ),
+        3 => (
+            "org.freedesktop.DBus.Error.NoMemory",
+            "Launcher could not run (out of memory)".into(),
+        ),
+        4 => (
+            "org.freedesktop.DBus.Error.Spawn.SetupFailed",
+            "Failed to setup environment correctly".into(),
+        ),
+        5 => (
+            "org.freedesktop.DBus.Error.Spawn.ServiceInvalid",
+            "Bus name is not valid or missing".into(),
+        ),
+        6 => (
+            "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+            "Bus name not found in system service directory".into(),
+        ),
+        7 => (
+            "org.freedesktop.DBus.Error.Spawn.PermissionsInvalid",
+            "The permission of the setuid helper is not correct".into(),
+        ),
+        8 => (
+            "org.freedesktop.DBus.Error.Spawn.PermissionsInvalid",
+            "The service file is incorrect or does not have all required attributes".into(),
+        ),
+        9 => (
+            "org.freedesktop.DBus.Error.Spawn.ExecFailed",
+            "Cannot launch daemon, file not found or permissions invalid".into(),
+        ),
+        10 => (
+            "org.freedesktop.DBus.Error.InvalidArgs",
+            "Invalid arguments to command line".into(),
+        ),
+        11 => (
+            "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+            "Launched child was signaled, it probably crashed".into(),
+        ),
+        _ => (
+            "org.freedesktop.DBus.Error.Spawn.ChildExited",
+            format!("Launch helper exited with unknown return code {code}"),
+        ),
+    };
+    (name, text)
+}
+
+impl Bus {
+    /// The `.service` entries the shell found (at start-up and on every reload). When
+    /// `announce`, ActivatableServicesChanged is broadcast.
+    pub fn set_activatable(&mut self, entries: Vec<ServiceEntry>, announce: bool) {
+        self.activation.entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+        if announce {
+            self.send_from_driver(
+                None,
+                DriverMessage::signal("ActivatableServicesChanged", Vec::new(), ""),
+            );
+        }
+    }
+
+    /// Names ListActivatableNames reports (the bus's own first), sorted.
+    pub(super) fn activatable_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.activation.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The earliest time a pending start gives up.
+    pub(super) fn activation_deadline(&self) -> Option<Instant> {
+        self.activation.pending.values().map(|p| p.deadline).min()
+    }
+
+    /// Starts `name` for a message (`auto`: auto-start of `msg`; otherwise
+    /// StartServiceByName, answered when the name appears). Errors are for the caller.
+    pub(super) fn activate(
+        &mut self,
+        from: Option<PeerId>,
+        request: Request,
+        name: &str,
+    ) -> Result<(), Failure> {
+        let limit = self.settings.limits.max_pending_service_starts;
+        if self.activation.waiting as u64 >= limit {
+            return Err((
+                E_LIMITS_EXCEEDED,
+                format!(
+                    "The maximum number of pending activations has been reached, activation of {name} failed (max_pending_service_starts={limit})"
+                ),
+            ));
+        }
+        let entry = if self.settings.systemd_activation && name == SYSTEMD_NAME {
+            // systemd needs no .service file: it connects by itself, eventually.
+            None
+        } else {
+            match self.activation.entries.get(name) {
+                Some(e) => Some(e.clone()),
+                None => {
+                    return Err((
+                        E_SERVICE_UNKNOWN,
+                        format!("The name {name} was not provided by any .service files"),
+                    ))
+                }
+            }
+        };
+        match &request {
+            Request::Auto { msg, .. } => {
+                if entry.is_some() && from.is_some() {
+                    // As much of the security check as can be made before the service
+                    // exists (the rest happens on delivery).
+                    if let Err(denied) = self.check_security(msg, from, None, None, false) {
+                        return Err((denied.name, denied.text));
+                    }
+                }
+            }
+            Request::Start { serial } => {
+                if self.owner_of(name).is_some() {
+                    if let Some(peer) = from {
+                        self.send_from_driver(
+                            Some(peer),
+                            DriverMessage::reply(
+                                *serial,
+                                compose::body_u(START_REPLY_ALREADY_RUNNING),
+                                "u",
+                            ),
+                        );
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let waiter = Waiter {
+            peer: from,
+            request,
+        };
+        self.activation.waiting += 1;
+        if let Some(p) = self.activation.pending.get_mut(name) {
+            p.waiters.push(waiter);
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.settings.limits.service_start_timeout);
+        self.activation.pending.insert(
+            name.to_string(),
+            Pending {
+                waiters: vec![waiter],
+                deadline: self.now + timeout,
+                exec: entry.as_ref().map(|e| e.exec.clone()),
+                systemd_service: entry.as_ref().and_then(|e| e.systemd_service.clone()),
+                child: None,
+            },
+        );
+        let requester = from.map_or_else(|| "(bus)".to_string(), |p| self.describe_peer(p));
+        let started = match &entry {
+            // systemd itself is missing: wait until it connects.
+            None => Ok(()),
+            Some(e) if self.settings.systemd_activation && e.systemd_service.is_some() => {
+                self.request_from_systemd(name, e, &requester)
+            }
+            Some(e) => self.spawn(name, e, &requester),
+        };
+        if let Err(failure) = started {
+            // Nothing was started: the caller gets the error, nobody else waits.
+            if let Some(p) = self.activation.pending.remove(name) {
+                self.activation.waiting -= p.waiters.len();
+            }
+            return Err(failure);
+        }
+        Ok(())
+    }
+
+    fn describe_peer(&self, p: PeerId) -> String {
+        let info = self
+            .peers
+            .get(&p)
+            .map(|p| p.creds.loginfo())
+            .unwrap_or_default();
+        format!("'{}' ({info})", self.unique_of(p))
+    }
+
+    /// Traditional activation: run the `Exec=` line (or the setuid helper of a system bus).
+    fn spawn(&mut self, name: &str, entry: &ServiceEntry, requester: &str) -> Result<(), Failure> {
+        let command = match &self.settings.servicehelper {
+            Some(helper) => {
+                if entry.user.is_none() {
+                    return Err((
+                        "org.freedesktop.DBus.Error.Spawn.FileInvalid",
+                        "Cannot do system-bus activation with no user\n".into(),
+                    ));
+                }
+                format!("{helper} {name}")
+            }
+            None => entry.exec.clone(),
+        };
+        let argv = crate::activation::argv::split(&command)
+            .map_err(|e| ("org.freedesktop.DBus.Error.InvalidArgs", e.to_string()))?;
+        let helper = if self.settings.servicehelper.is_some() {
+            " (using servicehelper)"
+        } else {
+            ""
+        };
+        info!("Activating service name='{name}' requested by {requester}{helper}");
+        self.activation.next_child += 1;
+        let child = self.activation.next_child;
+        if let Some(p) = self.activation.pending.get_mut(name) {
+            p.child = Some(child);
+        }
+        let env: Vec<(String, String)> = self
+            .activation_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.effects.push(Effect::Spawn {
+            child,
+            service: name.to_string(),
+            argv,
+            env,
+        });
+        Ok(())
+    }
+
+    /// systemd activation: ask systemd to start the unit with a directed ActivationRequest
+    /// signal, starting (waiting for) systemd itself first when it is not on the bus.
+    fn request_from_systemd(
+        &mut self,
+        name: &str,
+        entry: &ServiceEntry,
+        requester: &str,
+    ) -> Result<(), Failure> {
+        let unit = entry.systemd_service.as_deref().unwrap_or_default();
+        let request = DriverMessage::signal_on(
+            DBUS_PATH,
+            "org.freedesktop.systemd1.Activator",
+            "ActivationRequest",
+            compose::body_s(unit),
+            "s",
+        );
+        let systemd = self.owner_of(SYSTEMD_NAME);
+        let Some((msg, out)) = self.compose_from_driver_to(systemd, Some(SYSTEMD_NAME), request)
+        else {
+            return Ok(());
+        };
+        match systemd {
+            Some(s) => {
+                info!("Activating via systemd: service name='{name}' unit='{unit}' requested by {requester}");
+                self.deliver_from_bus(s, &msg, out);
+                Ok(())
+            }
+            None => {
+                info!("Activating systemd to hand-off: service name='{name}' unit='{unit}' requested by {requester}");
+                self.activate(None, Request::Auto { msg, out }, SYSTEMD_NAME)
+                    .inspect_err(|_| {
+                        info!("Failed to activate via systemd: service name='{name}' unit='{unit}'")
+                    })
+            }
+        }
+    }
+
+    /// A message from the bus to `to`, past the security check, plus its eavesdroppers.
+    fn deliver_from_bus(&mut self, to: PeerId, msg: &Message, out: Outgoing) {
+        let requested = msg.reply_serial().is_some();
+        if let Err(denied) = self.check_security(msg, None, Some(to), Some(to), requested) {
+            self.capture_error_reply(Some(to), msg, &denied);
+            return;
+        }
+        self.send(to, out.clone());
+        self.dispatch_matches(msg, None, Some(to), &out);
+    }
+
+    /// `name` got its first owner: StartServiceByName callers hear SUCCESS (dbus-daemon
+    /// answers them as the name is created).
+    pub(super) fn activation_name_created(&mut self, name: &str) {
+        let Some(p) = self.activation.pending.get(name) else {
+            return;
+        };
+        info!("Successfully activated service '{name}'");
+        let answers: Vec<(PeerId, u32)> = p
+            .waiters
+            .iter()
+            .filter_map(|w| match (&w.request, w.peer) {
+                (Request::Start { serial }, Some(peer)) => Some((peer, *serial)),
+                _ => None,
+            })
+            .collect();
+        for (peer, serial) in answers {
+            if self.peers.contains_key(&peer) {
+                self.send_from_driver(
+                    Some(peer),
+                    DriverMessage::reply(serial, compose::body_u(START_REPLY_SUCCESS), "u"),
+                );
+            }
+        }
+    }
+
+    /// `name` was acquired by `owner`: the auto-started messages waiting for it go on, in
+    /// order, as if they had just arrived; the start is over.
+    pub(super) fn activation_name_acquired(&mut self, name: &str, owner: PeerId) {
+        let Some(p) = self.activation.pending.remove(name) else {
+            return;
+        };
+        self.activation.waiting -= p.waiters.len();
+        for w in p.waiters {
+            let Request::Auto { msg, out } = w.request else {
+                continue;
+            };
+            match w.peer {
+                Some(from) if self.peers.contains_key(&from) => {
+                    self.deliver(from, owner, &msg, out)
+                }
+                Some(_) => {}
+                None => self.deliver_from_bus(owner, &msg, out),
+            }
+        }
+    }
+
+    /// A started process ended. Exiting with status 0 is not a failure (it may have forked
+    /// into the background); anything else fails the start, and every start of the same
+    /// command line, as in dbus-daemon.
+    pub fn child_exited(&mut self, child: u64, how: ChildExit) {
+        let Some((name, exec)) = self
+            .activation
+            .pending
+            .iter()
+            .find(|(_, p)| p.child == Some(child))
+            .map(|(n, p)| (n.clone(), p.exec.clone()))
+        else {
+            return;
+        };
+        let failure = match how {
+            ChildExit::Exited(0) => return,
+            ChildExit::Exited(code) if self.settings.servicehelper.is_some() => {
+                helper_exit_error(code)
+            }
+            ChildExit::Exited(code) => (
+                "org.freedesktop.DBus.Error.Spawn.ChildExited",
+                format!("Process {name} exited with status {code}"),
+            ),
+            ChildExit::Signaled(sig) => (
+                "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+                format!("Process {name} received signal {sig}"),
+            ),
+        };
+        info!("Activated service '{name}' failed: {}", failure.1);
+        let same_exec: Vec<String> = self
+            .activation
+            .pending
+            .iter()
+            .filter(|(n, p)| **n != name && exec.is_some() && p.exec == exec)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for other in same_exec {
+            self.fail_activation(&other, failure.0, &failure.1);
+        }
+        self.fail_activation(&name, failure.0, &failure.1);
+    }
+
+    /// The shell could not start the process at all.
+    pub fn spawn_failed(&mut self, child: u64, reason: &str) {
+        let Some(name) = self
+            .activation
+            .pending
+            .iter()
+            .find(|(_, p)| p.child == Some(child))
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        let text = format!("Failed to execute program {name}: {reason}");
+        info!("Failed to activate service {name}: {text}");
+        self.fail_activation(&name, "org.freedesktop.DBus.Error.Spawn.ExecFailed", &text);
+    }
+
+    /// systemd reports (ActivationFailure) that it could not start `unit`.
+    pub(super) fn systemd_activation_failed(&mut self, unit: &str, error_name: &str, text: &str) {
+        info!("Activation via systemd failed for unit '{unit}': {text}");
+        let names: Vec<String> = self
+            .activation
+            .pending
+            .iter()
+            .filter(|(_, p)| p.systemd_service.as_deref() == Some(unit))
+            .map(|(n, _)| n.clone())
+            .collect();
+        // The error name comes from systemd; an invalid one would make an invalid message.
+        let error_name = if busd_match::names::is_valid_interface(error_name) {
+            error_name.to_string()
+        } else {
+            "org.freedesktop.DBus.Error.Failed".to_string()
+        };
+        for n in names {
+            self.fail_activation_owned(&n, &error_name, text);
+        }
+    }
+
+    fn fail_activation(&mut self, name: &str, error_name: &'static str, text: &str) {
+        self.fail_activation_owned(name, error_name, text);
+    }
+
+    /// Every caller waiting for `name` gets the error; the start is over.
+    fn fail_activation_owned(&mut self, name: &str, error_name: &str, text: &str) {
+        let Some(p) = self.activation.pending.remove(name) else {
+            return;
+        };
+        self.activation.waiting -= p.waiters.len();
+        for w in p.waiters {
+            if let Some(peer) = w.peer.filter(|p| self.peers.contains_key(p)) {
+                let m = DriverMessage::error(w.serial(), error_name, text);
+                self.send_from_driver(Some(peer), m);
+            }
+        }
+    }
+
+    /// Starts that took longer than service_start_timeout fail (their process is killed).
+    pub(super) fn expire_activations(&mut self, now: Instant) {
+        let late: Vec<(String, Option<u64>)> = self
+            .activation
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(n, p)| (n.clone(), p.child))
+            .collect();
+        let timeout = self.settings.limits.service_start_timeout;
+        for (name, child) in late {
+            if let Some(child) = child {
+                self.effects.push(Effect::Kill { child });
+            }
+            let text = format!(
+                "Failed to activate service '{name}': timed out (service_start_timeout={timeout}ms)"
+            );
+            warn!("{text}");
+            self.fail_activation(&name, "org.freedesktop.DBus.Error.TimedOut", &text);
+        }
+    }
+
+    /// UpdateActivationEnvironment also goes to systemd when systemd starts services.
+    pub(super) fn forward_environment_to_systemd(&mut self, vars: &[(String, String)]) {
+        let lines: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let call = DriverMessage::call(
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "SetEnvironment",
+            compose::body_as(lines.iter().map(String::as_str)),
+            "as",
+        );
+        let systemd = self.owner_of(SYSTEMD_NAME);
+        let Some((msg, out)) = self.compose_from_driver_to(systemd, Some(SYSTEMD_NAME), call)
+        else {
+            return;
+        };
+        match systemd {
+            Some(s) => self.deliver_from_bus(s, &msg, out),
+            None => {
+                if let Err((_, text)) =
+                    self.activate(None, Request::Auto { msg, out }, SYSTEMD_NAME)
+                {
+                    warn!("cannot pass the activation environment to systemd: {text}");
+                }
+            }
+        }
+    }
+
+    /// A message to the bus from systemd: `ActivationFailure(unit, error, message)`.
+    /// Ignored unless it really comes from systemd on a bus that uses it.
+    pub(super) fn handle_activation_failure(&mut self, from: PeerId, msg: &Message) {
+        if self.owner_of(SYSTEMD_NAME) != Some(from) {
+            warn!(
+                "Ignoring forged ActivationFailure message from connection {}",
+                self.describe_peer(from)
+            );
+            return;
+        }
+        if !self.settings.systemd_activation {
+            warn!(
+                "Ignoring unexpected ActivationFailure message while not using systemd activation"
+            );
+            return;
+        }
+        let mut r = msg.body_reader();
+        let (Ok(unit), Ok(code), Ok(text)) = (r.string(), r.string(), r.string()) else {
+            return;
+        };
+        let (unit, code, text) = (unit.to_string(), code.to_string(), text.to_string());
+        self.systemd_activation_failed(&unit, &code, &text);
+    }
+}
