@@ -527,9 +527,13 @@ impl Bus {
             compose::body_as(lines.iter().map(String::as_str)),
             "as",
         );
+        // Sent like any message from the bus: to systemd's unique name when it is there.
         let systemd = self.owner_of(SYSTEMD_NAME);
-        let Some((msg, out)) = self.compose_from_driver_to(systemd, Some(SYSTEMD_NAME), call)
-        else {
+        let composed = match systemd {
+            Some(s) => self.compose_from_driver(Some(s), call),
+            None => self.compose_from_driver_to(None, Some(SYSTEMD_NAME), call),
+        };
+        let Some((msg, out)) = composed else {
             return;
         };
         match systemd {

@@ -16,14 +16,15 @@ const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 const PEER: &str = "org.freedesktop.DBus.Peer";
 const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
+const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
 
 const E_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
 const E_NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
 
 /// An error reply: (D-Bus error name, message).
-type Failure = (&'static str, String);
+pub(super) type Failure = (&'static str, String);
 /// A successful reply: (body, signature), or None when the handler already replied.
-type Reply = Option<(Vec<u8>, &'static str)>;
+pub(super) type Reply = Option<(Vec<u8>, &'static str)>;
 type Handler = fn(&mut Bus, PeerId, &Message, &mut Reader<'_>) -> Result<Reply, Failure>;
 
 struct Method {
@@ -124,6 +125,22 @@ static MONITORING_METHODS: &[Method] = &[Method {
     ..m("BecomeMonitor", "asu", "", become_monitor)
 }];
 
+static STATS_METHODS: &[Method] = &[
+    m("GetStats", "", "a{sv}", super::stats::get_stats),
+    m(
+        "GetConnectionStats",
+        "s",
+        "a{sv}",
+        super::stats::get_connection_stats,
+    ),
+    m(
+        "GetAllMatchRules",
+        "",
+        "a{sas}",
+        super::stats::get_all_match_rules,
+    ),
+];
+
 static PEER_METHODS: &[Method] = &[
     m("GetMachineId", "", "s", get_machine_id),
     m("Ping", "", "", ping),
@@ -146,6 +163,7 @@ static INTERFACES: &[Interface] = &[
     },
     Interface { name: INTROSPECTABLE, methods: INTROSPECTABLE_METHODS, any_path: true, interesting: false, signals_xml: "" },
     Interface { name: MONITORING, methods: MONITORING_METHODS, any_path: false, interesting: true, signals_xml: "" },
+    Interface { name: STATS, methods: STATS_METHODS, any_path: false, interesting: true, signals_xml: "" },
     Interface { name: PEER, methods: PEER_METHODS, any_path: true, interesting: false, signals_xml: "" },
 ];
 
@@ -335,6 +353,7 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
         p.unique = Some(unique.clone());
     }
     bus.unique_names.insert(unique.clone(), from);
+    bus.note_bus_names(from);
     // The reply comes first, then the announcements (bus/driver.c, Hello).
     bus.send_from_driver(
         Some(from),
@@ -417,6 +436,7 @@ fn request_name(
             p.names.retain(|n| n != name);
         }
     }
+    bus.note_bus_names(from);
     bus.emit_name_events(events);
     if code == reg::REQUEST_PRIMARY_OWNER {
         // Messages that started this service go on now, before the reply (as in
@@ -558,6 +578,7 @@ fn add_match(
     if let Some(p) = bus.peers.get_mut(&from) {
         p.rules.push(rule.clone());
     }
+    bus.note_match_rules(from);
     bus.matches.add(from, rule);
     Ok(Some((Vec::new(), "")))
 }
@@ -638,7 +659,11 @@ fn list_queued_owners(
 }
 
 /// Resolves the name argument of the GetConnection* methods: None means the bus itself.
-fn connection_arg(bus: &Bus, r: &mut Reader<'_>, what: &str) -> Result<Option<PeerId>, Failure> {
+pub(super) fn connection_arg(
+    bus: &Bus,
+    r: &mut Reader<'_>,
+    what: &str,
+) -> Result<Option<PeerId>, Failure> {
     let name = read_s(r)?;
     if name == DBUS_NAME {
         return Ok(None);

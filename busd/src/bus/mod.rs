@@ -10,6 +10,7 @@ pub mod driver;
 pub mod matches;
 pub mod names;
 mod security;
+mod stats;
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
@@ -145,6 +146,9 @@ struct Peer {
     monitor: Option<Vec<MatchRule>>,
     /// Replies this peer is waiting for.
     pending_replies: usize,
+    /// Most match rules and names it ever had at once (Debug.Stats).
+    peak_rules: u32,
+    peak_names: u32,
     stamp: u64,
     /// Set while its departure is announced: nothing more is sent to it.
     closing: bool,
@@ -178,6 +182,7 @@ pub struct Bus {
     now: Instant,
     activation_env: HashMap<String, String>,
     activation: activation::Activation,
+    peaks: stats::Peaks,
     next_unique: u64,
     serial: u32,
     stamp: u64,
@@ -302,6 +307,7 @@ impl Bus {
             now: Instant::now(),
             activation_env: HashMap::new(),
             activation: activation::Activation::default(),
+            peaks: stats::Peaks::default(),
             next_unique: 0,
             serial: 0,
             stamp: 0,
@@ -371,6 +377,8 @@ impl Bus {
                 rules: Vec::new(),
                 monitor: None,
                 pending_replies: 0,
+                peak_rules: 0,
+                peak_names: 0,
                 stamp: 0,
                 closing: false,
             },
@@ -481,6 +489,7 @@ impl Bus {
                 let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
                     return;
                 };
+                let captured_at = self.effects.len();
                 self.capture(&view, Some(from), None, &out);
                 if active {
                     if let Err(denied) = self.check_security(&view, Some(from), None, None, false) {
@@ -492,7 +501,12 @@ impl Bus {
                     && view.interface() == Some("org.freedesktop.systemd1.Activator")
                     && view.member() == Some("ActivationFailure")
                 {
+                    // The failed starts' errors go out before the report itself reaches
+                    // monitors, as in dbus-daemon (they are sent in a transaction of their
+                    // own).
+                    let captured = self.effects.len() - captured_at;
                     self.handle_activation_failure(from, &view);
+                    self.effects[captured_at..].rotate_left(captured);
                 } else {
                     driver::handle(self, from, &view);
                 }
@@ -522,14 +536,22 @@ impl Bus {
                     let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
                         return;
                     };
+                    // Monitors see what activation sends (systemd's ActivationRequest) before
+                    // the message that caused it, as with dbus-daemon; an error after it.
+                    let captured_at = self.effects.len();
                     self.capture(&view, Some(from), None, &out);
+                    let captured = self.effects.len() - captured_at;
                     let serial = view.serial();
                     let result = if view.auto_start() {
-                        self.activate(
+                        let r = self.activate(
                             Some(from),
                             activation::Request::Auto { msg: view, out },
                             dest,
-                        )
+                        );
+                        if r.is_ok() {
+                            self.effects[captured_at..].rotate_left(captured);
+                        }
+                        r
                     } else {
                         Err((
                             "org.freedesktop.DBus.Error.NameHasNoOwner",
@@ -589,18 +611,18 @@ impl Bus {
             }
         }
         if let Err(denied) = self.check_security(
-            &view,
+            view,
             Some(from),
             Some(recipient),
             Some(recipient),
             requested_reply,
         ) {
-            self.error_reply(from, &view, denied.name, &denied.text);
+            self.error_reply(from, view, denied.name, &denied.text);
             return;
         }
         if ty == message::METHOD_CALL && !view.no_reply_expected() {
             if let Err((name, text)) = self.expect_reply(from, recipient, view.serial()) {
-                self.error_reply(from, &view, name, &text);
+                self.error_reply(from, view, name, &text);
                 return;
             }
         }
@@ -608,14 +630,14 @@ impl Bus {
         if view.unix_fds() > 0 && !recipient_fds {
             self.error_reply(
                 from,
-                &view,
+                view,
                 "org.freedesktop.DBus.Error.NotSupported",
                 "Tried to send message with Unix file descriptors to a client that doesn't support that.",
             );
             return;
         }
         self.send(recipient, out.clone());
-        self.dispatch_matches(&view, Some(from), Some(recipient), &out);
+        self.dispatch_matches(view, Some(from), Some(recipient), &out);
     }
 
     /// Records that `caller` waits for a reply from `replier` to its call `serial`.

@@ -9,8 +9,11 @@ use std::rc::Rc;
 /// apply `max_outgoing_*` and `max_incoming_*`.
 #[derive(Debug, Default)]
 pub struct QueueLoad {
+    messages: Cell<u64>,
     bytes: Cell<u64>,
     fds: Cell<u64>,
+    peak_bytes: Cell<u64>,
+    peak_fds: Cell<u64>,
 }
 
 impl QueueLoad {
@@ -22,12 +25,28 @@ impl QueueLoad {
         self.fds.get()
     }
 
-    pub fn add(&self, bytes: u64, fds: u64) {
-        self.bytes.set(self.bytes.get() + bytes);
-        self.fds.set(self.fds.get() + fds);
+    pub fn messages(&self) -> u64 {
+        self.messages.get()
     }
 
+    /// The most bytes and fds ever counted at once (Debug.Stats).
+    pub fn peaks(&self) -> (u64, u64) {
+        (self.peak_bytes.get(), self.peak_fds.get())
+    }
+
+    /// Counts one message of `bytes` bytes and `fds` fds.
+    pub fn add(&self, bytes: u64, fds: u64) {
+        self.messages.set(self.messages.get() + 1);
+        self.bytes.set(self.bytes.get() + bytes);
+        self.fds.set(self.fds.get() + fds);
+        self.peak_bytes
+            .set(self.peak_bytes.get().max(self.bytes.get()));
+        self.peak_fds.set(self.peak_fds.get().max(self.fds.get()));
+    }
+
+    /// Gives back one message counted by [`QueueLoad::add`].
     pub fn sub(&self, bytes: u64, fds: u64) {
+        self.messages.set(self.messages.get().saturating_sub(1));
         self.bytes.set(self.bytes.get().saturating_sub(bytes));
         self.fds.set(self.fds.get().saturating_sub(fds));
     }

@@ -1,0 +1,171 @@
+//! `org.freedesktop.DBus.Debug.Stats` (dbus-daemon's bus/stats.c): counts and peaks of
+//! connections, names, match rules and queues, and every connection's match rules.
+
+use super::compose;
+use super::driver::{connection_arg, Failure, Reply};
+use super::{Bus, PeerId};
+use crate::wire::marshal::{Reader, Writer};
+use crate::wire::message::Message;
+
+/// Peaks dbus-daemon reports, updated as names and rules are added.
+#[derive(Debug, Default)]
+pub(super) struct Peaks {
+    pub match_rules: u32,
+    pub match_rules_per_connection: u32,
+    pub bus_names: u32,
+    pub bus_names_per_connection: u32,
+    /// Serial numbers of the GetStats and GetConnectionStats answers.
+    pub stats_serial: u32,
+    pub connection_stats_serial: u32,
+}
+
+impl Bus {
+    /// Call after a connection gained a match rule.
+    pub(super) fn note_match_rules(&mut self, peer: PeerId) {
+        let total = self.peers.values().map(|p| p.rules.len()).sum::<usize>() as u32;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mine = p.rules.len() as u32;
+        p.peak_rules = p.peak_rules.max(mine);
+        self.peaks.match_rules = self.peaks.match_rules.max(total);
+        self.peaks.match_rules_per_connection = self.peaks.match_rules_per_connection.max(mine);
+    }
+
+    /// Call after a connection gained a name (its unique name included).
+    pub(super) fn note_bus_names(&mut self, peer: PeerId) {
+        let total = self.bus_name_count();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let mine = p.names.len() as u32 + u32::from(p.unique.is_some());
+        p.peak_names = p.peak_names.max(mine);
+        self.peaks.bus_names = self.peaks.bus_names.max(total);
+        self.peaks.bus_names_per_connection = self.peaks.bus_names_per_connection.max(mine);
+    }
+
+    /// Names with an owner, unique names included (dbus-daemon's registry size).
+    fn bus_name_count(&self) -> u32 {
+        (self.unique_names.len() + self.names.names().count()) as u32
+    }
+}
+
+fn add_u(w: &mut Writer, key: &str, value: u32) {
+    w.align(8);
+    w.string(key);
+    w.signature(b"u");
+    w.u32(value);
+}
+
+fn clamp(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
+}
+
+pub(super) fn get_stats(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    let serial = bus.peaks.stats_serial;
+    bus.peaks.stats_serial = serial.wrapping_add(1);
+    let active = bus.peers.values().filter(|p| p.is_active()).count() as u32;
+    let incomplete = bus.peers.len() as u32 - active;
+    let rules = bus.peers.values().map(|p| p.rules.len()).sum::<usize>() as u32;
+    let mut w = compose::writer();
+    let a = w.begin_array(8);
+    add_u(&mut w, "Serial", serial);
+    add_u(&mut w, "ActiveConnections", active);
+    add_u(&mut w, "IncompleteConnections", incomplete);
+    add_u(&mut w, "MatchRules", rules);
+    add_u(&mut w, "PeakMatchRules", bus.peaks.match_rules);
+    add_u(
+        &mut w,
+        "PeakMatchRulesPerConnection",
+        bus.peaks.match_rules_per_connection,
+    );
+    add_u(&mut w, "BusNames", bus.bus_name_count());
+    add_u(&mut w, "PeakBusNames", bus.peaks.bus_names);
+    add_u(
+        &mut w,
+        "PeakBusNamesPerConnection",
+        bus.peaks.bus_names_per_connection,
+    );
+    w.end_array(a);
+    Ok(Some((w.into_vec(), "a{sv}")))
+}
+
+pub(super) fn get_connection_stats(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    r: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    let Some(peer) = connection_arg(bus, r, "statistics")? else {
+        return Err((
+            "org.freedesktop.DBus.Error.InvalidArgs",
+            "GetConnectionStats is not meaningful for the message bus \"org.freedesktop.DBus\" itself".into(),
+        ));
+    };
+    let serial = bus.peaks.connection_stats_serial;
+    bus.peaks.connection_stats_serial = serial.wrapping_add(1);
+    let Some(p) = bus.peers.get(&peer) else {
+        return Ok(Some((Vec::new(), "a{sv}")));
+    };
+    let mut w = compose::writer();
+    let a = w.begin_array(8);
+    add_u(&mut w, "Serial", serial);
+    add_u(&mut w, "MatchRules", p.rules.len() as u32);
+    add_u(&mut w, "PeakMatchRules", p.peak_rules);
+    add_u(
+        &mut w,
+        "BusNames",
+        p.names.len() as u32 + u32::from(p.unique.is_some()),
+    );
+    add_u(&mut w, "PeakBusNames", p.peak_names);
+    w.align(8);
+    w.string("UniqueName");
+    w.signature(b"s");
+    w.string(p.unique.as_deref().unwrap_or(""));
+    let (live, out) = (&p.live, &p.outgoing);
+    let (live_peak_bytes, live_peak_fds) = live.peaks();
+    let (out_peak_bytes, out_peak_fds) = out.peaks();
+    add_u(&mut w, "IncomingMessages", clamp(live.messages()));
+    add_u(&mut w, "IncomingBytes", clamp(live.bytes()));
+    add_u(&mut w, "IncomingFDs", clamp(live.fds()));
+    add_u(&mut w, "PeakIncomingBytes", clamp(live_peak_bytes));
+    add_u(&mut w, "PeakIncomingFDs", clamp(live_peak_fds));
+    add_u(&mut w, "OutgoingMessages", clamp(out.messages()));
+    add_u(&mut w, "OutgoingBytes", clamp(out.bytes()));
+    add_u(&mut w, "OutgoingFDs", clamp(out.fds()));
+    add_u(&mut w, "PeakOutgoingBytes", clamp(out_peak_bytes));
+    add_u(&mut w, "PeakOutgoingFDs", clamp(out_peak_fds));
+    w.end_array(a);
+    Ok(Some((w.into_vec(), "a{sv}")))
+}
+
+pub(super) fn get_all_match_rules(
+    bus: &mut Bus,
+    _: PeerId,
+    _: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    let mut by_name: Vec<(&str, Vec<String>)> = bus
+        .peers
+        .values()
+        .filter_map(|p| {
+            let unique = p.unique.as_deref()?;
+            Some((unique, p.rules.iter().map(ToString::to_string).collect()))
+        })
+        .collect();
+    by_name.sort();
+    let mut w = compose::writer();
+    let a = w.begin_array(8);
+    for (name, rules) in by_name {
+        w.align(8);
+        w.string(name);
+        w.string_array(rules.iter().map(String::as_str));
+    }
+    w.end_array(a);
+    Ok(Some((w.into_vec(), "a{sas}")))
+}
