@@ -11,6 +11,7 @@ command -v dbus-run-session >/dev/null || need+=(dbus-bin)
 [ -f /usr/share/dbus-1/session.conf ] || need+=(dbus-session-bus-common)
 [ -f /usr/share/dbus-1/system.conf ] || need+=(dbus-system-bus-common)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
+[ -d /usr/share/installed-tests/dbus ] || need+=(dbus-tests)
 command -v gdbus >/dev/null || need+=(libglib2.0-bin)
 command -v busctl >/dev/null || need+=(systemd)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
@@ -33,3 +34,5 @@ echo "== build"
 cargo build --workspace --locked
 echo "== tests"
 cargo test --workspace --locked
+echo "== dbus-compat: dbus's own test suite, busd compared with dbus-daemon"
+bash dbus-compat/run.sh --compare

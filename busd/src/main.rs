@@ -129,6 +129,10 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
     for (name, value) in server.limits.entries() {
         let _ = writeln!(out, "  {name} = {value}");
     }
+    let _ = writeln!(out, "activatable services: {}", server.services.len());
+    for e in &server.services {
+        let _ = writeln!(out, "  {} -> {}", e.name, e.exec);
+    }
     let _ = writeln!(out, "policy (rules per context: send/receive/own/connect):");
     for (ctx, v) in server.policy.describe() {
         if v.send + v.receive + v.own + v.connect > 0 {

@@ -1,0 +1,197 @@
+//! Activation with a real service binary (src/bin/busd-test-service.rs): started by a method
+//! call, by StartServiceByName, and failing in each way dbus-daemon reports; compared with
+//! dbus-daemon on the same configuration.
+
+use std::path::Path;
+use std::time::Duration;
+
+use busd_tests::{both, dbus_send, have, write_config, Busd};
+use futures_util::StreamExt;
+
+const SERVICE: &str = env!("CARGO_BIN_EXE_busd-test-service");
+
+/// A session-like configuration with one service directory and a short start timeout.
+fn setup(dir: &Path) -> std::path::PathBuf {
+    let services = dir.join("services");
+    std::fs::create_dir_all(&services).unwrap();
+    let file = |name: &str, exec: &str| {
+        std::fs::write(
+            services.join(format!("{name}.service")),
+            format!("[D-BUS Service]\nName={name}\nExec={exec}\n"),
+        )
+        .unwrap();
+    };
+    file("org.example.Ok", &format!("{SERVICE} org.example.Ok"));
+    file(
+        "org.example.Started",
+        &format!("{SERVICE} org.example.Started"),
+    );
+    file(
+        "org.example.EnvCheck",
+        &format!("{SERVICE} org.example.EnvCheck"),
+    );
+    file(
+        "org.example.Exit",
+        &format!("{SERVICE} org.example.Exit exit:3"),
+    );
+    file(
+        "org.example.Signal",
+        &format!("{SERVICE} org.example.Signal signal:9"),
+    );
+    file(
+        "org.example.Hang",
+        &format!("{SERVICE} org.example.Hang hang"),
+    );
+    file("org.example.Missing", "/nonexistent/busd-test-binary");
+    file("org.example.Quotes", &format!("{SERVICE} 'unclosed"));
+    write_config(
+        dir,
+        "activation.conf",
+        &format!(
+            r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
+  <servicedir>{}</servicedir>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+  </policy>
+  <limit name="service_start_timeout">1000</limit>
+</busconfig>"#,
+            services.display()
+        ),
+    )
+}
+
+fn call_at(bus: &Busd, dest: &str, path: &str, member: &str, args: &[&str]) -> (bool, String) {
+    let dest = format!("--dest={dest}");
+    let mut all = vec![dest.as_str(), path, member];
+    all.extend_from_slice(args);
+    dbus_send(bus, &all)
+}
+
+fn call(bus: &Busd, dest: &str, member: &str, args: &[&str]) -> (bool, String) {
+    call_at(bus, dest, "/", member, args)
+}
+
+fn driver(bus: &Busd, member: &str, args: &[&str]) -> (bool, String) {
+    let member = format!("org.freedesktop.DBus.{member}");
+    call_at(
+        bus,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        &member,
+        args,
+    )
+}
+
+#[test]
+fn services_start_on_demand_and_failures_read_as_with_dbus_daemon() {
+    if !have("dbus-send") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let env = "org.example.TestService.Env";
+    let outcomes = both(&config, |bus| {
+        vec![
+            call(
+                bus,
+                "org.example.Ok",
+                env,
+                &["string:DBUS_STARTER_BUS_TYPE"],
+            ),
+            driver(
+                bus,
+                "StartServiceByName",
+                &["string:org.example.Started", "uint32:0"],
+            ),
+            driver(
+                bus,
+                "StartServiceByName",
+                &["string:org.example.Started", "uint32:0"],
+            ),
+            driver(
+                bus,
+                "UpdateActivationEnvironment",
+                &["dict:string:string:BUSD_TEST_VAR,hello"],
+            ),
+            call(bus, "org.example.EnvCheck", env, &["string:BUSD_TEST_VAR"]),
+            call(bus, "org.example.Exit", env, &["string:X"]),
+            call(bus, "org.example.Signal", env, &["string:X"]),
+            call(bus, "org.example.Missing", env, &["string:X"]),
+            call(bus, "org.example.Hang", env, &["string:X"]),
+            call(bus, "org.example.Nobody", env, &["string:X"]),
+            call(bus, "org.example.Quotes", env, &["string:X"]),
+        ]
+    });
+    let text = |i: usize| outcomes[i].1.as_str();
+    assert!(
+        outcomes[0].0 && text(0).ends_with("string \"session\""),
+        "{}",
+        text(0)
+    );
+    assert!(text(1).ends_with("uint32 1"), "{}", text(1));
+    assert!(text(2).ends_with("uint32 2"), "{}", text(2));
+    assert!(outcomes[3].0, "{}", text(3));
+    assert!(text(4).ends_with("string \"hello\""), "{}", text(4));
+    let errors = [
+        (5, "Error org.freedesktop.DBus.Error.Spawn.ChildExited: Process org.example.Exit exited with status 3"),
+        (6, "Error org.freedesktop.DBus.Error.Spawn.ChildSignaled: Process org.example.Signal received signal 9"),
+        (7, "Error org.freedesktop.DBus.Error.Spawn.ExecFailed: Failed to execute program org.example.Missing: No such file or directory"),
+        (8, "Error org.freedesktop.DBus.Error.TimedOut: Failed to activate service 'org.example.Hang': timed out (service_start_timeout=1000ms)"),
+        (9, "Error org.freedesktop.DBus.Error.ServiceUnknown: The name org.example.Nobody was not provided by any .service files"),
+        (10, "Error org.freedesktop.DBus.Error.InvalidArgs: Unclosed quotes in command line"),
+    ];
+    for (i, want) in errors {
+        assert_eq!(outcomes[i], (false, want.to_string()), "outcome {i}");
+    }
+}
+
+#[tokio::test]
+async fn reloading_finds_new_services_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path());
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let conn = zbus::connection::Builder::address(bus.address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        let names = dbus.list_activatable_names().await.unwrap();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names[0], "org.freedesktop.DBus");
+        assert!(names.contains(&"org.example.Ok") && !names.contains(&"org.example.Late"));
+
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .member("ActivatableServicesChanged")
+            .unwrap()
+            .build();
+        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, None)
+            .await
+            .unwrap();
+        std::fs::write(
+            dir.path().join("services/org.example.Late.service"),
+            format!("[D-BUS Service]\nName=org.example.Late\nExec={SERVICE} org.example.Late\n"),
+        )
+        .unwrap();
+        // The directory is watched, as dbus-daemon watches it: no ReloadConfig needed.
+        changes.next().await.unwrap().unwrap();
+        let names = dbus.list_activatable_names().await.unwrap();
+        assert!(names.iter().any(|n| n.as_str() == "org.example.Late"));
+        let reply = conn
+            .call_method(
+                Some("org.example.Late"),
+                "/",
+                Some("org.example.TestService"),
+                "Env",
+                &("DBUS_STARTER_ADDRESS",),
+            )
+            .await
+            .unwrap();
+        let address: String = reply.body().deserialize().unwrap();
+        assert_eq!(address, bus.address);
+    })
+    .await
+    .unwrap();
+}
