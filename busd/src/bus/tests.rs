@@ -743,3 +743,189 @@ fn eavesdropping_needs_a_receive_rule_with_eavesdrop_true() {
         assert!(to.contains(&2), "the addressed recipient always gets it");
     }
 }
+
+fn service(name: &str) -> activation::ServiceEntry {
+    activation::ServiceEntry {
+        name: name.into(),
+        exec: format!("/usr/bin/{name} --flag"),
+        user: None,
+        systemd_service: None,
+        assumed_apparmor_label: None,
+    }
+}
+
+fn spawns(effects: &[Effect]) -> Vec<(u64, String, Vec<String>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Spawn {
+                child,
+                service,
+                argv,
+                ..
+            } => Some((*child, service.clone(), argv.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn auto_start_spawns_once_and_delivers_in_order_when_the_name_appears() {
+    let mut b = bus();
+    b.set_activatable(vec![service("org.example.Svc")], false);
+    join(&mut b, 1);
+    b.handle_message(1, call(5, "org.example.Svc", "org.x", "First", "", vec![]));
+    b.handle_message(1, call(6, "org.example.Svc", "org.x", "Second", "", vec![]));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    let started = spawns(&effects);
+    assert_eq!(started.len(), 1, "one process for both messages");
+    assert_eq!(started[0].1, "org.example.Svc");
+    assert_eq!(started[0].2, vec!["/usr/bin/org.example.Svc", "--flag"]);
+    // The service connects and takes its name: both calls arrive, in order, before the
+    // RequestName reply.
+    join(&mut b, 2);
+    b.handle_message(
+        2,
+        call(
+            2,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "RequestName",
+            "su",
+            su_body("org.example.Svc", 0),
+        ),
+    );
+    let to_service: Vec<String> = drain(&mut b)
+        .iter()
+        .filter(|s| s.to == 2)
+        .map(describe)
+        .collect();
+    assert_eq!(
+        to_service,
+        vec!["2:NameAcquired", "2:First", "2:Second", "2:return"]
+    );
+}
+
+#[test]
+fn start_service_by_name_answers_when_running_and_failures_reach_every_waiter() {
+    let mut b = bus();
+    b.set_activatable(vec![service("org.example.Svc")], false);
+    join(&mut b, 1);
+    join(&mut b, 3);
+    b.handle_message(
+        1,
+        call(
+            7,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "StartServiceByName",
+            "su",
+            su_body("org.example.Svc", 0),
+        ),
+    );
+    b.handle_message(3, call(8, "org.example.Svc", "org.x", "M", "", vec![]));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    let (child, _, _) = spawns(&effects)[0].clone();
+    b.child_exited(child, activation::ChildExit::Exited(3));
+    let sent = drain(&mut b);
+    assert_eq!(
+        sent.len(),
+        2,
+        "both waiters hear it: {:?}",
+        sent.iter().map(describe).collect::<Vec<_>>()
+    );
+    for s in &sent {
+        assert_eq!(
+            s.msg.error_name(),
+            Some("org.freedesktop.DBus.Error.Spawn.ChildExited")
+        );
+        assert_eq!(
+            s.msg.body_reader().string().unwrap(),
+            "Process org.example.Svc exited with status 3"
+        );
+    }
+    // Running services answer StartServiceByName with ALREADY_RUNNING (2).
+    join(&mut b, 2);
+    b.handle_message(
+        2,
+        call(
+            2,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "RequestName",
+            "su",
+            su_body("org.example.Svc", 0),
+        ),
+    );
+    drain(&mut b);
+    b.handle_message(
+        1,
+        call(
+            9,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "StartServiceByName",
+            "su",
+            su_body("org.example.Svc", 0),
+        ),
+    );
+    let sent = drain(&mut b);
+    assert_eq!(sent[0].msg.body_reader().u32().unwrap(), 2);
+}
+
+#[test]
+fn a_process_that_exits_cleanly_is_not_a_failure() {
+    let mut b = bus();
+    b.set_activatable(vec![service("org.example.Svc")], false);
+    join(&mut b, 1);
+    b.handle_message(1, call(8, "org.example.Svc", "org.x", "M", "", vec![]));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    let (child, _, _) = spawns(&effects)[0].clone();
+    // It may have forked into the background: the name can still appear.
+    b.child_exited(child, activation::ChildExit::Exited(0));
+    assert!(drain(&mut b).is_empty());
+}
+
+#[test]
+fn starts_time_out_and_are_bounded() {
+    let limits = busd_policy::Limits {
+        service_start_timeout: 100,
+        max_pending_service_starts: 1,
+        ..Default::default()
+    };
+    let mut b = bus_with(SESSION_POLICY, limits);
+    b.set_activatable(
+        vec![service("org.example.A"), service("org.example.B")],
+        false,
+    );
+    let t0 = Instant::now();
+    b.set_now(t0);
+    join(&mut b, 1);
+    b.handle_message(1, call(5, "org.example.A", "org.x", "M", "", vec![]));
+    b.take_effects().for_each(drop);
+    b.handle_message(1, call(6, "org.example.B", "org.x", "M", "", vec![]));
+    let sent = drain(&mut b);
+    assert_eq!(
+        sent[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.LimitsExceeded")
+    );
+    assert_eq!(b.next_deadline(), Some(t0 + Duration::from_millis(100)));
+    b.expire(t0 + Duration::from_millis(100));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Kill { .. })));
+    let errors: Vec<Message> = effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send(_, out) => Message::parse(out.bytes.to_vec(), Vec::new()).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors[0].error_name(),
+        Some("org.freedesktop.DBus.Error.TimedOut")
+    );
+    assert_eq!(
+        errors[0].body_reader().string().unwrap(),
+        "Failed to activate service 'org.example.A': timed out (service_start_timeout=100ms)"
+    );
+}
