@@ -88,6 +88,11 @@ fn call(serial: u32, dest: &str, iface: &str, member: &str, sig: &str, body: Vec
     .unwrap()
 }
 
+/// A call to the bus driver's own interface.
+fn dcall(serial: u32, member: &str, sig: &str, body: Vec<u8>) -> Message {
+    call(serial, DBUS_NAME, DBUS_INTERFACE, member, sig, body)
+}
+
 fn s_body(s: &str) -> Vec<u8> {
     let mut w = Writer::new(Endian::Little);
     w.string(s);
@@ -108,7 +113,7 @@ fn join(bus: &mut Bus, id: PeerId) -> String {
 
 fn join_with(bus: &mut Bus, id: PeerId, meters: Meters) -> String {
     bus.connect(id, creds(1000, id as u32), true, meters);
-    bus.handle_message(id, call(1, DBUS_NAME, DBUS_INTERFACE, "Hello", "", vec![]));
+    bus.handle_message(id, dcall(1, "Hello", "", vec![]));
     let sent = drain(bus);
     sent[0].msg.body_reader().string().unwrap().to_string()
 }
@@ -131,7 +136,7 @@ fn describe(s: &Sent) -> String {
 fn hello_assigns_unique_names_and_replies_before_name_acquired() {
     let mut b = bus();
     b.connect(7, Credentials::default(), false, Meters::default());
-    b.handle_message(7, call(1, DBUS_NAME, DBUS_INTERFACE, "Hello", "", vec![]));
+    b.handle_message(7, dcall(1, "Hello", "", vec![]));
     let sent = drain(&mut b);
     assert_eq!(
         sent.iter().map(describe).collect::<Vec<_>>(),
@@ -142,7 +147,7 @@ fn hello_assigns_unique_names_and_replies_before_name_acquired() {
     assert_eq!(sent[0].msg.sender(), Some(DBUS_NAME));
     assert_eq!(join(&mut b, 8), ":1.1");
     // A second Hello is an error.
-    b.handle_message(7, call(2, DBUS_NAME, DBUS_INTERFACE, "Hello", "", vec![]));
+    b.handle_message(7, dcall(2, "Hello", "", vec![]));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.Failed")
@@ -153,10 +158,7 @@ fn hello_assigns_unique_names_and_replies_before_name_acquired() {
 fn messages_before_hello_are_refused() {
     let mut b = bus();
     b.connect(1, Credentials::default(), false, Meters::default());
-    b.handle_message(
-        1,
-        call(1, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
-    );
+    b.handle_message(1, dcall(1, "ListNames", "", vec![]));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.AccessDenied")
@@ -176,26 +178,12 @@ fn request_name_announces_in_dbus_daemon_order() {
     // Peer 2 watches NameOwnerChanged.
     b.handle_message(
         2,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "AddMatch",
-            "s",
-            s_body("member='NameOwnerChanged'"),
-        ),
+        dcall(2, "AddMatch", "s", s_body("member='NameOwnerChanged'")),
     );
     drain(&mut b);
     b.handle_message(
         1,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.example.A", 0),
-        ),
+        dcall(2, "RequestName", "su", su_body("org.example.A", 0)),
     );
     let sent = drain(&mut b);
     assert_eq!(
@@ -361,14 +349,7 @@ fn own_rules_refuse_request_name() {
     join(&mut b, 1);
     b.handle_message(
         1,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.example.Foo", 0),
-        ),
+        dcall(2, "RequestName", "su", su_body("org.example.Foo", 0)),
     );
     let sent = drain(&mut b);
     assert_eq!(
@@ -379,17 +360,7 @@ fn own_rules_refuse_request_name() {
         sent[0].msg.body_reader().string().unwrap(),
         "Connection \":1.0\" is not allowed to own the service \"org.example.Foo\" due to security policies in the configuration file"
     );
-    b.handle_message(
-        1,
-        call(
-            3,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.other", 0),
-        ),
-    );
+    b.handle_message(1, dcall(3, "RequestName", "su", su_body("org.other", 0)));
     assert!(drain(&mut b)
         .iter()
         .any(|s| s.msg.msg_type() == message::METHOD_RETURN && s.msg.reply_serial() == Some(3)));
@@ -404,17 +375,14 @@ fn calls_to_the_driver_are_checked_against_send_rules() {
         busd_policy::Limits::default(),
     );
     join(&mut b, 1);
-    b.handle_message(
-        1,
-        call(2, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
-    );
+    b.handle_message(1, dcall(2, "ListNames", "", vec![]));
     let sent = drain(&mut b);
     assert_eq!(sent.len(), 1);
     assert_eq!(
         sent[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.AccessDenied")
     );
-    b.handle_message(1, call(3, DBUS_NAME, DBUS_INTERFACE, "GetId", "", vec![]));
+    b.handle_message(1, dcall(3, "GetId", "", vec![]));
     assert_eq!(drain(&mut b)[0].msg.msg_type(), message::METHOD_RETURN);
 }
 
@@ -517,14 +485,7 @@ fn reloading_rebuilds_every_connections_policy() {
     );
     b.handle_message(
         1,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.example.Foo", 0),
-        ),
+        dcall(2, "RequestName", "su", su_body("org.example.Foo", 0)),
     );
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
@@ -540,25 +501,11 @@ fn broadcasts_follow_match_rules_and_args() {
     join(&mut b, 3);
     b.handle_message(
         2,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "AddMatch",
-            "s",
-            s_body("type='signal',arg0='yes'"),
-        ),
+        dcall(2, "AddMatch", "s", s_body("type='signal',arg0='yes'")),
     );
     b.handle_message(
         3,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "AddMatch",
-            "s",
-            s_body("type='signal',arg0='no'"),
-        ),
+        dcall(2, "AddMatch", "s", s_body("type='signal',arg0='no'")),
     );
     drain(&mut b);
     let f = HeaderFields {
@@ -588,58 +535,18 @@ fn broadcasts_follow_match_rules_and_args() {
 fn match_rule_errors_and_removal() {
     let mut b = bus();
     join(&mut b, 1);
-    b.handle_message(
-        1,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "AddMatch",
-            "s",
-            s_body("type='bogus'"),
-        ),
-    );
+    b.handle_message(1, dcall(2, "AddMatch", "s", s_body("type='bogus'")));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.MatchRuleInvalid")
     );
-    b.handle_message(
-        1,
-        call(
-            3,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RemoveMatch",
-            "s",
-            s_body("member='X'"),
-        ),
-    );
+    b.handle_message(1, dcall(3, "RemoveMatch", "s", s_body("member='X'")));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.MatchRuleNotFound")
     );
-    b.handle_message(
-        1,
-        call(
-            4,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "AddMatch",
-            "s",
-            s_body("member='X'"),
-        ),
-    );
-    b.handle_message(
-        1,
-        call(
-            5,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RemoveMatch",
-            "s",
-            s_body("member='X'"),
-        ),
-    );
+    b.handle_message(1, dcall(4, "AddMatch", "s", s_body("member='X'")));
+    b.handle_message(1, dcall(5, "RemoveMatch", "s", s_body("member='X'")));
     let sent = drain(&mut b);
     assert!(sent
         .iter()
@@ -650,10 +557,7 @@ fn match_rule_errors_and_removal() {
 fn wrong_signature_and_unknown_methods() {
     let mut b = bus();
     join(&mut b, 1);
-    b.handle_message(
-        1,
-        call(2, DBUS_NAME, DBUS_INTERFACE, "GetNameOwner", "", vec![]),
-    );
+    b.handle_message(1, dcall(2, "GetNameOwner", "", vec![]));
     let e = drain(&mut b);
     assert_eq!(
         e[0].msg.error_name(),
@@ -663,7 +567,7 @@ fn wrong_signature_and_unknown_methods() {
         e[0].msg.body_reader().string().unwrap(),
         "Call to GetNameOwner has wrong args (, expected s)\n"
     );
-    b.handle_message(1, call(3, DBUS_NAME, DBUS_INTERFACE, "Nope", "", vec![]));
+    b.handle_message(1, dcall(3, "Nope", "", vec![]));
     assert_eq!(
         drain(&mut b)[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.UnknownMethod")
@@ -700,19 +604,13 @@ fn monitors_see_traffic_and_may_not_send() {
     let sent = drain(&mut b);
     assert_eq!(describe(&sent[0]), "2:return");
     assert!(!b.unique_names.contains_key(&mon));
-    b.handle_message(
-        1,
-        call(3, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
-    );
+    b.handle_message(1, dcall(3, "ListNames", "", vec![]));
     let sent = drain(&mut b);
     assert_eq!(
         sent.iter().map(describe).collect::<Vec<_>>(),
         vec!["2:ListNames", "2:return", "1:return"]
     );
-    b.handle_message(
-        2,
-        call(4, DBUS_NAME, DBUS_INTERFACE, "ListNames", "", vec![]),
-    );
+    b.handle_message(2, dcall(4, "ListNames", "", vec![]));
     assert!(matches!(
         b.take_effects().next(),
         Some(Effect::Disconnect(2))
@@ -720,10 +618,7 @@ fn monitors_see_traffic_and_may_not_send() {
 }
 
 fn add_match(b: &mut Bus, peer: PeerId, rule: &str) {
-    b.handle_message(
-        peer,
-        call(90, DBUS_NAME, DBUS_INTERFACE, "AddMatch", "s", s_body(rule)),
-    );
+    b.handle_message(peer, dcall(90, "AddMatch", "s", s_body(rule)));
     drain(b);
 }
 
@@ -786,14 +681,7 @@ fn auto_start_spawns_once_and_delivers_in_order_when_the_name_appears() {
     join(&mut b, 2);
     b.handle_message(
         2,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.example.Svc", 0),
-        ),
+        dcall(2, "RequestName", "su", su_body("org.example.Svc", 0)),
     );
     let to_service: Vec<String> = drain(&mut b)
         .iter()
@@ -814,14 +702,7 @@ fn start_service_by_name_answers_when_running_and_failures_reach_every_waiter() 
     join(&mut b, 3);
     b.handle_message(
         1,
-        call(
-            7,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "StartServiceByName",
-            "su",
-            su_body("org.example.Svc", 0),
-        ),
+        dcall(7, "StartServiceByName", "su", su_body("org.example.Svc", 0)),
     );
     b.handle_message(3, call(8, "org.example.Svc", "org.x", "M", "", vec![]));
     let effects: Vec<Effect> = b.take_effects().collect();
@@ -848,26 +729,12 @@ fn start_service_by_name_answers_when_running_and_failures_reach_every_waiter() 
     join(&mut b, 2);
     b.handle_message(
         2,
-        call(
-            2,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "RequestName",
-            "su",
-            su_body("org.example.Svc", 0),
-        ),
+        dcall(2, "RequestName", "su", su_body("org.example.Svc", 0)),
     );
     drain(&mut b);
     b.handle_message(
         1,
-        call(
-            9,
-            DBUS_NAME,
-            DBUS_INTERFACE,
-            "StartServiceByName",
-            "su",
-            su_body("org.example.Svc", 0),
-        ),
+        dcall(9, "StartServiceByName", "su", su_body("org.example.Svc", 0)),
     );
     let sent = drain(&mut b);
     assert_eq!(sent[0].msg.body_reader().u32().unwrap(), 2);
