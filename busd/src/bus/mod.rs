@@ -9,22 +9,23 @@ mod compose;
 pub mod driver;
 pub mod matches;
 pub mod names;
+mod reply;
+mod routed;
 mod security;
 mod stats;
 
-use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use busd_match::{Arg, MatchRule, MessageInfo};
+use busd_match::MatchRule;
 use busd_policy::{ClientIdentity, ClientPolicy, CompiledPolicy};
 use tracing::{debug, warn};
 
-use crate::wire::marshal::Reader;
 use crate::wire::message::{self, Message, Outgoing};
 use crate::wire::queue::{Charge, QueueLoad};
-use security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
+use reply::{PendingReply, ReplyKey};
+use routed::Routed;
 
 pub use compose::DriverMessage;
 pub use driver::introspection_xml;
@@ -154,15 +155,11 @@ struct Peer {
     closing: bool,
 }
 
-/// A method call that expects a reply: (caller, caller's serial).
-type ReplyKey = (PeerId, u32);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct PendingReply {
-    /// Who must reply.
-    replier: PeerId,
-    /// When the bus gives up (reply_timeout), if it ever does.
-    deadline: Option<Instant>,
+impl Peer {
+    /// Said Hello (monitors too: they stay complete connections).
+    fn is_active(&self) -> bool {
+        self.unique.is_some() || self.monitor.is_some()
+    }
 }
 
 pub struct Bus {
@@ -189,107 +186,6 @@ pub struct Bus {
     effects: Vec<Effect>,
     /// Scratch list of recipients, reused across messages.
     recipients: Vec<PeerId>,
-}
-
-/// A message being routed, seen by the matcher.
-struct Routed<'a> {
-    bus: &'a Bus,
-    msg: &'a Message,
-    /// None: the bus driver.
-    sender: Option<PeerId>,
-    /// The connection the message is addressed to, if any.
-    recipient: Option<PeerId>,
-    args: OnceCell<Vec<Arg<'a>>>,
-}
-
-impl Peer {
-    /// Said Hello (monitors too: they stay complete connections).
-    fn is_active(&self) -> bool {
-        self.unique.is_some() || self.monitor.is_some()
-    }
-}
-
-impl<'a> Routed<'a> {
-    fn new(
-        bus: &'a Bus,
-        msg: &'a Message,
-        sender: Option<PeerId>,
-        recipient: Option<PeerId>,
-    ) -> Self {
-        Routed {
-            bus,
-            msg,
-            sender,
-            recipient,
-            args: OnceCell::new(),
-        }
-    }
-
-    fn names_of(&self, peer: Option<PeerId>, name: &str) -> bool {
-        match peer {
-            None => name == DBUS_NAME,
-            Some(p) => self.bus.is_owned_by(name, p),
-        }
-    }
-}
-
-/// Reads up to 64 top-level arguments for match rules. Allocates once per message, and only
-/// when some candidate rule tests arguments.
-fn parse_args(msg: &Message) -> Vec<Arg<'_>> {
-    let sig = msg.signature().as_bytes();
-    let mut r: Reader<'_> = msg.body_reader();
-    let mut out = Vec::new();
-    let mut p = 0;
-    while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
-        let arg = match sig[p] {
-            b's' => r.string().map(Arg::Str),
-            b'o' => r.string().map(Arg::Path),
-            _ => r.skip_value(&sig[p..], 0).map(|_| Arg::Other),
-        };
-        match arg {
-            Ok(a) => out.push(a),
-            Err(_) => break,
-        }
-        p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
-            Some(e) => e,
-            None => break,
-        };
-    }
-    out
-}
-
-impl MessageInfo for Routed<'_> {
-    fn msg_type(&self) -> u8 {
-        self.msg.msg_type()
-    }
-    fn interface(&self) -> Option<&str> {
-        self.msg.interface()
-    }
-    fn member(&self) -> Option<&str> {
-        self.msg.member()
-    }
-    fn path(&self) -> Option<&str> {
-        self.msg.path()
-    }
-    fn destination(&self) -> Option<&str> {
-        self.msg.destination()
-    }
-    fn sender_is(&self, name: &str) -> bool {
-        self.names_of(self.sender, name)
-    }
-    fn destination_is(&self, name: &str) -> bool {
-        match self.recipient {
-            Some(r) => self.bus.is_owned_by(name, r),
-            None => self.msg.destination() == Some(name),
-        }
-    }
-    fn arg(&self, index: u8) -> Arg<'_> {
-        self.args
-            .get_or_init(|| parse_args(self.msg))
-            .get(usize::from(index))
-            .copied()
-            .unwrap_or(Arg::Missing)
-    }
 }
 
 impl Bus {
@@ -638,98 +534,6 @@ impl Bus {
         }
         self.send(recipient, out.clone());
         self.dispatch_matches(view, Some(from), Some(recipient), &out);
-    }
-
-    /// Records that `caller` waits for a reply from `replier` to its call `serial`.
-    fn expect_reply(
-        &mut self,
-        caller: PeerId,
-        replier: PeerId,
-        serial: u32,
-    ) -> Result<(), (&'static str, String)> {
-        let key = (caller, serial);
-        if self
-            .pending_replies
-            .get(&key)
-            .is_some_and(|p| p.replier == replier)
-        {
-            return Err((
-                E_ACCESS_DENIED,
-                "Message has the same reply serial as a currently-outstanding existing method call"
-                    .into(),
-            ));
-        }
-        let limit = self.settings.limits.max_replies_per_connection as usize;
-        let waiting = self.peers.get(&caller).map_or(0, |p| p.pending_replies);
-        if waiting >= limit {
-            warn!(
-                peer = self.unique_of(caller),
-                limit, "The maximum number of pending replies has been reached"
-            );
-            return Err((
-                E_LIMITS_EXCEEDED,
-                "The maximum number of pending replies per connection has been reached".into(),
-            ));
-        }
-        let deadline = self
-            .settings
-            .limits
-            .reply_timeout
-            .map(|ms| self.now + Duration::from_millis(ms));
-        let previous = self
-            .pending_replies
-            .insert(key, PendingReply { replier, deadline });
-        if let Some(d) = deadline {
-            self.reply_deadlines.push_back((d, key));
-        }
-        if previous.is_none() {
-            if let Some(p) = self.peers.get_mut(&caller) {
-                p.pending_replies += 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn forget_pending_reply(&mut self, key: ReplyKey) -> Option<PendingReply> {
-        let pending = self.pending_replies.remove(&key)?;
-        if let Some(p) = self.peers.get_mut(&key.0) {
-            p.pending_replies = p.pending_replies.saturating_sub(1);
-        }
-        Some(pending)
-    }
-
-    /// When the next pending reply or service start times out, if any does.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let reply = self.reply_deadlines.front().map(|&(d, _)| d);
-        match (reply, self.activation_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Gives up on replies whose time is up: the caller gets NoReply from the bus.
-    pub fn expire(&mut self, now: Instant) {
-        self.now = now;
-        self.expire_activations(now);
-        while let Some(&(deadline, key)) = self.reply_deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.reply_deadlines.pop_front();
-            let current = self.pending_replies.get(&key).copied();
-            if current.is_some_and(|p| p.deadline == Some(deadline)) {
-                self.forget_pending_reply(key);
-                self.no_reply(
-                    key,
-                    "Message did not receive a reply (timeout by message bus)",
-                );
-            }
-        }
-    }
-
-    fn no_reply(&mut self, (caller, serial): ReplyKey, text: &str) {
-        let m = DriverMessage::error(serial, "org.freedesktop.DBus.Error.NoReply", text);
-        self.send_from_driver(Some(caller), m);
     }
 
     /// Delivers `out` to every connection with a matching rule (other than the addressed

@@ -4,6 +4,7 @@
 use super::*;
 use crate::wire::marshal::{Endian, Writer};
 use crate::wire::message::{encode, HeaderFields, Message};
+use std::time::Duration;
 
 /// The stock session bus's policy.
 const SESSION_POLICY: &str = r#"<policy context="default">

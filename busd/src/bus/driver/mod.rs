@@ -27,6 +27,17 @@ pub(super) type Failure = (&'static str, String);
 pub(super) type Reply = Option<(Vec<u8>, &'static str)>;
 type Handler = fn(&mut Bus, PeerId, &Message, &mut Reader<'_>) -> Result<Reply, Failure>;
 
+mod credentials;
+mod properties;
+
+pub(super) use credentials::connection_arg;
+use credentials::{
+    get_adt_audit_session_data, get_connection_credentials, get_selinux_context,
+    get_unix_process_id, get_unix_user,
+};
+pub use properties::introspection_xml;
+use properties::{introspect, properties_get, properties_get_all, properties_set};
+
 struct Method {
     name: &'static str,
     args: &'static str,
@@ -658,129 +669,6 @@ fn list_queued_owners(
     )))
 }
 
-/// Resolves the name argument of the GetConnection* methods: None means the bus itself.
-pub(super) fn connection_arg(
-    bus: &Bus,
-    r: &mut Reader<'_>,
-    what: &str,
-) -> Result<Option<PeerId>, Failure> {
-    let name = read_s(r)?;
-    if name == DBUS_NAME {
-        return Ok(None);
-    }
-    bus.owner_of(name).map(Some).ok_or_else(|| {
-        (
-            E_NAME_HAS_NO_OWNER,
-            format!("Could not get {what} of name '{name}': no such name"),
-        )
-    })
-}
-
-fn get_unix_user(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let uid = match connection_arg(bus, &mut r.clone(), "UID")? {
-        None => Some(bus.settings.uid),
-        Some(p) => bus.peers.get(&p).and_then(|p| p.creds.uid),
-    };
-    let name = read_s(r)?;
-    match uid {
-        Some(uid) => Ok(Some((compose::body_u(uid), "u"))),
-        None => Err((
-            "org.freedesktop.DBus.Error.Failed",
-            format!("Could not determine UID for '{name}'"),
-        )),
-    }
-}
-
-fn get_unix_process_id(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let pid = match connection_arg(bus, &mut r.clone(), "PID")? {
-        None => Some(bus.settings.pid),
-        Some(p) => bus.peers.get(&p).and_then(|p| p.creds.pid),
-    };
-    let name = read_s(r)?;
-    match pid {
-        Some(pid) => Ok(Some((compose::body_u(pid), "u"))),
-        None => Err((
-            "org.freedesktop.DBus.Error.UnixProcessIdUnknown",
-            format!("Could not determine PID for '{name}'"),
-        )),
-    }
-}
-
-fn get_adt_audit_session_data(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    connection_arg(bus, &mut r.clone(), "audit session data")?;
-    let name = read_s(r)?;
-    Err((
-        "org.freedesktop.DBus.Error.AdtAuditDataUnknown",
-        format!("Could not determine audit session data for '{name}'"),
-    ))
-}
-
-fn get_selinux_context(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    connection_arg(bus, &mut r.clone(), "security context")?;
-    let name = read_s(r)?;
-    Err((
-        "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown",
-        format!("Could not determine security context for '{name}'"),
-    ))
-}
-
-fn get_connection_credentials(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let (uid, pid, groups) = match connection_arg(bus, r, "credentials")? {
-        None => (Some(bus.settings.uid), Some(bus.settings.pid), Vec::new()),
-        Some(p) => bus.peers.get(&p).map_or((None, None, Vec::new()), |p| {
-            (p.creds.uid, p.creds.pid, p.creds.groups.clone())
-        }),
-    };
-    // dbus-daemon's order: ProcessID, UnixUserID, UnixGroupIDs.
-    let mut w = compose::writer();
-    let a = w.begin_array(8);
-    for (key, value) in [("ProcessID", pid), ("UnixUserID", uid)] {
-        if let Some(v) = value {
-            w.align(8);
-            w.string(key);
-            w.signature(b"u");
-            w.u32(v);
-        }
-    }
-    if !groups.is_empty() {
-        w.align(8);
-        w.string("UnixGroupIDs");
-        w.signature(b"au");
-        let g = w.begin_array(4);
-        for gid in groups {
-            w.u32(gid);
-        }
-        w.end_array(g);
-    }
-    w.end_array(a);
-    Ok(Some((w.into_vec(), "a{sv}")))
-}
-
 fn reload_config(
     bus: &mut Bus,
     from: PeerId,
@@ -809,147 +697,6 @@ fn get_machine_id(
 
 fn ping(_: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
     Ok(Some((Vec::new(), "")))
-}
-
-/// Properties of `org.freedesktop.DBus`: (name, value as `as`).
-fn property(bus: &Bus, name: &str) -> Option<Vec<&'static str>> {
-    match name {
-        "Features" => {
-            let mut f = vec!["ActivatableServicesChanged", "HeaderFiltering"];
-            if bus.settings.systemd_activation {
-                f.push("SystemdActivation");
-            }
-            Some(f)
-        }
-        "Interfaces" => Some(
-            INTERFACES
-                .iter()
-                .filter(|i| i.interesting)
-                .map(|i| i.name)
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-fn check_interface(iface: &str) -> Result<(), Failure> {
-    if iface == DBUS_INTERFACE {
-        Ok(())
-    } else {
-        Err((
-            "org.freedesktop.DBus.Error.UnknownInterface",
-            format!("Interface \"{iface}\" not found"),
-        ))
-    }
-}
-
-fn properties_get(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let iface = read_s(r)?;
-    let name = read_s(r)?;
-    check_interface(iface)?;
-    let value = property(bus, name).ok_or_else(|| {
-        (
-            "org.freedesktop.DBus.Error.UnknownProperty",
-            format!("Property \"{iface}.{name}\" not found"),
-        )
-    })?;
-    let mut w = compose::writer();
-    w.signature(b"as");
-    w.string_array(value);
-    Ok(Some((w.into_vec(), "v")))
-}
-
-fn properties_get_all(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let iface = read_s(r)?;
-    check_interface(iface)?;
-    let mut w = compose::writer();
-    let a = w.begin_array(8);
-    for name in ["Features", "Interfaces"] {
-        w.align(8);
-        w.string(name);
-        w.signature(b"as");
-        w.string_array(property(bus, name).unwrap_or_default());
-    }
-    w.end_array(a);
-    Ok(Some((w.into_vec(), "a{sv}")))
-}
-
-fn properties_set(
-    bus: &mut Bus,
-    _: PeerId,
-    _: &Message,
-    r: &mut Reader<'_>,
-) -> Result<Reply, Failure> {
-    let iface = read_s(r)?;
-    let name = read_s(r)?;
-    check_interface(iface)?;
-    if property(bus, name).is_none() {
-        return Err((
-            "org.freedesktop.DBus.Error.UnknownProperty",
-            format!("Property \"{iface}.{name}\" not found"),
-        ));
-    }
-    Err((
-        "org.freedesktop.DBus.Error.PropertyReadOnly",
-        format!("Property '{iface}.{name}' cannot be set"),
-    ))
-}
-
-fn introspect(_: &mut Bus, _: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
-    Ok(Some((
-        compose::body_s(&introspection_xml(msg.path().unwrap_or("/"))),
-        "s",
-    )))
-}
-
-/// The driver's introspection data at `path` (also what `busd --introspect` prints).
-pub fn introspection_xml(path: &str) -> String {
-    let canonical = path == DBUS_PATH;
-    let mut xml = String::from(
-        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n\"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n",
-    );
-    for iface in INTERFACES {
-        if !(canonical || iface.any_path) {
-            continue;
-        }
-        xml.push_str(&format!("  <interface name=\"{}\">\n", iface.name));
-        for m in iface.methods {
-            if !(canonical || m.any_path) {
-                continue;
-            }
-            xml.push_str(&format!("    <method name=\"{}\">\n", m.name));
-            for (dir, sig) in [("in", m.args), ("out", m.out)] {
-                let mut p = 0;
-                while p < sig.len() {
-                    let end =
-                        valid::complete_type_end(sig.as_bytes(), p, 0, 0).unwrap_or(sig.len());
-                    xml.push_str(&format!(
-                        "      <arg direction=\"{dir}\" type=\"{}\"/>\n",
-                        &sig[p..end]
-                    ));
-                    p = end;
-                }
-            }
-            xml.push_str("    </method>\n");
-        }
-        xml.push_str(iface.signals_xml);
-        xml.push_str("  </interface>\n");
-    }
-    if path == "/" {
-        xml.push_str("  <node name=\"org/freedesktop/DBus\"/>\n");
-    }
-    xml.push_str("</node>\n");
-    xml
 }
 
 fn become_monitor(

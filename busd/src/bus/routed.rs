@@ -1,0 +1,104 @@
+//! A message as the match rules see it: header fields, the names of its sender and
+//! recipient, and its arguments, decoded lazily and once.
+
+use std::cell::OnceCell;
+
+use busd_match::{Arg, MessageInfo};
+
+use super::{Bus, PeerId, DBUS_NAME};
+use crate::wire::marshal::Reader;
+use crate::wire::message::Message;
+
+/// A message being routed, seen by the matcher.
+pub(super) struct Routed<'a> {
+    bus: &'a Bus,
+    msg: &'a Message,
+    /// None: the bus driver.
+    sender: Option<PeerId>,
+    /// The connection the message is addressed to, if any.
+    recipient: Option<PeerId>,
+    args: OnceCell<Vec<Arg<'a>>>,
+}
+
+impl<'a> Routed<'a> {
+    pub(super) fn new(
+        bus: &'a Bus,
+        msg: &'a Message,
+        sender: Option<PeerId>,
+        recipient: Option<PeerId>,
+    ) -> Self {
+        Routed {
+            bus,
+            msg,
+            sender,
+            recipient,
+            args: OnceCell::new(),
+        }
+    }
+
+    fn names_of(&self, peer: Option<PeerId>, name: &str) -> bool {
+        match peer {
+            None => name == DBUS_NAME,
+            Some(p) => self.bus.is_owned_by(name, p),
+        }
+    }
+}
+
+/// Reads up to 64 top-level arguments for match rules. Allocates once per message, and only
+/// when some candidate rule tests arguments.
+fn parse_args(msg: &Message) -> Vec<Arg<'_>> {
+    let sig = msg.signature().as_bytes();
+    let mut r: Reader<'_> = msg.body_reader();
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
+        let arg = match sig[p] {
+            b's' => r.string().map(Arg::Str),
+            b'o' => r.string().map(Arg::Path),
+            _ => r.skip_value(&sig[p..], 0).map(|_| Arg::Other),
+        };
+        match arg {
+            Ok(a) => out.push(a),
+            Err(_) => break,
+        }
+        p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
+            Some(e) => e,
+            None => break,
+        };
+    }
+    out
+}
+
+impl MessageInfo for Routed<'_> {
+    fn msg_type(&self) -> u8 {
+        self.msg.msg_type()
+    }
+    fn interface(&self) -> Option<&str> {
+        self.msg.interface()
+    }
+    fn member(&self) -> Option<&str> {
+        self.msg.member()
+    }
+    fn path(&self) -> Option<&str> {
+        self.msg.path()
+    }
+    fn destination(&self) -> Option<&str> {
+        self.msg.destination()
+    }
+    fn sender_is(&self, name: &str) -> bool {
+        self.names_of(self.sender, name)
+    }
+    fn destination_is(&self, name: &str) -> bool {
+        match self.recipient {
+            Some(r) => self.bus.is_owned_by(name, r),
+            None => self.msg.destination() == Some(name),
+        }
+    }
+    fn arg(&self, index: u8) -> Arg<'_> {
+        self.args
+            .get_or_init(|| parse_args(self.msg))
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(Arg::Missing)
+    }
+}
