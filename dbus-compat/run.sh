@@ -132,6 +132,8 @@ run_suite() {
       s=$(awk -F'\t' -v n="$name" '$1==n && $3=="skip"' "$results" | wc -l)
       printf '%-45s %3d passed, %3d failed, %3d skipped\n' "$name" "$p" "$f" "$s"
       awk -F'\t' -v n="$name" '$1==n && $3=="fail" { print "    FAIL " $2 }' "$results"
+      awk -F'\t' -v n="$name" '$1==n && $3=="skip" { c[$4]++ }
+        END { for (r in c) printf "    skipped %d: %s\n", c[r], r }' "$results" | sort
     done
   done
   p=$(awk -F'\t' '$3=="ok"' "$results" | wc -l)
