@@ -5,10 +5,16 @@
 //!   signatures (the specification's "valid names" rules), shared by the whole workspace.
 //! - [`rule`]: the match-rule grammar (`type='signal',arg0='x'`), parsed as dbus-daemon does.
 //! - [`matcher`]: deciding whether a message matches a rule, given a [`matcher::MessageInfo`].
+//! - [`header`]: the fast path's routing header (fixed layout, hashes, bloom filter).
+//! - [`bpf`]: the compiler from a member's rules to a classic BPF socket filter.
+//! - [`interp`]: a classic BPF interpreter with the kernel's semantics, for tests.
 //!
 //! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
 //! quoting, escapes and argument matching.
 
+pub mod bpf;
+pub mod header;
+pub mod interp;
 pub mod matcher;
 pub mod names;
 pub mod rule;

@@ -1,0 +1,126 @@
+//! Compiled filters attached to real AF_UNIX datagram sockets: the kernel must take exactly
+//! the frames the interpreter accepts, and programs for 1,000 rules must attach.
+
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use busd_match::bpf::{compile, Insn, Program};
+use busd_match::header::{encode, Fields, HEADER_LEN};
+use busd_match::{interp, Arg, MatchRule};
+
+fn attach(sock: &UnixDatagram, prog: &Program) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.insns.len() as u16,
+        filter: prog.insns.as_ptr() as *mut libc::sock_filter,
+    };
+    const _: () = assert!(std::mem::size_of::<Insn>() == std::mem::size_of::<libc::sock_filter>());
+    // SAFETY: `fprog` points at `len` instructions laid out as struct sock_filter (checked
+    // above), alive for the duration of the call; the kernel copies them.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn receiver(tag: &str) -> (UnixDatagram, SocketAddr) {
+    let name = format!("busd-match-test-{}-{tag}", std::process::id());
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    (sock, addr)
+}
+
+fn resolver(name: &str) -> Option<u32> {
+    name.strip_prefix(":1.")?.parse().ok()
+}
+
+fn frame(msg_type: u8, sender: u32, destination: u32, member: &str, args: &[Arg<'_>]) -> Vec<u8> {
+    let mut buf = [0u8; HEADER_LEN];
+    let fields = Fields {
+        msg_type,
+        flags: 0,
+        sender,
+        destination,
+        interface: Some("org.example.Iface"),
+        member: Some(member),
+        path: Some("/org/example/obj"),
+    };
+    encode(&fields, args, &mut buf);
+    let mut f = buf.to_vec();
+    f.extend_from_slice(b"the D-Bus message would follow");
+    f
+}
+
+#[test]
+fn the_kernel_takes_exactly_what_the_interpreter_accepts() {
+    let member_rules: [(u32, &[&str]); 4] = [
+        (1, &["member='A'"]),
+        (2, &["member='B',arg0='x'"]),
+        (3, &["path_namespace='/org/example'"]),
+        (4, &[]),
+    ];
+    let members: Vec<(u32, UnixDatagram, SocketAddr, Program)> = member_rules
+        .iter()
+        .map(|(id, texts)| {
+            let rules: Vec<MatchRule> =
+                texts.iter().map(|t| MatchRule::parse(t).unwrap()).collect();
+            let prog = compile(*id, &rules, &resolver);
+            let (sock, addr) = receiver(&id.to_string());
+            attach(&sock, &prog).unwrap();
+            (*id, sock, addr, prog)
+        })
+        .collect();
+    let frames = [
+        frame(4, 9, 0, "A", &[]),
+        frame(4, 9, 0, "B", &[Arg::Str("x")]),
+        frame(4, 9, 0, "B", &[Arg::Str("y")]),
+        frame(1, 9, 4, "Call", &[]),
+        frame(1, 9, 2, "A", &[]),
+    ];
+    let sender = UnixDatagram::unbound().unwrap();
+    let mut buf = [0u8; 4096];
+    for (n, f) in frames.iter().enumerate() {
+        for (id, sock, addr, prog) in &members {
+            sender.send_to_addr(f, addr).unwrap();
+            let expected = interp::run(&prog.insns, f).unwrap() != 0;
+            let got = sock.recv(&mut buf).is_ok();
+            assert_eq!(got, expected, "frame {n} to member {id}");
+        }
+    }
+    // Member 3's namespace rule takes every frame on /org/example; member 4 only its call.
+    assert!(interp::run(&members[3].3.insns, &frames[3]).unwrap() != 0);
+    assert!(interp::run(&members[3].3.insns, &frames[0]).unwrap() == 0);
+}
+
+#[test]
+fn a_thousand_rules_attach_and_filter() {
+    let texts: Vec<String> = (0..1000)
+        .map(|i| format!("type='signal',interface='org.example.Iface',member='M{i}'"))
+        .collect();
+    let rules: Vec<MatchRule> = texts.iter().map(|t| MatchRule::parse(t).unwrap()).collect();
+    let prog = compile(1, &rules, &resolver);
+    assert!(!prog.widened, "{} instructions", prog.insns.len());
+    let (sock, addr) = receiver("thousand");
+    attach(&sock, &prog).expect("the kernel accepts the program");
+    let sender = UnixDatagram::unbound().unwrap();
+    let mut buf = [0u8; 4096];
+    sender
+        .send_to_addr(&frame(4, 9, 0, "M999", &[]), &addr)
+        .unwrap();
+    assert!(sock.recv(&mut buf).is_ok());
+    sender
+        .send_to_addr(&frame(4, 9, 0, "M1000", &[]), &addr)
+        .unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "filtered out by the kernel");
+}
