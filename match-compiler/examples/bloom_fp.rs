@@ -10,7 +10,10 @@ fn main() {
     // many arguments and deep paths, 30-40.
     let entry_counts = [8usize, 14, 24, 40];
     let probes = 200_000u32;
-    println!("| bits | hashes | {} |", entry_counts.map(|n| format!("{n} entries")).join(" | "));
+    println!(
+        "| bits | hashes | {} |",
+        entry_counts.map(|n| format!("{n} entries")).join(" | ")
+    );
     println!("|---|---|{}", "---|".repeat(entry_counts.len()));
     for bits in [256u32, 512, 1024] {
         for hashes in [4u32, 6, 8, 10] {

@@ -8,6 +8,7 @@
 //! - [`header`]: the fast path's routing header (fixed layout, hashes, bloom filter).
 //! - [`bpf`]: the compiler from a member's rules to a classic BPF socket filter.
 //! - [`interp`]: a classic BPF interpreter with the kernel's semantics, for tests.
+//! - [`summary`]: per-member interest summaries and the index senders pick candidates with.
 //!
 //! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
 //! quoting, escapes and argument matching.
@@ -18,6 +19,7 @@ pub mod interp;
 pub mod matcher;
 pub mod names;
 pub mod rule;
+pub mod summary;
 
 pub use matcher::{Arg, MessageInfo};
 pub use rule::{ArgMatch, ArgMatchKind, Error, MatchRule, MessageType};
