@@ -67,6 +67,9 @@ struct Test {
     offset: u32,
     mask: u32,
     value: u32,
+    /// For bloom tests, which entry they belong to (its first bit position + 1); 0 for
+    /// whole-word tests. Lets widening keep one word per entry.
+    entry: u32,
 }
 
 /// What the compiler needs besides the rules: the member, and the member ids that names
@@ -91,7 +94,8 @@ pub struct Program {
 
 fn bloom_tests(kind: &str, value: &str, out: &mut Vec<Test>) {
     let mut words: [u32; header::BLOOM_WORDS] = [0; header::BLOOM_WORDS];
-    for p in bloom_positions(kind, value) {
+    let positions = bloom_positions(kind, value);
+    for p in positions {
         words[(p / 32) as usize] |= 1 << (31 - p % 32);
     }
     for (i, mask) in words.iter().enumerate() {
@@ -100,6 +104,7 @@ fn bloom_tests(kind: &str, value: &str, out: &mut Vec<Test>) {
                 offset: OFF_BLOOM + 4 * i as u32,
                 mask: *mask,
                 value: *mask,
+                entry: positions[0] + 1,
             });
         }
     }
@@ -110,6 +115,7 @@ fn word(offset: u32, value: u32) -> Test {
         offset,
         mask: u32::MAX,
         value,
+        entry: 0,
     }
 }
 
@@ -130,6 +136,7 @@ fn rule_alternatives(rule: &MatchRule, resolver: &dyn Resolver) -> Option<Vec<Ve
             offset: OFF_KIND,
             mask: 0x00ff_0000,
             value: (t as u32) << 16,
+            entry: 0,
         });
     }
     if let Some(s) = &rule.sender {
@@ -342,6 +349,27 @@ fn emit(member: u32, blocks: &[Vec<Test>]) -> Option<Vec<Insn>> {
     (p.len() <= MAX_INSNS).then_some(p)
 }
 
+/// Keeps, of each bloom entry's word tests, the one with the most bits.
+fn densest_bloom_word(block: &[Test]) -> Vec<Test> {
+    let mut out: Vec<Test> = Vec::new();
+    for t in block {
+        if t.entry == 0 {
+            out.push(*t);
+            continue;
+        }
+        match out.iter_mut().find(|o| o.entry == t.entry) {
+            Some(o) if o.mask.count_ones() < t.mask.count_ones() => *o = *t,
+            Some(_) => {}
+            None => out.push(*t),
+        }
+    }
+    out
+}
+
+fn whole_words(block: &[Test]) -> Vec<Test> {
+    block.iter().copied().filter(|t| t.entry == 0).collect()
+}
+
 /// Compiles the rules of `member` into a filter that accepts whatever is addressed to it and
 /// whatever one of its rules may match. When the rules do not fit, tests are dropped (bloom
 /// tests first, then everything: the filter then accepts all broadcasts) and `widened` says so.
@@ -363,20 +391,24 @@ pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Pro
             widened: false,
         };
     }
-    // Keep only the whole-word tests (type, sender, destination, interface, member, path,
-    // arg0): each rule becomes wider but the program much shorter.
-    let mut narrow: Vec<Vec<Test>> = Vec::new();
-    for b in &blocks {
-        let kept: Vec<Test> = b.iter().copied().filter(|t| t.offset < OFF_BLOOM).collect();
-        if !narrow.contains(&kept) {
-            narrow.push(kept);
+    // Widen in steps until it fits: first test each bloom entry by its densest word only,
+    // then keep only the whole-word tests (type, sender, destination, interface, member,
+    // path, arg0). Each rule becomes wider, the program much shorter.
+    let steps: [fn(&[Test]) -> Vec<Test>; 2] = [densest_bloom_word, whole_words];
+    for widen in steps {
+        let mut narrow: Vec<Vec<Test>> = Vec::new();
+        for b in &blocks {
+            let kept = widen(b);
+            if !narrow.contains(&kept) {
+                narrow.push(kept);
+            }
         }
-    }
-    if let Some(insns) = emit(member, &narrow) {
-        return Program {
-            insns,
-            widened: true,
-        };
+        if let Some(insns) = emit(member, &narrow) {
+            return Program {
+                insns,
+                widened: true,
+            };
+        }
     }
     // Last resort: accept every broadcast, and everything when a rule eavesdrops.
     let eavesdrops = rules.iter().any(|r| r.eavesdrop);
