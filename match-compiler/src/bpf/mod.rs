@@ -349,6 +349,9 @@ fn emit(member: u32, blocks: &[Vec<Test>]) -> Option<Vec<Insn>> {
     (p.len() <= MAX_INSNS).then_some(p)
 }
 
+/// A way to make a rule's tests wider (fewer tests).
+type Widening = fn(&[Test]) -> Vec<Test>;
+
 /// Keeps, of each bloom entry's word tests, the one with the most bits.
 fn densest_bloom_word(block: &[Test]) -> Vec<Test> {
     let mut out: Vec<Test> = Vec::new();
@@ -394,7 +397,7 @@ pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Pro
     // Widen in steps until it fits: first test each bloom entry by its densest word only,
     // then keep only the whole-word tests (type, sender, destination, interface, member,
     // path, arg0). Each rule becomes wider, the program much shorter.
-    let steps: [fn(&[Test]) -> Vec<Test>; 2] = [densest_bloom_word, whole_words];
+    let steps: [Widening; 2] = [densest_bloom_word, whole_words];
     for widen in steps {
         let mut narrow: Vec<Vec<Test>> = Vec::new();
         for b in &blocks {
