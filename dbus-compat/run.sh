@@ -177,7 +177,16 @@ for u in "${users[@]}"; do
   echo "== reference: /usr/bin/dbus-daemon as $u"
   run_suite /usr/bin/dbus-daemon "$u" "$work/ref-$u.tsv" "$work/logs/ref-$u"
   echo "== under test: $daemon as $u"
-  run_suite "$daemon" "$u" "$work/test-$u.tsv" "$work/logs/test-$u"
+  under_test="$daemon"
+  if [ "$u" != "$(id -un)" ]; then
+    # The checkout may not be readable by that user (e.g. under /root): run a copy.
+    copy_dir="$(mktemp -d)"
+    chmod 755 "$copy_dir"
+    cp "$daemon" "$copy_dir/busd"
+    chmod 755 "$copy_dir/busd"
+    under_test="$copy_dir/busd"
+  fi
+  run_suite "$under_test" "$u" "$work/test-$u.tsv" "$work/logs/test-$u"
   # A regression: ok with the reference, anything else (or absent) under test.
   while IFS=$'\t' read -r name subtest _; do
     got=$(awk -F'\t' -v n="$name" -v s="$subtest" '$1==n && $2==s { print $3; exit }' \
