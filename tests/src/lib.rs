@@ -136,6 +136,21 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 pub const HEADER: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">"#;
 
+/// A session bus configuration that allows everything (as the stock session.conf does),
+/// with `extra_policy` appended to its default policy and `extra` (limits, service
+/// directories...) to the configuration.
+pub fn session_config(extra_policy: &str, extra: &str) -> String {
+    format!(
+        r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+    {extra_policy}
+  </policy>
+  {extra}
+</busconfig>"#
+    )
+}
+
 /// Writes a configuration file (the doctype is added).
 pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use busd_tests::{both, dbus_send, have, write_config, Busd};
+use busd_tests::{both, dbus_send, have, session_config, write_config, Busd};
 use futures_util::StreamExt;
 
 const SERVICE: &str = env!("CARGO_BIN_EXE_busd-test-service");
@@ -47,15 +47,13 @@ fn setup(dir: &Path) -> std::path::PathBuf {
     write_config(
         dir,
         "activation.conf",
-        &format!(
-            r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
-  <servicedir>{}</servicedir>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy>
-  <limit name="service_start_timeout">1000</limit>
-</busconfig>"#,
-            services.display()
+        &session_config(
+            "",
+            &format!(
+                r#"<servicedir>{}</servicedir>
+  <limit name="service_start_timeout">1000</limit>"#,
+                services.display()
+            ),
         ),
     )
 }

@@ -7,17 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use busd_tests::{both, bus_arg, dbus_send, have, write_config, Busd, Sink};
+use busd_tests::{both, bus_arg, dbus_send, have, session_config, write_config, Busd, Sink};
 
 fn config_with(limits: &str) -> String {
-    format!(
-        r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy>
-  {limits}
-</busconfig>"#
-    )
+    session_config("", limits)
 }
 
 fn start(dir: &std::path::Path, limits: &str) -> Busd {

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use busd_tests::{both, busd_binary, dbus_send, have, run, write_config, Busd, Sink};
+use busd_tests::{
+    both, busd_binary, dbus_send, have, run, session_config, write_config, Busd, Sink,
+};
 
 /// A session-like bus with a few denials.
 const RESTRICTED: &str = r#"<busconfig>
@@ -159,11 +161,7 @@ fn users_the_policy_refuses_cannot_connect() {
     let config = write_config(
         dir.path(),
         "nobody.conf",
-        r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-    <deny user="*"/>
-  </policy></busconfig>"#,
+        &session_config(r#"<deny user="*"/>"#, ""),
     );
     let outcomes = both(&config, |bus| {
         vec![dbus_send(
@@ -193,11 +191,8 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let allow_all = r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy></busconfig>"#;
-    let config = write_config(dir.path(), "bus.conf", allow_all);
+    let allow_all = session_config("", "");
+    let config = write_config(dir.path(), "bus.conf", &allow_all);
     let arg = format!("--config-file={}", config.display());
     let mut bus = Busd::start_with(&[&arg]);
     let reload = |bus: &Busd| {
@@ -241,17 +236,14 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
         "the old policy still applies"
     );
 
-    let denying = allow_all.replace(
-        "<allow own=\"*\"/>",
-        "<allow own=\"*\"/><deny own=\"org.example.Later\"/>",
-    );
+    let denying = session_config(r#"<deny own="org.example.Later"/>"#, "");
     write_config(dir.path(), "bus.conf", &denying);
     assert!(reload(&bus).0);
     let (ok, text) = own(&bus, "org.example.Later");
     assert!(!ok && text.contains("AccessDenied"), "{text}");
 
     // SIGHUP reloads too, as with dbus-daemon.
-    write_config(dir.path(), "bus.conf", allow_all);
+    write_config(dir.path(), "bus.conf", &allow_all);
     let pid = nix::unistd::Pid::from_raw(bus.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -287,18 +287,15 @@ async fn a_tiny_incoming_limit_slows_senders_but_loses_nothing() {
     // max_incoming_bytes=1: busd reads a sender only while none of its messages wait in a
     // queue, as dbus-daemon's incoming-limit configuration exercises.
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("limited.conf");
-    std::fs::write(
-        &config,
-        r#"<busconfig><type>session</type><listen>unix:tmpdir=/tmp</listen>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
-  </policy>
-  <limit name="max_incoming_bytes">1</limit>
-  <limit name="max_replies_per_connection">1000000</limit>
-</busconfig>"#,
-    )
-    .unwrap();
+    let config = busd_tests::write_config(
+        dir.path(),
+        "limited.conf",
+        &busd_tests::session_config(
+            "",
+            r#"<limit name="max_incoming_bytes">1</limit>
+  <limit name="max_replies_per_connection">1000000</limit>"#,
+        ),
+    );
     let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
     timeout(async {
         let _service = serve_echo(&bus, "org.example.Service").await;

@@ -58,6 +58,8 @@ pub struct Server {
     paused: BTreeSet<PeerId>,
     /// Listeners are not accepted from while max_incomplete_connections are authenticating.
     accept_paused: bool,
+    /// accept() is failing (out of descriptors); logged once until it works again.
+    accept_failing: bool,
     /// SIGHUP (reload), SIGTERM and SIGINT (exit), SIGCHLD (a started service ended).
     signals: SignalFd,
     /// Changes in the watched directories.
@@ -132,6 +134,7 @@ impl Server {
             dirty: Vec::new(),
             paused: BTreeSet::new(),
             accept_paused: false,
+            accept_failing: false,
             signals,
             inotify,
             children: HashMap::new(),
@@ -320,8 +323,9 @@ impl Server {
         self.conns.values().filter(|c| !c.is_complete()).count() as u64
     }
 
-    /// Accepts again once fewer than max_incomplete_connections are authenticating
-    /// (clients waited in the listen backlog meanwhile, as with dbus-daemon).
+    /// Accepts again once fewer than max_incomplete_connections are authenticating, or
+    /// after accept() failed for want of descriptors (clients waited in the listen backlog
+    /// meanwhile, as with dbus-daemon).
     fn resume_accepting(&mut self) {
         if self.accept_paused
             && self.incomplete_count() < self.config.limits.max_incomplete_connections
@@ -411,10 +415,19 @@ impl Server {
                 None => return,
             };
             let stream = match accepted {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    self.accept_failing = false;
+                    s
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    warn!("accept failed: {e}");
+                    // Out of file descriptors (or memory): the client waits in the backlog
+                    // and accepting resumes on the next wake-up, once something was closed.
+                    if !self.accept_failing {
+                        warn!("accept failed, retrying later: {e}");
+                        self.accept_failing = true;
+                    }
+                    self.accept_paused = true;
                     return;
                 }
             };

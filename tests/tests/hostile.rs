@@ -1,0 +1,310 @@
+//! Hostile and broken clients: each is disconnected or refused the way dbus-daemon does it,
+//! and the bus keeps serving everybody else.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use busd::wire::marshal::Endian;
+use busd::wire::message::{encode, HeaderFields, METHOD_CALL};
+use busd_tests::{busd_binary, dbus_send, have, session_config, write_config, Busd};
+
+fn socket_path(bus: &Busd) -> std::path::PathBuf {
+    bus.dir.path().join("bus")
+}
+
+fn hex_uid() -> String {
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    uid.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn call_bytes(
+    serial: u32,
+    dest: &str,
+    path: &str,
+    iface: &str,
+    member: &str,
+    unix_fds: u32,
+) -> Vec<u8> {
+    call_with_body(serial, dest, path, iface, member, unix_fds, None, &[])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn call_with_body(
+    serial: u32,
+    dest: &str,
+    path: &str,
+    iface: &str,
+    member: &str,
+    unix_fds: u32,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let f = HeaderFields {
+        path: Some(path),
+        interface: Some(iface),
+        member: Some(member),
+        destination: Some(dest),
+        signature,
+        unix_fds,
+        ..Default::default()
+    };
+    encode(Endian::Little, METHOD_CALL, 0, serial, &f, body)
+}
+
+/// A raw client that authenticated (with fd passing) and said Hello.
+fn raw_client(bus: &Busd) -> UnixStream {
+    let mut s = UnixStream::connect(socket_path(bus)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = format!(
+        "\0AUTH EXTERNAL {}\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n",
+        hex_uid()
+    );
+    s.write_all(auth.as_bytes()).unwrap();
+    s.write_all(&call_bytes(
+        1,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "Hello",
+        0,
+    ))
+    .unwrap();
+    // The SASL lines, the Hello reply and NameAcquired: read until something arrived.
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(n > 0);
+    s
+}
+
+/// Reads until the bus closes the connection; fails if it does not within 10 s.
+fn assert_closed(mut s: UnixStream) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the bus did not close the connection: {e}"),
+        }
+    }
+}
+
+fn still_serving(bus: &Busd) {
+    let (ok, out) = dbus_send(
+        bus,
+        &[
+            "--dest=org.freedesktop.DBus",
+            "/",
+            "org.freedesktop.DBus.GetId",
+        ],
+    );
+    assert!(ok, "the bus stopped serving others: {out}");
+}
+
+/// A session bus, when dbus-send is there to check that it keeps serving.
+fn checked_bus() -> Option<Busd> {
+    have("dbus-send").then(Busd::start)
+}
+
+#[test]
+fn garbage_impossible_lengths_and_lying_fd_counts_disconnect_only_their_sender() {
+    let Some(bus) = checked_bus() else { return };
+    let mut garbage = raw_client(&bus);
+    garbage
+        .write_all(b"this is not a D-Bus message at all, sorry\r\n")
+        .unwrap();
+    assert_closed(garbage);
+    still_serving(&bus);
+
+    // A header that announces a 4 GiB body.
+    let mut huge = raw_client(&bus);
+    let mut bytes = call_bytes(
+        2,
+        "org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus",
+        "GetId",
+        0,
+    );
+    bytes[4..8].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    huge.write_all(&bytes).unwrap();
+    assert_closed(huge);
+    still_serving(&bus);
+
+    // UNIX_FDS says 3, one fd comes.
+    let liar = raw_client(&bus);
+    let bytes = call_bytes(
+        2,
+        "org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus",
+        "GetId",
+        3,
+    );
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let fds = [devnull.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        liar.as_raw_fd(),
+        &[std::io::IoSlice::new(&bytes)],
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert_closed(liar);
+    still_serving(&bus);
+}
+
+#[test]
+fn a_client_killed_in_the_middle_of_a_message_harms_nobody() {
+    let Some(bus) = checked_bus() else { return };
+    let mut half = raw_client(&bus);
+    let bytes = call_bytes(
+        2,
+        "org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus",
+        "GetId",
+        0,
+    );
+    half.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    drop(half);
+    still_serving(&bus);
+}
+
+#[tokio::test]
+async fn a_reader_that_never_reads_gets_a_full_queue_not_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "small-queues.conf",
+        &session_config("", r#"<limit name="max_outgoing_bytes">200000</limit>"#),
+    );
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    // The sleeper takes a name, then never reads again.
+    let sleeper = raw_client(&bus);
+    let mut body = busd::wire::marshal::Writer::new(Endian::Little);
+    body.string("org.example.Sleepy");
+    body.u32(0);
+    let request = call_with_body(
+        2,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "RequestName",
+        0,
+        Some("su"),
+        &body.into_vec(),
+    );
+    (&sleeper).write_all(&request).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let conn = zbus::connection::Builder::address(bus.address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let payload = vec![0u8; 32 * 1024];
+        let calls = (0..100).map(|_| {
+            let conn = conn.clone();
+            let payload = payload.clone();
+            async move {
+                conn.call_method(
+                    Some("org.example.Sleepy"),
+                    "/",
+                    Some("org.example.Food"),
+                    "Eat",
+                    &(payload,),
+                )
+                .await
+            }
+        });
+        let mut calls: Vec<_> = calls.map(Box::pin).collect();
+        // Wait for the first refusal: the queue is full, the flooder is told so.
+        let refused = loop {
+            let (r, _, rest) = futures_util::future::select_all(calls).await;
+            calls = rest;
+            if let Err(zbus::Error::MethodError(name, Some(text), _)) = r {
+                break (name.to_string(), text);
+            }
+        };
+        assert_eq!(refused.0, "org.freedesktop.DBus.Error.LimitsExceeded");
+        assert!(
+            refused
+                .1
+                .starts_with("Rejected: destination has a full message queue"),
+            "{}",
+            refused.1
+        );
+        // Everybody else is served meanwhile.
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+        dbus.get_id().await.unwrap();
+        // The sleeper leaves: the calls it held end with NoReply.
+        drop(sleeper);
+        for r in futures_util::future::join_all(calls).await {
+            match r {
+                Err(zbus::Error::MethodError(name, _, _)) => assert!(
+                    name.as_str() == "org.freedesktop.DBus.Error.NoReply"
+                        || name.as_str() == "org.freedesktop.DBus.Error.LimitsExceeded",
+                    "{name}"
+                ),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_and_recovers() {
+    if !(have("dbus-send") && have("prlimit")) {
+        return;
+    }
+    let prlimit = Path::new("prlimit");
+    let busd = busd_binary();
+    let bus = Busd::start_program(
+        prlimit,
+        &["--nofile=40:40", busd.to_str().unwrap(), "--session"],
+    );
+    still_serving(&bus);
+    // Fill the descriptor table with idle connections.
+    let hogs: Vec<UnixStream> = (0..60)
+        .filter_map(|_| UnixStream::connect(socket_path(&bus)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A client arrives meanwhile: it waits in the listen backlog.
+    let waiting = std::process::Command::new("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args([
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/",
+            "org.freedesktop.DBus.GetId",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(hogs);
+    // Once the hogs are gone the bus accepts again, and the waiting client is served
+    // without any new connection having to arrive.
+    let mut waiting = waiting;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = waiting.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bus did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    still_serving(&bus);
+}
