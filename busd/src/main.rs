@@ -242,7 +242,7 @@ fn run(options: Options) -> Result<()> {
     }
     let mut listeners = Vec::new();
     for a in &addresses {
-        listeners.push(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);
+        listeners.extend(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);
     }
     let guid = cli::new_guid();
     let printed: Vec<String> = listeners
@@ -314,9 +314,18 @@ fn run(options: Options) -> Result<()> {
             _ => {}
         }
     }
+    let notifier = server::notify::Notifier::from_env();
     let mut bus = Bus::new(settings);
     bus.set_activatable(server_config.services.clone(), false);
-    Server::new(listeners, bus, server_config, reloader, starter_env)?.run()?;
+    Server::new(
+        listeners,
+        bus,
+        server_config,
+        reloader,
+        starter_env,
+        notifier,
+    )?
+    .run()?;
     Ok(())
 }
 

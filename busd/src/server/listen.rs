@@ -52,9 +52,78 @@ fn listen_path(path: &Path) -> io::Result<Listener> {
     })
 }
 
-/// Binds one configured address.
-pub fn bind(addr: &ListenAddress) -> io::Result<Listener> {
+/// The listening sockets systemd passed (socket activation): fds 3.. per `LISTEN_FDS`,
+/// for this process per `LISTEN_PID`. The variables are removed so that started services do
+/// not take the sockets for theirs (sd_listen_fds with unset_environment).
+fn systemd_listeners() -> io::Result<Vec<Listener>> {
+    use std::os::fd::FromRawFd;
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if !pid_ok || count <= 0 {
+        return Err(io::Error::other(
+            "systemd: address given, but no sockets were passed by systemd (LISTEN_FDS)",
+        ));
+    }
+    let mut out = Vec::new();
+    for fd in 3..3 + count {
+        // SAFETY: systemd passed these descriptors to us, open, for us to own (LISTEN_FDS
+        // counts them from 3); nothing else in busd has taken them.
+        let std = unsafe { StdListener::from_raw_fd(fd) };
+        let accepting = nix::sys::socket::getsockopt(&std, nix::sys::socket::sockopt::AcceptConn)
+            .map_err(io::Error::from)?;
+        if !accepting {
+            return Err(io::Error::other(format!(
+                "systemd passed fd {fd}, which is not a listening unix stream socket"
+            )));
+        }
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(io::Error::from)?;
+        std.set_nonblocking(true)?;
+        let local = std.local_addr()?;
+        let address = match (local.as_pathname(), local.as_abstract_name()) {
+            (Some(p), _) => BoundAddress::Path(p.to_string_lossy().into_owned()),
+            (None, Some(name)) => {
+                BoundAddress::Abstract(String::from_utf8_lossy(name).into_owned())
+            }
+            _ => {
+                return Err(io::Error::other(format!(
+                    "systemd passed fd {fd}, an unnamed socket"
+                )))
+            }
+        };
+        out.push(Listener {
+            socket: mio::net::UnixListener::from_std(std),
+            address,
+            // systemd owns the socket file.
+            path: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Binds one configured address (`systemd:` may give several sockets).
+pub fn bind(addr: &ListenAddress) -> io::Result<Vec<Listener>> {
+    if *addr == ListenAddress::Systemd {
+        return systemd_listeners();
+    }
+    bind_one(addr).map(|l| vec![l])
+}
+
+fn bind_one(addr: &ListenAddress) -> io::Result<Listener> {
     match addr {
+        ListenAddress::Systemd => Err(io::Error::other("systemd: is bound by bind()")),
         ListenAddress::Path(p) => listen_path(Path::new(p)),
         ListenAddress::Abstract(name) => {
             let sa = SocketAddr::from_abstract_name(name.as_bytes())?;

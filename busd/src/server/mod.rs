@@ -4,6 +4,7 @@
 mod conn;
 pub mod identity;
 mod listen;
+pub mod notify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -68,6 +69,8 @@ pub struct Server {
     children: HashMap<u64, std::process::Child>,
     /// DBUS_STARTER_ADDRESS and friends, given to every started service.
     starter_env: Vec<(String, String)>,
+    /// systemd's readiness notifications.
+    notifier: notify::Notifier,
 }
 
 const FIRST_CONN: PeerId = 1024;
@@ -97,6 +100,7 @@ impl Server {
         config: ServerConfig,
         reloader: Reloader,
         starter_env: Vec<(String, String)>,
+        notifier: notify::Notifier,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         // The signals busd acts on are blocked and read from a signalfd in the loop, so a
@@ -139,6 +143,7 @@ impl Server {
             inotify,
             children: HashMap::new(),
             starter_env,
+            notifier,
         })
         .map(|mut s| {
             s.watch_dirs();
@@ -149,6 +154,7 @@ impl Server {
     /// Runs until SIGTERM or SIGINT; dropping the server then removes its socket files.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
+        self.notifier.notify("READY=1");
         loop {
             let timeout = self
                 .next_deadline()
@@ -163,6 +169,7 @@ impl Server {
                 if event.token() == SIGNALS {
                     if self.take_signals() {
                         info!("exiting on a signal");
+                        self.notifier.notify("STOPPING=1");
                         return Ok(());
                     }
                     continue;
@@ -210,7 +217,10 @@ impl Server {
     /// Re-reads the configuration and the service files; either all of it applies or none
     /// of it.
     fn reload(&mut self) -> Result<(), String> {
-        let cfg = (self.reloader)()?;
+        self.notifier.notify("RELOADING=1");
+        let loaded = (self.reloader)();
+        self.notifier.notify("READY=1");
+        let cfg = loaded?;
         self.bus.reconfigure(
             cfg.limits.clone(),
             Rc::clone(&cfg.policy),

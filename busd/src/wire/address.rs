@@ -11,6 +11,8 @@ pub enum ListenAddress {
     Dir(String),
     /// `$XDG_RUNTIME_DIR/bus`.
     Runtime,
+    /// `systemd:`: the listening sockets systemd passed (socket activation, LISTEN_FDS).
+    Systemd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +68,12 @@ impl ListenAddress {
             reason: reason.to_string(),
         };
         let (transport, params) = s.split_once(':').ok_or_else(|| err("no transport"))?;
+        if transport == "systemd" {
+            if !params.is_empty() {
+                return Err(err("systemd: takes no parameters"));
+            }
+            return Ok(ListenAddress::Systemd);
+        }
         if transport != "unix" {
             return Err(err("only the unix transport is supported"));
         }
@@ -117,6 +125,11 @@ mod tests {
 
     #[test]
     fn parses_every_unix_form() {
+        assert_eq!(
+            ListenAddress::parse("systemd:").unwrap(),
+            ListenAddress::Systemd
+        );
+        assert!(ListenAddress::parse("systemd:x=1").is_err());
         assert_eq!(
             ListenAddress::parse_list("unix:path=/tmp/a%20b;unix:abstract=x;unix:tmpdir=/tmp;unix:dir=/run;unix:runtime=yes").unwrap(),
             vec![
