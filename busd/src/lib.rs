@@ -6,9 +6,11 @@
 //! - [`server`]: the I/O shell: listeners, connections, the event loop.
 //! - [`activation`]: the shell's side of activation (service directories and files).
 //! - [`cli`]: dbus-daemon's command line.
+//! - [`logging`]: stderr and/or the system log, as dbus-daemon chooses.
 
 pub mod activation;
 pub mod bus;
 pub mod cli;
+pub mod logging;
 pub mod server;
 pub mod wire;

@@ -47,20 +47,33 @@ fn ensure_standard_fds() {
 }
 
 fn init_logging(options: &Options) {
-    // Like dbus-daemon, quiet unless something is wrong; RUST_LOG=busd=debug for more.
-    let default = if options.syslog == Syslog::Only {
-        "error"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Like dbus-daemon: stderr is quiet unless something is wrong, the system log (when
+    // asked for) also gets lifecycle and activation messages; RUST_LOG=busd=debug for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env();
+    busd::logging::set_verbose(filter.is_ok());
+    let filter = filter.unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if options.syslog == Syslog::Only {
+        busd::logging::set_sink(busd::logging::Sink::Syslog);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(busd::logging::Writer)
         .with_target(false)
         .with_ansi(false)
         .init();
+}
+
+/// `<syslog/>` and the command line decide where the log goes (bus.c): the system log
+/// in addition to stderr, or instead of it with --syslog-only.
+fn choose_log_sink(options: &Options, config: &Config) {
+    use busd::logging::{set_sink, Sink};
+    set_sink(match options.syslog {
+        Syslog::Only => Sink::Syslog,
+        Syslog::On => Sink::Both,
+        Syslog::Off => Sink::Stderr,
+        Syslog::Default if config.syslog => Sink::Both,
+        Syslog::Default => Sink::Stderr,
+    });
 }
 
 /// Loads and compiles a configuration; nothing is applied until all of it is valid.
@@ -220,6 +233,7 @@ fn run(options: Options) -> Result<()> {
         .config_path()
         .context("No configuration file specified.")?;
     let (config, server_config) = load(&path)?;
+    choose_log_sink(&options, &config);
     if options.check_config {
         print!("{}", describe(&config, &server_config));
         return Ok(());

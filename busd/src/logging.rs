@@ -1,0 +1,112 @@
+//! Where busd's log goes: stderr, the system log, or both, as dbus-daemon decides it
+//! (`<syslog/>`, `--syslog`, `--nosyslog`, `--syslog-only`). A `tracing` writer that
+//! routes each event by its level; the destination can be set after the configuration was
+//! read, while logging already runs.
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Once;
+
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Stderr = 0,
+    Both = 1,
+    Syslog = 2,
+}
+
+static SINK: AtomicU8 = AtomicU8::new(Sink::Stderr as u8);
+/// RUST_LOG asked for more than warnings: stderr shows everything the filter lets through.
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+static OPENLOG: Once = Once::new();
+
+pub fn set_sink(sink: Sink) {
+    if sink != Sink::Stderr {
+        OPENLOG.call_once(|| {
+            // SAFETY: openlog keeps the ident pointer; a static C string outlives the
+            // process's use of it.
+            unsafe { libc::openlog(c"busd".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        });
+    }
+    SINK.store(sink as u8, Ordering::Relaxed);
+}
+
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, Ordering::Relaxed);
+}
+
+/// The writer for `tracing_subscriber::fmt().with_writer(...)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Writer;
+
+/// One formatted event, sent where it belongs when dropped.
+pub struct Line {
+    level: Level,
+    buf: Vec<u8>,
+}
+
+impl<'a> MakeWriter<'a> for Writer {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line {
+            level: Level::INFO,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        Line {
+            level: *meta.level(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn priority(level: Level) -> libc::c_int {
+    match level {
+        Level::ERROR => libc::LOG_ERR,
+        Level::WARN => libc::LOG_WARNING,
+        Level::INFO => libc::LOG_INFO,
+        _ => libc::LOG_DEBUG,
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let sink = SINK.load(Ordering::Relaxed);
+        // The system log takes the lifecycle and activation messages (info) as well;
+        // stderr stays quiet below warnings unless RUST_LOG asked for more.
+        let to_stderr = sink != Sink::Syslog as u8
+            && (self.level <= Level::WARN || VERBOSE.load(Ordering::Relaxed));
+        if to_stderr {
+            let _ = io::stderr().write_all(&self.buf);
+        }
+        if sink != Sink::Stderr as u8 && self.level <= Level::INFO {
+            let text = String::from_utf8_lossy(&self.buf);
+            let line = text.trim_end().replace('\0', " ");
+            if let Ok(c) = CString::new(line) {
+                // SAFETY: a constant "%s" format with one NUL-terminated string argument.
+                unsafe { libc::syslog(priority(self.level), c"%s".as_ptr(), c.as_ptr()) };
+            }
+        }
+    }
+}
