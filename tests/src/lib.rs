@@ -233,6 +233,24 @@ where
     ours
 }
 
+/// Waits (up to 2 s) for a socket file to appear.
+pub fn wait_for_socket(path: &Path) {
+    for _ in 0..100 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `dbus-send --print-reply` on the bus listening at `socket`, with `args`.
+pub fn dbus_send_at(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    run(Command::new("dbus-send")
+        .arg(format!("--bus=unix:path={}", socket.display()))
+        .arg("--print-reply")
+        .args(args))
+}
+
 /// Runs `dbus-send --print-reply` on the bus; returns (success, output and errors).
 pub fn dbus_send(bus: &Busd, args: &[&str]) -> (bool, String) {
     let (ok, out, err) = run(Command::new("dbus-send")

@@ -2,9 +2,8 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use busd_tests::{busd_binary, have, run, session_config, write_config};
+use busd_tests::{busd_binary, dbus_send_at, have, session_config, wait_for_socket, write_config};
 
 /// Runs busd with `flags`, makes it refuse one message, stops it; returns its stderr.
 fn stderr_of_a_denial(flags: &[&str]) -> String {
@@ -23,20 +22,15 @@ fn stderr_of_a_denial(flags: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (ok, _, _) = run(Command::new("dbus-send")
-        .arg(format!("--bus=unix:path={}", sock.display()))
-        .args([
-            "--print-reply",
+    wait_for_socket(&sock);
+    let (ok, _, _) = dbus_send_at(
+        &sock,
+        &[
             "--dest=org.freedesktop.DBus",
             "/",
             "org.example.Secret.Poke",
-        ]));
+        ],
+    );
     assert!(!ok);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(busd.id() as i32),

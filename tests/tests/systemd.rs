@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use busd_tests::{busd_binary, have, run};
+use busd_tests::{busd_binary, dbus_send_at, have, wait_for_socket};
 
 #[test]
 fn takes_its_listening_socket_from_systemd() {
@@ -31,20 +31,15 @@ fn takes_its_listening_socket_from_systemd() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (ok, out, err) = run(Command::new("dbus-send")
-        .arg(format!("--bus=unix:path={}", sock.display()))
-        .args([
-            "--print-reply",
+    wait_for_socket(&sock);
+    let (ok, out, err) = dbus_send_at(
+        &sock,
+        &[
             "--dest=org.freedesktop.DBus",
             "/",
             "org.freedesktop.DBus.GetId",
-        ]));
+        ],
+    );
     assert!(ok, "{out}{err}");
     let mut line = String::new();
     BufReader::new(activator.stdout.take().unwrap())
