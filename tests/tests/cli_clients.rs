@@ -324,3 +324,23 @@ fn bad_usage_and_bad_config_fail_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.conf:3:") && err.contains("nope"), "{err}");
 }
+
+#[test]
+fn busd_top_lists_connections_with_their_names_and_processes() {
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return;
+    }
+    let bus = Busd::start();
+    let _sink = busd_tests::Sink::start(&bus.address, "org.example.Top");
+    let top = busd_binary().with_file_name("busd-top");
+    let (ok, out, err) = run(Command::new(top)
+        .arg(format!("--address={}", bus.address))
+        .arg("--once"));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("connections: 2 active"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.ends_with("org.example.Top"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("python3"), "{line}");
+}
