@@ -237,3 +237,21 @@ mod tests {
         assert_ne!(g, new_guid());
     }
 }
+
+#[cfg(test)]
+mod man_page {
+    /// The manual page documents every option the command line takes.
+    #[test]
+    fn documents_every_option() {
+        let man = include_str!("../../docs/busd.1").replace("\\-", "-");
+        for option in super::USAGE
+            .split(|c: char| c == '[' || c == ']' || c == ' ' || c == '=')
+            .filter(|w| w.starts_with("--"))
+        {
+            assert!(
+                man.contains(option),
+                "docs/busd.1 does not mention {option}"
+            );
+        }
+    }
+}
