@@ -245,7 +245,7 @@ mod man_page {
     fn documents_every_option() {
         let man = include_str!("../../docs/busd.1").replace("\\-", "-");
         for option in super::USAGE
-            .split(|c: char| c == '[' || c == ']' || c == ' ' || c == '=')
+            .split(['[', ']', ' ', '='])
             .filter(|w| w.starts_with("--"))
         {
             assert!(
