@@ -1,0 +1,22 @@
+//! A short soak run in every test pass (busd-soak with 100 clients for 3 seconds): calls,
+//! signals and name churn with every message counted. Longer runs: docs/reliability.md.
+
+use std::process::Command;
+
+use busd_tests::{run, Busd};
+
+#[test]
+fn a_hundred_clients_lose_nothing() {
+    let bus = Busd::start();
+    let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_busd-soak")).args([
+        &format!("--address={}", bus.address),
+        "--clients=100",
+        "--seconds=3",
+        &format!("--daemon-pid={}", bus.pid()),
+    ]));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(" 0 wrong replies") && out.contains(" 0 lost"),
+        "{out}"
+    );
+}
