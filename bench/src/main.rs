@@ -1,0 +1,351 @@
+//! busd-bench: the same zbus clients against dbus-daemon and busd, side by side.
+//!
+//! Scenarios: method-call round trip (sequential calls to a well-known name), and signal
+//! fan-out to 1, 10 and 50 subscribers with 64 B, 1 KiB and 64 KiB payloads, sent in
+//! windows (the emitter waits until every subscriber has the window's last signal, so it
+//! measures delivery, not the emitter's queue). Each reports the rate, latency p50/p99
+//! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/schedstat) and
+//! losses. The daemon runs pinned to one CPU, the clients to another; daemons alternate
+//! order over rounds and the medians are reported, with ratios against dbus-daemon.
+//!
+//!   busd-bench [--busd=PATH] [--rounds=N] [--quick]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use zbus::{connection, interface, Connection, MatchRule, MessageStream};
+
+struct Server;
+
+#[interface(name = "org.bench.Echo")]
+impl Server {
+    fn echo(&self, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+}
+
+/// A bus daemon under test, on a private socket.
+struct Daemon {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn pin(cpu: usize) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu % cpus())?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+impl Daemon {
+    fn start(program: &str) -> Result<Daemon> {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir()?;
+        let sock = dir.path().join("bus");
+        let mut cmd = Command::new(program);
+        cmd.args(["--session", "--nofork", "--print-address"])
+            .arg(format!("--address=unix:path={}", sock.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: only sched_setaffinity between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| pin(1).map_err(std::io::Error::from));
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if !line.starts_with("unix:") {
+            bail!("{program} printed {line:?}");
+        }
+        Ok(Daemon {
+            child,
+            address: line.trim().to_string(),
+            _dir: dir,
+        })
+    }
+
+    /// CPU time the daemon has used, in nanoseconds.
+    fn cpu_ns(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id()))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(address: &str) -> Result<Connection> {
+    Ok(connection::Builder::address(address)?.build().await?)
+}
+
+/// Results of one scenario on one daemon.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measure {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_ns_per_op: f64,
+    lost: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
+    let _server = connection::Builder::address(daemon.address.as_str())?
+        .name("org.bench.Server")?
+        .serve_at("/echo", Server)?
+        .build()
+        .await?;
+    let client = connect(&daemon.address).await?;
+    let payload = vec![0u8; 64];
+    let call = || {
+        client.call_method(
+            Some("org.bench.Server"),
+            "/echo",
+            Some("org.bench.Echo"),
+            "Echo",
+            &payload,
+        )
+    };
+    for _ in 0..200 {
+        call().await?; // warm-up
+    }
+    let cpu0 = daemon.cpu_ns();
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        call().await?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = daemon.cpu_ns() - cpu0;
+    lat.sort_unstable();
+    Ok(Measure {
+        rate: calls as f64 / elapsed,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        cpu_ns_per_op: cpu as f64 / calls as f64,
+        lost: 0,
+    })
+}
+
+/// The sequence number that tells subscribers the run is over.
+const STOP: u64 = u64::MAX;
+
+async fn fan_out(
+    daemon: &Daemon,
+    subscribers: usize,
+    payload: usize,
+    signals: u64,
+) -> Result<Measure> {
+    const WINDOW: u64 = 16;
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut done_marks = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let conn = connect(&daemon.address).await?;
+        let rule = MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.bench.Fan")?
+            .member("Tick")?
+            .build();
+        let mut stream = MessageStream::for_match_rule(rule, &conn, None).await?;
+        let last = Arc::new(AtomicU64::new(u64::MAX));
+        done_marks.push(last.clone());
+        let received = received.clone();
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            let _conn = conn;
+            let mut local = Vec::new();
+            while let Some(Ok(m)) = stream.next().await {
+                let Ok((seq, sent_ns, _data)) = m.body().deserialize::<(u64, u64, Vec<u8>)>()
+                else {
+                    continue;
+                };
+                if seq == STOP {
+                    break;
+                }
+                let now = epoch.elapsed().as_nanos() as u64;
+                local.push(now.saturating_sub(sent_ns));
+                received.fetch_add(1, Ordering::Relaxed);
+                last.store(seq, Ordering::Release);
+            }
+            latencies.lock().unwrap().append(&mut local);
+        }));
+    }
+    let emitter = connect(&daemon.address).await?;
+    let data = vec![0xabu8; payload];
+    let cpu0 = daemon.cpu_ns();
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while seq < signals {
+        for _ in 0..WINDOW.min(signals - seq) {
+            let sent_ns = epoch.elapsed().as_nanos() as u64;
+            emitter
+                .emit_signal(
+                    None::<&str>,
+                    "/fan",
+                    "org.bench.Fan",
+                    "Tick",
+                    &(seq, sent_ns, &data),
+                )
+                .await?;
+            seq += 1;
+        }
+        // The window is delivered when every subscriber has its last signal.
+        let target = seq - 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done_marks
+            .iter()
+            .any(|m| m.load(Ordering::Acquire).wrapping_add(1) < target + 1)
+        {
+            if Instant::now() > deadline {
+                break; // counted as lost below
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = daemon.cpu_ns() - cpu0;
+    emitter
+        .emit_signal(
+            None::<&str>,
+            "/fan",
+            "org.bench.Fan",
+            "Tick",
+            &(STOP, 0u64, Vec::<u8>::new()),
+        )
+        .await?;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let delivered = received.load(Ordering::Relaxed);
+    let expected = signals * subscribers as u64;
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_unstable();
+    Ok(Measure {
+        rate: delivered as f64 / elapsed,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        cpu_ns_per_op: cpu as f64 / delivered.max(1) as f64,
+        lost: expected.saturating_sub(delivered),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let mut busd = std::env::current_exe()?
+        .parent()
+        .map(|p| p.join("busd"))
+        .context("no busd next to busd-bench")?
+        .display()
+        .to_string();
+    let (mut rounds, mut quick) = (3usize, false);
+    for arg in std::env::args().skip(1) {
+        if let Some(v) = arg.strip_prefix("--busd=") {
+            busd = v.to_string();
+        } else if let Some(v) = arg.strip_prefix("--rounds=") {
+            rounds = v.parse()?;
+        } else if arg == "--quick" {
+            quick = true;
+        } else {
+            bail!("usage: busd-bench [--busd=PATH] [--rounds=N] [--quick]");
+        }
+    }
+    pin(0)?;
+    let daemons = [
+        ("dbus-daemon", "/usr/bin/dbus-daemon".to_string()),
+        ("busd", busd),
+    ];
+    let calls = if quick { 500 } else { 5000 };
+    let mut names: Vec<String> = vec!["method call round trip".into()];
+    let mut configs: Vec<(usize, usize)> = Vec::new();
+    for subs in [1usize, 10, 50] {
+        for payload in [64usize, 1024, 65536] {
+            if quick && (subs > 10 || payload > 1024) {
+                continue;
+            }
+            names.push(format!("fan-out to {subs}, {payload} B"));
+            configs.push((subs, payload));
+        }
+    }
+    // results[scenario][daemon] = per-round measures
+    let mut results = vec![vec![Vec::<Measure>::new(); daemons.len()]; names.len()];
+    for round in 0..rounds {
+        for k in 0..daemons.len() {
+            // Rotate which daemon goes first.
+            let d = (k + round) % daemons.len();
+            let daemon = Daemon::start(&daemons[d].1)?;
+            results[0][d].push(round_trip(&daemon, calls).await?);
+            drop(daemon);
+            for (i, &(subs, payload)) in configs.iter().enumerate() {
+                let daemon = Daemon::start(&daemons[d].1)?;
+                let signals = if quick {
+                    200
+                } else if payload >= 65536 {
+                    500
+                } else {
+                    2000
+                };
+                results[i + 1][d].push(fan_out(&daemon, subs, payload, signals).await?);
+            }
+        }
+    }
+    println!(
+        "| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | lost | rate vs dbus-daemon |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (s, name) in names.iter().enumerate() {
+        let base_rate = median(results[s][0].iter().map(|m| m.rate).collect());
+        for (d, (dname, _)) in daemons.iter().enumerate() {
+            let ms = &results[s][d];
+            let med = |f: fn(&Measure) -> f64| median(ms.iter().map(f).collect());
+            let rate = med(|m| m.rate);
+            let lost: u64 = ms.iter().map(|m| m.lost).sum();
+            println!(
+                "| {name} | {dname} | {:.0} | {:.0} | {:.0} | {:.1} | {lost} | {:.2}x |",
+                rate,
+                med(|m| m.p50_us),
+                med(|m| m.p99_us),
+                med(|m| m.cpu_ns_per_op) / 1000.0,
+                rate / base_rate.max(1e-9)
+            );
+        }
+    }
+    let lost: u64 = results.iter().flatten().flatten().map(|m| m.lost).sum();
+    if lost > 0 {
+        bail!("{lost} signals were not delivered: a bus lost messages");
+    }
+    Ok(())
+}
