@@ -153,6 +153,20 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
     })
 }
 
+/// One fan-out signal: sequence number, send time (ns since the run's epoch), payload.
+async fn tick(emitter: &Connection, seq: u64, sent_ns: u64, data: &[u8]) -> Result<()> {
+    emitter
+        .emit_signal(
+            None::<&str>,
+            "/fan",
+            "org.bench.Fan",
+            "Tick",
+            &(seq, sent_ns, data),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The sequence number that tells subscribers the run is over.
 const STOP: u64 = u64::MAX;
 
@@ -206,16 +220,7 @@ async fn fan_out(
     let mut seq = 0u64;
     while seq < signals {
         for _ in 0..WINDOW.min(signals - seq) {
-            let sent_ns = epoch.elapsed().as_nanos() as u64;
-            emitter
-                .emit_signal(
-                    None::<&str>,
-                    "/fan",
-                    "org.bench.Fan",
-                    "Tick",
-                    &(seq, sent_ns, &data),
-                )
-                .await?;
+            tick(&emitter, seq, epoch.elapsed().as_nanos() as u64, &data).await?;
             seq += 1;
         }
         // The window is delivered when every subscriber has its last signal.
@@ -233,15 +238,7 @@ async fn fan_out(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = daemon.cpu_ns() - cpu0;
-    emitter
-        .emit_signal(
-            None::<&str>,
-            "/fan",
-            "org.bench.Fan",
-            "Tick",
-            &(STOP, 0u64, Vec::<u8>::new()),
-        )
-        .await?;
+    tick(&emitter, STOP, 0, &[]).await?;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
