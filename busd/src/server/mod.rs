@@ -590,11 +590,20 @@ impl Server {
         }
     }
 
+    /// Writes out every connection with queued output. Flushing can queue more (a peer that
+    /// hung up is read one last time, and what it sent is routed), so this runs until
+    /// nothing is left: output queued meanwhile must not wait for an unrelated event.
     fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for id in dirty.drain(..) {
+        while !self.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            self.flush_each(dirty);
+        }
+    }
+
+    fn flush_each(&mut self, dirty: Vec<PeerId>) {
+        for id in dirty {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
@@ -629,7 +638,6 @@ impl Server {
                 }
             }
         }
-        self.dirty = dirty;
     }
 
     /// Drops a connection that never joined the bus.
