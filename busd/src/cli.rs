@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "busd [--version] [--session] [--system] [--config-file=FILE] \
 [--print-address[=DESCRIPTOR]] [--print-pid[=DESCRIPTOR]] [--introspect] [--address=ADDRESS] \
 [--nopidfile] [--nosyslog] [--syslog] [--syslog-only] [--nofork] [--fork] [--systemd-activation] \
-[--check-config]";
+[--check-config] [--fastpath=on|off]";
 
 pub const SESSION_CONFIG: &str = "/usr/share/dbus-1/session.conf";
 pub const SYSTEM_CONFIG: &str = "/usr/share/dbus-1/system.conf";
@@ -40,6 +40,8 @@ pub struct Options {
     pub version: bool,
     pub syslog: Syslog,
     pub systemd_activation: bool,
+    /// Offer the fast path (busd's own; on unless --fastpath=off).
+    pub fastpath: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +72,7 @@ impl Options {
             version: false,
             syslog: Syslog::Default,
             systemd_activation: false,
+            fastpath: true,
         };
         let mut i = 0;
         let mut config_sources = 0;
@@ -138,6 +141,13 @@ impl Options {
                 "--nosyslog" => o.syslog = Syslog::Off,
                 "--syslog-only" => o.syslog = Syslog::Only,
                 "--systemd-activation" => o.systemd_activation = true,
+                "--fastpath" => {
+                    o.fastpath = match inline {
+                        Some("on") => true,
+                        Some("off") => false,
+                        _ => return Err(UsageError("--fastpath takes =on or =off".into())),
+                    }
+                }
                 _ => return Err(UsageError(format!("Unknown option \"{arg}\""))),
             }
             i += 1;
@@ -188,6 +198,15 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Options, UsageError> {
         Options::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn fastpath_switch() {
+        assert!(parse(&["--session"]).unwrap().fastpath);
+        assert!(!parse(&["--fastpath=off"]).unwrap().fastpath);
+        assert!(parse(&["--fastpath=on"]).unwrap().fastpath);
+        assert!(parse(&["--fastpath"]).is_err());
+        assert!(parse(&["--fastpath=maybe"]).is_err());
     }
 
     #[test]

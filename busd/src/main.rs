@@ -331,6 +331,21 @@ fn run(options: Options) -> Result<()> {
     let notifier = server::notify::Notifier::from_env();
     let mut bus = Bus::new(settings);
     bus.set_activatable(server_config.services.clone(), false);
+    let fast = if options.fastpath {
+        match server::fastpath::FastPath::new() {
+            Ok(f) => {
+                bus.set_fastpath(true);
+                Some(f)
+            }
+            Err(e) => {
+                // The standard path works without it; clients asking to join are told so.
+                tracing::warn!("the fast path is unavailable: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Server::new(
         listeners,
         bus,
@@ -338,6 +353,7 @@ fn run(options: Options) -> Result<()> {
         reloader,
         starter_env,
         notifier,
+        fast,
     )?
     .run()?;
     Ok(())

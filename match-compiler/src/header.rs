@@ -17,6 +17,10 @@ pub const OFF_KIND: u32 = 4;
 pub const OFF_SENDER: u32 = 8;
 /// 0: no destination (a broadcast).
 pub const OFF_DESTINATION: u32 = 12;
+/// The destination word of a frame a member sends the daemon to route (its D-Bus
+/// destination is not a member, or is the bus itself). Member ids never take this value;
+/// the daemon's filter accepts it as its own id.
+pub const TO_DAEMON: u32 = u32::MAX;
 pub const OFF_INTERFACE: u32 = 16;
 pub const OFF_MEMBER: u32 = 20;
 pub const OFF_PATH: u32 = 24;

@@ -9,6 +9,7 @@
 //! - [`bpf`]: the compiler from a member's rules to a classic BPF socket filter.
 //! - [`interp`]: a classic BPF interpreter with the kernel's semantics, for tests.
 //! - [`summary`]: per-member interest summaries and the index senders pick candidates with.
+//! - [`table`]: the routing table the daemon publishes in shared memory for members.
 //!
 //! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
 //! quoting, escapes and argument matching.
@@ -20,6 +21,7 @@ pub mod matcher;
 pub mod names;
 pub mod rule;
 pub mod summary;
+pub mod table;
 
 pub use matcher::{Arg, MessageInfo};
 pub use rule::{ArgMatch, ArgMatchKind, Error, MatchRule, MessageType};

@@ -5,32 +5,12 @@ use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use busd_match::bpf::{compile, Insn, Program};
+use busd_match::bpf::{compile, Program};
 use busd_match::header::{encode, Fields, HEADER_LEN};
 use busd_match::{interp, Arg, MatchRule};
 
 fn attach(sock: &UnixDatagram, prog: &Program) -> std::io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: prog.insns.len() as u16,
-        filter: prog.insns.as_ptr() as *mut libc::sock_filter,
-    };
-    const _: () = assert!(std::mem::size_of::<Insn>() == std::mem::size_of::<libc::sock_filter>());
-    // SAFETY: `fprog` points at `len` instructions laid out as struct sock_filter (checked
-    // above), alive for the duration of the call; the kernel copies them.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::addr_of!(fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    busd_match::bpf::attach(std::os::fd::AsFd::as_fd(sock), prog)
 }
 
 fn abstract_name(tag: &str) -> String {

@@ -92,6 +92,15 @@ impl Drop for Busd {
     }
 }
 
+/// A zbus client connected to a running bus.
+pub async fn zbus_connect(bus: &Busd) -> zbus::Connection {
+    zbus::connection::Builder::address(bus.address.as_str())
+        .expect("a valid address")
+        .build()
+        .await
+        .expect("connect")
+}
+
 /// Whether a command is installed; says so on stderr when it is not (the README's test
 /// command installs every tool the tests use).
 pub fn have(tool: &str) -> bool {

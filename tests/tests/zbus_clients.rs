@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use busd_tests::Busd;
+use busd_tests::{zbus_connect, Busd};
 use futures_util::StreamExt;
 use zbus::{connection, fdo, interface, Connection, MatchRule, MessageStream};
 
@@ -24,14 +24,6 @@ impl Echo {
         f.write_all(b"written through a passed fd").unwrap();
         7
     }
-}
-
-async fn connect(bus: &Busd) -> Connection {
-    connection::Builder::address(bus.address.as_str())
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
 }
 
 /// A connection that owns `name` and serves [`Echo`] at `/echo`.
@@ -70,7 +62,7 @@ async fn method_call_reply_and_error_through_a_well_known_name() {
     let bus = Busd::start();
     timeout(async {
         let service = serve_echo(&bus, "org.example.Service").await;
-        let client = connect(&bus).await;
+        let client = zbus_connect(&bus).await;
         let reply = echo(&client, "hi").await;
         assert_eq!(reply.body().deserialize::<String>().unwrap(), "echo: hi");
         assert_eq!(
@@ -117,11 +109,11 @@ async fn method_call_reply_and_error_through_a_well_known_name() {
 async fn name_ownership_moves_and_is_announced() {
     let bus = Busd::start();
     timeout(async {
-        let watcher = connect(&bus).await;
+        let watcher = zbus_connect(&bus).await;
         let dbus = fdo::DBusProxy::new(&watcher).await.unwrap();
         let mut changes = dbus.receive_name_owner_changed().await.unwrap();
-        let a = connect(&bus).await;
-        let b = connect(&bus).await;
+        let a = zbus_connect(&bus).await;
+        let b = zbus_connect(&bus).await;
         let name = "org.example.Moving";
         let da = fdo::DBusProxy::new(&a).await.unwrap();
         let db = fdo::DBusProxy::new(&b).await.unwrap();
@@ -205,9 +197,9 @@ async fn name_ownership_moves_and_is_announced() {
 async fn signals_reach_only_matching_subscribers() {
     let bus = Busd::start();
     timeout(async {
-        let emitter = connect(&bus).await;
-        let yes = connect(&bus).await;
-        let no = connect(&bus).await;
+        let emitter = zbus_connect(&bus).await;
+        let yes = zbus_connect(&bus).await;
+        let no = zbus_connect(&bus).await;
         let rule = |arg0: &'static str| {
             MatchRule::builder()
                 .msg_type(zbus::message::Type::Signal)
@@ -259,7 +251,7 @@ async fn unix_fds_pass_through_the_bus() {
     let bus = Busd::start();
     timeout(async {
         let _service = serve_echo(&bus, "org.example.Fds").await;
-        let client = connect(&bus).await;
+        let client = zbus_connect(&bus).await;
         let (mut r, w) = std::io::pipe().unwrap();
         let w = std::os::fd::OwnedFd::from(w);
         let reply = client
@@ -299,7 +291,7 @@ async fn a_tiny_incoming_limit_slows_senders_but_loses_nothing() {
     let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
     timeout(async {
         let _service = serve_echo(&bus, "org.example.Service").await;
-        let client = connect(&bus).await;
+        let client = zbus_connect(&bus).await;
         let calls = (0..500).map(|i| {
             let client = client.clone();
             async move {

@@ -95,10 +95,21 @@ impl<'a> DriverMessage<'a> {
     }
 
     pub fn encode(&self, serial: u32, destination: Option<&str>) -> Vec<u8> {
+        self.encode_with_fds(serial, destination, 0)
+    }
+
+    /// As [`DriverMessage::encode`], for a body that refers to `unix_fds` descriptors.
+    pub fn encode_with_fds(
+        &self,
+        serial: u32,
+        destination: Option<&str>,
+        unix_fds: u32,
+    ) -> Vec<u8> {
         let mut f = HeaderFields {
             destination,
             sender: Some(DBUS_NAME),
             signature: Some(self.signature),
+            unix_fds,
             ..Default::default()
         };
         let ty = match self.kind {

@@ -7,6 +7,7 @@
 pub mod activation;
 mod compose;
 pub mod driver;
+pub mod fastpath;
 pub mod matches;
 pub mod names;
 mod reply;
@@ -130,6 +131,16 @@ pub enum Effect {
     Kill {
         child: u64,
     },
+    /// Create a fast-path member's sockets with this filter attached; then call
+    /// [`Bus::fast_joined`].
+    FastJoin {
+        peer: PeerId,
+        serial: u32,
+        member: u32,
+        filter: busd_match::bpf::Program,
+    },
+    /// Close a member's fast-path sockets (it left the fast path, not the bus).
+    FastLeave(PeerId),
 }
 
 #[derive(Debug)]
@@ -153,6 +164,8 @@ struct Peer {
     stamp: u64,
     /// Set while its departure is announced: nothing more is sent to it.
     closing: bool,
+    /// Joined the fast path.
+    fast: Option<fastpath::FastMember>,
 }
 
 impl Peer {
@@ -186,6 +199,7 @@ pub struct Bus {
     effects: Vec<Effect>,
     /// Scratch list of recipients, reused across messages.
     recipients: Vec<PeerId>,
+    fast: fastpath::State,
 }
 
 impl Bus {
@@ -209,6 +223,7 @@ impl Bus {
             stamp: 0,
             effects: Vec::new(),
             recipients: Vec::new(),
+            fast: fastpath::State::default(),
         }
     }
 
@@ -236,6 +251,7 @@ impl Bus {
                 p.policy = policy;
             }
         }
+        self.fast_policy_changed();
     }
 
     /// Sets the clock for the events that follow (the shell calls it once per wake-up).
@@ -277,6 +293,7 @@ impl Bus {
                 peak_names: 0,
                 stamp: 0,
                 closing: false,
+                fast: None,
             },
         );
     }
@@ -580,7 +597,7 @@ impl Bus {
                 continue;
             }
             p.stamp = stamp;
-            if p.closing {
+            if p.closing || self.fast_skips(sender, msg, r) {
                 continue;
             }
             // Not an error for the sender: this recipient just does not get it (monitors see
@@ -682,6 +699,28 @@ impl Bus {
         }
     }
 
+    /// A reply from the driver that carries Unix fds (the fast path's Join).
+    fn send_from_driver_with_fds(
+        &mut self,
+        to: PeerId,
+        m: DriverMessage<'_>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) {
+        let dest = self.unique_of(to).to_string();
+        let serial = self.next_serial();
+        let bytes = m.encode_with_fds(serial, Some(&dest), fds.len() as u32);
+        let mut msg = match Message::parse(bytes, fds) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("driver composed an invalid message: {e}");
+                return;
+            }
+        };
+        let out = msg.take_outgoing();
+        self.capture(&msg, None, Some(to), &out);
+        self.send(to, out);
+    }
+
     fn error_reply(&mut self, to: PeerId, call: &Message, name: &str, text: &str) {
         let m = DriverMessage::error(call.serial(), name, text);
         self.send_from_driver(Some(to), m);
@@ -726,6 +765,7 @@ impl Bus {
                             "sss",
                         ),
                     );
+                    self.fast_names_changed();
                     if old.is_empty() && !new.is_empty() {
                         self.activation_name_created(&name);
                     }
@@ -762,8 +802,15 @@ impl Bus {
             p.closing = true;
         }
         self.matches.remove_peer(id, rules.iter());
+        self.fast_leave(id);
+        if !rules.is_empty() {
+            self.fast_rules_changed(id);
+        }
         self.release_all_names(id);
-        self.monitors.retain(|&m| m != id);
+        if self.monitors.contains(&id) {
+            self.monitors.retain(|&m| m != id);
+            self.fast_monitors_changed();
+        }
         let mut orphaned: Vec<ReplyKey> = Vec::new();
         self.pending_replies.retain(|&(caller, serial), p| {
             if p.replier == id && caller != id {
@@ -773,6 +820,7 @@ impl Bus {
         });
         if let Some(u) = unique {
             self.unique_names.remove(&u);
+            self.fast_names_changed();
             self.send_from_driver(
                 None,
                 DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"),

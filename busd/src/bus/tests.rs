@@ -797,3 +797,5 @@ fn starts_time_out_and_are_bounded() {
         "Failed to activate service 'org.example.A': timed out (service_start_timeout=100ms)"
     );
 }
+
+mod fastpath;

@@ -17,6 +17,24 @@ use crate::wire::sasl::{Mechanism, SaslServer};
 const MAX_FDS_PER_READ: usize = 253;
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The descriptors a recvmsg() took in (SCM_RIGHTS), now ours.
+pub(super) fn received_fds(msg: &socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for
+                // us (SCM_RIGHTS); nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+    }
+    fds
+}
+
 pub enum ReadOutcome {
     /// Read something; there may be more.
     More,
@@ -142,22 +160,7 @@ impl Conn {
                 MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
             );
             let (n, fds) = match r {
-                Ok(msg) => {
-                    let mut fds = Vec::new();
-                    if let Ok(cmsgs) = msg.cmsgs() {
-                        for c in cmsgs {
-                            if let ControlMessageOwned::ScmRights(raw) = c {
-                                // SAFETY: the kernel just installed these descriptors in this
-                                // process for us (SCM_RIGHTS); nothing else owns them.
-                                fds.extend(
-                                    raw.into_iter()
-                                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                                );
-                            }
-                        }
-                    }
-                    (msg.bytes, fds)
-                }
+                Ok(msg) => (msg.bytes, received_fds(&msg)),
                 Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Drained,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {

@@ -2,6 +2,7 @@
 //! feeds the bus state machine and carries out its effects.
 
 mod conn;
+pub mod fastpath;
 pub mod identity;
 mod listen;
 pub mod notify;
@@ -71,11 +72,15 @@ pub struct Server {
     starter_env: Vec<(String, String)>,
     /// systemd's readiness notifications.
     notifier: notify::Notifier,
+    /// The fast path's sockets and routing table (None with --fastpath=off).
+    fast: Option<fastpath::FastPath>,
 }
 
 const FIRST_CONN: PeerId = 1024;
 const SIGNALS: Token = Token(FIRST_CONN as usize - 1);
 const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
+/// Set in the token of a fast-path member's inbox (the rest is the connection's id).
+const FAST_INBOX: usize = 1 << 48;
 
 /// The signals busd takes from its signalfd (blocked otherwise, unblocked in children).
 fn handled_signals() -> SigSet {
@@ -101,6 +106,7 @@ impl Server {
         reloader: Reloader,
         starter_env: Vec<(String, String)>,
         notifier: notify::Notifier,
+        fast: Option<fastpath::FastPath>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         // The signals busd acts on are blocked and read from a signalfd in the loop, so a
@@ -144,6 +150,7 @@ impl Server {
             children: HashMap::new(),
             starter_env,
             notifier,
+            fast,
         })
         .map(|mut s| {
             s.watch_dirs();
@@ -176,6 +183,10 @@ impl Server {
                 }
                 if event.token() == DIR_CHANGES {
                     self.dirs_changed();
+                    continue;
+                }
+                if event.token().0 & FAST_INBOX != 0 {
+                    self.read_frames((event.token().0 & !FAST_INBOX) as PeerId);
                     continue;
                 }
                 let token = event.token().0 as PeerId;
@@ -403,6 +414,7 @@ impl Server {
         for id in ready {
             self.paused.remove(&id);
             self.read(id);
+            self.read_frames(id);
         }
         self.flush_dirty();
     }
@@ -578,6 +590,17 @@ impl Server {
                         let _ = c.kill();
                     }
                 }
+                Effect::FastJoin {
+                    peer,
+                    serial,
+                    member,
+                    filter,
+                } => {
+                    let result = self.fast_join(peer, member, &filter);
+                    self.bus.fast_joined(peer, serial, member, result);
+                    self.apply_effects();
+                }
+                Effect::FastLeave(peer) => self.fast_leave(peer),
                 Effect::ReloadConfig { peer, serial } => {
                     let result = self.reload();
                     if result.is_ok() {
@@ -585,6 +608,96 @@ impl Server {
                     }
                     self.bus.reload_finished(peer, serial, result);
                     self.apply_effects();
+                }
+            }
+        }
+        self.apply_fast_updates();
+    }
+
+    /// Creates a member's sockets and watches its inbox.
+    fn fast_join(
+        &mut self,
+        peer: PeerId,
+        member: u32,
+        filter: &busd_match::bpf::Program,
+    ) -> Result<crate::bus::fastpath::Joined, String> {
+        let fast = self.fast.as_mut().ok_or("the fast path is off")?;
+        let (joined, inbox) = fast
+            .join(peer, member, filter)
+            .map_err(|e| format!("cannot create the member's sockets: {e}"))?;
+        let token = Token(FAST_INBOX | peer as usize);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(inbox, token, Interest::READABLE)
+        {
+            fast.leave(peer);
+            return Err(format!("cannot watch the member's socket: {e}"));
+        }
+        Ok(joined)
+    }
+
+    fn fast_leave(&mut self, peer: PeerId) {
+        if let Some(mut inbox) = self.fast.as_mut().and_then(|f| f.leave(peer)) {
+            let _ = self.poll.registry().deregister(&mut inbox);
+        }
+    }
+
+    /// Replaces filters and republishes the routing table after the bus changed them.
+    fn apply_fast_updates(&mut self) {
+        let Some(fast) = self.fast.as_mut() else {
+            return;
+        };
+        let Some(updates) = self.bus.take_fast_updates() else {
+            return;
+        };
+        for (peer, prog) in &updates.filters {
+            fast.set_filter(*peer, prog);
+        }
+        if let Some(prog) = updates.daemon_filter {
+            fast.set_daemon_filter(prog);
+        }
+        if let Some(t) = &updates.table {
+            fast.publish(t);
+        }
+    }
+
+    /// Routes what a member sent the daemon on its inbox (paused, like its stream, while
+    /// its messages fill others' queues).
+    fn read_frames(&mut self, id: PeerId) {
+        loop {
+            if self.paused.contains(&id) {
+                return;
+            }
+            if self.conns.get(&id).is_some_and(|c| self.over_incoming(c)) {
+                self.paused.insert(id);
+                return;
+            }
+            let limits = &self.config.limits;
+            let (max_size, max_fds) = (
+                limits.max_message_size as usize,
+                limits.max_message_unix_fds as usize,
+            );
+            let Some(fast) = self.fast.as_mut() else {
+                return;
+            };
+            match fast.receive(id, max_size, max_fds) {
+                fastpath::Received::Drained => return,
+                fastpath::Received::Invalid(why) => {
+                    warn!(conn = id, "disconnecting a fast-path member: {why}");
+                    return self.close(id);
+                }
+                fastpath::Received::Frame(f) => {
+                    match crate::wire::message::Message::parse(f.bytes, f.fds) {
+                        Ok(msg) => {
+                            self.bus.handle_fast_frame(id, f.destination, msg);
+                            self.apply_effects();
+                        }
+                        Err(e) => {
+                            warn!(conn = id, "disconnecting a fast-path member that sent an invalid message: {e}");
+                            return self.close(id);
+                        }
+                    }
                 }
             }
         }

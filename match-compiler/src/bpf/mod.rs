@@ -84,6 +84,33 @@ impl<F: Fn(&str) -> Option<u32>> Resolver for F {
     }
 }
 
+/// Attaches (or replaces) a socket's classic BPF filter (`SO_ATTACH_FILTER`); the change
+/// applies at once, to every descriptor of the socket.
+pub fn attach(socket: std::os::fd::BorrowedFd<'_>, prog: &Program) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const _: () = assert!(std::mem::size_of::<Insn>() == std::mem::size_of::<libc::sock_filter>());
+    let fprog = libc::sock_fprog {
+        len: prog.insns.len() as u16,
+        filter: prog.insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `len` instructions laid out as struct sock_filter (checked
+    // above), alive for the call; the kernel copies them.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::addr_of!(fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A compiled filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {

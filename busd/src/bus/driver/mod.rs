@@ -8,6 +8,7 @@ use crate::wire::marshal::Reader;
 use crate::wire::message::{self, Message};
 
 use super::compose::{self, DriverMessage};
+use super::fastpath::FASTPATH_INTERFACE;
 use super::names::{self as reg, NameEvent};
 use super::security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 use super::{Bus, Effect, PeerId, DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
@@ -152,6 +153,11 @@ static STATS_METHODS: &[Method] = &[
     ),
 ];
 
+static FASTPATH_METHODS: &[Method] = &[Method {
+    any_path: false,
+    ..m("Join", "", "ushh", fast_join)
+}];
+
 static PEER_METHODS: &[Method] = &[
     m("GetMachineId", "", "s", get_machine_id),
     m("Ping", "", "", ping),
@@ -176,6 +182,7 @@ static INTERFACES: &[Interface] = &[
     Interface { name: MONITORING, methods: MONITORING_METHODS, any_path: false, interesting: true, signals_xml: "" },
     Interface { name: STATS, methods: STATS_METHODS, any_path: false, interesting: true, signals_xml: "" },
     Interface { name: PEER, methods: PEER_METHODS, any_path: true, interesting: false, signals_xml: "" },
+    Interface { name: FASTPATH_INTERFACE, methods: FASTPATH_METHODS, any_path: false, interesting: false, signals_xml: "" },
 ];
 
 /// A method call (or other message) addressed to `org.freedesktop.DBus`.
@@ -591,6 +598,7 @@ fn add_match(
     }
     bus.note_match_rules(from);
     bus.matches.add(from, rule);
+    bus.fast_rules_changed(from);
     Ok(Some((Vec::new(), "")))
 }
 
@@ -613,6 +621,7 @@ fn remove_match(
             p.rules.remove(i);
         }
     }
+    bus.fast_rules_changed(from);
     Ok(Some((Vec::new(), "")))
 }
 
@@ -682,6 +691,15 @@ fn reload_config(
     Ok(None)
 }
 
+fn fast_join(
+    bus: &mut Bus,
+    from: PeerId,
+    msg: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    bus.fast_join_request(from, msg)
+}
+
 fn get_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
     Ok(Some((compose::body_s(&bus.settings.guid), "s")))
 }
@@ -730,6 +748,8 @@ fn become_monitor(
     }
     let unique = peer_name(bus, from);
     info!("Connection {unique} became a monitor.");
+    bus.fast_leave(from);
+    bus.fast_monitors_changed();
     let own_rules = bus
         .peers
         .get(&from)

@@ -1,0 +1,427 @@
+//! The fast path in the bus core (DESIGN 5): who joined, what each member's kernel filter
+//! and the routing table must say, and how the daemon (member 0) routes what members send
+//! it. No I/O: the shell creates the sockets, attaches the programs and publishes the table
+//! ([`Bus::take_fast_updates`]).
+//!
+//! A member's id is its unique name's number plus one (`:1.N` is member N+1); 0 is the
+//! daemon. Messages the daemon sends a member travel on the member's stream connection,
+//! like everything it receives from standard-path clients; what a member sends the daemon
+//! arrives on a datagram socket of the daemon's connected to that member only
+//! ([`Bus::handle_fast_frame`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
+
+use busd_match::bpf::{self, Program};
+use busd_match::header::TO_DAEMON;
+use busd_match::summary::Summary;
+use busd_match::table::{self, Table};
+use busd_match::MatchRule;
+use tracing::warn;
+
+use super::compose::{self, DriverMessage};
+use super::driver::Failure;
+use super::security::E_ACCESS_DENIED;
+use super::{Bus, Effect, PeerId};
+use crate::wire::message::Message;
+
+/// busd's own interface on the driver object, with the one method `Join`.
+pub const FASTPATH_INTERFACE: &str = "org.freedesktop.busd.FastPath1";
+
+const E_NOT_SUPPORTED: &str = "org.freedesktop.DBus.Error.NotSupported";
+
+/// A connection on the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FastMember {
+    pub id: u32,
+    /// Its policy allows every message it sends and receives, so it may exchange messages
+    /// with other direct members without the daemon (DESIGN 5.7).
+    pub direct: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub enabled: bool,
+    members: HashMap<u32, PeerId>,
+    /// Members whose filter must be recompiled.
+    dirty_filters: BTreeSet<PeerId>,
+    /// The daemon's own filter (attached to every member's inbox) must be recompiled.
+    daemon_dirty: bool,
+    table_dirty: bool,
+    /// The member whose frame is being routed: its broadcast already reached the direct
+    /// members, so the daemon delivers it only to the others.
+    pub origin: Option<PeerId>,
+}
+
+/// The sockets and table handed to a member that joined.
+#[derive(Debug)]
+pub struct Joined {
+    /// The directory member sockets are bound in (`<dir>/<id>`, the daemon's inbox for a
+    /// member `<dir>/d<id>`).
+    pub directory: String,
+    pub socket: OwnedFd,
+    /// A read-only descriptor of the routing table's shared memory.
+    pub table: OwnedFd,
+}
+
+/// What the shell must apply after an event.
+#[derive(Debug, Default)]
+pub struct FastUpdates {
+    pub filters: Vec<(PeerId, Program)>,
+    /// The daemon's filter, for every member's inbox (compiled as member [`TO_DAEMON`]).
+    pub daemon_filter: Option<Program>,
+    pub table: Option<Table>,
+}
+
+fn member_of_unique(unique: &str) -> Option<u32> {
+    let n: u32 = unique.strip_prefix(":1.")?.parse().ok()?;
+    n.checked_add(1).filter(|&id| id != TO_DAEMON)
+}
+
+impl Bus {
+    /// `--fastpath=off` turns it off (on by default).
+    pub fn set_fastpath(&mut self, enabled: bool) {
+        self.fast.enabled = enabled;
+        self.fast.daemon_dirty = enabled;
+        self.fast.table_dirty = enabled;
+    }
+
+    /// The peer on the fast path as member `id`.
+    pub fn fast_member(&self, id: u32) -> Option<PeerId> {
+        self.fast.members.get(&id).copied()
+    }
+
+    fn fast_of(&self, peer: PeerId) -> Option<FastMember> {
+        self.peers.get(&peer).and_then(|p| p.fast)
+    }
+
+    /// `Join`: checks that the caller may join; the shell then creates its socket.
+    pub(super) fn fast_join_request(
+        &mut self,
+        from: PeerId,
+        msg: &Message,
+    ) -> Result<super::driver::Reply, Failure> {
+        if !self.fast.enabled {
+            return Err((
+                E_NOT_SUPPORTED,
+                "The fast path is turned off on this bus (--fastpath=off)".into(),
+            ));
+        }
+        let Some(peer) = self.peers.get(&from) else {
+            return Ok(None);
+        };
+        if peer.fast.is_some() {
+            return Err((
+                "org.freedesktop.DBus.Error.Failed",
+                "This connection already joined the fast path".into(),
+            ));
+        }
+        if !peer.unix_fds {
+            return Err((
+                E_NOT_SUPPORTED,
+                "Joining the fast path passes Unix fds, which this connection did not negotiate"
+                    .into(),
+            ));
+        }
+        // Member sockets live in a directory only the bus's user can reach (DESIGN 4).
+        if peer.creds.uid != Some(self.settings.uid) {
+            return Err((
+                E_ACCESS_DENIED,
+                format!(
+                    "The fast path is offered only to connections of the bus's own user (uid {})",
+                    self.settings.uid
+                ),
+            ));
+        }
+        let Some(id) = peer.unique.as_deref().and_then(member_of_unique) else {
+            return Err((E_NOT_SUPPORTED, "No member id for this connection".into()));
+        };
+        let filter = bpf::compile(id, &peer.rules, &|n: &str| self.fast_id_of_name(n));
+        self.effects.push(Effect::FastJoin {
+            peer: from,
+            serial: msg.serial(),
+            member: id,
+            filter,
+        });
+        Ok(None)
+    }
+
+    /// The shell created (or failed to create) the sockets of a `Join`.
+    pub fn fast_joined(
+        &mut self,
+        peer: PeerId,
+        serial: u32,
+        member: u32,
+        result: Result<Joined, String>,
+    ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let joined = match result {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(peer = p.unique.as_deref(), "cannot join the fast path: {e}");
+                let m = DriverMessage::error(serial, "org.freedesktop.DBus.Error.Failed", &e);
+                self.send_from_driver(Some(peer), m);
+                return;
+            }
+        };
+        let direct = p.policy.allows_all_messages();
+        p.fast = Some(FastMember { id: member, direct });
+        self.fast.members.insert(member, peer);
+        // Its rules leave the daemon's filter for its own.
+        self.fast.daemon_dirty = true;
+        self.fast.table_dirty = true;
+        self.fast_names_changed();
+        let mut w = compose::writer();
+        w.u32(member);
+        w.string(&joined.directory);
+        w.u32(0);
+        w.u32(1);
+        let m = DriverMessage::reply(serial, w.into_vec(), "ushh");
+        self.send_from_driver_with_fds(peer, m, vec![joined.socket, joined.table]);
+    }
+
+    /// A member left the fast path (it disconnected, or became a monitor).
+    pub(super) fn fast_leave(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if let Some(f) = p.fast.take() {
+            self.fast.members.remove(&f.id);
+            self.fast.dirty_filters.remove(&peer);
+            self.fast.table_dirty = true;
+            self.effects.push(Effect::FastLeave(peer));
+        }
+    }
+
+    /// The member id a name designates now, for filters (None: not a member: its messages
+    /// never come as datagrams).
+    fn fast_id_of_name(&self, name: &str) -> Option<u32> {
+        self.owner_of(name)
+            .and_then(|p| self.fast_of(p))
+            .map(|f| f.id)
+    }
+
+    /// Some peer's match rules changed (AddMatch, RemoveMatch, a departure).
+    pub(super) fn fast_rules_changed(&mut self, peer: PeerId) {
+        if !self.fast.enabled {
+            return;
+        }
+        match self.fast_of(peer) {
+            Some(f) if f.direct => {
+                self.fast.dirty_filters.insert(peer);
+            }
+            _ => self.fast.daemon_dirty = true,
+        }
+        self.fast.table_dirty = true;
+    }
+
+    /// Monitors came or went: they make the daemon want everything.
+    pub(super) fn fast_monitors_changed(&mut self) {
+        self.fast.daemon_dirty = self.fast.enabled;
+        self.fast.table_dirty = self.fast.enabled;
+    }
+
+    /// A name changed owner: the table lists owners, and filters resolve `sender=` names.
+    pub(super) fn fast_names_changed(&mut self) {
+        if !self.fast.enabled || self.fast.members.is_empty() {
+            return;
+        }
+        self.fast.table_dirty = true;
+        self.fast.daemon_dirty = true;
+        for (&peer_id, p) in &self.peers {
+            if p.fast.is_some() && p.rules.iter().any(|r| r.sender.is_some()) {
+                self.fast.dirty_filters.insert(peer_id);
+            }
+        }
+    }
+
+    /// The policy was reloaded: who may go direct may have changed.
+    pub(super) fn fast_policy_changed(&mut self) {
+        for p in self.peers.values_mut() {
+            if let Some(f) = &mut p.fast {
+                f.direct = p.policy.allows_all_messages();
+            }
+        }
+        self.fast.daemon_dirty = self.fast.enabled;
+        self.fast.table_dirty = self.fast.enabled;
+    }
+
+    /// Rules the daemon answers for: those of connections off the fast path, and of members
+    /// that may not go direct. None: it wants everything (monitors, or an indirect member
+    /// whose every message passes through it).
+    fn daemon_rules(&self) -> Option<Vec<MatchRule>> {
+        if !self.monitors.is_empty() {
+            return None;
+        }
+        let mut rules = Vec::new();
+        for p in self.peers.values() {
+            match p.fast {
+                Some(f) if f.direct => {}
+                Some(_) => return None,
+                None => rules.extend(p.rules.iter().cloned()),
+            }
+        }
+        Some(rules)
+    }
+
+    /// What changed since the last call, for the shell to apply (nothing when the fast path
+    /// is off).
+    pub fn take_fast_updates(&mut self) -> Option<FastUpdates> {
+        if !self.fast.enabled {
+            return None;
+        }
+        let s = &mut self.fast;
+        if !(s.daemon_dirty || s.table_dirty || !s.dirty_filters.is_empty()) {
+            return None;
+        }
+        let mut updates = FastUpdates::default();
+        let resolve = |n: &str| self.fast_id_of_name(n);
+        for &peer in &self.fast.dirty_filters {
+            if let Some(p) = self.peers.get(&peer) {
+                if let Some(f) = p.fast {
+                    updates
+                        .filters
+                        .push((peer, bpf::compile(f.id, &p.rules, &resolve)));
+                }
+            }
+        }
+        let daemon_rules = self.daemon_rules();
+        if self.fast.daemon_dirty {
+            let everything = [MatchRule {
+                eavesdrop: true,
+                ..MatchRule::default()
+            }];
+            let rules = daemon_rules.as_deref().unwrap_or(&everything);
+            updates.daemon_filter = Some(bpf::compile(TO_DAEMON, rules, &resolve));
+        }
+        if self.fast.table_dirty {
+            updates.table = Some(self.fast_table(daemon_rules.as_deref()));
+        }
+        self.fast.dirty_filters.clear();
+        self.fast.daemon_dirty = false;
+        self.fast.table_dirty = false;
+        Some(updates)
+    }
+
+    fn fast_table(&self, daemon_rules: Option<&[MatchRule]>) -> Table {
+        let summary = |rules: Option<&[MatchRule]>| {
+            let mut s = rules.map(Summary::of).unwrap_or(Summary {
+                everything: true,
+                ..Summary::default()
+            });
+            s.keys.clear();
+            s
+        };
+        let observed = !self.monitors.is_empty()
+            || self
+                .peers
+                .values()
+                .any(|p| p.rules.iter().any(|r| r.eavesdrop));
+        let mut members = vec![table::Member {
+            id: 0,
+            direct: true,
+            summary: summary(daemon_rules),
+        }];
+        let mut names = Vec::new();
+        for (&id, &peer) in &self.fast.members {
+            let Some(p) = self.peers.get(&peer) else {
+                continue;
+            };
+            let direct = p.fast.is_some_and(|f| f.direct);
+            members.push(table::Member {
+                id,
+                direct,
+                summary: summary(Some(&p.rules)),
+            });
+            for n in &p.names {
+                if self.names.primary_owner(n) == Some(peer) {
+                    names.push((n.clone(), id));
+                }
+            }
+        }
+        members.sort_unstable_by_key(|m| m.id);
+        names.sort_unstable();
+        Table {
+            observed,
+            members,
+            names,
+        }
+    }
+
+    /// A frame a member sent the daemon on its inbox. `destination` is the routing header's:
+    /// 0, a broadcast (direct members had it from the sender); [`TO_DAEMON`], a message for
+    /// the daemon to route; another member, a copy of what that member already had, for
+    /// monitors and eavesdroppers. The message must name its sender truthfully: a member
+    /// that lies is disconnected.
+    pub fn handle_fast_frame(&mut self, from: PeerId, destination: u32, msg: Message) {
+        let Some(p) = self.peers.get(&from) else {
+            return;
+        };
+        let Some(f) = p.fast else {
+            return;
+        };
+        if msg.sender() != p.unique.as_deref() {
+            warn!(
+                peer = p.unique.as_deref(),
+                sender = msg.sender(),
+                "a fast-path member sent a message under another name; disconnecting it"
+            );
+            self.disconnect(from);
+            return;
+        }
+        if destination == 0 || destination == TO_DAEMON {
+            let broadcast = destination == 0 && msg.destination().is_none();
+            self.fast.origin = (broadcast && f.direct).then_some(from);
+            self.handle_message(from, msg);
+            self.fast.origin = None;
+            return;
+        }
+        let Some(recipient) = self.fast.members.get(&destination).copied() else {
+            return;
+        };
+        // Only direct members send directly, and only messages with a destination.
+        if !f.direct || msg.destination().is_none() {
+            return;
+        }
+        let sender = p.unique.clone().unwrap_or_default();
+        let Some((out, view)) = self.outgoing(msg, from, &sender) else {
+            return;
+        };
+        self.capture(&view, Some(from), Some(recipient), &out);
+        self.dispatch_matches(&view, Some(from), Some(recipient), &out);
+    }
+
+    /// Whether the daemon must not deliver a broadcast to `recipient`: its sender is on the
+    /// fast path and already sent it there.
+    pub(super) fn fast_skips(
+        &self,
+        sender: Option<PeerId>,
+        msg: &Message,
+        recipient: PeerId,
+    ) -> bool {
+        self.fast.origin.is_some()
+            && self.fast.origin == sender
+            && msg.destination().is_none()
+            && self.fast_of(recipient).is_some_and(|f| f.direct)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::member_of_unique;
+
+    #[test]
+    fn member_ids_follow_unique_names() {
+        assert_eq!(member_of_unique(":1.0"), Some(1));
+        assert_eq!(member_of_unique(":1.41"), Some(42));
+        assert_eq!(member_of_unique(":2.3"), None);
+        assert_eq!(member_of_unique(":1.4294967295"), None);
+        assert_eq!(
+            member_of_unique(":1.4294967294"),
+            None,
+            "the daemon's routing id"
+        );
+    }
+}

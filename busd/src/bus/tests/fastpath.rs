@@ -1,0 +1,282 @@
+//! The fast path in the core: who may join, what members and the daemon's filter and table
+//! say, and how the daemon routes what members send it.
+
+use super::*;
+use crate::bus::fastpath::Joined;
+
+fn fast_bus() -> Bus {
+    let mut b = bus();
+    b.set_fastpath(true);
+    b
+}
+
+fn join_call(serial: u32) -> Message {
+    call(
+        serial,
+        DBUS_NAME,
+        crate::bus::fastpath::FASTPATH_INTERFACE,
+        "Join",
+        "",
+        vec![],
+    )
+}
+
+fn dummy_fd() -> std::os::fd::OwnedFd {
+    std::fs::File::open("/dev/null").unwrap().into()
+}
+
+/// Hello, then Join, with the shell's part played here; returns the member id.
+fn join_fast(b: &mut Bus, id: PeerId) -> u32 {
+    join(b, id);
+    b.handle_message(id, join_call(2));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    let [Effect::FastJoin {
+        peer,
+        serial,
+        member,
+        ..
+    }] = effects.as_slice()
+    else {
+        panic!("expected one FastJoin, got {effects:?}");
+    };
+    assert_eq!((*peer, *serial), (id, 2));
+    let member = *member;
+    b.fast_joined(
+        id,
+        2,
+        member,
+        Ok(Joined {
+            directory: "/run/user/1000/busd-fastpath-x".into(),
+            socket: dummy_fd(),
+            table: dummy_fd(),
+        }),
+    );
+    let reply: Vec<(PeerId, Message)> = b
+        .take_effects()
+        .filter_map(|e| match e {
+            Effect::Send(to, out) => Some((
+                to,
+                Message::parse(
+                    out.bytes.to_vec(),
+                    out.fds.iter().map(|f| f.try_clone().unwrap()).collect(),
+                )
+                .unwrap(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let (to, m) = &reply[0];
+    assert_eq!((*to, m.signature(), m.unix_fds()), (id, "ushh", 2));
+    let mut r = m.body_reader();
+    assert_eq!(r.u32().unwrap(), member);
+    assert_eq!(r.string().unwrap(), "/run/user/1000/busd-fastpath-x");
+    member
+}
+
+fn signal_from(sender: &str, member: &str) -> Message {
+    let f = HeaderFields {
+        path: Some("/org/x"),
+        interface: Some("org.x"),
+        member: Some(member),
+        sender: Some(sender),
+        ..Default::default()
+    };
+    Message::parse(
+        encode(Endian::Little, message::SIGNAL, 0, 9, &f, &[]),
+        Vec::new(),
+    )
+    .unwrap()
+}
+
+fn become_monitor(b: &mut Bus, id: PeerId) {
+    let mut w = Writer::new(Endian::Little);
+    w.string_array([]);
+    w.u32(0);
+    let m = call(
+        3,
+        DBUS_NAME,
+        "org.freedesktop.DBus.Monitoring",
+        "BecomeMonitor",
+        "asu",
+        w.into_vec(),
+    );
+    b.handle_message(id, m);
+    drain(b);
+}
+
+#[test]
+fn join_is_for_the_bus_user_with_fds_and_not_when_off() {
+    let mut off = bus();
+    join(&mut off, 1);
+    off.handle_message(1, join_call(2));
+    assert_eq!(
+        drain(&mut off)[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.NotSupported")
+    );
+
+    let mut b = fast_bus();
+    b.connect(2, creds(1000, 2), false, Meters::default());
+    b.handle_message(2, dcall(1, "Hello", "", vec![]));
+    drain(&mut b);
+    b.handle_message(2, join_call(2));
+    assert_eq!(
+        drain(&mut b)[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.NotSupported"),
+        "no fd passing"
+    );
+
+    b.connect(3, creds(1001, 3), true, Meters::default());
+    b.handle_message(3, dcall(1, "Hello", "", vec![]));
+    drain(&mut b);
+    b.handle_message(3, join_call(2));
+    assert_eq!(
+        drain(&mut b)[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.AccessDenied"),
+        "another user"
+    );
+
+    assert_eq!(join_fast(&mut b, 4), 3, ":1.2 is member 3");
+    b.handle_message(4, join_call(5));
+    assert_eq!(
+        drain(&mut b)[0].msg.error_name(),
+        Some("org.freedesktop.DBus.Error.Failed"),
+        "twice"
+    );
+}
+
+#[test]
+fn the_table_lists_members_names_and_the_daemons_interest() {
+    let mut b = fast_bus();
+    let a = join_fast(&mut b, 1);
+    let standard = join(&mut b, 2);
+    add_match(&mut b, 2, "type='signal',member='Ping'");
+    b.handle_message(
+        1,
+        dcall(3, "RequestName", "su", su_body("org.example.A", 0)),
+    );
+    drain(&mut b);
+    let u = b.take_fast_updates().unwrap();
+    let t = u.table.unwrap();
+    assert_eq!(t.members.iter().map(|m| m.id).collect::<Vec<_>>(), [0, a]);
+    assert!(t.members.iter().all(|m| m.direct));
+    assert_eq!(t.owner("org.example.A"), Some(a));
+    assert!(!t.observed);
+    let ping = busd_match::header::hash32("Ping");
+    let pong = busd_match::header::hash32("Pong");
+    let daemon = &t.member(0).unwrap().summary;
+    assert!(daemon.selects(ping, 0, 0), "{standard} wants Ping");
+    assert!(!daemon.selects(pong, 0, 0));
+    assert!(u.daemon_filter.is_some());
+    assert!(b.take_fast_updates().is_none(), "nothing changed since");
+
+    // A member's own rule recompiles its filter only; the daemon's stays.
+    add_match(&mut b, 1, "type='signal',member='Pong'");
+    let u = b.take_fast_updates().unwrap();
+    assert_eq!(u.filters.len(), 1);
+    assert!(u.daemon_filter.is_none());
+    assert!(u
+        .table
+        .unwrap()
+        .member(a)
+        .unwrap()
+        .summary
+        .selects(pong, 0, 0));
+
+    // A monitor makes the daemon want everything, and direct unicasts get copied to it.
+    join(&mut b, 3);
+    become_monitor(&mut b, 3);
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    assert!(t.observed);
+    assert!(t.member(0).unwrap().summary.everything);
+
+    // A member that leaves is gone from the table, and its sockets are closed.
+    b.disconnected(1);
+    let effects: Vec<Effect> = b.take_effects().collect();
+    assert!(effects.iter().any(|e| matches!(e, Effect::FastLeave(1))));
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    assert!(t.member(a).is_none());
+    assert_eq!(t.owner("org.example.A"), None);
+}
+
+#[test]
+fn broadcasts_from_members_reach_only_those_off_the_fast_path() {
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    let a = b.unique_of(1).to_string();
+    join_fast(&mut b, 2);
+    join(&mut b, 3);
+    join(&mut b, 4);
+    for peer in [2, 3] {
+        add_match(&mut b, peer, "type='signal',member='Ping'");
+    }
+    become_monitor(&mut b, 4);
+    b.handle_fast_frame(1, 0, signal_from(&a, "Ping"));
+    let to: Vec<PeerId> = drain(&mut b).iter().map(|s| s.to).collect();
+    assert_eq!(
+        to,
+        [4, 3],
+        "the monitor, then the standard client; member 2 had it directly"
+    );
+
+    // The same signal on the member's stream is routed as usual, to everyone.
+    b.handle_message(1, signal_from(&a, "Ping"));
+    let mut to: Vec<PeerId> = drain(&mut b).iter().map(|s| s.to).collect();
+    to.sort_unstable();
+    assert_eq!(to, [2, 3, 4]);
+}
+
+#[test]
+fn copies_of_direct_messages_go_to_monitors_only() {
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    let a = b.unique_of(1).to_string();
+    let member_b = join_fast(&mut b, 2);
+    let peer_b = b.unique_of(2).to_string();
+    join(&mut b, 3);
+    become_monitor(&mut b, 3);
+    let f = HeaderFields {
+        path: Some("/org/x"),
+        interface: Some("org.x"),
+        member: Some("Call"),
+        sender: Some(&a),
+        destination: Some(&peer_b),
+        ..Default::default()
+    };
+    let m = Message::parse(
+        encode(Endian::Little, message::METHOD_CALL, 0, 9, &f, &[]),
+        Vec::new(),
+    )
+    .unwrap();
+    b.handle_fast_frame(1, member_b, m);
+    let sent = drain(&mut b);
+    assert_eq!(sent.iter().map(|s| s.to).collect::<Vec<_>>(), [3]);
+    assert_eq!(sent[0].msg.member(), Some("Call"));
+}
+
+#[test]
+fn a_member_that_lies_about_its_name_is_disconnected() {
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    let other = join(&mut b, 2);
+    b.handle_fast_frame(1, 0, signal_from(&other, "Ping"));
+    let effects: Vec<Effect> = b.take_effects().collect();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Disconnect(1)]),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_member_the_policy_mediates_is_not_direct() {
+    let strict = r#"<policy context="default"><allow send_destination="*"/>
+        <deny send_interface="org.secret"/><allow receive_sender="*"/><allow own="*"/></policy>"#;
+    let mut b = bus_with(strict, busd_policy::Limits::default());
+    b.set_fastpath(true);
+    let a = join_fast(&mut b, 1);
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    assert!(!t.member(a).unwrap().direct);
+    assert!(
+        t.member(0).unwrap().summary.everything,
+        "the daemon relays all its traffic"
+    );
+}

@@ -1,0 +1,340 @@
+//! The fast path's I/O (DESIGN 5): the bus's private directory, each member's datagram
+//! socket with its kernel filter, the daemon's inbox for each member, and the routing table
+//! in a sealed memfd. The decisions are the bus core's ([`crate::bus::fastpath`]).
+//!
+//! Per member `N` the directory holds two sockets, both created and bound by the daemon:
+//! `N`, the member's own (its descriptor is passed to the client; the daemon keeps a
+//! duplicate to replace the filter), and `dN`, the daemon's inbox for that member,
+//! `connect()`ed to `N`. Being connected, the inbox takes datagrams from that member only
+//! (the kernel refuses others) and is exempt from the datagram queue limit, so a member
+//! sending to the daemon is held back only by its own send buffer.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram as StdDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use busd_match::bpf::{self, Program};
+use busd_match::header::{Header, HEADER_LEN};
+use busd_match::table::{self, Table};
+use mio::net::UnixDatagram;
+use nix::sys::socket::{self, MsgFlags};
+use tracing::{debug, warn};
+
+use crate::bus::fastpath::Joined;
+use crate::bus::PeerId;
+
+/// Bytes of routing-table body the shared memory holds (members take 40 bytes each, names
+/// 8 bytes plus their length): far beyond any bus; a table that does not fit sends
+/// everything through the daemon.
+const TABLE_CAPACITY: usize = 4 << 20;
+const MAX_FDS: usize = 253;
+
+/// A frame a member sent the daemon.
+pub struct Frame {
+    pub destination: u32,
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+pub enum Received {
+    Frame(Frame),
+    /// Nothing more for now.
+    Drained,
+    /// The member broke the protocol (the reason): it is disconnected.
+    Invalid(String),
+}
+
+struct Member {
+    id: u32,
+    /// The daemon's duplicate of the member's socket, to replace its filter.
+    socket: OwnedFd,
+    inbox: UnixDatagram,
+}
+
+/// The routing table's shared memory: a memfd mapped writable here, sealed so that nobody
+/// else can write it or change its size.
+struct SharedTable {
+    memfd: OwnedFd,
+    map: *mut libc::c_void,
+    len: usize,
+    body: Vec<u8>,
+}
+
+impl SharedTable {
+    fn new() -> io::Result<Self> {
+        let name = CString::new("busd-routing-table").expect("no NUL");
+        // SAFETY: a valid C string; the result is checked.
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = table::words_for(TABLE_CAPACITY) * 8;
+        nix::unistd::ftruncate(&memfd, len as i64)?;
+        // SAFETY: mapping a descriptor we own, with its full length; the result is checked.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                memfd.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let t = SharedTable {
+            memfd,
+            map,
+            len,
+            body: Vec::new(),
+        };
+        // From now on the size is fixed and only this mapping can write (F_SEAL_FUTURE_WRITE
+        // leaves existing writable mappings alone and refuses new ones, and write(2)).
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a descriptor we own.
+        if unsafe { libc::fcntl(t.memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(t)
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is `len` bytes, page-aligned, alive as long as `self`, and
+        // only ever accessed as atomics (here and by readers in other processes).
+        unsafe { std::slice::from_raw_parts(self.map.cast::<AtomicU64>(), self.len / 8) }
+    }
+
+    fn publish(&mut self, t: &Table) {
+        t.encode(&mut self.body);
+        if table::publish(self.words(), &self.body).is_err() {
+            warn!("the fast path's routing table is too large; members send through the daemon");
+            let fallback = Table {
+                observed: true,
+                members: vec![table::Member {
+                    id: 0,
+                    direct: true,
+                    summary: busd_match::summary::Summary {
+                        everything: true,
+                        ..Default::default()
+                    },
+                }],
+                names: Vec::new(),
+            };
+            fallback.encode(&mut self.body);
+            let _ = table::publish(self.words(), &self.body);
+        }
+    }
+
+    /// A new read-only descriptor of the table, for a member.
+    fn read_only(&self) -> io::Result<OwnedFd> {
+        let path = format!("/proc/self/fd/{}", self.memfd.as_raw_fd());
+        Ok(std::fs::File::open(path)?.into())
+    }
+}
+
+impl Drop for SharedTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}
+
+pub struct FastPath {
+    dir: PathBuf,
+    table: SharedTable,
+    members: HashMap<PeerId, Member>,
+    daemon_filter: Program,
+    buf: Vec<u8>,
+}
+
+/// Where the directory goes: `$XDG_RUNTIME_DIR` (private to the user) when set, else the
+/// system's runtime directory for root, else the temporary directory.
+fn runtime_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if d.is_dir() {
+            return d;
+        }
+    }
+    if nix::unistd::geteuid().is_root() && Path::new("/run").is_dir() {
+        return PathBuf::from("/run");
+    }
+    std::env::temp_dir()
+}
+
+/// The largest datagram a member can send: its send buffer, which it may raise up to
+/// net.core.wmem_max (the kernel doubles what is asked).
+fn largest_datagram() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(212_992);
+    (2 * wmem_max).clamp(256 * 1024, 64 << 20)
+}
+
+impl FastPath {
+    pub fn new() -> io::Result<Self> {
+        let template = runtime_base().join("busd-fastpath-XXXXXX");
+        // mkdtemp creates it with mode 0700: only the bus's user reaches member sockets.
+        let dir = nix::unistd::mkdtemp(&template)?;
+        let mut table = SharedTable::new()?;
+        table.publish(&Table::default());
+        Ok(FastPath {
+            dir,
+            table,
+            members: HashMap::new(),
+            daemon_filter: Program {
+                insns: Vec::new(),
+                widened: false,
+            },
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a member's socket (filter attached) and the daemon's inbox for it; returns
+    /// what the client gets, and the inbox to register with the event loop.
+    pub fn join(
+        &mut self,
+        peer: PeerId,
+        id: u32,
+        filter: &Program,
+    ) -> io::Result<(Joined, &mut UnixDatagram)> {
+        let path = self.dir.join(id.to_string());
+        let inbox_path = self.dir.join(format!("d{id}"));
+        let socket = StdDatagram::bind(&path)?;
+        bpf::attach(socket.as_fd(), filter)?;
+        let inbox = StdDatagram::bind(&inbox_path)
+            .and_then(|inbox| {
+                inbox.connect(&path)?;
+                inbox.set_nonblocking(true)?;
+                if !self.daemon_filter.insns.is_empty() {
+                    bpf::attach(inbox.as_fd(), &self.daemon_filter)?;
+                }
+                Ok(inbox)
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&inbox_path);
+            })?;
+        let kept = socket.as_fd().try_clone_to_owned()?;
+        let joined = Joined {
+            directory: String::from_utf8_lossy(self.dir.as_os_str().as_bytes()).into_owned(),
+            socket: socket.into(),
+            table: self.table.read_only()?,
+        };
+        let member = Member {
+            id,
+            socket: kept,
+            inbox: UnixDatagram::from_std(inbox),
+        };
+        self.members.insert(peer, member);
+        let m = self.members.get_mut(&peer).expect("just inserted");
+        Ok((joined, &mut m.inbox))
+    }
+
+    /// Forgets a member: its sockets close and their names go.
+    pub fn leave(&mut self, peer: PeerId) -> Option<UnixDatagram> {
+        let m = self.members.remove(&peer)?;
+        let _ = std::fs::remove_file(self.dir.join(m.id.to_string()));
+        let _ = std::fs::remove_file(self.dir.join(format!("d{}", m.id)));
+        Some(m.inbox)
+    }
+
+    pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
+        if let Some(m) = self.members.get(&peer) {
+            if let Err(e) = bpf::attach(m.socket.as_fd(), prog) {
+                warn!(member = m.id, "cannot replace a fast-path filter: {e}");
+            }
+        }
+    }
+
+    pub fn set_daemon_filter(&mut self, prog: Program) {
+        for m in self.members.values() {
+            if let Err(e) = bpf::attach(m.inbox.as_fd(), &prog) {
+                warn!(member = m.id, "cannot replace the daemon's filter: {e}");
+            }
+        }
+        self.daemon_filter = prog;
+    }
+
+    pub fn publish(&mut self, t: &Table) {
+        self.table.publish(t);
+    }
+
+    /// Reads one frame from a member's inbox.
+    pub fn receive(&mut self, peer: PeerId, max_message: usize, max_fds: usize) -> Received {
+        let Some(m) = self.members.get(&peer) else {
+            return Received::Drained;
+        };
+        if self.buf.is_empty() {
+            self.buf = vec![0; largest_datagram()];
+        }
+        let (n, flags, fds) = loop {
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [io::IoSliceMut::new(&mut self.buf)];
+            match socket::recvmsg::<()>(
+                m.inbox.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(msg) => break (msg.bytes, msg.flags, super::conn::received_fds(&msg)),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Received::Drained,
+                Err(e) => return Received::Invalid(format!("reading its frames failed: {e}")),
+            }
+        };
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Received::Invalid("a frame carried more fds than one message may".into());
+        }
+        if n > self.buf.len() {
+            return Received::Invalid(format!("a frame of {n} bytes is larger than allowed"));
+        }
+        let header = match Header::decode(&self.buf[..n]) {
+            Ok(h) => h,
+            Err(e) => return Received::Invalid(format!("bad routing header: {e}")),
+        };
+        if header.sender != m.id {
+            return Received::Invalid(format!(
+                "its routing header names member {} as the sender",
+                header.sender
+            ));
+        }
+        if n - HEADER_LEN > max_message {
+            return Received::Invalid(format!(
+                "a message of {} bytes exceeds max_message_size",
+                n - HEADER_LEN
+            ));
+        }
+        if fds.len() > max_fds {
+            return Received::Invalid("a message exceeds max_message_unix_fds".into());
+        }
+        debug!(member = m.id, len = n, fds = fds.len(), "frame");
+        Received::Frame(Frame {
+            destination: header.destination,
+            bytes: self.buf[HEADER_LEN..n].to_vec(),
+            fds,
+        })
+    }
+}
+
+impl Drop for FastPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

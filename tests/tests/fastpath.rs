@@ -1,0 +1,377 @@
+//! The fast path's daemon side against a busd process: joining, the member sockets and
+//! their kernel filters, the routing table, and what the daemon does with the frames
+//! members send it. The members here are zbus connections plus the raw datagram socket the
+//! bus hands them, so that every frame is built by the test.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use busd::wire::marshal::Endian;
+use busd::wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
+use busd_match::header::{self, Fields, HEADER_LEN};
+use busd_match::table::{self, Table};
+use busd_tests::{have, zbus_connect, Busd};
+use futures_util::StreamExt;
+use zbus::{Connection, MatchRule, MessageStream};
+
+const FASTPATH: &str = "org.freedesktop.busd.FastPath1";
+
+struct Member {
+    conn: Connection,
+    unique: String,
+    id: u32,
+    dir: PathBuf,
+    socket: UnixDatagram,
+    table: std::fs::File,
+}
+
+async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
+    conn.call_method(
+        Some("org.freedesktop.DBus"),
+        "/org/freedesktop/DBus",
+        Some(FASTPATH),
+        "Join",
+        &(),
+    )
+    .await
+}
+
+async fn member(bus: &Busd) -> Member {
+    let conn = zbus_connect(bus).await;
+    let reply = join(&conn).await.unwrap();
+    let (id, dir, socket, table): (
+        u32,
+        String,
+        zbus::zvariant::OwnedFd,
+        zbus::zvariant::OwnedFd,
+    ) = reply.body().deserialize().unwrap();
+    let socket = UnixDatagram::from(OwnedFd::from(socket));
+    socket.set_nonblocking(true).unwrap();
+    Member {
+        unique: conn.unique_name().unwrap().to_string(),
+        conn,
+        id,
+        dir: PathBuf::from(dir),
+        socket,
+        table: std::fs::File::from(OwnedFd::from(table)),
+    }
+}
+
+impl Member {
+    /// The routing table as published now.
+    fn table(&self) -> Table {
+        for _ in 0..100 {
+            let mut raw = vec![0u8; table::PREFIX_LEN + 64 * 1024];
+            let n = self.table.read_at(&mut raw, 0).unwrap();
+            raw.truncate(n - n % 8);
+            let words: Vec<AtomicU64> = raw
+                .chunks(8)
+                .map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().unwrap())))
+                .collect();
+            let mut body = Vec::new();
+            if let Ok(Some(_)) = table::read(&words, &mut body) {
+                return Table::decode(&body).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no consistent routing table");
+    }
+
+    /// Waits until the table satisfies `ok` (it is republished after each event).
+    async fn table_until(&self, ok: impl Fn(&Table) -> bool) -> Table {
+        for _ in 0..200 {
+            let t = self.table();
+            if ok(&t) {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the routing table never got there: {:?}", self.table());
+    }
+
+    /// A frame: routing header for `destination` (0: a broadcast), then a
+    /// message that names this member as its SENDER unless `sender` says otherwise.
+    fn frame(&self, kind: u8, destination: u32, dest_name: Option<&str>, member: &str) -> Vec<u8> {
+        self.frame_as(&self.unique, kind, destination, dest_name, member)
+    }
+
+    fn frame_as(
+        &self,
+        sender: &str,
+        kind: u8,
+        destination: u32,
+        dest_name: Option<&str>,
+        member: &str,
+    ) -> Vec<u8> {
+        let (path, iface) = if dest_name == Some("org.freedesktop.DBus") {
+            ("/org/freedesktop/DBus", "org.freedesktop.DBus")
+        } else {
+            ("/org/example", "org.example.Fast")
+        };
+        let f = HeaderFields {
+            path: Some(path),
+            interface: Some(iface),
+            member: Some(member),
+            destination: dest_name,
+            sender: Some(sender),
+            ..Default::default()
+        };
+        let msg = encode(Endian::Little, kind, 0, 77, &f, &[]);
+        let mut out = [0u8; HEADER_LEN];
+        header::encode(
+            &Fields {
+                msg_type: kind,
+                flags: 0,
+                sender: self.id,
+                destination,
+                interface: Some(iface),
+                member: Some(member),
+                path: Some(path),
+            },
+            &[],
+            &mut out,
+        );
+        [&out[..], &msg].concat()
+    }
+
+    fn send_to(&self, member: u32, frame: &[u8]) -> std::io::Result<usize> {
+        self.socket
+            .send_to(frame, self.dir.join(member.to_string()))
+    }
+
+    fn send_to_daemon(&self, frame: &[u8]) -> std::io::Result<usize> {
+        self.socket
+            .send_to(frame, self.dir.join(format!("d{}", self.id)))
+    }
+
+    /// The next datagram on this member's socket, waiting up to 5 s.
+    async fn receive(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..500 {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return buf;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("nothing arrived on member {}'s socket", self.id);
+    }
+
+    /// Bytes waiting in this member's socket queue (SIOCINQ).
+    fn queued(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer.
+        let r = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(r, 0);
+        n as usize
+    }
+}
+
+async fn add_match(conn: &Connection, rule: &str) {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
+    dbus.add_match_rule(MatchRule::try_from(rule).unwrap())
+        .await
+        .unwrap();
+}
+
+async fn remove_match(conn: &Connection, rule: &str) {
+    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
+    dbus.remove_match_rule(MatchRule::try_from(rule).unwrap())
+        .await
+        .unwrap();
+}
+
+fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
+    tokio::time::timeout(Duration::from_secs(20), f)
+}
+
+#[tokio::test]
+async fn members_get_a_private_filtered_socket_and_the_routing_table() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let b = member(&bus).await;
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.dir, b.dir);
+    let meta = std::fs::metadata(&a.dir).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), nix::unistd::getuid().as_raw());
+    let local = a.socket.local_addr().unwrap();
+    assert_eq!(
+        local.as_pathname(),
+        Some(a.dir.join(a.id.to_string()).as_path())
+    );
+
+    b.conn.request_name("org.example.B").await.unwrap();
+    add_match(&b.conn, "type='signal',member='Ping'").await;
+    let t = a
+        .table_until(|t| t.owner("org.example.B") == Some(b.id))
+        .await;
+    let ids: Vec<u32> = t.members.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [0, a.id, b.id]);
+    let ping = header::hash32("Ping");
+    assert!(t.member(b.id).unwrap().summary.selects(ping, 0, 0));
+
+    // The kernel filter the daemon compiled from B's rules: Pong is dropped in the
+    // sender's sendmsg and never wakes B; Ping and a message addressed to B arrive.
+    a.send_to(b.id, &a.frame(SIGNAL, 0, None, "Pong")).unwrap();
+    assert_eq!(
+        b.queued(),
+        0,
+        "a broadcast B has no rule for reached its queue"
+    );
+    a.send_to(b.id, &a.frame(SIGNAL, 0, None, "Ping")).unwrap();
+    let got = b.receive().await;
+    assert_eq!(header::Header::decode(&got).unwrap().member, ping);
+    a.send_to(
+        b.id,
+        &a.frame(METHOD_CALL, b.id, Some("org.example.B"), "Call"),
+    )
+    .unwrap();
+    let got = b.receive().await;
+    assert_eq!(header::Header::decode(&got).unwrap().destination, b.id);
+
+    // Removing the rule replaces the filter at once.
+    remove_match(&b.conn, "type='signal',member='Ping'").await;
+    a.send_to(b.id, &a.frame(SIGNAL, 0, None, "Ping")).unwrap();
+    assert_eq!(b.queued(), 0);
+
+    // A member that leaves is gone from the table and from the directory.
+    let (b_id, b_path) = (b.id, b.dir.join(b.id.to_string()));
+    drop(b);
+    a.table_until(|t| t.member(b_id).is_none()).await;
+    assert!(!b_path.exists());
+}
+
+#[tokio::test]
+async fn the_daemon_routes_what_members_send_it() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let standard = zbus_connect(&bus).await;
+    add_match(&standard, "type='signal',member='Ping'").await;
+    let mut signals = MessageStream::from(&standard);
+    // The daemon's interest is in the table: a member knows to include it for Ping only.
+    let t = a
+        .table_until(|t| {
+            t.member(0)
+                .is_some_and(|d| d.summary.selects(header::hash32("Ping"), 0, 0))
+        })
+        .await;
+    assert!(!t
+        .member(0)
+        .unwrap()
+        .summary
+        .selects(header::hash32("Pong"), 0, 0));
+
+    a.send_to_daemon(&a.frame(SIGNAL, 0, None, "Ping")).unwrap();
+    let msg = timeout(async {
+        loop {
+            let m = signals.next().await.unwrap().unwrap();
+            if m.header().member().is_some_and(|m| m == "Ping") {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the standard client got the member's broadcast");
+    assert_eq!(msg.header().sender().unwrap().as_str(), a.unique);
+
+    // A call to the driver comes back on the member's stream connection.
+    let mut replies = MessageStream::from(&a.conn);
+    a.send_to_daemon(&a.frame(
+        METHOD_CALL,
+        header::TO_DAEMON,
+        Some("org.freedesktop.DBus"),
+        "GetId",
+    ))
+    .unwrap();
+    let reply = timeout(async {
+        loop {
+            let m = replies.next().await.unwrap().unwrap();
+            if m.header().reply_serial().map(|s| s.get()) == Some(77) {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the driver answered the member");
+    let id: String = reply.body().deserialize().unwrap();
+    assert_eq!(id.len(), 32);
+}
+
+#[tokio::test]
+async fn monitors_see_direct_traffic_through_the_copies_members_send() {
+    if !have("dbus-monitor") {
+        return;
+    }
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let b = member(&bus).await;
+    let mut monitor = std::process::Command::new("dbus-monitor")
+        .args(["--address", &bus.address])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    a.table_until(|t| t.observed).await;
+    let frame = a.frame(METHOD_CALL, b.id, Some(&b.unique), "Direct");
+    a.send_to(b.id, &frame).unwrap();
+    a.send_to_daemon(&frame).unwrap();
+    assert!(!b.receive().await.is_empty());
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("member=Direct"))
+    });
+    let line = timeout(seen).await.unwrap().unwrap().unwrap();
+    monitor.kill().unwrap();
+    let _ = monitor.wait();
+    assert!(line.contains(&format!("sender={}", a.unique)), "{line}");
+    assert!(
+        line.contains(&format!("destination={}", b.unique)),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_sends_under_another_name_is_disconnected() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let other = zbus_connect(&bus).await;
+    let victim = other.unique_name().unwrap().to_string();
+    // (Addressed to the daemon: its filter would drop a broadcast nobody wants.)
+    a.send_to_daemon(&a.frame_as(&victim, SIGNAL, header::TO_DAEMON, None, "Ping"))
+        .unwrap();
+    // The daemon closes A's stream, and A is gone from the table.
+    let observer = member(&bus).await;
+    let a_id = a.id;
+    observer.table_until(|t| t.member(a_id).is_none()).await;
+    let dbus = zbus::fdo::DBusProxy::new(&other).await.unwrap();
+    assert!(!dbus
+        .name_has_owner(a.unique.as_str().try_into().unwrap())
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn fastpath_off_refuses_to_join() {
+    let bus = Busd::start_with(&["--session", "--fastpath=off"]);
+    let conn = zbus_connect(&bus).await;
+    let err = join(&conn).await.unwrap_err();
+    match err {
+        zbus::Error::MethodError(name, _, _) => {
+            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.NotSupported")
+        }
+        e => panic!("unexpected {e}"),
+    }
+}
