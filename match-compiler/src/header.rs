@@ -180,6 +180,16 @@ pub fn e_arg_slash_prefix(n: usize) -> ArgKind {
     ArgKind::new(n, "-slash-prefix:")
 }
 
+/// The largest datagram a member may send, hence the buffer a receiver needs: a send
+/// buffer holds at most twice `net.core.wmem_max` (the kernel doubles what is asked).
+pub fn largest_datagram() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(212_992);
+    (2 * wmem_max).clamp(256 * 1024, 64 << 20)
+}
+
 /// What a frame describes: the fields of the D-Bus message that match rules test.
 #[derive(Debug, Clone, Copy)]
 pub struct Fields<'a> {

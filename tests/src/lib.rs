@@ -302,3 +302,51 @@ impl Drop for Sink {
         let _ = self.0.wait();
     }
 }
+
+/// The service the zbus tests talk to: an echo, an error, a write through a passed fd, and
+/// a signal.
+pub struct Echo;
+
+#[zbus::interface(name = "org.example.Echo")]
+impl Echo {
+    fn echo(&self, s: String) -> String {
+        format!("echo: {s}")
+    }
+
+    fn fail(&self) -> zbus::fdo::Result<()> {
+        Err(zbus::fdo::Error::Failed("it failed".into()))
+    }
+
+    fn write_to(&self, fd: zbus::zvariant::OwnedFd) -> u32 {
+        use std::io::Write;
+        let mut f = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
+        f.write_all(b"written through a passed fd").unwrap();
+        7
+    }
+
+    #[zbus(signal)]
+    pub async fn tick(e: &zbus::object_server::SignalEmitter<'_>, n: u32) -> zbus::Result<()>;
+}
+
+/// Calls `Echo.WriteTo` on `dest` with the write end of a pipe, and checks what the
+/// service wrote through it.
+pub async fn assert_fd_passing(client: &zbus::Connection, dest: &str) {
+    use std::io::Read;
+    let (mut r, w) = std::io::pipe().unwrap();
+    let w = std::os::fd::OwnedFd::from(w);
+    let reply = client
+        .call_method(
+            Some(dest),
+            "/echo",
+            Some("org.example.Echo"),
+            "WriteTo",
+            &(zbus::zvariant::Fd::from(&w),),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.body().deserialize::<u32>().unwrap(), 7);
+    drop(w);
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "written through a passed fd");
+}

@@ -1,30 +1,10 @@
 //! zbus clients against a busd process: calls and replies, names, signals, fd passing.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use busd_tests::{zbus_connect, Busd};
+use busd_tests::{zbus_connect, Busd, Echo};
 use futures_util::StreamExt;
-use zbus::{connection, fdo, interface, Connection, MatchRule, MessageStream};
-
-struct Echo;
-
-#[interface(name = "org.example.Echo")]
-impl Echo {
-    fn echo(&self, s: String) -> String {
-        format!("echo: {s}")
-    }
-
-    fn fail(&self) -> fdo::Result<()> {
-        Err(fdo::Error::Failed("it failed".into()))
-    }
-
-    fn write_to(&self, fd: zbus::zvariant::OwnedFd) -> u32 {
-        let mut f = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        f.write_all(b"written through a passed fd").unwrap();
-        7
-    }
-}
+use zbus::{connection, fdo, Connection, MatchRule, MessageStream};
 
 /// A connection that owns `name` and serves [`Echo`] at `/echo`.
 async fn serve_echo(bus: &Busd, name: &str) -> Connection {
@@ -252,23 +232,7 @@ async fn unix_fds_pass_through_the_bus() {
     timeout(async {
         let _service = serve_echo(&bus, "org.example.Fds").await;
         let client = zbus_connect(&bus).await;
-        let (mut r, w) = std::io::pipe().unwrap();
-        let w = std::os::fd::OwnedFd::from(w);
-        let reply = client
-            .call_method(
-                Some("org.example.Fds"),
-                "/echo",
-                Some("org.example.Echo"),
-                "WriteTo",
-                &(zbus::zvariant::Fd::from(&w),),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply.body().deserialize::<u32>().unwrap(), 7);
-        drop(w);
-        let mut got = String::new();
-        r.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "written through a passed fd");
+        busd_tests::assert_fd_passing(&client, "org.example.Fds").await;
     })
     .await
     .unwrap();

@@ -6,7 +6,6 @@ use std::cell::OnceCell;
 use busd_match::{Arg, MessageInfo};
 
 use super::{Bus, PeerId, DBUS_NAME};
-use crate::wire::marshal::Reader;
 use crate::wire::message::Message;
 
 /// A message being routed, seen by the matcher.
@@ -44,31 +43,6 @@ impl<'a> Routed<'a> {
     }
 }
 
-/// Reads up to 64 top-level arguments for match rules. Allocates once per message, and only
-/// when some candidate rule tests arguments.
-fn parse_args(msg: &Message) -> Vec<Arg<'_>> {
-    let sig = msg.signature().as_bytes();
-    let mut r: Reader<'_> = msg.body_reader();
-    let mut out = Vec::new();
-    let mut p = 0;
-    while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
-        let arg = match sig[p] {
-            b's' => r.string().map(Arg::Str),
-            b'o' => r.string().map(Arg::Path),
-            _ => r.skip_value(&sig[p..], 0).map(|_| Arg::Other),
-        };
-        match arg {
-            Ok(a) => out.push(a),
-            Err(_) => break,
-        }
-        p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
-            Some(e) => e,
-            None => break,
-        };
-    }
-    out
-}
-
 impl MessageInfo for Routed<'_> {
     fn msg_type(&self) -> u8 {
         self.msg.msg_type()
@@ -96,7 +70,7 @@ impl MessageInfo for Routed<'_> {
     }
     fn arg(&self, index: u8) -> Arg<'_> {
         self.args
-            .get_or_init(|| parse_args(self.msg))
+            .get_or_init(|| self.msg.args())
             .get(usize::from(index))
             .copied()
             .unwrap_or(Arg::Missing)

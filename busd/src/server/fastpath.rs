@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use busd_match::bpf::{self, Program};
-use busd_match::header::{Header, HEADER_LEN};
+use busd_match::header::{self, Header, HEADER_LEN};
 use busd_match::table::{self, Table};
 use mio::net::UnixDatagram;
 use nix::sys::socket::{self, MsgFlags};
@@ -173,16 +173,6 @@ fn runtime_base() -> PathBuf {
     std::env::temp_dir()
 }
 
-/// The largest datagram a member can send: its send buffer, which it may raise up to
-/// net.core.wmem_max (the kernel doubles what is asked).
-fn largest_datagram() -> usize {
-    let wmem_max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .unwrap_or(212_992);
-    (2 * wmem_max).clamp(256 * 1024, 64 << 20)
-}
-
 impl FastPath {
     pub fn new() -> io::Result<Self> {
         let template = runtime_base().join("busd-fastpath-XXXXXX");
@@ -282,7 +272,7 @@ impl FastPath {
             return Received::Drained;
         };
         if self.buf.is_empty() {
-            self.buf = vec![0; largest_datagram()];
+            self.buf = vec![0; header::largest_datagram()];
         }
         let (n, flags, fds) = loop {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);

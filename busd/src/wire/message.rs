@@ -441,6 +441,32 @@ impl Message {
 }
 
 impl Message {
+    /// Up to 64 top-level arguments, as match rules see them (STRING and OBJECT_PATH values;
+    /// the others only counted). Stops at the first argument that does not decode.
+    pub fn args(&self) -> Vec<busd_match::Arg<'_>> {
+        use busd_match::Arg;
+        let sig = self.signature().as_bytes();
+        let mut r = self.body_reader();
+        let mut out = Vec::new();
+        let mut p = 0;
+        while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
+            let arg = match sig[p] {
+                b's' => r.string().map(Arg::Str),
+                b'o' => r.string().map(Arg::Path),
+                _ => r.skip_value(&sig[p..], 0).map(|_| Arg::Other),
+            };
+            match arg {
+                Ok(a) => out.push(a),
+                Err(_) => break,
+            }
+            p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
+                Some(e) => e,
+                None => break,
+            };
+        }
+        out
+    }
+
     /// The message as it is delivered (see [`Message::forwarded`]), keeping its fds. Returns
     /// None only if re-encoding produced an invalid message, which would be a bug in busd.
     pub fn forward(self, sender: &str) -> Option<Message> {

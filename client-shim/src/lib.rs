@@ -1,0 +1,153 @@
+//! busd-shim: plain zbus connections that use busd's fast path when asked to.
+//!
+//! ```no_run
+//! # async fn f() -> zbus::Result<()> {
+//! // Instead of zbus::connection::Builder::session()?:
+//! let conn = busd_shim::session().await?.build().await?;
+//! // ...then ordinary zbus code: proxies, serve_at, signals, names.
+//! # Ok(()) }
+//! ```
+//!
+//! The fast path is used when it is asked for, by the address key `fastpath=1`
+//! (`unix:path=/run/user/1000/bus,fastpath=1`, which zbus's own parser ignores) or, when the
+//! address says nothing, by the environment variable `BUSD_FASTPATH=1`; and when the bus
+//! offers it (busd's `org.freedesktop.busd.FastPath1.Join`). Otherwise the connection is
+//! plain zbus: against dbus-daemon or dbus-broker, or with `fastpath=0`, nothing changes.
+//!
+//! On the fast path, messages to other members go straight to their sockets (broadcasts to
+//! the members whose interest summary may match, filtered again by the kernel), and
+//! everything else goes to the daemon, which keeps names, policy and activation. What the
+//! application sees is the same: senders, destinations, bodies, fds, per-sender order.
+//! `docs/fastpath-protocol.md` describes the protocol.
+
+mod member;
+mod socket;
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use member::Counters;
+
+/// busd's interface on the bus object.
+pub const FASTPATH_INTERFACE: &str = "org.freedesktop.busd.FastPath1";
+/// The environment variable that asks for the fast path when the address does not say.
+pub const ENV: &str = "BUSD_FASTPATH";
+
+/// A connection builder for the session bus (`DBUS_SESSION_BUS_ADDRESS`).
+pub async fn session() -> zbus::Result<zbus::connection::Builder<'static>> {
+    let address = std::env::var("DBUS_SESSION_BUS_ADDRESS")
+        .map_err(|_| zbus::Error::Address("DBUS_SESSION_BUS_ADDRESS is not set".into()))?;
+    builder(&address).await
+}
+
+/// A connection builder for the bus at `address`: on the fast path when asked and offered,
+/// plain zbus otherwise. Configure it as any zbus builder, then `build()`.
+pub async fn builder(address: &str) -> zbus::Result<zbus::connection::Builder<'static>> {
+    let Some(target) = fast_target(address, std::env::var(ENV).ok().as_deref()) else {
+        return zbus::connection::Builder::address(address);
+    };
+    let stream = match target {
+        Target::Path(p) => std::os::unix::net::UnixStream::connect(p)?,
+        Target::Abstract(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            std::os::unix::net::UnixStream::connect_addr(&addr)?
+        }
+    };
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    let counters = Arc::new(Counters::default());
+    let (read, write) = socket::split(stream, Arc::clone(&counters));
+    registry()
+        .lock()
+        .expect("counters")
+        .push(Arc::downgrade(&counters));
+    let split: zbus::connection::socket::BoxedSplit =
+        zbus::connection::socket::Split::new(Box::new(read) as _, Box::new(write) as _);
+    Ok(zbus::connection::Builder::socket(split))
+}
+
+/// The fast path's figures for a connection this crate built; None for other connections
+/// and for those not on the fast path.
+pub fn stats(conn: &zbus::Connection) -> Option<Arc<Counters>> {
+    let key = (
+        conn.server_guid().as_str().to_string(),
+        conn.unique_name()?.to_string(),
+    );
+    let mut all = registry().lock().expect("counters");
+    // Connections that are gone no longer count.
+    all.retain(|c| c.strong_count() > 0);
+    all.iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .find(|c| c.unique.get() == Some(&key.1) && c.guid.get() == Some(&key.0))
+}
+
+fn registry() -> &'static Mutex<Vec<std::sync::Weak<Counters>>> {
+    static R: OnceLock<Mutex<Vec<std::sync::Weak<Counters>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Path(std::path::PathBuf),
+    Abstract(Vec<u8>),
+}
+
+/// The socket to connect to when the fast path is asked for: the address must be a single
+/// `unix:path=` (or `unix:abstract=`) entry. `env` is `BUSD_FASTPATH`.
+fn fast_target(address: &str, env: Option<&str>) -> Option<Target> {
+    if address.contains(';') {
+        return None;
+    }
+    let rest = address.strip_prefix("unix:")?;
+    let mut path = None;
+    let mut asked = env == Some("1");
+    for kv in rest.split(',') {
+        let (k, v) = kv.split_once('=')?;
+        match k {
+            "path" => path = Some(Target::Path(busd::wire::address::unescape(v)?.into())),
+            "abstract" => {
+                path = Some(Target::Abstract(
+                    busd::wire::address::unescape(v)?.into_bytes(),
+                ))
+            }
+            "fastpath" => asked = v == "1",
+            _ => {}
+        }
+    }
+    if asked {
+        path
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_comes_from_the_address_then_the_environment() {
+        let p = |a: &str, env| match fast_target(a, env) {
+            Some(Target::Path(p)) => Some(p.display().to_string()),
+            Some(Target::Abstract(n)) => Some(format!("@{}", String::from_utf8(n).unwrap())),
+            None => None,
+        };
+        assert_eq!(
+            p("unix:path=/run/user/1000/bus,fastpath=1", None).as_deref(),
+            Some("/run/user/1000/bus")
+        );
+        assert_eq!(p("unix:path=/run/user/1000/bus", None), None);
+        assert_eq!(
+            p("unix:path=/tmp/a%20b,guid=0123", Some("1")).as_deref(),
+            Some("/tmp/a b")
+        );
+        assert_eq!(p("unix:path=/tmp/x,fastpath=0", Some("1")), None);
+        assert_eq!(p("tcp:host=localhost,port=1,fastpath=1", None), None);
+        assert_eq!(p("unix:path=/a,fastpath=1;unix:path=/b", None), None);
+        assert_eq!(p("unix:tmpdir=/tmp,fastpath=1", None), None);
+        assert_eq!(
+            p("unix:abstract=bus,fastpath=1", None).as_deref(),
+            Some("@bus")
+        );
+    }
+}

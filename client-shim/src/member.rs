@@ -1,0 +1,543 @@
+//! A joined member: its datagram socket, the routing table it maps, and the frames it
+//! sends and takes in (`docs/fastpath-protocol.md`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use busd::wire::message::{Message, SIGNAL};
+use busd_match::header::{self, Fields, Header, HEADER_LEN, TO_DAEMON};
+use busd_match::table::{self, Table};
+use busd_match::{Arg, MatchRule, MessageInfo};
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use tokio::io::Interest;
+use tracing::{debug, warn};
+
+/// What the shim counts (per connection; see [`crate::stats`]).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// The connection's unique name, once it joined.
+    pub unique: std::sync::OnceLock<String>,
+    /// The bus's GUID, from the authentication.
+    pub guid: std::sync::OnceLock<String>,
+    /// Frames sent straight to another member (each destination counts).
+    pub direct: AtomicU64,
+    /// Messages sent to the daemon on the member's inbox.
+    pub via_daemon: AtomicU64,
+    /// Messages too large for a datagram, sent on the stream connection instead.
+    pub via_stream: AtomicU64,
+    /// Frames received from other members and handed to zbus.
+    pub received: AtomicU64,
+    /// Frames dropped because they lied about their sender.
+    pub spoofed: AtomicU64,
+    /// Broadcasts the kernel filter let through that no rule of this member matches.
+    pub filtered: AtomicU64,
+    /// Messages for a name this member no longer owns (dropped, logged).
+    pub misrouted: AtomicU64,
+}
+
+/// The routing table's shared memory, mapped read-only.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only shared memory, only ever read through atomics; it lives
+// until Drop and may be used from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: concurrent atomic loads are fine.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd) -> io::Result<Self> {
+        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
+        if len < table::PREFIX_LEN || !len.is_multiple_of(8) {
+            return Err(io::Error::other("the routing table has an invalid size"));
+        }
+        // SAFETY: mapping `len` bytes of a descriptor we hold, read-only; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `len` bytes, page-aligned, mapped until Drop, only read atomically.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what new() mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The table as last read, refreshed when the daemon's sequence number moves.
+struct TableView {
+    map: Mapping,
+    cached: Mutex<(u64, Arc<Table>)>,
+}
+
+impl TableView {
+    fn current(&self) -> Arc<Table> {
+        let words = self.map.words();
+        let seq = table::sequence(words);
+        let mut cached = self.cached.lock().expect("table lock");
+        if cached.0 == seq && seq != 0 {
+            return Arc::clone(&cached.1);
+        }
+        let mut body = Vec::new();
+        for _ in 0..1000 {
+            match table::read(words, &mut body) {
+                Ok(Some(seq)) => match Table::decode(&body) {
+                    Ok(t) => {
+                        *cached = (seq, Arc::new(t));
+                        break;
+                    }
+                    Err(e) => {
+                        warn!("the routing table does not decode: {e}");
+                        break;
+                    }
+                },
+                Ok(None) => std::hint::spin_loop(),
+                Err(e) => {
+                    warn!("the routing table is unreadable: {e}");
+                    break;
+                }
+            }
+        }
+        Arc::clone(&cached.1)
+    }
+}
+
+/// Where a message goes.
+enum Route {
+    /// To these members directly (destination word), plus the daemon when asked.
+    Direct {
+        members: Vec<u32>,
+        destination: u32,
+        copy_to_daemon: bool,
+    },
+    /// To the daemon only, with this destination word (0: a broadcast; TO_DAEMON: route it).
+    Daemon(u32),
+}
+
+pub struct Member {
+    pub id: u32,
+    pub unique: String,
+    dir: PathBuf,
+    socket: tokio::net::UnixDatagram,
+    table: TableView,
+    pub rules: Mutex<Vec<MatchRule>>,
+    pub counters: Arc<Counters>,
+}
+
+/// A message ready to send: where, and the frame.
+pub struct Plan {
+    route: Route,
+    frame: Vec<u8>,
+}
+
+/// What sending a frame came to.
+pub enum Sent {
+    Done,
+    /// Larger than a datagram may be: send it on the stream instead.
+    TooLarge,
+}
+
+/// A message as match rules see it, on the receiving side.
+struct Received<'a> {
+    msg: &'a Message,
+    args: Vec<Arg<'a>>,
+    sender_id: u32,
+    table: &'a Table,
+}
+
+impl MessageInfo for Received<'_> {
+    fn msg_type(&self) -> u8 {
+        self.msg.msg_type()
+    }
+    fn interface(&self) -> Option<&str> {
+        self.msg.interface()
+    }
+    fn member(&self) -> Option<&str> {
+        self.msg.member()
+    }
+    fn path(&self) -> Option<&str> {
+        self.msg.path()
+    }
+    fn destination(&self) -> Option<&str> {
+        self.msg.destination()
+    }
+    fn sender_is(&self, name: &str) -> bool {
+        self.msg.sender() == Some(name) || self.table.owner(name) == Some(self.sender_id)
+    }
+    fn destination_is(&self, name: &str) -> bool {
+        self.msg.destination() == Some(name)
+    }
+    fn arg(&self, index: u8) -> Arg<'_> {
+        self.args
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(Arg::Missing)
+    }
+}
+
+/// `:1.N` is member N+1.
+pub fn member_of_unique(name: &str) -> Option<u32> {
+    let n: u32 = name.strip_prefix(":1.")?.parse().ok()?;
+    n.checked_add(1).filter(|&id| id != TO_DAEMON)
+}
+
+fn unique_of_member(id: u32) -> String {
+    format!(":1.{}", id - 1)
+}
+
+/// Senders raise their send buffer as far as the system allows: every unread datagram
+/// stays charged to it (DESIGN 4).
+const SEND_BUFFER: usize = 8 << 20;
+
+impl Member {
+    pub fn new(
+        id: u32,
+        unique: String,
+        dir: &Path,
+        socket: OwnedFd,
+        table: OwnedFd,
+        counters: Arc<Counters>,
+    ) -> io::Result<Member> {
+        let socket = UnixDatagram::from(socket);
+        socket.set_nonblocking(true)?;
+        let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
+        let map = Mapping::new(&table)?;
+        Ok(Member {
+            id,
+            unique,
+            dir: dir.to_path_buf(),
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            table: TableView {
+                map,
+                cached: Mutex::new((0, Arc::new(Table::default()))),
+            },
+            rules: Mutex::new(Vec::new()),
+            counters,
+        })
+    }
+
+    fn path_of(&self, member: u32) -> PathBuf {
+        self.dir.join(member.to_string())
+    }
+
+    fn inbox(&self) -> PathBuf {
+        self.dir.join(format!("d{}", self.id))
+    }
+
+    /// Decides where a message goes, from the routing table as it is now.
+    fn route(&self, msg: &Message, t: &Table) -> Route {
+        let me_direct = t.member(self.id).is_some_and(|m| m.direct);
+        let dest = match msg.destination() {
+            None if msg.msg_type() == SIGNAL => None,
+            None => return Route::Daemon(TO_DAEMON),
+            Some(d) => Some(d),
+        };
+        if !me_direct {
+            return Route::Daemon(TO_DAEMON);
+        }
+        let Some(d) = dest else {
+            let (member, interface, path) = (
+                msg.member().map_or(0, header::hash32),
+                msg.interface().map_or(0, header::hash32),
+                msg.path().map_or(0, header::hash32),
+            );
+            let members = t
+                .members
+                .iter()
+                .filter(|m| m.id != 0 && m.direct && m.summary.selects(member, interface, path))
+                .map(|m| m.id)
+                .collect();
+            let daemon = t
+                .member(0)
+                .is_some_and(|m| m.summary.selects(member, interface, path));
+            return Route::Direct {
+                members,
+                destination: 0,
+                copy_to_daemon: daemon,
+            };
+        };
+        let owner = if busd_match::names::is_unique_name(d) {
+            member_of_unique(d).filter(|&id| t.member(id).is_some())
+        } else {
+            t.owner(d)
+        };
+        match owner.and_then(|id| t.member(id)) {
+            Some(m) if m.direct => Route::Direct {
+                members: vec![m.id],
+                destination: m.id,
+                copy_to_daemon: t.observed,
+            },
+            _ => Route::Daemon(TO_DAEMON),
+        }
+    }
+
+    /// Where a message (already carrying this member's SENDER) goes, and its frame; all
+    /// the work that needs the message, so that sending can wait without holding it.
+    pub fn plan(&self, msg: &Message) -> Plan {
+        let t = self.table.current();
+        let route = self.route(msg, &t);
+        let destination = match &route {
+            Route::Daemon(d) => *d,
+            Route::Direct { destination, .. } => *destination,
+        };
+        let mut head = [0u8; HEADER_LEN];
+        header::encode(
+            &Fields {
+                msg_type: msg.msg_type(),
+                flags: msg.flags(),
+                sender: self.id,
+                destination,
+                interface: msg.interface(),
+                member: msg.member(),
+                path: msg.path(),
+            },
+            &msg.args(),
+            &mut head,
+        );
+        Plan {
+            route,
+            frame: [&head[..], msg.bytes()].concat(),
+        }
+    }
+
+    /// Sends a planned message.
+    pub async fn send(&self, plan: Plan, fds: &[RawFd]) -> io::Result<Sent> {
+        match plan.route {
+            Route::Daemon(_) => {
+                if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
+                    return too_large_or(e);
+                }
+                self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+            }
+            Route::Direct {
+                members,
+                destination,
+                copy_to_daemon,
+            } => {
+                let mut fell_back = false;
+                for m in members {
+                    match self.send_frame(&self.path_of(m), &plan.frame, fds).await {
+                        Ok(()) => {
+                            self.counters.direct.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if gone(&e) => {
+                            // It left since the table was read: the daemon answers a
+                            // message for it as dbus-daemon would; a broadcast skips it.
+                            debug!(member = m, "member gone");
+                            if destination != 0 && !fell_back {
+                                fell_back = true;
+                                let mut frame = plan.frame.clone();
+                                frame[header::OFF_DESTINATION as usize..][..4]
+                                    .copy_from_slice(&TO_DAEMON.to_be_bytes());
+                                if let Err(e) = self.send_frame(&self.inbox(), &frame, fds).await {
+                                    return too_large_or(e);
+                                }
+                                self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => return too_large_or(e),
+                    }
+                }
+                if copy_to_daemon && !fell_back {
+                    if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
+                        return too_large_or(e);
+                    }
+                    self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(Sent::Done)
+    }
+
+    /// One datagram with its fds. A receiver whose queue is full makes it wait and retry:
+    /// nothing is dropped (the bounded backlog and its outcome are DESIGN 5.3's next step).
+    async fn send_frame(&self, to: &Path, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let addr = UnixAddr::new(to).map_err(io::Error::from)?;
+        let iov = [io::IoSlice::new(frame)];
+        let mut wait = Duration::from_micros(50);
+        loop {
+            let cmsgs: &[ControlMessage<'_>] = &[ControlMessage::ScmRights(fds)];
+            let cmsgs = if fds.is_empty() { &[] } else { cmsgs };
+            let r = socket::sendmsg(
+                self.socket.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                Some(&addr),
+            );
+            match r {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    // An unconnected datagram socket reports "writable" even while the
+                    // receiver's queue is full, so wait a little, longer each time.
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for the next frame worth handing to zbus: checked (its source address, header
+    /// and SENDER agree) and wanted (addressed to this member, or matched by one of its
+    /// rules). Returns the message bytes and fds.
+    pub async fn receive(&self, buf: &mut Vec<u8>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        if buf.is_empty() {
+            buf.resize(header::largest_datagram(), 0);
+        }
+        loop {
+            self.socket.readable().await?;
+            let r = self
+                .socket
+                .try_io(Interest::READABLE, || recv_frame(self.socket.as_fd(), buf));
+            let (n, fds, source) = match r {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(msg) = self.accept(&buf[..n], fds, source.as_deref()) {
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                return Ok(msg);
+            }
+        }
+    }
+
+    fn accept(
+        &self,
+        frame: &[u8],
+        fds: Vec<OwnedFd>,
+        source: Option<&Path>,
+    ) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        let spoofed = || {
+            self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        // The kernel reports the sender's bound address: it must be a member socket here.
+        let Some(sender_id) = source
+            .filter(|p| p.parent() == Some(self.dir.as_path()))
+            .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
+            .filter(|&id| id != 0)
+        else {
+            return spoofed();
+        };
+        let Ok(head) = Header::decode(frame) else {
+            return spoofed();
+        };
+        if head.sender != sender_id {
+            return spoofed();
+        }
+        let Ok(msg) = Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()) else {
+            return spoofed();
+        };
+        if msg.sender() != Some(unique_of_member(sender_id).as_str()) {
+            return spoofed();
+        }
+        let t = self.table.current();
+        let wanted = match msg.destination() {
+            Some(d) => {
+                let mine = d == self.unique || t.owner(d) == Some(self.id);
+                if !mine {
+                    warn!(
+                        destination = d,
+                        sender = msg.sender(),
+                        "a message for a name this member does not own; dropped"
+                    );
+                    self.counters.misrouted.fetch_add(1, Ordering::Relaxed);
+                }
+                mine
+            }
+            None => {
+                let info = Received {
+                    msg: &msg,
+                    args: msg.args(),
+                    sender_id,
+                    table: &t,
+                };
+                let rules = self.rules.lock().expect("rules lock");
+                let hit = rules.iter().any(|r| r.matches(&info));
+                if !hit {
+                    self.counters.filtered.fetch_add(1, Ordering::Relaxed);
+                }
+                hit
+            }
+        };
+        wanted.then(|| (frame[HEADER_LEN..].to_vec(), fds))
+    }
+}
+
+fn too_large_or(e: io::Error) -> io::Result<Sent> {
+    if e.raw_os_error() == Some(libc::EMSGSIZE) || e.raw_os_error() == Some(libc::ENOBUFS) {
+        Ok(Sent::TooLarge)
+    } else {
+        Err(e)
+    }
+}
+
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+    )
+}
+
+type Frame = (usize, Vec<OwnedFd>, Option<PathBuf>);
+
+fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 253]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    loop {
+        match socket::recvmsg::<UnixAddr>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = m.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel installed these descriptors for us
+                            // (SCM_RIGHTS); nothing else owns them.
+                            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                        }
+                    }
+                }
+                let source = m.address.and_then(|a| a.path().map(Path::to_path_buf));
+                if m.flags.contains(MsgFlags::MSG_TRUNC) {
+                    // Larger than any member's send buffer allows: not from a member.
+                    warn!("dropped a truncated frame from {source:?}");
+                    continue;
+                }
+                return Ok((m.bytes, fds, source));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

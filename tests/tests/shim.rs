@@ -1,0 +1,274 @@
+//! zbus applications on the fast path through busd-shim, on one bus with plain zbus,
+//! dbus-send and dbus-monitor: every message arrives as it would on the standard path
+//! (body, SENDER, destination, fds, per-sender order), and the shim's figures show which
+//! path it took.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use busd_tests::{dbus_daemon, have, zbus_connect, Busd, Echo};
+use futures_util::StreamExt;
+use zbus::{fdo, object_server::SignalEmitter, Connection, MatchRule, MessageStream};
+
+fn fast_address(bus: &Busd) -> String {
+    format!("{},fastpath=1", bus.address)
+}
+
+async fn shim(bus: &Busd) -> Connection {
+    busd_shim::builder(&fast_address(bus))
+        .await
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn shim_service(bus: &Busd, name: &str) -> Connection {
+    busd_shim::builder(&fast_address(bus))
+        .await
+        .unwrap()
+        .name(name)
+        .unwrap()
+        .serve_at("/echo", Echo)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn echo(client: &Connection, dest: &str, text: &str) -> zbus::Result<String> {
+    client
+        .call_method(
+            Some(dest),
+            "/echo",
+            Some("org.example.Echo"),
+            "Echo",
+            &(text,),
+        )
+        .await?
+        .body()
+        .deserialize()
+}
+
+async fn add_match(conn: &Connection, rule: &str) {
+    fdo::DBusProxy::new(conn)
+        .await
+        .unwrap()
+        .add_match_rule(MatchRule::try_from(rule).unwrap())
+        .await
+        .unwrap();
+}
+
+fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
+    tokio::time::timeout(Duration::from_secs(20), f)
+}
+
+fn direct(conn: &Connection) -> u64 {
+    busd_shim::stats(conn)
+        .expect("on the fast path")
+        .direct
+        .load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn calls_replies_errors_and_fds_go_direct_between_members_and_work_with_everyone() {
+    let bus = Busd::start();
+    let service = shim_service(&bus, "org.example.Fast").await;
+    let member = shim(&bus).await;
+    let plain = zbus_connect(&bus).await;
+
+    let before = direct(&member);
+    assert_eq!(
+        timeout(echo(&member, "org.example.Fast", "hi"))
+            .await
+            .unwrap()
+            .unwrap(),
+        "echo: hi"
+    );
+    assert!(
+        direct(&member) > before,
+        "the call went straight to the service"
+    );
+    assert!(direct(&service) > 0, "and so did the reply");
+    assert_eq!(
+        timeout(echo(&plain, "org.example.Fast", "hello"))
+            .await
+            .unwrap()
+            .unwrap(),
+        "echo: hello"
+    );
+    // By unique name too.
+    let unique = service.unique_name().unwrap().to_string();
+    assert_eq!(echo(&member, &unique, "u").await.unwrap(), "echo: u");
+
+    let err = member
+        .call_method(
+            Some("org.example.Fast"),
+            "/echo",
+            Some("org.example.Echo"),
+            "Fail",
+            &(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, zbus::Error::MethodError(n, Some(t), _)
+            if n.as_str() == "org.freedesktop.DBus.Error.Failed" && t == "it failed"),
+        "{err:?}"
+    );
+
+    busd_tests::assert_fd_passing(&member, "org.example.Fast").await;
+
+    // The bus itself and names nobody owns answer as usual.
+    let dbus = fdo::DBusProxy::new(&member).await.unwrap();
+    assert!(dbus
+        .name_has_owner("org.example.Fast".try_into().unwrap())
+        .await
+        .unwrap());
+    let err = echo(&member, "org.example.Nobody", "x").await.unwrap_err();
+    assert!(
+        matches!(&err, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn broadcasts_reach_members_plain_clients_and_monitors_in_order() {
+    let bus = Busd::start();
+    let emitter = shim_service(&bus, "org.example.Ticker").await;
+    let member = shim(&bus).await;
+    let plain = zbus_connect(&bus).await;
+    let rule = "type='signal',interface='org.example.Echo',member='Tick'";
+    add_match(&member, rule).await;
+    add_match(&plain, rule).await;
+    let mut at_member = MessageStream::from(&member);
+    let mut at_plain = MessageStream::from(&plain);
+    let monitor = have("dbus-monitor").then(|| {
+        std::process::Command::new("dbus-monitor")
+            .args(["--address", &bus.address, "type='signal',member='Tick'"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    // Let the monitor register before the signals go out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const N: u32 = 200;
+    let emitter_name = emitter.unique_name().unwrap().to_string();
+    // Emitted while the receivers read: a member that does not read holds its senders
+    // back (its socket queue is full) instead of losing messages.
+    let sender = emitter.clone();
+    let emitting = tokio::spawn(async move {
+        let e = SignalEmitter::new(&sender, "/echo").unwrap();
+        for n in 0..N {
+            Echo::tick(&e, n).await.unwrap();
+        }
+    });
+    for (who, stream) in [("member", &mut at_member), ("plain", &mut at_plain)] {
+        let mut next = 0;
+        timeout(async {
+            while next < N {
+                let m = stream.next().await.unwrap().unwrap();
+                if m.header().member().is_some_and(|m| m == "Tick") {
+                    assert_eq!(m.header().sender().unwrap().as_str(), emitter_name);
+                    assert!(m.header().destination().is_none());
+                    assert_eq!(m.body().deserialize::<u32>().unwrap(), next, "{who}: order");
+                    next += 1;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{who} got {next} of {N}"));
+    }
+    timeout(emitting).await.unwrap().unwrap();
+    assert!(
+        direct(&emitter) >= u64::from(N),
+        "the member had them directly"
+    );
+    if let Some(mut monitor) = monitor {
+        let stdout = monitor.stdout.take().unwrap();
+        let seen = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.contains("member=Tick"))
+                .take(N as usize)
+                .count()
+        });
+        let seen = timeout(seen).await.unwrap().unwrap();
+        monitor.kill().unwrap();
+        let _ = monitor.wait();
+        assert_eq!(seen, N as usize, "dbus-monitor saw every signal");
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_moves_between_members_is_followed() {
+    let bus = Busd::start();
+    let first = shim_service(&bus, "org.example.Moving").await;
+    let caller = shim(&bus).await;
+    let _ = echo(&caller, "org.example.Moving", "1").await.unwrap();
+    let dbus = fdo::DBusProxy::new(&caller).await.unwrap();
+    let mut changes = dbus
+        .receive_name_owner_changed_with_args(&[(0, "org.example.Moving")])
+        .await
+        .unwrap();
+    drop(first);
+    let second = shim_service(&bus, "org.example.Moving").await;
+    let second_name = second.unique_name().unwrap().to_string();
+    timeout(async {
+        loop {
+            let c = changes.next().await.unwrap();
+            let a = c.args().unwrap();
+            if a.new_owner()
+                .as_ref()
+                .is_some_and(|n| n.as_str() == second_name)
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("NameOwnerChanged for the new owner");
+    assert_eq!(
+        echo(&caller, "org.example.Moving", "2").await.unwrap(),
+        "echo: 2"
+    );
+}
+
+#[tokio::test]
+async fn dbus_send_reaches_a_member_and_the_flag_is_harmless_on_dbus_daemon() {
+    let bus = Busd::start();
+    let _service = shim_service(&bus, "org.example.Fast").await;
+    if have("dbus-send") {
+        let address = bus.address.clone();
+        // In a thread of its own: the service answers on this runtime meanwhile.
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            let (ok, out, err) = busd_tests::run(std::process::Command::new("dbus-send").args([
+                &format!("--bus={address}"),
+                "--print-reply",
+                "--dest=org.example.Fast",
+                "/echo",
+                "org.example.Echo.Echo",
+                "string:cli",
+            ]));
+            (ok, format!("{out}{err}"))
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{out}");
+        assert!(out.contains("echo: cli"), "{out}");
+    }
+    let Some(daemon) = dbus_daemon() else {
+        return;
+    };
+    let reference = Busd::start_program(&daemon, &["--session"]);
+    let service = shim_service(&reference, "org.example.Fast").await;
+    let client = shim(&reference).await;
+    assert_eq!(
+        echo(&client, "org.example.Fast", "x").await.unwrap(),
+        "echo: x"
+    );
+    assert!(busd_shim::stats(&service).is_none(), "not on the fast path");
+}
