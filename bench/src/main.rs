@@ -32,6 +32,8 @@ impl Server {
 struct Daemon {
     child: Child,
     address: String,
+    /// Clients go through busd-shim with the fast path asked for.
+    fast: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -46,7 +48,7 @@ fn pin(cpu: usize) -> nix::Result<()> {
 }
 
 impl Daemon {
-    fn start(program: &str) -> Result<Daemon> {
+    fn start(program: &str, fast: bool) -> Result<Daemon> {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir()?;
@@ -71,7 +73,17 @@ impl Daemon {
         Ok(Daemon {
             child,
             address: line.trim().to_string(),
+            fast,
             _dir: dir,
+        })
+    }
+
+    /// A client connection builder: plain zbus, or busd-shim on the fast path.
+    async fn builder(&self) -> Result<connection::Builder<'static>> {
+        Ok(if self.fast {
+            busd_shim::builder(&format!("{},fastpath=1", self.address)).await?
+        } else {
+            connection::Builder::address(self.address.as_str())?
         })
     }
 
@@ -91,8 +103,8 @@ impl Drop for Daemon {
     }
 }
 
-async fn connect(address: &str) -> Result<Connection> {
-    Ok(connection::Builder::address(address)?.build().await?)
+async fn connect(daemon: &Daemon) -> Result<Connection> {
+    Ok(daemon.builder().await?.build().await?)
 }
 
 /// Results of one scenario on one daemon.
@@ -114,12 +126,14 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
-    let _server = connection::Builder::address(daemon.address.as_str())?
+    let _server = daemon
+        .builder()
+        .await?
         .name("org.bench.Server")?
         .serve_at("/echo", Server)?
         .build()
         .await?;
-    let client = connect(&daemon.address).await?;
+    let client = connect(daemon).await?;
     let payload = vec![0u8; 64];
     let call = || {
         client.call_method(
@@ -183,7 +197,7 @@ async fn fan_out(
     let mut done_marks = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
-        let conn = connect(&daemon.address).await?;
+        let conn = connect(daemon).await?;
         let rule = MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .interface("org.bench.Fan")?
@@ -213,7 +227,7 @@ async fn fan_out(
             latencies.lock().unwrap().append(&mut local);
         }));
     }
-    let emitter = connect(&daemon.address).await?;
+    let emitter = connect(daemon).await?;
     let data = vec![0xabu8; payload];
     let cpu0 = daemon.cpu_ns();
     let start = Instant::now();
@@ -282,8 +296,9 @@ async fn main() -> Result<()> {
     }
     pin(0)?;
     let daemons = [
-        ("dbus-daemon", "/usr/bin/dbus-daemon".to_string()),
-        ("busd", busd),
+        ("dbus-daemon", "/usr/bin/dbus-daemon".to_string(), false),
+        ("busd", busd.clone(), false),
+        ("busd, fast path", busd, true),
     ];
     let calls = if quick { 500 } else { 5000 };
     let mut names: Vec<String> = vec!["method call round trip".into()];
@@ -303,11 +318,11 @@ async fn main() -> Result<()> {
         for k in 0..daemons.len() {
             // Rotate which daemon goes first.
             let d = (k + round) % daemons.len();
-            let daemon = Daemon::start(&daemons[d].1)?;
+            let daemon = Daemon::start(&daemons[d].1, daemons[d].2)?;
             results[0][d].push(round_trip(&daemon, calls).await?);
             drop(daemon);
             for (i, &(subs, payload)) in configs.iter().enumerate() {
-                let daemon = Daemon::start(&daemons[d].1)?;
+                let daemon = Daemon::start(&daemons[d].1, daemons[d].2)?;
                 let signals = if quick {
                     200
                 } else if payload >= 65536 {
@@ -325,7 +340,7 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|");
     for (s, name) in names.iter().enumerate() {
         let base_rate = median(results[s][0].iter().map(|m| m.rate).collect());
-        for (d, (dname, _)) in daemons.iter().enumerate() {
+        for (d, (dname, _, _)) in daemons.iter().enumerate() {
             let ms = &results[s][d];
             let med = |f: fn(&Measure) -> f64| median(ms.iter().map(f).collect());
             let rate = med(|m| m.rate);

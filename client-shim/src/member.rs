@@ -7,7 +7,6 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use busd::wire::message::{Message, SIGNAL};
 use busd_match::header::{self, Fields, Header, HEADER_LEN, TO_DAEMON};
@@ -223,6 +222,9 @@ impl Member {
         counters: Arc<Counters>,
     ) -> io::Result<Member> {
         let socket = UnixDatagram::from(socket);
+        // tokio registers only non-blocking sockets; afterwards the socket is made blocking
+        // again. Every wait-free call here passes MSG_DONTWAIT, and a send to a full
+        // receiver can then block in the kernel (see `send_frame`).
         socket.set_nonblocking(true)?;
         let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
         let map = Mapping::new(&table)?;
@@ -230,7 +232,13 @@ impl Member {
             id,
             unique,
             dir: dir.to_path_buf(),
-            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            socket: {
+                use nix::fcntl::{fcntl, FcntlArg, OFlag};
+                let s = tokio::net::UnixDatagram::from_std(socket)?;
+                let flags = OFlag::from_bits_truncate(fcntl(s.as_raw_fd(), FcntlArg::F_GETFL)?);
+                fcntl(s.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+                s
+            },
             table: TableView {
                 map,
                 cached: Mutex::new((0, Arc::new(Table::default()))),
@@ -373,34 +381,35 @@ impl Member {
         Ok(Sent::Done)
     }
 
-    /// One datagram with its fds. A receiver whose queue is full makes it wait and retry:
-    /// nothing is dropped (the bounded backlog and its outcome are DESIGN 5.3's next step).
+    /// One datagram with its fds. A receiver whose queue is full makes the sender wait in
+    /// the kernel (a blocking send on a thread of the blocking pool), which wakes it as soon
+    /// as there is room: nothing is dropped. (The bounded backlog and its outcome for a
+    /// receiver that never reads are DESIGN 5.3's next step.)
     async fn send_frame(&self, to: &Path, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
         let addr = UnixAddr::new(to).map_err(io::Error::from)?;
-        let iov = [io::IoSlice::new(frame)];
-        let mut wait = Duration::from_micros(50);
-        loop {
-            let cmsgs: &[ControlMessage<'_>] = &[ControlMessage::ScmRights(fds)];
-            let cmsgs = if fds.is_empty() { &[] } else { cmsgs };
-            let r = socket::sendmsg(
-                self.socket.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                Some(&addr),
-            );
-            match r {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => {
-                    // An unconnected datagram socket reports "writable" even while the
-                    // receiver's queue is full, so wait a little, longer each time.
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        match send_to(
+            self.socket.as_fd(),
+            &addr,
+            frame,
+            fds,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
         }
+        let socket = self.socket.as_fd().try_clone_to_owned()?;
+        let owned = fds
+            .iter()
+            // SAFETY: the caller's fds stay open for this call; each is duplicated.
+            .map(|&f| unsafe { BorrowedFd::borrow_raw(f) }.try_clone_to_owned())
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        let frame = frame.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let raw: Vec<RawFd> = owned.iter().map(|f| f.as_raw_fd()).collect();
+            send_to(socket.as_fd(), &addr, &frame, &raw, MsgFlags::empty())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
 
     /// Waits for the next frame worth handing to zbus: checked (its source address, header
@@ -487,6 +496,33 @@ impl Member {
             }
         };
         wanted.then(|| (frame[HEADER_LEN..].to_vec(), fds))
+    }
+}
+
+/// One sendmsg() with SCM_RIGHTS; `flags` adds MSG_DONTWAIT or not (the socket itself is
+/// blocking: see `Member::new`).
+fn send_to(
+    socket: BorrowedFd<'_>,
+    addr: &UnixAddr,
+    frame: &[u8],
+    fds: &[RawFd],
+    flags: MsgFlags,
+) -> io::Result<()> {
+    let iov = [io::IoSlice::new(frame)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match socket::sendmsg(
+            socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            flags | MsgFlags::MSG_NOSIGNAL,
+            Some(addr),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -63,6 +63,16 @@ fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(Duration::from_secs(20), f)
 }
 
+/// The next signal called `member` on a stream.
+async fn next_signal(s: &mut MessageStream, member: &str) -> zbus::Message {
+    loop {
+        let m = s.next().await.unwrap().unwrap();
+        if m.header().member().is_some_and(|m| m == member) {
+            return m;
+        }
+    }
+}
+
 fn direct(conn: &Connection) -> u64 {
     busd_shim::stats(conn)
         .expect("on the fast path")
@@ -204,6 +214,55 @@ async fn broadcasts_reach_members_plain_clients_and_monitors_in_order() {
 }
 
 #[tokio::test]
+async fn a_signal_with_a_destination_reaches_only_its_destination() {
+    let bus = Busd::start();
+    let emitter = shim(&bus).await;
+    let target = shim(&bus).await;
+    let bystander = shim(&bus).await;
+    let rule = "type='signal',member='Poke'";
+    add_match(&target, rule).await;
+    add_match(&bystander, rule).await;
+    let mut at_target = MessageStream::from(&target);
+    let mut at_bystander = MessageStream::from(&bystander);
+    let target_name = target.unique_name().unwrap().to_string();
+    emitter
+        .emit_signal(
+            Some(target_name.as_str()),
+            "/p",
+            "org.example.P",
+            "Poke",
+            &(1u32,),
+        )
+        .await
+        .unwrap();
+    // Then one for everybody, so that the bystander's stream has something to show.
+    emitter
+        .emit_signal(None::<&str>, "/p", "org.example.P", "Poke", &(2u32,))
+        .await
+        .unwrap();
+    let body = |m: &zbus::Message| m.body().deserialize::<u32>().unwrap();
+    let first = timeout(next_signal(&mut at_target, "Poke")).await.unwrap();
+    assert_eq!(body(&first), 1);
+    assert_eq!(
+        first.header().destination().unwrap().as_str(),
+        target_name.as_str()
+    );
+    assert_eq!(
+        body(&timeout(next_signal(&mut at_target, "Poke")).await.unwrap()),
+        2
+    );
+    assert_eq!(
+        body(
+            &timeout(next_signal(&mut at_bystander, "Poke"))
+                .await
+                .unwrap()
+        ),
+        2,
+        "the bystander never saw the addressed signal"
+    );
+}
+
+#[tokio::test]
 async fn a_name_that_moves_between_members_is_followed() {
     let bus = Busd::start();
     let first = shim_service(&bus, "org.example.Moving").await;
@@ -259,6 +318,28 @@ async fn dbus_send_reaches_a_member_and_the_flag_is_harmless_on_dbus_daemon() {
         .unwrap();
         assert!(ok, "{out}");
         assert!(out.contains("echo: cli"), "{out}");
+    }
+    if have("gdbus") {
+        let address = bus.address.clone();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            let (ok, out, err) = busd_tests::run(std::process::Command::new("gdbus").args([
+                "call",
+                "--address",
+                &address,
+                "--dest",
+                "org.example.Fast",
+                "--object-path",
+                "/echo",
+                "--method",
+                "org.example.Echo.Echo",
+                "gdbus",
+            ]));
+            (ok, format!("{out}{err}"))
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{out}");
+        assert!(out.contains("echo: gdbus"), "{out}");
     }
     let Some(daemon) = dbus_daemon() else {
         return;
