@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use busd::wire::message::{Message, SIGNAL};
+use busd::wire::message::{Message, METHOD_CALL, SIGNAL};
 use busd_match::header::{self, Fields, Header, HEADER_LEN, TO_DAEMON};
 use busd_match::table::{self, Table};
 use busd_match::{Arg, MatchRule, MessageInfo};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use std::collections::HashMap;
 use tokio::io::Interest;
 use tracing::{debug, warn};
 
@@ -145,12 +146,19 @@ pub struct Member {
     table: TableView,
     pub rules: Mutex<Vec<MatchRule>>,
     pub counters: Arc<Counters>,
+    /// Calls sent directly that wait for a reply: serial -> callee. If the callee leaves
+    /// first, the caller gets the NoReply error the daemon would have sent.
+    pending: Mutex<HashMap<u32, u32>>,
+    /// Told when a direct call starts waiting (the read half then watches its callee).
+    pub calls_changed: tokio::sync::Notify,
 }
 
 /// A message ready to send: where, and the frame.
 pub struct Plan {
     route: Route,
     frame: Vec<u8>,
+    /// The serial of a method call that expects a reply.
+    call: Option<u32>,
 }
 
 /// What sending a frame came to.
@@ -245,6 +253,8 @@ impl Member {
             },
             rules: Mutex::new(Vec::new()),
             counters,
+            pending: Mutex::new(HashMap::new()),
+            calls_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -326,9 +336,12 @@ impl Member {
             &msg.args(),
             &mut head,
         );
+        let call =
+            (msg.msg_type() == METHOD_CALL && !msg.no_reply_expected()).then(|| msg.serial());
         Plan {
             route,
             frame: [&head[..], msg.bytes()].concat(),
+            call,
         }
     }
 
@@ -348,6 +361,10 @@ impl Member {
             } => {
                 let mut fell_back = false;
                 for m in members {
+                    if let (Some(serial), true) = (plan.call, destination != 0) {
+                        self.pending.lock().expect("pending").insert(serial, m);
+                        self.calls_changed.notify_one();
+                    }
                     match self.send_frame(&self.path_of(m), &plan.frame, fds).await {
                         Ok(()) => {
                             self.counters.direct.fetch_add(1, Ordering::Relaxed);
@@ -356,6 +373,9 @@ impl Member {
                             // It left since the table was read: the daemon answers a
                             // message for it as dbus-daemon would; a broadcast skips it.
                             debug!(member = m, "member gone");
+                            if let Some(serial) = plan.call {
+                                self.pending.lock().expect("pending").remove(&serial);
+                            }
                             if destination != 0 && !fell_back {
                                 fell_back = true;
                                 let mut frame = plan.frame.clone();
@@ -379,6 +399,37 @@ impl Member {
             }
         }
         Ok(Sent::Done)
+    }
+
+    /// Whether direct calls wait for replies (then the read half watches their callees).
+    pub fn has_pending_calls(&self) -> bool {
+        !self.pending.lock().expect("pending").is_empty()
+    }
+
+    /// A reply (or error) arrived for `reply_serial`, on any path.
+    pub fn note_reply(&self, reply_serial: u32) {
+        let mut pending = self.pending.lock().expect("pending");
+        if !pending.is_empty() {
+            pending.remove(&reply_serial);
+        }
+    }
+
+    /// The errors dbus-daemon sends callers whose callee disconnected without replying,
+    /// for the direct calls whose callee is no longer in the table.
+    pub fn orphaned_calls(&self) -> Vec<Vec<u8>> {
+        let t = self.table.current();
+        let mut pending = self.pending.lock().expect("pending");
+        let gone: Vec<u32> = pending
+            .iter()
+            .filter(|(_, &callee)| t.member(callee).is_none())
+            .map(|(&serial, _)| serial)
+            .collect();
+        gone.into_iter()
+            .map(|serial| {
+                pending.remove(&serial);
+                no_reply(serial, &self.unique)
+            })
+            .collect()
     }
 
     /// One datagram with its fds. A receiver whose queue is full makes the sender wait in
@@ -466,6 +517,9 @@ impl Member {
         if msg.sender() != Some(unique_of_member(sender_id).as_str()) {
             return spoofed();
         }
+        if let Some(r) = msg.reply_serial() {
+            self.note_reply(r);
+        }
         let t = self.table.current();
         let wanted = match msg.destination() {
             Some(d) => {
@@ -524,6 +578,30 @@ fn send_to(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The error dbus-daemon sends a caller whose callee left without replying.
+fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
+    use busd::wire::marshal::{Endian, Writer};
+    use busd::wire::message::{encode, HeaderFields, ERROR, FLAG_NO_REPLY_EXPECTED};
+    let mut body = Writer::new(Endian::Little);
+    body.string("Message recipient disconnected from message bus without replying");
+    let f = HeaderFields {
+        reply_serial: Some(reply_serial),
+        error_name: Some("org.freedesktop.DBus.Error.NoReply"),
+        destination: Some(destination),
+        sender: Some("org.freedesktop.DBus"),
+        signature: Some("s"),
+        ..Default::default()
+    };
+    encode(
+        Endian::Little,
+        ERROR,
+        FLAG_NO_REPLY_EXPECTED,
+        u32::MAX,
+        &f,
+        &body.into_vec(),
+    )
 }
 
 fn too_large_or(e: io::Error) -> io::Result<Sent> {

@@ -38,6 +38,9 @@ enum Phase {
     Standard,
 }
 
+/// How often callees of direct calls still waiting for replies are checked.
+const CALLEE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 struct Shared {
     stream: UnixStream,
     /// Whole messages go out one at a time (Join is written by the read half).
@@ -65,6 +68,7 @@ pub fn split(stream: UnixStream, counters: Arc<Counters>) -> (ShimRead, ShimWrit
             started: false,
             chunk: vec![0; 64 * 1024],
             datagram: Vec::new(),
+            made: VecDeque::new(),
         },
         ShimWrite { shared },
     )
@@ -78,6 +82,8 @@ pub struct ShimRead {
     started: bool,
     chunk: Vec<u8>,
     datagram: Vec<u8>,
+    /// Errors made here for zbus (NoReply for direct calls whose callee left).
+    made: VecDeque<Vec<u8>>,
 }
 
 pub struct ShimWrite {
@@ -323,11 +329,31 @@ impl ReadHalf for ShimRead {
                         }
                     }
                 }
-                if matches!(*self.shared.phase.borrow(), Phase::Start) {
-                    // The first message after authenticating answers Hello.
-                    self.shared.send_join().await?;
+                let joined = match &*self.shared.phase.borrow() {
+                    Phase::Joined(m) => Some(Arc::clone(m)),
+                    _ => None,
+                };
+                match joined {
+                    Some(m) if m.has_pending_calls() => {
+                        if let Some(r) = Message::parse(bytes.clone(), Vec::new())
+                            .ok()
+                            .and_then(|msg| msg.reply_serial())
+                        {
+                            m.note_reply(r);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if matches!(*self.shared.phase.borrow(), Phase::Start) {
+                            // The first message after authenticating answers Hello.
+                            self.shared.send_join().await?;
+                        }
+                    }
                 }
                 return to_zbus(bytes, fds, seq).await;
+            }
+            if let Some(error) = self.made.pop_front() {
+                return to_zbus(error, Vec::new(), seq).await;
             }
             let member = match &*self.shared.phase.borrow() {
                 Phase::Joined(m) => Some(Arc::clone(m)),
@@ -337,12 +363,22 @@ impl ReadHalf for ShimRead {
             let (n, fds) = match member {
                 None => shared.recvmsg(chunk).await?,
                 Some(m) => {
+                    // Whatever is ready to read goes first; while direct calls wait for
+                    // replies, their callees are checked now and then (a reply queued
+                    // before the callee left is always read before its absence is noticed).
+                    let watching = m.has_pending_calls();
                     tokio::select! {
+                        biased;
                         r = shared.recvmsg(chunk) => r?,
                         frame = m.receive(datagram) => {
                             let (bytes, fds) = frame?;
                             return to_zbus(bytes, fds, seq).await;
                         }
+                        _ = tokio::time::sleep(CALLEE_CHECK), if watching => {
+                            self.made.extend(m.orphaned_calls());
+                            continue;
+                        }
+                        _ = m.calls_changed.notified(), if !watching => continue,
                     }
                 }
             };

@@ -353,3 +353,49 @@ async fn dbus_send_reaches_a_member_and_the_flag_is_harmless_on_dbus_daemon() {
     );
     assert!(busd_shim::stats(&service).is_none(), "not on the fast path");
 }
+
+/// Never answers, until its connection goes.
+struct Silent;
+
+#[zbus::interface(name = "org.example.Silent")]
+impl Silent {
+    async fn wait(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+#[tokio::test]
+async fn a_direct_call_whose_callee_leaves_gets_no_reply_as_from_dbus_daemon() {
+    let bus = Busd::start();
+    let callee = busd_shim::builder(&fast_address(&bus))
+        .await
+        .unwrap()
+        .name("org.example.Silent")
+        .unwrap()
+        .serve_at("/s", Silent)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let caller = shim(&bus).await;
+    let call = caller.call_method(
+        Some("org.example.Silent"),
+        "/s",
+        Some("org.example.Silent"),
+        "Wait",
+        &(),
+    );
+    let leave = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        callee.close().await.unwrap();
+    };
+    let (result, ()) = tokio::join!(timeout(call), leave);
+    let err = result.expect("the call ended").unwrap_err();
+    assert!(
+        matches!(&err, zbus::Error::MethodError(n, Some(t), _)
+            if n.as_str() == "org.freedesktop.DBus.Error.NoReply"
+            && t == "Message recipient disconnected from message bus without replying"),
+        "{err:?}"
+    );
+    assert!(direct(&caller) > 0, "the call went directly");
+}
