@@ -36,8 +36,8 @@ pub struct Counters {
     pub spoofed: AtomicU64,
     /// Broadcasts the kernel filter let through that no rule of this member matches.
     pub filtered: AtomicU64,
-    /// Messages for a name this member no longer owns (dropped, logged).
-    pub misrouted: AtomicU64,
+    /// Messages for a name this member no longer owns, passed on to the daemon.
+    pub forwarded: AtomicU64,
 }
 
 /// The routing table's shared memory, mapped read-only.
@@ -159,6 +159,14 @@ pub struct Plan {
     frame: Vec<u8>,
     /// The serial of a method call that expects a reply.
     call: Option<u32>,
+}
+
+/// What becomes of a received frame.
+enum Verdict {
+    Deliver(Vec<u8>, Vec<OwnedFd>),
+    /// For a name this member does not own (any more): the daemon routes it.
+    Forward(Vec<OwnedFd>),
+    Drop,
 }
 
 /// What sending a frame came to.
@@ -315,9 +323,14 @@ impl Member {
 
     /// Where a message (already carrying this member's SENDER) goes, and its frame; all
     /// the work that needs the message, so that sending can wait without holding it.
-    pub fn plan(&self, msg: &Message) -> Plan {
+    /// `through_daemon`: a reply to a call that came through the daemon goes back that way.
+    pub fn plan(&self, msg: &Message, through_daemon: bool) -> Plan {
         let t = self.table.current();
-        let route = self.route(msg, &t);
+        let route = if through_daemon {
+            Route::Daemon(TO_DAEMON)
+        } else {
+            self.route(msg, &t)
+        };
         let destination = match &route {
             Route::Daemon(d) => *d,
             Route::Direct { destination, .. } => *destination,
@@ -480,22 +493,39 @@ impl Member {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            if let Some(msg) = self.accept(&buf[..n], fds, source.as_deref()) {
-                self.counters.received.fetch_add(1, Ordering::Relaxed);
-                return Ok(msg);
+            match self.accept(&buf[..n], fds, source.as_deref()) {
+                Verdict::Deliver(bytes, fds) => {
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    return Ok((bytes, fds));
+                }
+                Verdict::Forward(fds) => self.forward(&buf[..n], fds)?,
+                Verdict::Drop => {}
             }
         }
     }
 
-    fn accept(
-        &self,
-        frame: &[u8],
-        fds: Vec<OwnedFd>,
-        source: Option<&Path>,
-    ) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    /// Passes the daemon a frame for a name this member no longer owns; the daemon routes it
+    /// to the owner now (or answers as dbus-daemon would). Sent from a thread of the
+    /// blocking pool, so that it completes even if the receiving future is dropped.
+    fn forward(&self, frame: &[u8], fds: Vec<OwnedFd>) -> io::Result<()> {
+        let mut frame = frame.to_vec();
+        header::mark_forwarded(&mut frame, self.id);
+        let addr = UnixAddr::new(&self.inbox()).map_err(io::Error::from)?;
+        let socket = self.socket.as_fd().try_clone_to_owned()?;
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            if let Err(e) = send_to(socket.as_fd(), &addr, &frame, &raw, MsgFlags::empty()) {
+                warn!("cannot pass a message on to the daemon: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    fn accept(&self, frame: &[u8], fds: Vec<OwnedFd>, source: Option<&Path>) -> Verdict {
         let spoofed = || {
             self.counters.spoofed.fetch_add(1, Ordering::Relaxed);
-            None
+            Verdict::Drop
         };
         // The kernel reports the sender's bound address: it must be a member socket here.
         let Some(sender_id) = source
@@ -523,16 +553,11 @@ impl Member {
         let t = self.table.current();
         let wanted = match msg.destination() {
             Some(d) => {
-                let mine = d == self.unique || t.owner(d) == Some(self.id);
-                if !mine {
-                    warn!(
-                        destination = d,
-                        sender = msg.sender(),
-                        "a message for a name this member does not own; dropped"
-                    );
-                    self.counters.misrouted.fetch_add(1, Ordering::Relaxed);
+                if d != self.unique && t.owner(d) != Some(self.id) {
+                    // The name moved after the sender looked it up.
+                    return Verdict::Forward(fds);
                 }
-                mine
+                true
             }
             None => {
                 let info = Received {
@@ -549,7 +574,11 @@ impl Member {
                 hit
             }
         };
-        wanted.then(|| (frame[HEADER_LEN..].to_vec(), fds))
+        if wanted {
+            Verdict::Deliver(frame[HEADER_LEN..].to_vec(), fds)
+        } else {
+            Verdict::Drop
+        }
     }
 }
 

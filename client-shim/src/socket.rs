@@ -50,6 +50,9 @@ struct Shared {
     /// Rules of this connection, for the exact check of what the kernel filter let in,
     /// kept from the AddMatch and RemoveMatch calls zbus sends.
     rules: Mutex<Vec<MatchRule>>,
+    /// Calls that came through the daemon (sender, serial): their replies go back through
+    /// it too, so that its reply bookkeeping (requested replies, NoReply) stays exact.
+    stream_calls: Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
 pub fn split(stream: UnixStream, counters: Arc<Counters>) -> (ShimRead, ShimWrite) {
@@ -59,6 +62,7 @@ pub fn split(stream: UnixStream, counters: Arc<Counters>) -> (ShimRead, ShimWrit
         phase: watch::channel(Phase::Start).0,
         counters,
         rules: Mutex::new(Vec::new()),
+        stream_calls: Mutex::new(std::collections::HashSet::new()),
     });
     (
         ShimRead {
@@ -334,15 +338,26 @@ impl ReadHalf for ShimRead {
                     _ => None,
                 };
                 match joined {
-                    Some(m) if m.has_pending_calls() => {
-                        if let Some(r) = Message::parse(bytes.clone(), Vec::new())
-                            .ok()
-                            .and_then(|msg| msg.reply_serial())
-                        {
-                            m.note_reply(r);
+                    Some(m) => {
+                        let call = bytes[1] == wire::METHOD_CALL
+                            && bytes[2] & wire::FLAG_NO_REPLY_EXPECTED == 0;
+                        if call || m.has_pending_calls() {
+                            if let Ok(msg) = Message::parse(bytes.clone(), Vec::new()) {
+                                if let Some(r) = msg.reply_serial() {
+                                    m.note_reply(r);
+                                }
+                                if let (true, Some(sender)) = (call, msg.sender()) {
+                                    let mut calls =
+                                        self.shared.stream_calls.lock().expect("calls lock");
+                                    // Bounded: past this, replies go directly (still
+                                    // delivered; only the daemon's accounting suffers).
+                                    if calls.len() < 65536 {
+                                        calls.insert((sender.to_string(), msg.serial()));
+                                    }
+                                }
+                            }
                         }
                     }
-                    Some(_) => {}
                     None => {
                         if matches!(*self.shared.phase.borrow(), Phase::Start) {
                             // The first message after authenticating answers Hello.
@@ -441,7 +456,19 @@ impl WriteHalf for ShimWrite {
             .and_then(|m| {
                 self.shared.note_rules(&m);
                 match &phase {
-                    Phase::Joined(member) => m.forward(&member.unique).map(|m| member.plan(&m)),
+                    Phase::Joined(member) => {
+                        let through_daemon = match (m.reply_serial(), m.destination()) {
+                            (Some(r), Some(d)) => self
+                                .shared
+                                .stream_calls
+                                .lock()
+                                .expect("calls lock")
+                                .remove(&(d.to_string(), r)),
+                            _ => false,
+                        };
+                        m.forward(&member.unique)
+                            .map(|m| member.plan(&m, through_daemon))
+                    }
                     _ => None,
                 }
             });

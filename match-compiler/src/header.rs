@@ -12,8 +12,11 @@ pub const VERSION: u8 = 1;
 /// Word offsets (bytes) of the fixed fields. Every field is a big-endian 32-bit word, the
 /// byte order cBPF's `BPF_LD|BPF_W|BPF_ABS` loads in.
 pub const OFF_MAGIC: u32 = 0;
-/// version << 24 | message type << 16 | D-Bus header flags << 8.
+/// version << 24 | message type << 16 | D-Bus header flags << 8 | routing flags.
 pub const OFF_KIND: u32 = 4;
+/// Routing flag: a member passes the daemon a frame that reached it for a name it no longer
+/// owns; the message's SENDER is the member that sent it first.
+pub const ROUTE_FORWARDED: u8 = 1;
 pub const OFF_SENDER: u32 = 8;
 /// 0: no destination (a broadcast).
 pub const OFF_DESTINATION: u32 = 12;
@@ -180,6 +183,14 @@ pub fn e_arg_slash_prefix(n: usize) -> ArgKind {
     ArgKind::new(n, "-slash-prefix:")
 }
 
+/// Turns a frame a member received into the one it forwards to the daemon: its own id as
+/// the sender word, [`TO_DAEMON`] as the destination, and [`ROUTE_FORWARDED`].
+pub fn mark_forwarded(frame: &mut [u8], forwarder: u32) {
+    frame[OFF_KIND as usize + 3] |= ROUTE_FORWARDED;
+    frame[OFF_SENDER as usize..][..4].copy_from_slice(&forwarder.to_be_bytes());
+    frame[OFF_DESTINATION as usize..][..4].copy_from_slice(&TO_DAEMON.to_be_bytes());
+}
+
 /// The largest datagram a member may send, hence the buffer a receiver needs: a send
 /// buffer holds at most twice `net.core.wmem_max` (the kernel doubles what is asked).
 pub fn largest_datagram() -> usize {
@@ -275,6 +286,8 @@ pub struct Header {
     pub version: u8,
     pub msg_type: u8,
     pub flags: u8,
+    /// Routing flags ([`ROUTE_FORWARDED`]).
+    pub routing: u8,
     pub sender: u32,
     pub destination: u32,
     pub interface: u32,
@@ -319,6 +332,7 @@ impl Header {
             version,
             msg_type: (kind >> 16) as u8,
             flags: (kind >> 8) as u8,
+            routing: kind as u8,
             sender: word(OFF_SENDER as usize),
             destination: word(OFF_DESTINATION as usize),
             interface: word(OFF_INTERFACE as usize),

@@ -20,3 +20,21 @@ fn a_hundred_clients_lose_nothing() {
         "{out}"
     );
 }
+
+#[test]
+fn fifty_clients_on_the_fast_path_lose_nothing_while_names_churn() {
+    let bus = Busd::start();
+    let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_busd-soak")).args([
+        &format!("--address={}", bus.address),
+        "--clients=50",
+        "--seconds=3",
+        "--fastpath",
+    ]));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(" 0 wrong replies")
+            && out.contains(" 0 lost")
+            && out.contains(" 0 out of order"),
+        "{out}"
+    );
+}

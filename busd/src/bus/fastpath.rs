@@ -354,14 +354,48 @@ impl Bus {
     /// 0, a broadcast (direct members had it from the sender); [`TO_DAEMON`], a message for
     /// the daemon to route; another member, a copy of what that member already had, for
     /// monitors and eavesdroppers. The message must name its sender truthfully: a member
-    /// that lies is disconnected.
-    pub fn handle_fast_frame(&mut self, from: PeerId, destination: u32, msg: Message) {
+    /// that lies is disconnected. `forwarded`: the member got it directly for a name it no
+    /// longer owns, and passes it on; it is routed as coming from its SENDER, which must be
+    /// a direct member too (they share the bus's user and its trust).
+    pub fn handle_fast_frame(
+        &mut self,
+        from: PeerId,
+        destination: u32,
+        forwarded: bool,
+        msg: Message,
+    ) {
         let Some(p) = self.peers.get(&from) else {
             return;
         };
         let Some(f) = p.fast else {
             return;
         };
+        if forwarded {
+            let origin = msg.sender().and_then(|s| self.unique_names.get(s).copied());
+            match origin {
+                Some(o) if f.direct && self.fast_of(o).is_some_and(|of| of.direct) => {
+                    return self.handle_fast_frame(o, TO_DAEMON, false, msg);
+                }
+                // Its sender left meanwhile: as with dbus-daemon, what a connection sent
+                // before leaving is still delivered, but there is no connection to route
+                // it from any more.
+                None => {
+                    tracing::debug!(
+                        sender = msg.sender(),
+                        "forwarded message of a sender that left"
+                    );
+                    return;
+                }
+                Some(_) => {
+                    warn!(
+                        peer = p.unique.as_deref(),
+                        "a fast-path member forwarded a message it cannot have received directly; disconnecting it"
+                    );
+                    self.disconnect(from);
+                    return;
+                }
+            }
+        }
         if msg.sender() != p.unique.as_deref() {
             warn!(
                 peer = p.unique.as_deref(),

@@ -37,6 +37,8 @@ const MAX_FDS: usize = 253;
 /// A frame a member sent the daemon.
 pub struct Frame {
     pub destination: u32,
+    /// Passed on by a member that no longer owns the name it was sent to.
+    pub forwarded: bool,
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
 }
@@ -317,6 +319,7 @@ impl FastPath {
         debug!(member = m.id, len = n, fds = fds.len(), "frame");
         Received::Frame(Frame {
             destination: header.destination,
+            forwarded: header.routing & header::ROUTE_FORWARDED != 0,
             bytes: self.buf[HEADER_LEN..n].to_vec(),
             fds,
         })

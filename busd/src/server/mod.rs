@@ -690,7 +690,8 @@ impl Server {
                 fastpath::Received::Frame(f) => {
                     match crate::wire::message::Message::parse(f.bytes, f.fds) {
                         Ok(msg) => {
-                            self.bus.handle_fast_frame(id, f.destination, msg);
+                            self.bus
+                                .handle_fast_frame(id, f.destination, f.forwarded, msg);
                             self.apply_effects();
                         }
                         Err(e) => {

@@ -2,7 +2,9 @@
 //! counting every message: any loss, duplicate, reordering or misrouted reply is reported
 //! and makes the run fail. The daemon's memory is sampled before, during and after.
 //!
-//!   busd-soak --address=ADDRESS [--clients=N] [--seconds=S] [--daemon-pid=PID]
+//!   busd-soak --address=ADDRESS [--clients=N] [--seconds=S] [--daemon-pid=PID] [--fastpath]
+//!
+//! With `--fastpath`, clients connect through busd-shim on the fast path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +47,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 struct Run {
     clients: usize,
     address: String,
+    fastpath: bool,
     deadline: Instant,
     counts: Counts,
     /// (receiver, emitter) -> last sequence number seen.
@@ -57,7 +60,12 @@ struct Run {
 async fn client(i: usize, run: Arc<Run>) -> Result<()> {
     let name = format!("org.example.Soak.C{i}");
     let (n, deadline, counts) = (run.clients, run.deadline, &run.counts);
-    let conn: Connection = connection::Builder::address(run.address.as_str())?
+    let builder = if run.fastpath {
+        busd_shim::builder(&format!("{},fastpath=1", run.address)).await?
+    } else {
+        connection::Builder::address(run.address.as_str())?
+    };
+    let conn: Connection = builder
         .name(name.clone())?
         .serve_at("/soak", Echo)?
         .build()
@@ -146,6 +154,7 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
 async fn main() -> Result<()> {
     let mut address = None;
     let (mut clients, mut seconds, mut pid) = (100usize, 10u64, None::<u32>);
+    let mut fastpath = false;
     for arg in std::env::args().skip(1) {
         if let Some(v) = arg.strip_prefix("--address=") {
             address = Some(v.to_string());
@@ -155,8 +164,10 @@ async fn main() -> Result<()> {
             seconds = v.parse()?;
         } else if let Some(v) = arg.strip_prefix("--daemon-pid=") {
             pid = Some(v.parse()?);
+        } else if arg == "--fastpath" {
+            fastpath = true;
         } else {
-            bail!("usage: busd-soak --address=A [--clients=N] [--seconds=S] [--daemon-pid=PID]");
+            bail!("usage: busd-soak --address=A [--clients=N] [--seconds=S] [--daemon-pid=PID] [--fastpath]");
         }
     }
     let address = address.context("--address= is required")?;
@@ -167,6 +178,7 @@ async fn main() -> Result<()> {
     let run = Arc::new(Run {
         clients,
         address,
+        fastpath,
         // Connecting a thousand clients takes a while; the deadline counts from start.
         deadline: Instant::now() + Duration::from_secs(seconds),
         counts: Counts::default(),

@@ -210,7 +210,7 @@ fn broadcasts_from_members_reach_only_those_off_the_fast_path() {
         add_match(&mut b, peer, "type='signal',member='Ping'");
     }
     become_monitor(&mut b, 4);
-    b.handle_fast_frame(1, 0, signal_from(&a, "Ping"));
+    b.handle_fast_frame(1, 0, false, signal_from(&a, "Ping"));
     let to: Vec<PeerId> = drain(&mut b).iter().map(|s| s.to).collect();
     assert_eq!(
         to,
@@ -247,7 +247,7 @@ fn copies_of_direct_messages_go_to_monitors_only() {
         Vec::new(),
     )
     .unwrap();
-    b.handle_fast_frame(1, member_b, m);
+    b.handle_fast_frame(1, member_b, false, m);
     let sent = drain(&mut b);
     assert_eq!(sent.iter().map(|s| s.to).collect::<Vec<_>>(), [3]);
     assert_eq!(sent[0].msg.member(), Some("Call"));
@@ -258,7 +258,7 @@ fn a_member_that_lies_about_its_name_is_disconnected() {
     let mut b = fast_bus();
     join_fast(&mut b, 1);
     let other = join(&mut b, 2);
-    b.handle_fast_frame(1, 0, signal_from(&other, "Ping"));
+    b.handle_fast_frame(1, 0, false, signal_from(&other, "Ping"));
     let effects: Vec<Effect> = b.take_effects().collect();
     assert!(
         matches!(effects.as_slice(), [Effect::Disconnect(1)]),
@@ -278,5 +278,52 @@ fn a_member_the_policy_mediates_is_not_direct() {
     assert!(
         t.member(0).unwrap().summary.everything,
         "the daemon relays all its traffic"
+    );
+}
+
+#[test]
+fn a_member_passes_on_what_came_for_a_name_it_no_longer_owns() {
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    let a = b.unique_of(1).to_string();
+    join_fast(&mut b, 2);
+    let standard = join(&mut b, 3);
+    b.handle_message(
+        3,
+        dcall(3, "RequestName", "su", su_body("org.example.N", 0)),
+    );
+    drain(&mut b);
+    // A sent a call to member 2 for org.example.N (its table was stale); 2 passes it on,
+    // and the daemon delivers it to the owner now, as from A.
+    let f = HeaderFields {
+        path: Some("/"),
+        interface: Some("org.x"),
+        member: Some("Call"),
+        sender: Some(&a),
+        destination: Some("org.example.N"),
+        ..Default::default()
+    };
+    let m = Message::parse(
+        encode(Endian::Little, message::METHOD_CALL, 0, 9, &f, &[]),
+        Vec::new(),
+    )
+    .unwrap();
+    b.handle_fast_frame(2, busd_match::header::TO_DAEMON, true, m);
+    let sent = drain(&mut b);
+    assert_eq!(sent.len(), 1, "{}", standard);
+    assert_eq!(sent[0].to, 3);
+    assert_eq!(sent[0].msg.sender(), Some(a.as_str()));
+
+    // A frame "forwarded" under the name of a connection off the fast path is a lie.
+    b.handle_fast_frame(
+        2,
+        busd_match::header::TO_DAEMON,
+        true,
+        signal_from(&standard, "X"),
+    );
+    let effects: Vec<Effect> = b.take_effects().collect();
+    assert!(
+        matches!(effects.as_slice(), [Effect::Disconnect(2)]),
+        "{effects:?}"
     );
 }
