@@ -372,6 +372,18 @@ impl Member {
                 destination,
                 copy_to_daemon,
             } => {
+                if destination == 0 && members.len() > 1 {
+                    if let Err(e) = self.fan_out(&members, &plan.frame, fds).await {
+                        return too_large_or(e);
+                    }
+                    if copy_to_daemon {
+                        if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
+                            return too_large_or(e);
+                        }
+                        self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(Sent::Done);
+                }
                 let mut fell_back = false;
                 for m in members {
                     if let (Some(serial), true) = (plan.call, destination != 0) {
@@ -412,6 +424,35 @@ impl Member {
             }
         }
         Ok(Sent::Done)
+    }
+
+    /// A broadcast to several members: one sendmmsg() for as many as take it at once; a
+    /// member whose queue is full is waited for alone, one that left is skipped.
+    async fn fan_out(&self, members: &[u32], frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let addrs = members
+            .iter()
+            .map(|&m| UnixAddr::new(&self.path_of(m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut i = 0;
+        while i < addrs.len() {
+            let n = send_batch(self.socket.as_fd(), &addrs[i..], frame, fds)?;
+            self.counters.direct.fetch_add(n as u64, Ordering::Relaxed);
+            i += n;
+            if i < addrs.len() {
+                match self
+                    .send_frame(addrs[i].path().unwrap_or(Path::new("")), frame, fds)
+                    .await
+                {
+                    Ok(()) => {
+                        self.counters.direct.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if gone(&e) => debug!(member = members[i], "member gone"),
+                    Err(e) => return Err(e),
+                }
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Whether direct calls wait for replies (then the read half watches their callees).
@@ -631,6 +672,84 @@ fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
         &f,
         &body.into_vec(),
     )
+}
+
+/// One sendmmsg() of the same frame (and fds) to each address, without waiting: returns
+/// how many were sent before the first that could not be (0 when the first one fails for
+/// a reason the caller finds out by sending it alone).
+fn send_batch(
+    socket: BorrowedFd<'_>,
+    addrs: &[UnixAddr],
+    frame: &[u8],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    use nix::sys::socket::SockaddrLike;
+    let addrs = &addrs[..addrs.len().min(1024)];
+    // SCM_RIGHTS control data, shared by every message of the batch.
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    let space = if fds.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        (unsafe { libc::CMSG_SPACE(fd_bytes) }) as usize
+    };
+    let mut control = vec![0u64; space.div_ceil(8)];
+    if !fds.is_empty() {
+        // SAFETY: `control` is CMSG_SPACE(fd_bytes) bytes, aligned for cmsghdr; the header
+        // and data written stay inside it.
+        unsafe {
+            let c = control.as_mut_ptr().cast::<libc::cmsghdr>();
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(c),
+                fd_bytes as usize,
+            );
+        }
+    }
+    let mut iov = libc::iovec {
+        iov_base: frame.as_ptr() as *mut libc::c_void,
+        iov_len: frame.len(),
+    };
+    let mut headers: Vec<libc::mmsghdr> = addrs
+        .iter()
+        .map(|a| {
+            // SAFETY: an all-zero msghdr is valid; the fields set point at data that
+            // outlives the call (addresses, the iovec, the control buffer).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = a.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = a.len();
+            h.msg_hdr.msg_iov = &mut iov;
+            h.msg_hdr.msg_iovlen = 1;
+            if space > 0 {
+                h.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = space as _;
+            }
+            h
+        })
+        .collect();
+    loop {
+        // SAFETY: `headers` holds `len` initialised mmsghdr pointing at live buffers.
+        let r = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::ECONNREFUSED | libc::ENOENT) => return Ok(0),
+            _ => return Err(e),
+        }
+    }
 }
 
 fn too_large_or(e: io::Error) -> io::Result<Sent> {
