@@ -1,4 +1,5 @@
-//! busd-bench: the same zbus clients against dbus-daemon and busd, side by side.
+//! busd-bench: the same zbus clients against dbus-daemon, dbus-broker and busd (standard
+//! path, and fast path through busd-shim), side by side.
 //!
 //! Scenarios: method-call round trip (sequential calls to a well-known name), and signal
 //! fan-out to 1, 10 and 50 subscribers with 64 B, 1 KiB and 64 KiB payloads, sent in
@@ -7,6 +8,10 @@
 //! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/schedstat) and
 //! losses. The daemon runs pinned to one CPU, the clients to another; daemons alternate
 //! order over rounds and the medians are reported, with ratios against dbus-daemon.
+//!
+//! dbus-broker (when installed) runs without systemd: `dbus-broker-launch --scope user`
+//! under `systemd-socket-activate`, in a private mount namespace whose
+//! `/run/systemd/journal/socket` discards what it gets (the launcher aborts without one).
 //!
 //!   busd-bench [--busd=PATH] [--rounds=N] [--quick]
 
@@ -28,12 +33,30 @@ impl Server {
     }
 }
 
+/// What dbus-broker needs to run without systemd; `$1` is the socket path.
+const BROKER_SCRIPT: &str = r#"set -e
+mkdir -p /run/systemd/journal
+mount -t tmpfs tmpfs /run/systemd/journal
+python3 -c '
+import socket, os
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+while True:
+    s.recv(65536)
+' &
+while [ ! -S /run/systemd/journal/socket ]; do sleep 0.05; done
+export DBUS_SESSION_BUS_ADDRESS=unix:path=$1
+exec systemd-socket-activate -E DBUS_SESSION_BUS_ADDRESS -l "$1" dbus-broker-launch --scope user
+"#;
+
 /// A bus daemon under test, on a private socket.
 struct Daemon {
     child: Child,
     address: String,
     /// Clients go through busd-shim with the fast path asked for.
     fast: bool,
+    /// Runs in a process group of its own, killed as a whole (dbus-broker).
+    group: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -53,6 +76,9 @@ impl Daemon {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir()?;
         let sock = dir.path().join("bus");
+        if program == BROKER {
+            return Self::start_broker(dir, sock);
+        }
         let mut cmd = Command::new(program);
         cmd.args(["--session", "--nofork", "--print-address"])
             .arg(format!("--address=unix:path={}", sock.display()))
@@ -74,6 +100,37 @@ impl Daemon {
             child,
             address: line.trim().to_string(),
             fast,
+            group: false,
+            _dir: dir,
+        })
+    }
+
+    /// dbus-broker as the module comment says; it starts on the first connection.
+    fn start_broker(dir: tempfile::TempDir, sock: std::path::PathBuf) -> Result<Daemon> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c", BROKER_SCRIPT, "sh"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        // SAFETY: only sched_setaffinity between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| pin(1).map_err(std::io::Error::from));
+        }
+        let child = cmd.spawn().context("cannot start dbus-broker")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if Instant::now() > deadline {
+                bail!("dbus-broker did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Daemon {
+            child,
+            address: format!("unix:path={}", sock.display()),
+            fast: false,
+            group: true,
             _dir: dir,
         })
     }
@@ -87,17 +144,40 @@ impl Daemon {
         })
     }
 
-    /// CPU time the daemon has used, in nanoseconds.
+    /// CPU time the daemon and its descendants have used, in nanoseconds (dbus-broker's
+    /// work happens in a child of its launcher).
     fn cpu_ns(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id()))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        fn tree(pid: u32) -> u64 {
+            let own = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|c| {
+                    c.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect::<Vec<u32>>()
+                })
+                .collect();
+            own + children.into_iter().map(tree).sum::<u64>()
+        }
+        tree(self.child.id())
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.group {
+            // The whole process group (dbus-broker, its launcher, the journal sink).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -269,6 +349,9 @@ async fn fan_out(
     })
 }
 
+/// The name standing for dbus-broker in the daemon list.
+const BROKER: &str = "dbus-broker";
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -295,11 +378,14 @@ async fn main() -> Result<()> {
         }
     }
     pin(0)?;
-    let daemons = [
-        ("dbus-daemon", "/usr/bin/dbus-daemon".to_string(), false),
-        ("busd", busd.clone(), false),
-        ("busd, fast path", busd, true),
-    ];
+    let mut daemons = vec![("dbus-daemon", "/usr/bin/dbus-daemon".to_string(), false)];
+    if std::path::Path::new("/usr/bin/dbus-broker-launch").exists() {
+        daemons.push(("dbus-broker", BROKER.to_string(), false));
+    } else {
+        eprintln!("dbus-broker is not installed (apt-get install dbus-broker): not compared");
+    }
+    daemons.push(("busd", busd.clone(), false));
+    daemons.push(("busd, fast path", busd, true));
     let calls = if quick { 500 } else { 5000 };
     let mut names: Vec<String> = vec!["method call round trip".into()];
     let mut configs: Vec<(usize, usize)> = Vec::new();
@@ -334,19 +420,23 @@ async fn main() -> Result<()> {
             }
         }
     }
+    let broker = daemons.iter().position(|d| d.0 == BROKER);
     println!(
-        "| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | lost | rate vs dbus-daemon |"
+        "| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | lost | rate vs dbus-daemon | rate vs dbus-broker |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (s, name) in names.iter().enumerate() {
         let base_rate = median(results[s][0].iter().map(|m| m.rate).collect());
+        let broker_rate = broker.map(|b| median(results[s][b].iter().map(|m| m.rate).collect()));
         for (d, (dname, _, _)) in daemons.iter().enumerate() {
             let ms = &results[s][d];
             let med = |f: fn(&Measure) -> f64| median(ms.iter().map(f).collect());
             let rate = med(|m| m.rate);
             let lost: u64 = ms.iter().map(|m| m.lost).sum();
+            let vs_broker =
+                broker_rate.map_or("-".to_string(), |b| format!("{:.2}x", rate / b.max(1e-9)));
             println!(
-                "| {name} | {dname} | {:.0} | {:.0} | {:.0} | {:.1} | {lost} | {:.2}x |",
+                "| {name} | {dname} | {:.0} | {:.0} | {:.0} | {:.1} | {lost} | {:.2}x | {vs_broker} |",
                 rate,
                 med(|m| m.p50_us),
                 med(|m| m.p99_us),

@@ -305,6 +305,23 @@ async fn the_daemon_routes_what_members_send_it() {
     .expect("the driver answered the member");
     let id: String = reply.body().deserialize().unwrap();
     assert_eq!(id.len(), 32);
+
+    // Debug.Stats shows the member and what the daemon took from it.
+    let stats = standard
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus.Debug.Stats"),
+            "GetConnectionStats",
+            &(a.unique.as_str(),),
+        )
+        .await
+        .unwrap();
+    let stats: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+        stats.body().deserialize().unwrap();
+    let get = |k: &str| u32::try_from(&stats[k]).unwrap();
+    assert_eq!(get("busd.FastPathMember"), a.id);
+    assert_eq!(get("busd.FastPathFrames"), 2);
 }
 
 #[tokio::test]

@@ -91,6 +91,10 @@ impl Bus {
         self.fast.members.get(&id).copied()
     }
 
+    pub(super) fn fast_member_count(&self) -> u32 {
+        self.fast.members.len() as u32
+    }
+
     fn fast_of(&self, peer: PeerId) -> Option<FastMember> {
         self.peers.get(&peer).and_then(|p| p.fast)
     }
@@ -364,12 +368,14 @@ impl Bus {
         forwarded: bool,
         msg: Message,
     ) {
-        let Some(p) = self.peers.get(&from) else {
+        let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
         let Some(f) = p.fast else {
             return;
         };
+        p.fast_frames += 1;
+        let p = &self.peers[&from];
         if forwarded {
             let origin = msg.sender().and_then(|s| self.unique_names.get(s).copied());
             match origin {

@@ -166,6 +166,8 @@ struct Peer {
     closing: bool,
     /// Joined the fast path.
     fast: Option<fastpath::FastMember>,
+    /// Frames the daemon took from it on its fast-path inbox.
+    fast_frames: u64,
 }
 
 impl Peer {
@@ -294,6 +296,7 @@ impl Bus {
                 stamp: 0,
                 closing: false,
                 fast: None,
+                fast_frames: 0,
             },
         );
     }

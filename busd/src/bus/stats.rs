@@ -85,6 +85,7 @@ pub(super) fn get_stats(
         bus.peaks.match_rules_per_connection,
     );
     add_u(&mut w, "BusNames", bus.bus_name_count());
+    add_u(&mut w, "busd.FastPathMembers", bus.fast_member_count());
     add_u(&mut w, "PeakBusNames", bus.peaks.bus_names);
     add_u(
         &mut w,
@@ -140,6 +141,10 @@ pub(super) fn get_connection_stats(
     add_u(&mut w, "OutgoingFDs", clamp(out.fds()));
     add_u(&mut w, "PeakOutgoingBytes", clamp(out_peak_bytes));
     add_u(&mut w, "PeakOutgoingFDs", clamp(out_peak_fds));
+    // busd's own: the connection's fast-path member id (0: standard path) and the frames
+    // the daemon took from it on its inbox.
+    add_u(&mut w, "busd.FastPathMember", p.fast.map_or(0, |f| f.id));
+    add_u(&mut w, "busd.FastPathFrames", clamp(p.fast_frames));
     w.end_array(a);
     Ok(Some((w.into_vec(), "a{sv}")))
 }
