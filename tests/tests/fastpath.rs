@@ -392,3 +392,24 @@ async fn fastpath_off_refuses_to_join() {
         e => panic!("unexpected {e}"),
     }
 }
+
+#[tokio::test]
+async fn the_directory_goes_with_the_daemon_and_stale_ones_are_swept() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let dir = a.dir.clone();
+    let base = dir.parent().unwrap().to_path_buf();
+    // What a busd killed with SIGKILL leaves behind (no such pid runs).
+    let stale = base.join("busd-fastpath-999999999-test00");
+    std::fs::create_dir_all(stale.join("inner")).unwrap();
+    drop(a);
+    drop(bus); // SIGTERM: busd removes its directory as it exits
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    let next = Busd::start();
+    let b = member(&next).await;
+    assert_eq!(b.dir.parent(), Some(base.as_path()));
+    assert!(
+        !stale.exists(),
+        "a stale directory survived a new busd's start"
+    );
+}

@@ -175,9 +175,42 @@ fn runtime_base() -> PathBuf {
     std::env::temp_dir()
 }
 
+const DIR_PREFIX: &str = "busd-fastpath-";
+
+/// Removes the directories of busd processes that are gone (killed before they could clean
+/// up): `busd-fastpath-PID-XXXXXX` of this user whose PID no longer runs.
+fn remove_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let mine = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
+            debug!(
+                "removing {}, left by busd process {pid}",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl FastPath {
     pub fn new() -> io::Result<Self> {
-        let template = runtime_base().join("busd-fastpath-XXXXXX");
+        let base = runtime_base();
+        remove_stale(&base);
+        let template = base.join(format!("{DIR_PREFIX}{}-XXXXXX", std::process::id()));
         // mkdtemp creates it with mode 0700: only the bus's user reaches member sockets.
         let dir = nix::unistd::mkdtemp(&template)?;
         let mut table = SharedTable::new()?;
