@@ -1,8 +1,10 @@
 //! busd-bench: the same zbus clients against dbus-daemon, dbus-broker and busd (standard
 //! path, and fast path through busd-shim), side by side.
 //!
-//! Scenarios: method-call round trip (sequential calls to a well-known name), and signal
-//! fan-out to 1, 10 and 50 subscribers with 64 B, 1 KiB and 64 KiB payloads, sent in
+//! Scenarios: method-call round trip (sequential calls to a well-known name; with a floor:
+//! the same calls between two zbus connections over a socketpair, no bus), signal fan-out to
+//! 1, 10 and 50 subscribers with 64 B, 1 KiB and 64 KiB payloads, and selective signals
+//! (50 subscribers, one has a matching rule, the others must receive nothing), sent in
 //! windows (the emitter waits until every subscriber has the window's last signal, so it
 //! measures delivery, not the emitter's queue). Each reports the rate, latency p50/p99
 //! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/schedstat) and
@@ -214,10 +216,21 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
         .build()
         .await?;
     let client = connect(daemon).await?;
+    time_calls(&client, Some("org.bench.Server"), calls, || daemon.cpu_ns()).await
+}
+
+/// Times `calls` sequential 64-byte Echo calls after a warm-up; `cpu_ns` reads the daemon's
+/// CPU time (0 without one).
+async fn time_calls(
+    client: &Connection,
+    destination: Option<&str>,
+    calls: usize,
+    cpu_ns: impl Fn() -> u64,
+) -> Result<Measure> {
     let payload = vec![0u8; 64];
     let call = || {
         client.call_method(
-            Some("org.bench.Server"),
+            destination,
             "/echo",
             Some("org.bench.Echo"),
             "Echo",
@@ -227,7 +240,7 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
     for _ in 0..200 {
         call().await?; // warm-up
     }
-    let cpu0 = daemon.cpu_ns();
+    let cpu0 = cpu_ns();
     let start = Instant::now();
     let mut lat = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -236,7 +249,7 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = daemon.cpu_ns() - cpu0;
+    let cpu = cpu_ns() - cpu0;
     lat.sort_unstable();
     Ok(Measure {
         rate: calls as f64 / elapsed,
@@ -245,6 +258,25 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
         cpu_ns_per_op: cpu as f64 / calls as f64,
         lost: 0,
     })
+}
+
+/// The floor: the same calls between two zbus connections over a socketpair, no bus.
+async fn peer_to_peer(calls: usize) -> Result<Measure> {
+    let (a, b) = tokio::net::UnixStream::pair()?;
+    let guid = zbus::Guid::generate();
+    let server = async {
+        connection::Builder::unix_stream(a)
+            .server(guid)?
+            .p2p()
+            .serve_at("/echo", Server)?
+            .build()
+            .await
+    };
+    let client = async { connection::Builder::unix_stream(b).p2p().build().await };
+    let (server, client) = tokio::try_join!(server, client)?;
+    let m = time_calls(&client, None, calls, || 0).await;
+    drop(server);
+    m
 }
 
 /// One fan-out signal: sequence number, send time (ns since the run's epoch), payload.
@@ -264,26 +296,50 @@ async fn tick(emitter: &Connection, seq: u64, sent_ns: u64, data: &[u8]) -> Resu
 /// The sequence number that tells subscribers the run is over.
 const STOP: u64 = u64::MAX;
 
+/// Fan-out to `subscribers`, of which the first `matching` have a rule for the signal; the
+/// others have a rule for another member and must receive nothing (selective signals: a
+/// Tick that reaches one of them counts as lost).
 async fn fan_out(
     daemon: &Daemon,
     subscribers: usize,
+    matching: usize,
     payload: usize,
     signals: u64,
 ) -> Result<Measure> {
     const WINDOW: u64 = 16;
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
+    let unexpected = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut done_marks = Vec::new();
     let mut tasks = Vec::new();
-    for _ in 0..subscribers {
+    let mut bystanders = Vec::new();
+    let mut bystander_conns = Vec::new();
+    for i in 0..subscribers {
         let conn = connect(daemon).await?;
-        let rule = MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface("org.bench.Fan")?
-            .member("Tick")?
-            .build();
-        let mut stream = MessageStream::for_match_rule(rule, &conn, None).await?;
+        let rule = |member| {
+            MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .interface("org.bench.Fan")
+                .and_then(|b| b.member(member))
+                .map(|b| b.build())
+        };
+        if i >= matching {
+            let own = MessageStream::for_match_rule(rule("Tock")?, &conn, None).await?;
+            let mut everything = MessageStream::from(&conn);
+            let unexpected = unexpected.clone();
+            bystanders.push(tokio::spawn(async move {
+                let _own = own;
+                while let Some(Ok(m)) = everything.next().await {
+                    if m.header().member().is_some_and(|m| m == "Tick") {
+                        unexpected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+            bystander_conns.push(conn);
+            continue;
+        }
+        let mut stream = MessageStream::for_match_rule(rule("Tick")?, &conn, None).await?;
         let last = Arc::new(AtomicU64::new(u64::MAX));
         done_marks.push(last.clone());
         let received = received.clone();
@@ -336,8 +392,16 @@ async fn fan_out(
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
+    for b in bystanders {
+        b.abort();
+    }
+    drop(bystander_conns);
     let delivered = received.load(Ordering::Relaxed);
-    let expected = signals * subscribers as u64;
+    let expected = signals * matching as u64;
+    let unexpected = unexpected.load(Ordering::Relaxed);
+    if unexpected > 0 {
+        eprintln!("{unexpected} signals reached subscribers without a matching rule");
+    }
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort_unstable();
     Ok(Measure {
@@ -345,7 +409,7 @@ async fn fan_out(
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
         cpu_ns_per_op: cpu as f64 / delivered.max(1) as f64,
-        lost: expected.saturating_sub(delivered),
+        lost: expected.saturating_sub(delivered) + unexpected,
     })
 }
 
@@ -388,16 +452,21 @@ async fn main() -> Result<()> {
     daemons.push(("busd, fast path", busd, true));
     let calls = if quick { 500 } else { 5000 };
     let mut names: Vec<String> = vec!["method call round trip".into()];
-    let mut configs: Vec<(usize, usize)> = Vec::new();
+    // (subscribers, of which matching, payload)
+    let mut configs: Vec<(usize, usize, usize)> = Vec::new();
     for subs in [1usize, 10, 50] {
         for payload in [64usize, 1024, 65536] {
             if quick && (subs > 10 || payload > 1024) {
                 continue;
             }
             names.push(format!("fan-out to {subs}, {payload} B"));
-            configs.push((subs, payload));
+            configs.push((subs, subs, payload));
         }
     }
+    names.push("selective: 1 of 50 matches, 64 B".into());
+    configs.push((50, 1, 64));
+    // The floor: zbus peer to peer over a socketpair, no bus, once per round.
+    let mut floor = Vec::new();
     // results[scenario][daemon] = per-round measures
     let mut results = vec![vec![Vec::<Measure>::new(); daemons.len()]; names.len()];
     for round in 0..rounds {
@@ -407,7 +476,7 @@ async fn main() -> Result<()> {
             let daemon = Daemon::start(&daemons[d].1, daemons[d].2)?;
             results[0][d].push(round_trip(&daemon, calls).await?);
             drop(daemon);
-            for (i, &(subs, payload)) in configs.iter().enumerate() {
+            for (i, &(subs, matching, payload)) in configs.iter().enumerate() {
                 let daemon = Daemon::start(&daemons[d].1, daemons[d].2)?;
                 let signals = if quick {
                     200
@@ -416,9 +485,10 @@ async fn main() -> Result<()> {
                 } else {
                     2000
                 };
-                results[i + 1][d].push(fan_out(&daemon, subs, payload, signals).await?);
+                results[i + 1][d].push(fan_out(&daemon, subs, matching, payload, signals).await?);
             }
         }
+        floor.push(peer_to_peer(calls).await?);
     }
     let broker = daemons.iter().position(|d| d.0 == BROKER);
     println!(
@@ -445,6 +515,13 @@ async fn main() -> Result<()> {
             );
         }
     }
+    let med = |f: fn(&Measure) -> f64| median(floor.iter().map(f).collect());
+    println!(
+        "| method call round trip | floor: zbus peer to peer, no bus | {:.0} | {:.0} | {:.0} | - | 0 | - | - |",
+        med(|m| m.rate),
+        med(|m| m.p50_us),
+        med(|m| m.p99_us)
+    );
     let lost: u64 = results.iter().flatten().flatten().map(|m| m.lost).sum();
     if lost > 0 {
         bail!("{lost} signals were not delivered: a bus lost messages");
