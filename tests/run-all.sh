@@ -28,11 +28,15 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --locked
 echo "== tests"
 cargo test --workspace --locked
 echo "== dbus-compat: dbus's own test suite, busd compared with dbus-daemon"
 bash dbus-compat/run.sh --compare
+echo "== fuzz: every target briefly (fuzz/run.sh; longer runs in docs/reliability.md)"
+bash fuzz/run.sh "${FUZZ_SECONDS:-15}"

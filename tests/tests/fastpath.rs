@@ -6,6 +6,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -380,6 +381,44 @@ async fn a_member_that_sends_under_another_name_is_disconnected() {
         .unwrap());
 }
 
+/// Each malformed frame disconnects its sender only; the daemon goes on serving the others.
+/// (A truncated message used to crash the daemon: found by the `message` fuzz target.)
+/// A frame without the routing header's magic never reaches the daemon: its inbox filter
+/// drops it in the kernel.
+#[tokio::test]
+async fn malformed_frames_disconnect_only_their_sender() {
+    let bus = Busd::start();
+    let observer = member(&bus).await;
+    let other = zbus_connect(&bus).await;
+    let dbus = zbus::fdo::DBusProxy::new(&other).await.unwrap();
+    let good = |m: &Member| m.frame(SIGNAL, header::TO_DAEMON, None, "Ping");
+    type Spoil = fn(Vec<u8>) -> Vec<u8>;
+    let cases: [(&str, Spoil); 5] = [
+        ("message cut short", |f| f[..f.len() - 4].to_vec()),
+        ("only the routing header", |f| f[..HEADER_LEN].to_vec()),
+        ("half a fixed header", |f| f[..HEADER_LEN + 8].to_vec()),
+        ("bytes after the message", |f| [&f[..], &[0u8; 8]].concat()),
+        ("bad byte-order mark", |mut f| {
+            f[HEADER_LEN] = b'x';
+            f
+        }),
+    ];
+    for (what, spoil) in cases {
+        let a = member(&bus).await;
+        a.send_to_daemon(&spoil(good(&a))).unwrap();
+        let a_id = a.id;
+        observer.table_until(|t| t.member(a_id).is_none()).await;
+        assert!(
+            !dbus
+                .name_has_owner(a.unique.as_str().try_into().unwrap())
+                .await
+                .unwrap(),
+            "{what}: the sender is still connected"
+        );
+    }
+    assert!(dbus.list_names().await.unwrap().len() >= 3);
+}
+
 #[tokio::test]
 async fn fastpath_off_refuses_to_join() {
     let bus = Busd::start_with(&["--session", "--fastpath=off"]);
@@ -412,4 +451,156 @@ async fn the_directory_goes_with_the_daemon_and_stale_ones_are_swept() {
         !stale.exists(),
         "a stale directory survived a new busd's start"
     );
+}
+
+// What docs/security.md claims of the fast path, each checked against the kernel.
+
+/// The daemon's inbox for a member is connected to that member's socket: the kernel
+/// refuses datagrams from any other socket.
+#[tokio::test]
+async fn an_inbox_takes_frames_from_its_own_member_only() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let b = member(&bus).await;
+    let a_inbox = a.dir.join(format!("d{}", a.id));
+    let err = b
+        .socket
+        .send_to(&b.frame(SIGNAL, header::TO_DAEMON, None, "Ping"), &a_inbox)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // (A frame the inbox's filter takes: the kernel filters before it checks the sender,
+    // and what the filter drops vanishes without an error.)
+    let stranger = UnixDatagram::unbound().unwrap();
+    let err = stranger
+        .send_to(&a.frame(SIGNAL, header::TO_DAEMON, None, "Ping"), &a_inbox)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // A's own frames still go through.
+    a.send_to_daemon(&a.frame(SIGNAL, header::TO_DAEMON, None, "Ping"))
+        .unwrap();
+}
+
+/// The routing table is a memfd members get read-only, sealed so that nobody but the
+/// daemon's own mapping can change it: no write, no resize, no writable mapping, and the
+/// seals cannot be lifted.
+#[tokio::test]
+async fn members_cannot_change_the_routing_table() {
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    let fd = a.table.as_raw_fd();
+    // SAFETY: F_GET_SEALS takes no argument and returns the seals or -1.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    let wanted =
+        libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE;
+    assert_eq!(seals & wanted, wanted, "seals {seals:#x}");
+    assert!(
+        a.table.write_at(b"x", 0).is_err(),
+        "the descriptor is read-only"
+    );
+    // Opened again for writing (same user), the seals still refuse.
+    let rw = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{fd}"))
+        .unwrap();
+    let err = rw.write_at(b"x", 0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    assert!(rw.set_len(1).is_err(), "resized");
+    // SAFETY: a fresh shared mapping request; nothing is mapped if it fails.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            rw.as_raw_fd(),
+            0,
+        )
+    };
+    assert_eq!(
+        map,
+        libc::MAP_FAILED,
+        "a writable shared mapping was granted"
+    );
+    // SAFETY: F_ADD_SEALS with an int argument; F_SEAL_SEAL makes it fail.
+    let r = unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+    assert_eq!(r, -1);
+    // And the table still reads.
+    a.table_until(|t| t.member(a.id).is_some()).await;
+}
+
+/// Another user cannot send to member sockets or the daemon's inboxes: the bus's
+/// directory is 0700. (Needs root, to run the sender as nobody.)
+#[tokio::test]
+async fn other_users_cannot_reach_member_sockets() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: running a process as another user needs root");
+        return;
+    }
+    let bus = Busd::start();
+    let a = member(&bus).await;
+    for target in [a.id.to_string(), format!("d{}", a.id)] {
+        let path = a.dir.join(target);
+        let out = std::process::Command::new("/usr/bin/python3")
+            .uid(65534)
+            .gid(65534)
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                 try:\n    s.sendto(b'BUSD', sys.argv[1])\n\
+                 except PermissionError:\n    sys.exit(3)\n",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(a.queued(), 0);
+}
+
+/// A frame from a member that names another sender is dropped by the receiving shim,
+/// counted, and the receiver goes on taking honest frames.
+#[tokio::test]
+async fn receivers_drop_frames_that_lie_about_their_sender() {
+    let bus = Busd::start();
+    let address = format!("{},fastpath=1", bus.address);
+    let receiver = busd_shim::builder(&address)
+        .await
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    add_match(&receiver, "type='signal',member='Ping'").await;
+    let mut signals = MessageStream::from(&receiver);
+    let counters = busd_shim::stats(&receiver).expect("on the fast path");
+    let m = member(&bus).await;
+    let id = member_id(&receiver);
+    m.table_until(|t| {
+        t.member(id)
+            .is_some_and(|r| r.summary.selects(header::hash32("Ping"), 0, 0))
+    })
+    .await;
+    let liar = m.frame_as(":1.999", SIGNAL, 0, None, "Ping");
+    m.send_to(id, &liar).unwrap();
+    m.send_to(id, &m.frame(SIGNAL, 0, None, "Ping")).unwrap();
+    let got = timeout(signals.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        got.header().sender().map(|s| s.to_string()),
+        Some(m.unique.clone())
+    );
+    assert_eq!(
+        counters.spoofed.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+fn member_id(conn: &Connection) -> u32 {
+    let n: u32 = conn.unique_name().unwrap()[3..].parse().unwrap();
+    n + 1
 }

@@ -733,8 +733,12 @@ impl Bus {
         for ev in events {
             match ev {
                 names::NameEvent::Lost { peer, name } => {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.names.retain(|n| n != &name);
+                    // An owner that was replaced without DO_NOT_QUEUE waits in the queue:
+                    // the name stays on its list, to be released when it leaves.
+                    if !self.names.is_in_queue(&name, peer) {
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.names.retain(|n| n != &name);
+                        }
                     }
                     if self
                         .peers

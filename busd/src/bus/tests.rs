@@ -799,3 +799,38 @@ fn starts_time_out_and_are_bounded() {
 }
 
 mod fastpath;
+
+/// Found by the `bus` fuzz target: whatever flags two owners used and in whichever order
+/// they leave, the name goes with the last of them.
+#[test]
+fn a_name_goes_when_its_owners_and_queue_leave() {
+    for first in 0..8u32 {
+        for second in 0..8u32 {
+            for order in [[1, 2], [2, 1]] {
+                let mut b = bus();
+                join(&mut b, 1);
+                join(&mut b, 2);
+                join(&mut b, 3);
+                b.handle_message(
+                    1,
+                    dcall(2, "RequestName", "su", su_body("org.example.A", first)),
+                );
+                b.handle_message(
+                    2,
+                    dcall(2, "RequestName", "su", su_body("org.example.A", second)),
+                );
+                drain(&mut b);
+                for p in order {
+                    b.disconnected(p);
+                    drain(&mut b);
+                }
+                b.handle_message(3, dcall(3, "NameHasOwner", "s", s_body("org.example.A")));
+                let sent = drain(&mut b);
+                assert!(
+                    !sent[0].msg.body_reader().bool().unwrap(),
+                    "flags {first} then {second}, leaving {order:?}: the name outlived them"
+                );
+            }
+        }
+    }
+}

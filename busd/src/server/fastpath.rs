@@ -330,25 +330,13 @@ impl FastPath {
         if n > self.buf.len() {
             return Received::Invalid(format!("a frame of {n} bytes is larger than allowed"));
         }
-        let header = match Header::decode(&self.buf[..n]) {
-            Ok(h) => h,
-            Err(e) => return Received::Invalid(format!("bad routing header: {e}")),
-        };
-        if header.sender != m.id {
-            return Received::Invalid(format!(
-                "its routing header names member {} as the sender",
-                header.sender
-            ));
-        }
-        if n - HEADER_LEN > max_message {
-            return Received::Invalid(format!(
-                "a message of {} bytes exceeds max_message_size",
-                n - HEADER_LEN
-            ));
-        }
         if fds.len() > max_fds {
             return Received::Invalid("a message exceeds max_message_unix_fds".into());
         }
+        let header = match check_frame(&self.buf[..n], m.id, max_message) {
+            Ok(h) => h,
+            Err(why) => return Received::Invalid(why),
+        };
         debug!(member = m.id, len = n, fds = fds.len(), "frame");
         Received::Frame(Frame {
             destination: header.destination,
@@ -357,6 +345,23 @@ impl FastPath {
             fds,
         })
     }
+}
+
+/// Checks a frame that member `member` sent to its inbox before its message is parsed: a
+/// routing header naming that member, and a message no larger than `max_message` bytes.
+pub fn check_frame(frame: &[u8], member: u32, max_message: usize) -> Result<Header, String> {
+    let header = Header::decode(frame).map_err(|e| format!("bad routing header: {e}"))?;
+    if header.sender != member {
+        return Err(format!(
+            "its routing header names member {} as the sender",
+            header.sender
+        ));
+    }
+    let len = frame.len() - HEADER_LEN;
+    if len > max_message {
+        return Err(format!("a message of {len} bytes exceeds max_message_size"));
+    }
+    Ok(header)
 }
 
 impl Drop for FastPath {

@@ -74,6 +74,8 @@ pub enum Error {
     Local,
     #[error("header padding is not zero")]
     Padding,
+    #[error("message of {got} bytes, its header announces {announced}")]
+    Length { announced: usize, got: usize },
 }
 
 /// Byte range of a field's string value inside the message.
@@ -155,10 +157,22 @@ pub fn declared_unix_fds(bytes: &[u8]) -> u32 {
 }
 
 impl Message {
-    /// Parses and validates one complete message (exactly `total_length` bytes).
+    /// Parses and validates one complete message: exactly the `total_length` bytes its fixed
+    /// header announces (a fast-path frame carries whatever its sender put in it).
     pub fn parse(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Result<Message, Error> {
-        let total = total_length(&bytes[..FIXED_HEADER_SIZE])?;
-        debug_assert_eq!(total, bytes.len());
+        let Some(fixed) = bytes.get(..FIXED_HEADER_SIZE) else {
+            return Err(Error::Length {
+                announced: FIXED_HEADER_SIZE,
+                got: bytes.len(),
+            });
+        };
+        let total = total_length(fixed)?;
+        if total != bytes.len() {
+            return Err(Error::Length {
+                announced: total,
+                got: bytes.len(),
+            });
+        }
         let endian = if bytes[0] == b'l' {
             Endian::Little
         } else {
@@ -343,7 +357,10 @@ impl Message {
             // Unknown types are valid on the wire; the bus decides what to do with them.
             _ => {}
         }
-        if m.signature.is_none() && bytes.len() > body_offset {
+        // An empty SIGNATURE field says the same as none: no body (libdbus rejects the bytes
+        // as too much data).
+        let no_signature = !matches!(m.signature, Some((start, end)) if start < end);
+        if no_signature && bytes.len() > body_offset {
             return Err(Error::Malformed("body without signature"));
         }
         m.bytes = Rc::new(bytes);
@@ -698,6 +715,37 @@ mod tests {
         assert!(matches!(total_length(&b[..16]), Err(Error::TooLarge(_))));
     }
 
+    /// Found by the `message` fuzz target: a fast-path frame hands parse whatever its sender
+    /// wrote, so a length that disagrees with the header is an error, not a panic.
+    #[test]
+    fn a_length_that_disagrees_with_the_header_is_an_error() {
+        let good = call(Endian::Little);
+        let n = good.len();
+        assert_eq!(
+            expect_invalid(Vec::new()),
+            Error::Length {
+                announced: 16,
+                got: 0
+            }
+        );
+        assert_eq!(
+            expect_invalid(good[..20].to_vec()),
+            Error::Length {
+                announced: n,
+                got: 20
+            }
+        );
+        let mut long = good.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            expect_invalid(long),
+            Error::Length {
+                announced: n,
+                got: n + 8
+            }
+        );
+    }
+
     #[test]
     fn required_fields_and_names_are_checked() {
         let enc = |t: u8, f: HeaderFields<'_>| encode(Endian::Little, t, 0, 1, &f, &[]);
@@ -789,6 +837,43 @@ mod tests {
         );
         assert_eq!(
             expect_invalid(b),
+            Error::Malformed("body without signature")
+        );
+    }
+
+    /// Found by the `message` fuzz target: an empty SIGNATURE field with a body was taken,
+    /// and the bus's re-encoding (which leaves empty signatures out) then refused it.
+    #[test]
+    fn an_empty_signature_field_means_no_body() {
+        let mut w = Writer::with_capacity(Endian::Little, 64);
+        for b in [b'l', SIGNAL, 0, 1] {
+            w.u8(b);
+        }
+        w.u32(4);
+        w.u32(1);
+        let fields_len_at = w.len();
+        w.u32(0);
+        let start = w.len();
+        for (code, value) in [
+            (FIELD_PATH, "/a"),
+            (FIELD_INTERFACE, "a.b"),
+            (FIELD_MEMBER, "M"),
+        ] {
+            w.align(8);
+            w.u8(code);
+            w.signature(if code == FIELD_PATH { b"o" } else { b"s" });
+            w.string(value);
+        }
+        w.align(8);
+        w.u8(FIELD_SIGNATURE);
+        w.signature(b"g");
+        w.signature(b"");
+        let fields_len = (w.len() - start) as u32;
+        w.patch_u32(fields_len_at, fields_len);
+        w.align(8);
+        w.bytes(&[1, 2, 3, 4]);
+        assert_eq!(
+            expect_invalid(w.into_vec()),
             Error::Malformed("body without signature")
         );
     }
