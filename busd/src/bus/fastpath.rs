@@ -176,7 +176,10 @@ impl Bus {
         // Its rules leave the daemon's filter for its own.
         self.fast.daemon_dirty = true;
         self.fast.table_dirty = true;
-        self.fast_names_changed();
+        // Its names now designate a member, for `sender=` rules.
+        let p = &self.peers[&peer];
+        let names: Vec<String> = p.unique.iter().chain(&p.names).cloned().collect();
+        self.fast_names_changed(&names);
         let mut w = compose::writer();
         w.u32(member);
         w.string(&joined.directory);
@@ -227,15 +230,19 @@ impl Bus {
         self.fast.table_dirty = self.fast.enabled;
     }
 
-    /// A name changed owner: the table lists owners, and filters resolve `sender=` names.
-    pub(super) fn fast_names_changed(&mut self) {
+    /// These names changed owner: the table lists owners, and filters resolve `sender=`
+    /// names, so the filters of members with a rule on one of them are compiled again (and
+    /// only those: every zbus client has `sender='org.freedesktop.DBus'` rules, and
+    /// recompiling everyone's filter on every name change made joining quadratic).
+    pub(super) fn fast_names_changed(&mut self, names: &[String]) {
         if !self.fast.enabled || self.fast.members.is_empty() {
             return;
         }
         self.fast.table_dirty = true;
         self.fast.daemon_dirty = true;
+        let mentions = |r: &MatchRule| r.sender.as_ref().is_some_and(|s| names.contains(s));
         for (&peer_id, p) in &self.peers {
-            if p.fast.is_some() && p.rules.iter().any(|r| r.sender.is_some()) {
+            if p.fast.is_some() && p.rules.iter().any(mentions) {
                 self.fast.dirty_filters.insert(peer_id);
             }
         }

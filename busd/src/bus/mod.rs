@@ -772,7 +772,7 @@ impl Bus {
                             "sss",
                         ),
                     );
-                    self.fast_names_changed();
+                    self.fast_names_changed(std::slice::from_ref(&name));
                     if old.is_empty() && !new.is_empty() {
                         self.activation_name_created(&name);
                     }
@@ -827,7 +827,7 @@ impl Bus {
         });
         if let Some(u) = unique {
             self.unique_names.remove(&u);
-            self.fast_names_changed();
+            self.fast_names_changed(std::slice::from_ref(&u));
             self.send_from_driver(
                 None,
                 DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"),

@@ -55,6 +55,8 @@ struct Member {
     id: u32,
     /// The daemon's duplicate of the member's socket, to replace its filter.
     socket: OwnedFd,
+    /// The filter attached to it.
+    filter: Program,
     inbox: UnixDatagram,
 }
 
@@ -265,6 +267,7 @@ impl FastPath {
         let member = Member {
             id,
             socket: kept,
+            filter: filter.clone(),
             inbox: UnixDatagram::from_std(inbox),
         };
         self.members.insert(peer, member);
@@ -281,14 +284,29 @@ impl FastPath {
     }
 
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
-        if let Some(m) = self.members.get(&peer) {
-            if let Err(e) = bpf::attach(m.socket.as_fd(), prog) {
-                warn!(member = m.id, "cannot replace a fast-path filter: {e}");
+        if let Some(m) = self.members.get_mut(&peer) {
+            // Attaching costs the kernel a verification and a JIT compilation.
+            if *prog == m.filter {
+                return;
+            }
+            match bpf::attach(m.socket.as_fd(), prog) {
+                Ok(()) => m.filter = prog.clone(),
+                Err(e) => warn!(member = m.id, "cannot replace a fast-path filter: {e}"),
             }
         }
     }
 
     pub fn set_daemon_filter(&mut self, prog: Program) {
+        // Every inbox carries it: replacing it with the same program would cost one
+        // setsockopt per member on every join and departure.
+        if prog == self.daemon_filter {
+            return;
+        }
+        debug!(
+            members = self.members.len(),
+            insns = prog.insns.len(),
+            "replacing the daemon's filter"
+        );
         for m in self.members.values() {
             if let Err(e) = bpf::attach(m.inbox.as_fd(), &prog) {
                 warn!(member = m.id, "cannot replace the daemon's filter: {e}");

@@ -48,7 +48,10 @@ struct Run {
     clients: usize,
     address: String,
     fastpath: bool,
-    deadline: Instant,
+    /// How long traffic lasts once every client is ready.
+    traffic: Duration,
+    /// When the last client became ready (set by the barrier's leader).
+    started: Mutex<Option<Instant>>,
     counts: Counts,
     /// (receiver, emitter) -> last sequence number seen.
     seen: Mutex<HashMap<(usize, usize), u64>>,
@@ -59,7 +62,7 @@ struct Run {
 
 async fn client(i: usize, run: Arc<Run>) -> Result<()> {
     let name = format!("org.example.Soak.C{i}");
-    let (n, deadline, counts) = (run.clients, run.deadline, &run.counts);
+    let (n, counts) = (run.clients, &run.counts);
     let builder = if run.fastpath {
         busd_shim::builder(&format!("{},fastpath=1", run.address)).await?
     } else {
@@ -96,7 +99,12 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
     };
     // Traffic starts once every client is connected and subscribed: a signal sent before a
     // receiver's rule exists is not one it may expect.
+    if run.ready.wait().await.is_leader() {
+        *run.started.lock().unwrap() = Some(Instant::now());
+    }
+    // (Every client waits for the leader's start time.)
     run.ready.wait().await;
+    let deadline = run.started.lock().unwrap().expect("set by the leader") + run.traffic;
     let peer = format!("org.example.Soak.C{}", (i + 1) % n);
     let (mut seq, mut tick) = (0u64, 0u64);
     let mut last_churn = Instant::now();
@@ -179,17 +187,27 @@ async fn main() -> Result<()> {
         clients,
         address,
         fastpath,
-        // Connecting a thousand clients takes a while; the deadline counts from start.
-        deadline: Instant::now() + Duration::from_secs(seconds),
+        // Traffic lasts `seconds` from when every client is connected and subscribed.
+        traffic: Duration::from_secs(seconds),
+        started: Mutex::new(None),
         counts: Counts::default(),
         seen: Mutex::new(HashMap::new()),
         sent: Mutex::new(HashMap::new()),
         ready: tokio::sync::Barrier::new(clients),
     });
+    let launched = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|i| tokio::spawn(client(i, run.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // Memory under load: half way through the traffic.
+    let started = loop {
+        if let Some(t) = *run.started.lock().unwrap() {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let setup = started - launched;
+    tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
     let rss_peak = pid.and_then(rss_kib);
     for t in tasks {
         t.await??;
@@ -210,8 +228,9 @@ async fn main() -> Result<()> {
     let c = &run.counts;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     println!(
-        "clients {clients}, {seconds} s: {} calls ({} errors while names churned, {} wrong replies), \
+        "clients {clients} connected and subscribed in {:.1} s, then {seconds} s of traffic: {} calls ({} errors while names churned, {} wrong replies), \
          {} signals sent, {} received ({} expected), {} out of order, {} lost, {} name churns",
+        setup.as_secs_f64(),
         get(&c.calls),
         get(&c.call_errors),
         get(&c.bad_replies),
@@ -227,6 +246,9 @@ async fn main() -> Result<()> {
     }
     if get(&c.bad_replies) > 0 || get(&c.out_of_order) > 0 || lost > 0 {
         bail!("messages were lost, duplicated, reordered or misrouted");
+    }
+    if get(&c.calls) == 0 || get(&c.signals_received) == 0 {
+        bail!("no traffic: nothing was measured");
     }
     Ok(())
 }

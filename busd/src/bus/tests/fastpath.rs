@@ -327,3 +327,48 @@ fn a_member_passes_on_what_came_for_a_name_it_no_longer_owns() {
         "{effects:?}"
     );
 }
+
+/// A name changing owner recompiles the filters of the members with a `sender=` rule on
+/// that name, and no others (every zbus client has `sender='org.freedesktop.DBus'` rules:
+/// recompiling all of them on every name change made joining quadratic).
+#[test]
+fn a_name_change_recompiles_only_the_filters_that_name_it() {
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    join_fast(&mut b, 2);
+    let add = |b: &mut Bus, id: PeerId, rule: &str| {
+        b.handle_message(id, dcall(3, "AddMatch", "s", s_body(rule)));
+        drain(b);
+    };
+    add(
+        &mut b,
+        1,
+        "type='signal',sender='org.freedesktop.DBus',member='NameLost'",
+    );
+    add(
+        &mut b,
+        2,
+        "type='signal',sender='org.example.Watched',member='Tick'",
+    );
+    b.take_fast_updates();
+    join(&mut b, 3);
+    b.handle_message(
+        3,
+        dcall(2, "RequestName", "su", su_body("org.example.Other", 0)),
+    );
+    drain(&mut b);
+    let u = b.take_fast_updates().unwrap();
+    assert!(
+        u.filters.is_empty(),
+        "recompiled: {:?}",
+        u.filters.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    b.handle_message(
+        3,
+        dcall(3, "RequestName", "su", su_body("org.example.Watched", 0)),
+    );
+    drain(&mut b);
+    let u = b.take_fast_updates().unwrap();
+    let recompiled: Vec<PeerId> = u.filters.iter().map(|f| f.0).collect();
+    assert_eq!(recompiled, [2]);
+}
