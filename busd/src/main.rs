@@ -254,6 +254,10 @@ fn run(options: Options) -> Result<()> {
             path.display()
         );
     }
+    match server::raise_descriptor_limit() {
+        Ok((soft, _)) => tracing::debug!(soft, "descriptor limit"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let mut listeners = Vec::new();
     for a in &addresses {
         listeners.extend(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);

@@ -308,3 +308,74 @@ fn running_out_of_descriptors_pauses_accepting_and_recovers() {
     assert!(status.success());
     still_serving(&bus);
 }
+
+/// busd raises its descriptor limit to the hard limit (a fast-path member costs it three
+/// descriptors), and starts services with the limit it was given, as dbus-daemon does.
+#[test]
+fn the_descriptor_limit_is_raised_for_the_bus_and_restored_for_services() {
+    if !(have("dbus-send") && have("prlimit")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir_all(&services).unwrap();
+    let seen = dir.path().join("limit");
+    std::fs::write(
+        services.join("org.example.Limit.service"),
+        format!(
+            "[D-BUS Service]\nName=org.example.Limit\nExec=/bin/sh -c \"ulimit -n > {}\"\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        "limit.conf",
+        &session_config(
+            "",
+            &format!("<servicedir>{}</servicedir>", services.display()),
+        ),
+    );
+    let busd = busd_binary();
+    let bus = Busd::start_program(
+        Path::new("prlimit"),
+        &[
+            "--nofile=256:4096",
+            busd.to_str().unwrap(),
+            &format!("--config-file={}", config.display()),
+        ],
+    );
+    let (ok, out) = dbus_send(
+        &bus,
+        &[
+            "--dest=org.freedesktop.DBus",
+            "/",
+            "org.freedesktop.DBus.GetConnectionUnixProcessID",
+            "string:org.freedesktop.DBus",
+        ],
+    );
+    assert!(ok, "{out}");
+    let pid: u32 = out.split_whitespace().last().unwrap().parse().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["4096", "4096"], "{limits}");
+    // The service exits without taking its name: the call fails, the file is written.
+    let _ = dbus_send(
+        &bus,
+        &[
+            "--dest=org.freedesktop.DBus",
+            "/",
+            "org.freedesktop.DBus.StartServiceByName",
+            "string:org.example.Limit",
+            "uint32:0",
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "256");
+}

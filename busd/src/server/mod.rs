@@ -83,6 +83,23 @@ const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
 const FAST_INBOX: usize = 1 << 48;
 
 /// The signals busd takes from its signalfd (blocked otherwise, unblocked in children).
+/// The descriptor limit busd was started with, given back to the services it starts.
+static STARTED_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises the soft descriptor limit to the hard one: busd waits with epoll (no select()
+/// ceiling), every connection costs a descriptor and a fast-path member three, and a
+/// session's default soft limit (1024) would otherwise cap the bus. Services get the
+/// original limit back (see `spawn`). Returns the limits now in force.
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let _ = STARTED_NOFILE.set((soft, hard));
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((hard, hard))
+}
+
 fn handled_signals() -> SigSet {
     let mut mask = SigSet::empty();
     for s in [
@@ -294,14 +311,22 @@ impl Server {
         cmd.args(args)
             .envs(env.iter().cloned())
             .envs(self.starter_env.iter().cloned());
+        let nofile = STARTED_NOFILE.get().copied();
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (sigprocmask, signal).
+        // async-signal-safe calls (sigprocmask, signal, setrlimit).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 let mask = handled_signals();
                 nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None)?;
                 // dbus-daemon's services start with SIGPIPE ignored.
                 libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                if let Some((soft, hard)) = nofile {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )?;
+                }
                 Ok(())
             });
         }
