@@ -3,12 +3,13 @@
 //! and signals to names that exist or not, join the fast path and send frames, reload, start
 //! services, let time pass and leave. After every step:
 //! - every message the bus sends is a valid D-Bus message, and goes to a connected peer;
-//! - the bus answers each method call it is asked to reply to at most once.
+//! - the bus answers each method call it is asked to reply to at most once (monitors
+//!   excepted: they also get a copy of what the bus sends them, as with dbus-daemon).
 //!
 //! At the end everyone leaves, and a newcomer finds only the bus and itself on it: nothing
 //! the others had (names, queued owners, rules, pending replies) outlives them.
 #![no_main]
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -274,7 +275,7 @@ struct Harness {
     bus: Bus,
     now: Instant,
     /// Connected peers, and whether each joined the fast path.
-    peers: HashMap<PeerId, bool>,
+    peers: BTreeMap<PeerId, bool>,
     next_peer: PeerId,
     serial: u32,
     /// Calls a peer sent that the bus itself answers, by (peer, serial).
@@ -284,9 +285,13 @@ struct Harness {
     children: Vec<u64>,
     /// Replies the newcomer of `finish` got.
     replies: Vec<Message>,
+    /// Peers that became monitors.
+    monitors: BTreeSet<PeerId>,
+    /// BecomeMonitor calls.
+    monitor_calls: BTreeSet<(PeerId, u32)>,
     /// Hello calls, and the unique names their replies gave.
     hellos: BTreeSet<(PeerId, u32)>,
-    uniques: HashMap<PeerId, String>,
+    uniques: BTreeMap<PeerId, String>,
 }
 
 impl Harness {
@@ -323,6 +328,9 @@ impl Harness {
             self.asked_bus.insert((from, msg.serial()));
             if msg.member() == Some("Hello") {
                 self.hellos.insert((from, msg.serial()));
+            }
+            if msg.member() == Some("BecomeMonitor") {
+                self.monitor_calls.insert((from, msg.serial()));
             }
         }
         self.bus.handle_message(from, msg);
@@ -388,7 +396,10 @@ impl Harness {
                             && m.sender() == Some("org.freedesktop.DBus")
                         {
                             let key = (to, m.reply_serial().expect("a reply has a serial"));
-                            if self.asked_bus.contains(&key) {
+                            if self.monitor_calls.contains(&key) && m.msg_type() == METHOD_RETURN {
+                                self.monitors.insert(to);
+                            }
+                            if self.asked_bus.contains(&key) && !self.monitors.contains(&to) {
                                 assert!(
                                     self.answered.insert(key),
                                     "the bus answered {key:?} twice"
@@ -671,7 +682,7 @@ fuzz_target!(|data: &[u8]| {
     let mut h = Harness {
         bus: new_bus(),
         now: Instant::now(),
-        peers: HashMap::new(),
+        peers: BTreeMap::new(),
         next_peer: 0,
         serial: 0,
         asked_bus: BTreeSet::new(),
@@ -679,7 +690,9 @@ fuzz_target!(|data: &[u8]| {
         children: Vec::new(),
         replies: Vec::new(),
         hellos: BTreeSet::new(),
-        uniques: HashMap::new(),
+        uniques: BTreeMap::new(),
+        monitors: BTreeSet::new(),
+        monitor_calls: BTreeSet::new(),
     };
     h.bus.set_now(h.now);
     for _ in 0..MAX_STEPS {
