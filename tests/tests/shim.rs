@@ -399,3 +399,80 @@ async fn a_direct_call_whose_callee_leaves_gets_no_reply_as_from_dbus_daemon() {
     );
     assert!(direct(&caller) > 0, "the call went directly");
 }
+
+/// Sends and receives a configuration denies: members whose policy does not allow every
+/// message go through the daemon, which applies it, so a fast-path client sees what a
+/// client of dbus-daemon sees with the same configuration file.
+#[tokio::test]
+async fn members_under_a_restrictive_policy_get_dbus_daemons_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = busd_tests::write_config(
+        dir.path(),
+        "guarded.conf",
+        &busd_tests::session_config(
+            r#"<deny send_destination="org.example.Guarded" send_interface="org.example.Echo" send_member="Fail"/>
+    <deny receive_interface="org.example.Noisy" receive_type="signal"/>"#,
+            "",
+        ),
+    );
+    let arg = format!("--config-file={}", config.display());
+    let busd = Busd::start_with(&[&arg]);
+    let ours = guarded_scenario(&busd).await;
+    // Nothing went straight between members: the daemon saw (and checked) every message.
+    assert_eq!(ours.1, 0, "messages went direct under a restrictive policy");
+    assert_eq!(
+        ours.0,
+        [
+            "echo: x",
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "Quiet",
+        ]
+    );
+    if let Some(daemon) = dbus_daemon() {
+        let reference = Busd::start_program(&daemon, &[&arg]);
+        assert_eq!(guarded_scenario(&reference).await.0, ours.0);
+    }
+}
+
+/// What a client sees: a permitted call, a denied one, and which of two signals (the first
+/// denied to the receiver) arrive. Also how many frames went direct.
+async fn guarded_scenario(bus: &Busd) -> (Vec<String>, u64) {
+    let _service = shim_service(bus, "org.example.Guarded").await;
+    let client = shim(bus).await;
+    let listener = shim(bus).await;
+    add_match(&listener, "type='signal',member='Ping'").await;
+    let mut signals = MessageStream::from(&listener);
+    let mut seen = vec![timeout(echo(&client, "org.example.Guarded", "x"))
+        .await
+        .unwrap()
+        .unwrap()];
+    let denied = client
+        .call_method(
+            Some("org.example.Guarded"),
+            "/echo",
+            Some("org.example.Echo"),
+            "Fail",
+            &(),
+        )
+        .await;
+    seen.push(match denied {
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        other => format!("{other:?}"),
+    });
+    for iface in ["org.example.Noisy", "org.example.Quiet"] {
+        client
+            .emit_signal(None::<&str>, "/echo", iface, "Ping", &())
+            .await
+            .unwrap();
+    }
+    // The sender's order is kept: when Quiet arrives, Noisy would have come first.
+    let m = timeout(next_signal(&mut signals, "Ping")).await.unwrap();
+    let iface = m
+        .header()
+        .interface()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    seen.push(iface.trim_start_matches("org.example.").to_string());
+    let direct = busd_shim::stats(&client).map_or(0, |c| c.direct.load(Ordering::Relaxed));
+    (seen, direct)
+}
