@@ -476,3 +476,84 @@ async fn guarded_scenario(bus: &Busd) -> (Vec<String>, u64) {
     let direct = busd_shim::stats(&client).map_or(0, |c| c.direct.load(Ordering::Relaxed));
     (seen, direct)
 }
+
+/// A member killed in the middle of a fan-out: the sender goes on without waiting for it,
+/// and the other receivers get every signal, in order.
+#[tokio::test]
+async fn a_member_killed_during_a_fan_out_holds_nobody_back() {
+    use std::io::BufRead;
+    const SIGNALS: u32 = 5000;
+    let bus = Busd::start();
+    let emitter = shim(&bus).await;
+    let receiver = shim(&bus).await;
+    add_match(&receiver, "type='signal',member='Tick'").await;
+    let mut ticks = MessageStream::from(&receiver);
+    let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_busd-shim-member"))
+        .arg(&bus.address)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(victim.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with(":1."), "{ready}");
+    let count = tokio::spawn(async move {
+        let mut next = 0u32;
+        while next < SIGNALS {
+            let m = ticks.next().await.unwrap().unwrap();
+            if m.header().member().is_some_and(|m| m == "Tick") {
+                let n: u32 = m.body().deserialize().unwrap();
+                assert_eq!(n, next, "out of order or lost");
+                next += 1;
+            }
+        }
+    });
+    let emitting = async {
+        for n in 0..SIGNALS {
+            if n == SIGNALS / 4 {
+                victim.kill().unwrap();
+                victim.wait().unwrap();
+            }
+            emitter
+                .emit_signal(None::<&str>, "/echo", "org.example.Echo", "Tick", &n)
+                .await
+                .unwrap();
+        }
+    };
+    timeout(emitting).await.expect("the emitter was held back");
+    timeout(count).await.expect("signals missing").unwrap();
+}
+
+/// The daemon dies (killed) while members talk directly: their calls end with an error,
+/// none waits forever.
+#[tokio::test]
+async fn when_the_daemon_dies_no_member_waits_forever() {
+    let bus = Busd::start();
+    let service = shim_service(&bus, "org.example.Fast").await;
+    let client = shim(&bus).await;
+    assert_eq!(
+        echo(&client, "org.example.Fast", "a").await.unwrap(),
+        "echo: a"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bus.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Calls may still reach the service directly for a moment; soon every call fails.
+    let outcome = timeout(async {
+        loop {
+            if echo(&client, "org.example.Fast", "b").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        outcome.is_ok(),
+        "a member kept waiting after the daemon died"
+    );
+    drop(service);
+}
