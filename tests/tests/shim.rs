@@ -488,13 +488,15 @@ async fn a_member_killed_during_a_fan_out_holds_nobody_back() {
     let receiver = shim(&bus).await;
     add_match(&receiver, "type='signal',member='Tick'").await;
     let mut ticks = MessageStream::from(&receiver);
-    let mut victim = std::process::Command::new(env!("CARGO_BIN_EXE_busd-shim-member"))
-        .arg(&bus.address)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut victim = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_busd-shim-member"))
+            .arg(&bus.address)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut ready = String::new();
-    std::io::BufReader::new(victim.stdout.take().unwrap())
+    std::io::BufReader::new(victim.0.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
     assert!(ready.starts_with(":1."), "{ready}");
@@ -512,8 +514,8 @@ async fn a_member_killed_during_a_fan_out_holds_nobody_back() {
     let emitting = async {
         for n in 0..SIGNALS {
             if n == SIGNALS / 4 {
-                victim.kill().unwrap();
-                victim.wait().unwrap();
+                victim.0.kill().unwrap();
+                victim.0.wait().unwrap();
             }
             emitter
                 .emit_signal(None::<&str>, "/echo", "org.example.Echo", "Tick", &n)
@@ -523,6 +525,16 @@ async fn a_member_killed_during_a_fan_out_holds_nobody_back() {
     };
     timeout(emitting).await.expect("the emitter was held back");
     timeout(count).await.expect("signals missing").unwrap();
+}
+
+/// A child process killed and reaped when dropped, whatever the test's outcome.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The daemon dies (killed) while members talk directly: their calls end with an error,
