@@ -42,7 +42,7 @@ pub async fn session() -> zbus::Result<zbus::connection::Builder<'static>> {
 /// A connection builder for the bus at `address`: on the fast path when asked and offered,
 /// plain zbus otherwise. Configure it as any zbus builder, then `build()`.
 pub async fn builder(address: &str) -> zbus::Result<zbus::connection::Builder<'static>> {
-    let Some(target) = fast_target(address, std::env::var(ENV).ok().as_deref()) else {
+    let Some((target, backlog)) = fast_target(address, std::env::var(ENV).ok().as_deref()) else {
         return zbus::connection::Builder::address(address);
     };
     let stream = match target {
@@ -56,7 +56,7 @@ pub async fn builder(address: &str) -> zbus::Result<zbus::connection::Builder<'s
     stream.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(stream)?;
     let counters = Arc::new(Counters::default());
-    let (read, write) = socket::split(stream, Arc::clone(&counters));
+    let (read, write) = socket::split(stream, Arc::clone(&counters), backlog);
     registry()
         .lock()
         .expect("counters")
@@ -92,15 +92,17 @@ enum Target {
     Abstract(Vec<u8>),
 }
 
-/// The socket to connect to when the fast path is asked for: the address must be a single
-/// `unix:path=` (or `unix:abstract=`) entry. `env` is `BUSD_FASTPATH`.
-fn fast_target(address: &str, env: Option<&str>) -> Option<Target> {
+/// The socket to connect to when the fast path is asked for, and the bound of each
+/// receiver's backlog (`fastpath_backlog=BYTES`, 64 MiB by default): the address must be a
+/// single `unix:path=` (or `unix:abstract=`) entry. `env` is `BUSD_FASTPATH`.
+fn fast_target(address: &str, env: Option<&str>) -> Option<(Target, usize)> {
     if address.contains(';') {
         return None;
     }
     let rest = address.strip_prefix("unix:")?;
     let mut path = None;
     let mut asked = env == Some("1");
+    let mut backlog = member::DEFAULT_BACKLOG_BYTES;
     for kv in rest.split(',') {
         let (k, v) = kv.split_once('=')?;
         match k {
@@ -111,11 +113,12 @@ fn fast_target(address: &str, env: Option<&str>) -> Option<Target> {
                 ))
             }
             "fastpath" => asked = v == "1",
+            "fastpath_backlog" => backlog = v.parse().ok()?,
             _ => {}
         }
     }
     if asked {
-        path
+        path.map(|p| (p, backlog))
     } else {
         None
     }
@@ -128,8 +131,8 @@ mod tests {
     #[test]
     fn the_flag_comes_from_the_address_then_the_environment() {
         let p = |a: &str, env| match fast_target(a, env) {
-            Some(Target::Path(p)) => Some(p.display().to_string()),
-            Some(Target::Abstract(n)) => Some(format!("@{}", String::from_utf8(n).unwrap())),
+            Some((Target::Path(p), _)) => Some(p.display().to_string()),
+            Some((Target::Abstract(n), _)) => Some(format!("@{}", String::from_utf8(n).unwrap())),
             None => None,
         };
         assert_eq!(
@@ -149,5 +152,19 @@ mod tests {
             p("unix:abstract=bus,fastpath=1", None).as_deref(),
             Some("@bus")
         );
+    }
+
+    #[test]
+    fn the_backlog_bound_comes_from_the_address() {
+        let bound = |a: &str| fast_target(a, None).map(|(_, b)| b);
+        assert_eq!(
+            bound("unix:path=/b,fastpath=1"),
+            Some(member::DEFAULT_BACKLOG_BYTES)
+        );
+        assert_eq!(
+            bound("unix:path=/b,fastpath=1,fastpath_backlog=65536"),
+            Some(65536)
+        );
+        assert_eq!(bound("unix:path=/b,fastpath=1,fastpath_backlog=lots"), None);
     }
 }

@@ -38,6 +38,14 @@ pub struct Counters {
     pub filtered: AtomicU64,
     /// Messages for a name this member no longer owns, passed on to the daemon.
     pub forwarded: AtomicU64,
+    /// Frames that waited in a backlog because their receiver's queue was full.
+    pub backlogged: AtomicU64,
+    /// Frames a receiver did not get because its backlog was at its bound (signals are
+    /// dropped for it, calls answered with LimitsExceeded, as dbus-daemon does with a
+    /// reader that does not read).
+    pub rejected: AtomicU64,
+    /// Frames in backlogs now, over all receivers.
+    pub backlog_depth: AtomicU64,
 }
 
 /// The routing table's shared memory, mapped read-only.
@@ -149,8 +157,51 @@ pub struct Member {
     /// Calls sent directly that wait for a reply: serial -> callee. If the callee leaves
     /// first, the caller gets the NoReply error the daemon would have sent.
     pending: Mutex<HashMap<u32, u32>>,
-    /// Told when a direct call starts waiting (the read half then watches its callee).
+    /// Told when a direct call starts waiting (the read half then watches its callee),
+    /// and when `made` has messages for zbus.
     pub calls_changed: tokio::sync::Notify,
+    /// Frames for receivers whose queue was full, sent as they make room.
+    backlogs: Arc<Backlogs>,
+}
+
+/// Per receiver, the frames that wait for room in its queue, in order (DESIGN 5.3). A
+/// receiver with a backlog gets every later frame through it too, so each sender's order
+/// holds; the others are not held back.
+struct Backlogs {
+    /// A duplicate of the member's socket: frames must leave from its bound address.
+    socket: OwnedFd,
+    dir: PathBuf,
+    /// Bytes one receiver's backlog may hold.
+    bound: usize,
+    queues: Mutex<HashMap<u32, Backlog>>,
+    counters: Arc<Counters>,
+    /// Errors for zbus (LimitsExceeded for calls refused at the bound).
+    made: Mutex<Vec<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct Backlog {
+    frames: std::collections::VecDeque<Waiting>,
+    bytes: usize,
+}
+
+struct Waiting {
+    frame: Arc<Vec<u8>>,
+    fds: Vec<OwnedFd>,
+}
+
+/// How much one receiver's backlog may hold unless the address says otherwise.
+pub const DEFAULT_BACKLOG_BYTES: usize = 64 << 20;
+
+/// What became of a frame for one receiver.
+enum Delivery {
+    Sent,
+    /// Waits in the receiver's backlog.
+    Queued,
+    /// The receiver's socket is gone.
+    Gone,
+    /// The backlog is at its bound.
+    Rejected,
 }
 
 /// A message ready to send: where, and the frame.
@@ -236,6 +287,7 @@ impl Member {
         socket: OwnedFd,
         table: OwnedFd,
         counters: Arc<Counters>,
+        backlog_bound: usize,
     ) -> io::Result<Member> {
         let socket = UnixDatagram::from(socket);
         // tokio registers only non-blocking sockets; afterwards the socket is made blocking
@@ -244,6 +296,14 @@ impl Member {
         socket.set_nonblocking(true)?;
         let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
         let map = Mapping::new(&table)?;
+        let backlogs = Arc::new(Backlogs {
+            socket: socket.as_fd().try_clone_to_owned()?,
+            dir: dir.to_path_buf(),
+            bound: backlog_bound,
+            queues: Mutex::new(HashMap::new()),
+            counters: Arc::clone(&counters),
+            made: Mutex::new(Vec::new()),
+        });
         Ok(Member {
             id,
             unique,
@@ -255,6 +315,7 @@ impl Member {
                 fcntl(s.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
                 s
             },
+            backlogs,
             table: TableView {
                 map,
                 cached: Mutex::new((0, Arc::new(Table::default()))),
@@ -358,7 +419,8 @@ impl Member {
         }
     }
 
-    /// Sends a planned message.
+    /// Sends a planned message. Frames for other members never wait for a receiver: one
+    /// whose queue is full gets them through its backlog.
     pub async fn send(&self, plan: Plan, fds: &[RawFd]) -> io::Result<Sent> {
         match plan.route {
             Route::Daemon(_) => {
@@ -372,51 +434,56 @@ impl Member {
                 destination,
                 copy_to_daemon,
             } => {
+                let frame = Arc::new(plan.frame);
                 if destination == 0 && members.len() > 1 {
-                    if let Err(e) = self.fan_out(&members, &plan.frame, fds).await {
+                    if let Err(e) = self.fan_out(&members, &frame, fds) {
                         return too_large_or(e);
                     }
-                    if copy_to_daemon {
-                        if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
-                            return too_large_or(e);
+                } else {
+                    for m in members {
+                        if let (Some(serial), true) = (plan.call, destination != 0) {
+                            self.pending.lock().expect("pending").insert(serial, m);
+                            self.calls_changed.notify_one();
                         }
-                        self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(Sent::Done);
-                }
-                let mut fell_back = false;
-                for m in members {
-                    if let (Some(serial), true) = (plan.call, destination != 0) {
-                        self.pending.lock().expect("pending").insert(serial, m);
-                        self.calls_changed.notify_one();
-                    }
-                    match self.send_frame(&self.path_of(m), &plan.frame, fds).await {
-                        Ok(()) => {
-                            self.counters.direct.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) if gone(&e) => {
-                            // It left since the table was read: the daemon answers a
-                            // message for it as dbus-daemon would; a broadcast skips it.
-                            debug!(member = m, "member gone");
-                            if let Some(serial) = plan.call {
-                                self.pending.lock().expect("pending").remove(&serial);
+                        let delivery = match self.backlogs.deliver(m, &frame, fds) {
+                            Ok(d) => d,
+                            Err(e) => return too_large_or(e),
+                        };
+                        match delivery {
+                            Delivery::Sent => {
+                                self.counters.direct.fetch_add(1, Ordering::Relaxed);
                             }
-                            if destination != 0 && !fell_back {
-                                fell_back = true;
-                                let mut frame = plan.frame.clone();
-                                frame[header::OFF_DESTINATION as usize..][..4]
+                            Delivery::Queued => {}
+                            Delivery::Gone if destination != 0 => {
+                                // It left since the table was read: the daemon answers a
+                                // message for it as dbus-daemon would.
+                                debug!(member = m, "member gone");
+                                if let Some(serial) = plan.call {
+                                    self.pending.lock().expect("pending").remove(&serial);
+                                }
+                                let mut routed = frame.to_vec();
+                                routed[header::OFF_DESTINATION as usize..][..4]
                                     .copy_from_slice(&TO_DAEMON.to_be_bytes());
-                                if let Err(e) = self.send_frame(&self.inbox(), &frame, fds).await {
+                                if let Err(e) = self.send_frame(&self.inbox(), &routed, fds).await {
                                     return too_large_or(e);
                                 }
                                 self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                                // (The daemon gets what it needs from this copy.)
+                                return Ok(Sent::Done);
+                            }
+                            // A broadcast skips a receiver that left.
+                            Delivery::Gone => debug!(member = m, "member gone"),
+                            Delivery::Rejected => {
+                                if let Some(serial) = plan.call {
+                                    self.pending.lock().expect("pending").remove(&serial);
+                                    self.refuse_call(serial);
+                                }
                             }
                         }
-                        Err(e) => return too_large_or(e),
                     }
                 }
-                if copy_to_daemon && !fell_back {
-                    if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
+                if copy_to_daemon {
+                    if let Err(e) = self.send_frame(&self.inbox(), &frame, fds).await {
                         return too_large_or(e);
                     }
                     self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
@@ -426,30 +493,61 @@ impl Member {
         Ok(Sent::Done)
     }
 
-    /// A broadcast to several members: one sendmmsg() for as many as take it at once; a
-    /// member whose queue is full is waited for alone, one that left is skipped.
-    async fn fan_out(&self, members: &[u32], frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
-        let addrs = members
+    /// A call whose callee's backlog is full gets dbus-daemon's answer for a destination
+    /// with a full queue.
+    fn refuse_call(&self, serial: u32) {
+        self.backlogs.made.lock().expect("made").push(bus_error(
+            serial,
+            &self.unique,
+            "org.freedesktop.DBus.Error.LimitsExceeded",
+            "Rejected: destination has a full message queue",
+        ));
+        self.calls_changed.notify_one();
+    }
+
+    /// Errors the shim made for zbus (calls refused at a backlog's bound).
+    pub fn take_made(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.backlogs.made.lock().expect("made"))
+    }
+
+    /// A broadcast to several members: one `sendmmsg` to every receiver without a backlog,
+    /// continued past a receiver whose queue is full (that one gets the frame through its
+    /// backlog), past one that left, and never waiting.
+    fn fan_out(&self, members: &[u32], frame: &Arc<Vec<u8>>, fds: &[RawFd]) -> io::Result<()> {
+        let mut now = Vec::with_capacity(members.len());
+        for &m in members {
+            if self
+                .backlogs
+                .queues
+                .lock()
+                .expect("backlogs")
+                .contains_key(&m)
+            {
+                self.backlogs.queue(m, frame, fds)?;
+            } else {
+                now.push(m);
+            }
+        }
+        let addrs = now
             .iter()
             .map(|&m| UnixAddr::new(&self.path_of(m)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut i = 0;
         while i < addrs.len() {
-            let n = send_batch(self.socket.as_fd(), &addrs[i..], frame, fds)?;
-            self.counters.direct.fetch_add(n as u64, Ordering::Relaxed);
-            i += n;
-            if i < addrs.len() {
-                match self
-                    .send_frame(addrs[i].path().unwrap_or(Path::new("")), frame, fds)
-                    .await
-                {
-                    Ok(()) => {
-                        self.counters.direct.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) if gone(&e) => debug!(member = members[i], "member gone"),
-                    Err(e) => return Err(e),
+            match send_batch(self.socket.as_fd(), &addrs[i..], frame, fds) {
+                Ok(n) => {
+                    self.counters.direct.fetch_add(n as u64, Ordering::Relaxed);
+                    i += n;
                 }
-                i += 1;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.backlogs.queue(now[i], frame, fds)?;
+                    i += 1;
+                }
+                Err(e) if gone(&e) => {
+                    debug!(member = now[i], "member gone");
+                    i += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -502,16 +600,19 @@ impl Member {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             r => return r,
         }
-        let socket = self.socket.as_fd().try_clone_to_owned()?;
-        let owned = fds
-            .iter()
-            // SAFETY: the caller's fds stay open for this call; each is duplicated.
-            .map(|&f| unsafe { BorrowedFd::borrow_raw(f) }.try_clone_to_owned())
-            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        // (The backlogs hold a duplicate of the socket: no descriptor is spent here.)
+        let backlogs = Arc::clone(&self.backlogs);
+        let owned = dup_all(fds)?;
         let frame = frame.to_vec();
         tokio::task::spawn_blocking(move || {
             let raw: Vec<RawFd> = owned.iter().map(|f| f.as_raw_fd()).collect();
-            send_to(socket.as_fd(), &addr, &frame, &raw, MsgFlags::empty())
+            send_to(
+                backlogs.socket.as_fd(),
+                &addr,
+                &frame,
+                &raw,
+                MsgFlags::empty(),
+            )
         })
         .await
         .map_err(io::Error::other)?
@@ -652,13 +753,23 @@ fn send_to(
 
 /// The error dbus-daemon sends a caller whose callee left without replying.
 fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
+    bus_error(
+        reply_serial,
+        destination,
+        "org.freedesktop.DBus.Error.NoReply",
+        "Message recipient disconnected from message bus without replying",
+    )
+}
+
+/// An error from the bus to `destination`, answering its call `reply_serial`.
+fn bus_error(reply_serial: u32, destination: &str, name: &str, text: &str) -> Vec<u8> {
     use busd::wire::marshal::{Endian, Writer};
     use busd::wire::message::{encode, HeaderFields, ERROR, FLAG_NO_REPLY_EXPECTED};
     let mut body = Writer::new(Endian::Little);
-    body.string("Message recipient disconnected from message bus without replying");
+    body.string(text);
     let f = HeaderFields {
         reply_serial: Some(reply_serial),
-        error_name: Some("org.freedesktop.DBus.Error.NoReply"),
+        error_name: Some(name),
         destination: Some(destination),
         sender: Some("org.freedesktop.DBus"),
         signature: Some("s"),
@@ -675,8 +786,7 @@ fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
 }
 
 /// One sendmmsg() of the same frame (and fds) to each address, without waiting: returns
-/// how many were sent before the first that could not be (0 when the first one fails for
-/// a reason the caller finds out by sending it alone).
+/// how many were sent before the first that could not be, or the first one's error.
 fn send_batch(
     socket: BorrowedFd<'_>,
     addrs: &[UnixAddr],
@@ -746,10 +856,224 @@ fn send_batch(
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN | libc::ECONNREFUSED | libc::ENOENT) => return Ok(0),
+            // The first receiver's error (EAGAIN: its queue is full; ECONNREFUSED, ENOENT:
+            // it left); a later one's is reported when the batch resumes from it.
             _ => return Err(e),
         }
     }
+}
+
+impl Backlogs {
+    fn path_of(&self, member: u32) -> PathBuf {
+        self.dir.join(member.to_string())
+    }
+
+    /// Sends `frame` to `member` now if its queue has room and nothing waits for it, else
+    /// puts it in its backlog.
+    fn deliver(
+        self: &Arc<Self>,
+        member: u32,
+        frame: &Arc<Vec<u8>>,
+        fds: &[RawFd],
+    ) -> io::Result<Delivery> {
+        if self.queues.lock().expect("backlogs").contains_key(&member) {
+            return self.queue(member, frame, fds);
+        }
+        let addr = UnixAddr::new(&self.path_of(member)).map_err(io::Error::from)?;
+        match send_to(
+            self.socket.as_fd(),
+            &addr,
+            frame,
+            fds,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(()) => Ok(Delivery::Sent),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.queue(member, frame, fds),
+            Err(e) if gone(&e) => Ok(Delivery::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends to `member`'s backlog (starting the task that empties it), unless the
+    /// backlog is at its bound.
+    fn queue(
+        self: &Arc<Self>,
+        member: u32,
+        frame: &Arc<Vec<u8>>,
+        fds: &[RawFd],
+    ) -> io::Result<Delivery> {
+        let mut queues = self.queues.lock().expect("backlogs");
+        let starting = !queues.contains_key(&member);
+        let b = queues.entry(member).or_default();
+        if b.bytes + frame.len() > self.bound {
+            if starting {
+                queues.remove(&member);
+            }
+            if self.counters.rejected.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(
+                    member,
+                    bound = self.bound,
+                    "a receiver's backlog is full: it is not reading (counted in `rejected`)"
+                );
+            }
+            return Ok(Delivery::Rejected);
+        }
+        let fds = dup_all(fds)?;
+        b.bytes += frame.len();
+        b.frames.push_back(Waiting {
+            frame: Arc::clone(frame),
+            fds,
+        });
+        self.counters.backlogged.fetch_add(1, Ordering::Relaxed);
+        self.counters.backlog_depth.fetch_add(1, Ordering::Relaxed);
+        if starting {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = this.flush(member).await {
+                    // Not silently: counted as refused, and said.
+                    let lost = this.discard(member);
+                    this.counters
+                        .rejected
+                        .fetch_add(lost as u64, Ordering::Relaxed);
+                    warn!(member, lost, "cannot send a receiver its backlog: {e}");
+                }
+            });
+        }
+        Ok(Delivery::Queued)
+    }
+
+    /// Sends `member` its backlog as its queue makes room: it waits for POLLOUT on a
+    /// socket connected to the receiver (the kernel reports it when the receiver's queue
+    /// is not full), sends from the member's own socket until the queue is full again,
+    /// and waits again. The wait is registered afresh each time, since the kernel arms
+    /// the wake-up only when it is asked while the queue is full. Without a descriptor to
+    /// spare for that socket, it checks every millisecond instead.
+    async fn flush(&self, member: u32) -> io::Result<()> {
+        let path = self.path_of(member);
+        let addr = UnixAddr::new(&path).map_err(io::Error::from)?;
+        let slot = WakerSlot::take();
+        let mut waker = match slot.as_ref().map(|_| connected_to(&path)) {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(e)) if gone(&e) => {
+                self.discard(member);
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                debug!(member, "no socket to wait on ({e}): polling");
+                None
+            }
+        };
+        loop {
+            match waker.take() {
+                Some(fd) => waker = Some(wait_writable(fd).await?),
+                None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+            }
+            match self.send_front(member, &addr) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if gone(&e) => {
+                    self.discard(member);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends the backlog's frames in order until it is empty (then forgets it) or the
+    /// receiver's queue is full (WouldBlock).
+    fn send_front(&self, member: u32, addr: &UnixAddr) -> io::Result<()> {
+        let mut queues = self.queues.lock().expect("backlogs");
+        loop {
+            let Some(b) = queues.get_mut(&member) else {
+                return Ok(());
+            };
+            let Some(w) = b.frames.front() else {
+                queues.remove(&member);
+                return Ok(());
+            };
+            let raw: Vec<RawFd> = w.fds.iter().map(|f| f.as_raw_fd()).collect();
+            send_to(
+                self.socket.as_fd(),
+                addr,
+                &w.frame,
+                &raw,
+                MsgFlags::MSG_DONTWAIT,
+            )?;
+            let len = w.frame.len();
+            b.frames.pop_front();
+            b.bytes -= len;
+            self.counters.backlog_depth.fetch_sub(1, Ordering::Relaxed);
+            self.counters.direct.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What waited for `member` goes: it is gone (as the daemon drops what was queued for
+    /// a connection that closed; callers waiting for a reply get NoReply), or it cannot be
+    /// sent. Returns how many frames went.
+    fn discard(&self, member: u32) -> usize {
+        let Some(b) = self.queues.lock().expect("backlogs").remove(&member) else {
+            return 0;
+        };
+        self.counters
+            .backlog_depth
+            .fetch_sub(b.frames.len() as u64, Ordering::Relaxed);
+        debug!(member, frames = b.frames.len(), "backlog dropped");
+        b.frames.len()
+    }
+}
+
+/// Sockets waiting for room in a receiver's queue, over every connection of the process,
+/// at most [`WakerSlot::MAX`]: each costs a descriptor, and a process with many stalled
+/// receivers would run out; beyond the bound, backlogs are retried every millisecond.
+struct WakerSlot;
+
+static WAKERS: AtomicU64 = AtomicU64::new(0);
+
+impl WakerSlot {
+    const MAX: u64 = 128;
+
+    fn take() -> Option<WakerSlot> {
+        WAKERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < Self::MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WakerSlot)
+    }
+}
+
+impl Drop for WakerSlot {
+    fn drop(&mut self) {
+        WAKERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Duplicates of the caller's fds (which stay open for the call), to keep.
+fn dup_all(fds: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    fds.iter()
+        // SAFETY: the caller's fds are open for the duration of this call.
+        .map(|&f| unsafe { BorrowedFd::borrow_raw(f) }.try_clone_to_owned())
+        .collect()
+}
+
+/// A datagram socket connected to `path`, to wait for room in its queue.
+fn connected_to(path: &Path) -> io::Result<OwnedFd> {
+    let s = UnixDatagram::unbound()?;
+    s.connect(path)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Waits until the receiver `fd` is connected to has room in its queue; gives `fd` back.
+async fn wait_writable(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: the AsyncFd owns `fd`, which stays open, and the same descriptor, until
+    // into_inner() gives it back.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    drop(afd.writable().await?);
+    Ok(afd.into_inner())
 }
 
 fn too_large_or(e: io::Error) -> io::Result<Sent> {

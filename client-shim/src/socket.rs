@@ -47,6 +47,8 @@ struct Shared {
     write_lock: tokio::sync::Mutex<()>,
     phase: watch::Sender<Phase>,
     counters: Arc<Counters>,
+    /// Bytes one receiver's backlog may hold (`fastpath_backlog=` in the address).
+    backlog_bound: usize,
     /// Rules of this connection, for the exact check of what the kernel filter let in,
     /// kept from the AddMatch and RemoveMatch calls zbus sends.
     rules: Mutex<Vec<MatchRule>>,
@@ -55,12 +57,17 @@ struct Shared {
     stream_calls: Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
-pub fn split(stream: UnixStream, counters: Arc<Counters>) -> (ShimRead, ShimWrite) {
+pub fn split(
+    stream: UnixStream,
+    counters: Arc<Counters>,
+    backlog_bound: usize,
+) -> (ShimRead, ShimWrite) {
     let shared = Arc::new(Shared {
         stream,
         write_lock: tokio::sync::Mutex::new(()),
         phase: watch::channel(Phase::Start).0,
         counters,
+        backlog_bound,
         rules: Mutex::new(Vec::new()),
         stream_calls: Mutex::new(std::collections::HashSet::new()),
     });
@@ -285,6 +292,7 @@ impl ShimRead {
                 socket,
                 table,
                 Arc::clone(&self.shared.counters),
+                self.shared.backlog_bound,
             )
             .map_err(|e| e.to_string())?;
             *m.rules.lock().expect("rules lock") =
@@ -381,6 +389,11 @@ impl ReadHalf for ShimRead {
                     // Whatever is ready to read goes first; while direct calls wait for
                     // replies, their callees are checked now and then (a reply queued
                     // before the callee left is always read before its absence is noticed).
+                    let made = m.take_made();
+                    if !made.is_empty() {
+                        self.made.extend(made);
+                        continue;
+                    }
                     let watching = m.has_pending_calls();
                     tokio::select! {
                         biased;

@@ -604,3 +604,165 @@ fn member_id(conn: &Connection) -> u32 {
     let n: u32 = conn.unique_name().unwrap()[3..].parse().unwrap();
     n + 1
 }
+
+/// An emitter (through busd-shim, with `options` added to its address), a reader (the
+/// same) and a raw member that reads only when the test says, both subscribed to `Tick`.
+async fn sleeper_and_reader(bus: &Busd, options: &str) -> (Connection, Connection, Member) {
+    let address = format!("{},fastpath=1", bus.address);
+    let emitter = busd_shim::builder(&format!("{address}{options}"))
+        .await
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let reader = busd_shim::builder(&address)
+        .await
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    add_match(&reader, "type='signal',member='Tick'").await;
+    let sleeper = member(bus).await;
+    add_match(&sleeper.conn, "type='signal',member='Tick'").await;
+    let tick = header::hash32("Tick");
+    let ids = [sleeper.id, member_id(&reader)];
+    sleeper
+        .table_until(|t| {
+            ids.iter()
+                .all(|&id| t.member(id).is_some_and(|m| m.summary.selects(tick, 0, 0)))
+        })
+        .await;
+    (emitter, reader, sleeper)
+}
+
+/// A member that does not read holds nobody back: the emitter goes on (the frames for the
+/// sleeper wait in the emitter's backlog for it), another receiver gets every signal at
+/// once, and when the sleeper reads it gets every signal too, in order.
+#[tokio::test]
+async fn a_receiver_that_does_not_read_holds_nobody_back() {
+    const SIGNALS: u32 = 2000;
+    let bus = Busd::start();
+    let (emitter, reader, sleeper) = sleeper_and_reader(&bus, "").await;
+    let mut ticks = MessageStream::from(&reader);
+    let counters = busd_shim::stats(&emitter).expect("on the fast path");
+    timeout(async {
+        for n in 0..SIGNALS {
+            emitter
+                .emit_signal(None::<&str>, "/t", "org.example.T", "Tick", &n)
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("the emitter was held back by the sleeper");
+    timeout(async {
+        let mut next = 0u32;
+        while next < SIGNALS {
+            let m = ticks.next().await.unwrap().unwrap();
+            if m.header().member().is_some_and(|m| m == "Tick") {
+                assert_eq!(m.body().deserialize::<u32>().unwrap(), next);
+                next += 1;
+            }
+        }
+    })
+    .await
+    .expect("the reader was held back by the sleeper");
+    assert!(
+        counters
+            .backlogged
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the sleeper's queue never filled"
+    );
+    for next in 0..SIGNALS {
+        let frame = sleeper.receive().await;
+        let m =
+            busd::wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
+        assert_eq!(m.body_reader().u32().unwrap(), next, "lost or out of order");
+    }
+    assert_eq!(
+        counters
+            .backlog_depth
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// At its bound a backlog takes no more, with dbus-daemon's outcome for a reader that does
+/// not read: signals are dropped for that receiver (and counted), calls to it fail with
+/// LimitsExceeded; everyone else is served, and what the backlog kept arrives in order.
+#[tokio::test]
+async fn a_full_backlog_refuses_as_dbus_daemon_refuses_a_full_queue() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SIGNALS: u32 = 2000;
+    const WINDOW: u32 = 32;
+    let bus = Busd::start();
+    let (emitter, reader, sleeper) = sleeper_and_reader(&bus, ",fastpath_backlog=16384").await;
+    let mut ticks = MessageStream::from(&reader);
+    // The reader reads as fast as it can (in order, every one); the emitter sends in
+    // windows it lets the reader take, so only the sleeper's backlog fills.
+    let read = std::sync::Arc::new(AtomicU32::new(0));
+    let reading = {
+        let read = read.clone();
+        tokio::spawn(async move {
+            while read.load(Ordering::Acquire) < SIGNALS {
+                let m = ticks.next().await.unwrap().unwrap();
+                if m.header().member().is_some_and(|m| m == "Tick") {
+                    let n = m.body().deserialize::<u32>().unwrap();
+                    assert_eq!(n, read.load(Ordering::Acquire), "lost or out of order");
+                    read.store(n + 1, Ordering::Release);
+                }
+            }
+        })
+    };
+    let counters = busd_shim::stats(&emitter).expect("on the fast path");
+    timeout(async {
+        for n in 0..SIGNALS {
+            emitter
+                .emit_signal(None::<&str>, "/t", "org.example.T", "Tick", &n)
+                .await
+                .unwrap();
+            if (n + 1) % WINDOW == 0 {
+                while read.load(Ordering::Acquire) <= n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the emitter was held back");
+    timeout(reading)
+        .await
+        .expect("the reader was held back")
+        .unwrap();
+    let rejected = counters.rejected.load(Ordering::Relaxed);
+    assert!(rejected > 0, "the bound was never reached");
+    let err = timeout(emitter.call_method(
+        Some(sleeper.unique.as_str()),
+        "/t",
+        Some("org.example.T"),
+        "Wake",
+        &(),
+    ))
+    .await
+    .expect("the call was held back")
+    .unwrap_err();
+    match err {
+        zbus::Error::MethodError(name, text, _) => {
+            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.LimitsExceeded");
+            assert_eq!(
+                text.as_deref(),
+                Some("Rejected: destination has a full message queue")
+            );
+        }
+        e => panic!("unexpected {e}"),
+    }
+    // The sleeper gets what its queue and the backlog held: the first signals, in order.
+    let kept = u64::from(SIGNALS) - rejected;
+    for next in 0..kept {
+        let frame = sleeper.receive().await;
+        let m =
+            busd::wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
+        assert_eq!(u64::from(m.body_reader().u32().unwrap()), next);
+    }
+}

@@ -58,7 +58,18 @@ struct Run {
     /// Emitter -> signals it sent.
     sent: Mutex<HashMap<usize, u64>>,
     ready: tokio::sync::Barrier,
+    /// Each fast-path connection's figures, for a report when the run does not end.
+    shims: Mutex<Vec<Arc<busd_shim::Counters>>>,
+    /// Clients whose traffic phase is over.
+    finished: AtomicU64,
+    /// What each client is doing (for the report of a run that does not end).
+    doing: Vec<std::sync::atomic::AtomicU8>,
 }
+
+const CALLING: u8 = 1;
+const EMITTING: u8 = 2;
+const CHURNING: u8 = 3;
+const DONE: u8 = 4;
 
 async fn client(i: usize, run: Arc<Run>) -> Result<()> {
     let name = format!("org.example.Soak.C{i}");
@@ -73,6 +84,9 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
         .serve_at("/soak", Echo)?
         .build()
         .await?;
+    if let Some(c) = busd_shim::stats(&conn) {
+        run.shims.lock().unwrap().push(c);
+    }
     let rule = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface("org.example.Soak")?
@@ -109,6 +123,7 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
     let (mut seq, mut tick) = (0u64, 0u64);
     let mut last_churn = Instant::now();
     while Instant::now() < deadline {
+        run.doing[i].store(CALLING, Ordering::Relaxed);
         match conn
             .call_method(
                 Some(peer.as_str()),
@@ -132,6 +147,7 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
         }
         seq += 1;
         if seq % 4 == 0 {
+            run.doing[i].store(EMITTING, Ordering::Relaxed);
             conn.emit_signal(
                 None::<&str>,
                 "/soak",
@@ -144,6 +160,7 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
             counts.signals_sent.fetch_add(1, Ordering::Relaxed);
         }
         if last_churn.elapsed() > Duration::from_millis(500) {
+            run.doing[i].store(CHURNING, Ordering::Relaxed);
             conn.release_name(name.as_str()).await?;
             conn.request_name(name.as_str()).await?;
             counts.name_churns.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +168,8 @@ async fn client(i: usize, run: Arc<Run>) -> Result<()> {
         }
     }
     run.sent.lock().unwrap().insert(i, tick);
+    run.finished.fetch_add(1, Ordering::Relaxed);
+    run.doing[i].store(DONE, Ordering::Relaxed);
     // Everyone stops sending; then let the last signals arrive before leaving.
     run.ready.wait().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -194,6 +213,9 @@ async fn main() -> Result<()> {
         seen: Mutex::new(HashMap::new()),
         sent: Mutex::new(HashMap::new()),
         ready: tokio::sync::Barrier::new(clients),
+        shims: Mutex::new(Vec::new()),
+        finished: AtomicU64::new(0),
+        doing: (0..clients).map(|_| Default::default()).collect(),
     });
     let launched = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -207,10 +229,50 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let setup = started - launched;
+    eprintln!(
+        "{clients} clients ready after {:.1} s; traffic for {seconds} s",
+        setup.as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
     let rss_peak = pid.and_then(rss_kib);
-    for t in tasks {
-        t.await??;
+    // Bounded in time: a run whose clients do not all finish within 30 s of the end of the
+    // traffic reports what is stuck and fails.
+    let all = async {
+        for t in tasks {
+            t.await??;
+        }
+        anyhow::Ok(())
+    };
+    let grace = Duration::from_secs(seconds) / 2 + Duration::from_secs(30);
+    match tokio::time::timeout(grace, all).await {
+        Ok(r) => r?,
+        Err(_) => {
+            let shims = run.shims.lock().unwrap();
+            let sum = |f: fn(&busd_shim::Counters) -> &AtomicU64| {
+                shims
+                    .iter()
+                    .map(|c| f(c).load(Ordering::Relaxed))
+                    .sum::<u64>()
+            };
+            let doing = |what| {
+                run.doing
+                    .iter()
+                    .filter(|d| d.load(Ordering::Relaxed) == what)
+                    .count()
+            };
+            bail!(
+                "the run did not end: {} of {clients} clients finished their traffic \
+                 ({} stuck in a call, {} emitting, {} changing their name); \
+                 fast path: {} frames in backlogs, {} backlogged in all, {} refused",
+                run.finished.load(Ordering::Relaxed),
+                doing(CALLING),
+                doing(EMITTING),
+                doing(CHURNING),
+                sum(|c| &c.backlog_depth),
+                sum(|c| &c.backlogged),
+                sum(|c| &c.rejected),
+            );
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = pid.and_then(rss_kib);
