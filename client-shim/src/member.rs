@@ -157,6 +157,9 @@ pub struct Member {
     /// Calls sent directly that wait for a reply: serial -> callee. If the callee leaves
     /// first, the caller gets the NoReply error the daemon would have sent.
     pending: Mutex<HashMap<u32, u32>>,
+    /// The table's sequence number when `pending` was last checked against it (None: calls
+    /// were added since).
+    checked: Mutex<Option<u64>>,
     /// Told when a direct call starts waiting (the read half then watches its callee),
     /// and when `made` has messages for zbus.
     pub calls_changed: tokio::sync::Notify,
@@ -323,6 +326,7 @@ impl Member {
             rules: Mutex::new(Vec::new()),
             counters,
             pending: Mutex::new(HashMap::new()),
+            checked: Mutex::new(None),
             calls_changed: tokio::sync::Notify::new(),
         })
     }
@@ -443,6 +447,7 @@ impl Member {
                     for m in members {
                         if let (Some(serial), true) = (plan.call, destination != 0) {
                             self.pending.lock().expect("pending").insert(serial, m);
+                            *self.checked.lock().expect("checked") = None;
                             self.calls_changed.notify_one();
                         }
                         let delivery = match self.backlogs.deliver(m, &frame, fds) {
@@ -568,7 +573,17 @@ impl Member {
 
     /// The errors dbus-daemon sends callers whose callee disconnected without replying,
     /// for the direct calls whose callee is no longer in the table.
+    /// Checks only when the table changed or calls were added since the last check (it
+    /// runs every 50 ms while calls wait, on every connection).
     pub fn orphaned_calls(&self) -> Vec<Vec<u8>> {
+        let seq = table::sequence(self.table.map.words());
+        {
+            let mut checked = self.checked.lock().expect("checked");
+            if *checked == Some(seq) {
+                return Vec::new();
+            }
+            *checked = Some(seq);
+        }
         let t = self.table.current();
         let mut pending = self.pending.lock().expect("pending");
         let gone: Vec<u32> = pending
@@ -584,10 +599,9 @@ impl Member {
             .collect()
     }
 
-    /// One datagram with its fds. A receiver whose queue is full makes the sender wait in
-    /// the kernel (a blocking send on a thread of the blocking pool), which wakes it as soon
-    /// as there is room: nothing is dropped. (The bounded backlog and its outcome for a
-    /// receiver that never reads are DESIGN 5.3's next step.)
+    /// One datagram with its fds, to the daemon's inbox (frames for members go through
+    /// [`Backlogs::deliver`]). When this member's send buffer is full the send waits in the
+    /// kernel, on a thread of the blocking pool: nothing is dropped.
     async fn send_frame(&self, to: &Path, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
         let addr = UnixAddr::new(to).map_err(io::Error::from)?;
         match send_to(
@@ -1025,8 +1039,9 @@ impl Backlogs {
 }
 
 /// Sockets waiting for room in a receiver's queue, over every connection of the process,
-/// at most [`WakerSlot::MAX`]: each costs a descriptor, and a process with many stalled
-/// receivers would run out; beyond the bound, backlogs are retried every millisecond.
+/// at most [`WakerSlot::MAX`]: each costs a descriptor, and every datagram a receiver reads
+/// wakes every socket waiting on it, so many of them cost more than they save; beyond the
+/// bound, backlogs are retried every millisecond.
 struct WakerSlot;
 
 static WAKERS: AtomicU64 = AtomicU64::new(0);
