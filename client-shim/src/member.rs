@@ -519,19 +519,17 @@ impl Member {
     /// continued past a receiver whose queue is full (that one gets the frame through its
     /// backlog), past one that left, and never waiting.
     fn fan_out(&self, members: &[u32], frame: &Arc<Vec<u8>>, fds: &[RawFd]) -> io::Result<()> {
-        let mut now = Vec::with_capacity(members.len());
-        for &m in members {
-            if self
-                .backlogs
-                .queues
-                .lock()
-                .expect("backlogs")
-                .contains_key(&m)
-            {
-                self.backlogs.queue(m, frame, fds)?;
+        // One look at the backlogs for the whole broadcast (usually there are none).
+        let (waiting, now): (Vec<u32>, Vec<u32>) = {
+            let queues = self.backlogs.queues.lock().expect("backlogs");
+            if queues.is_empty() {
+                (Vec::new(), members.to_vec())
             } else {
-                now.push(m);
+                members.iter().partition(|m| queues.contains_key(m))
             }
+        };
+        for m in waiting {
+            self.backlogs.queue(m, frame, fds)?;
         }
         let addrs = now
             .iter()
