@@ -17,6 +17,9 @@ pub const OFF_KIND: u32 = 4;
 /// Routing flag: a member passes the daemon a frame that reached it for a name it no longer
 /// owns; the message's SENDER is the member that sent it first.
 pub const ROUTE_FORWARDED: u8 = 1;
+/// Routing flag: the D-Bus message is not in the frame but in a sealed memfd, the first
+/// descriptor passed with it ([`crate::sealed`]).
+pub const ROUTE_MEMFD: u8 = 2;
 pub const OFF_SENDER: u32 = 8;
 /// 0: no destination (a broadcast).
 pub const OFF_DESTINATION: u32 = 12;

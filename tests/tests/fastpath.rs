@@ -9,12 +9,14 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use busd::wire::marshal::Endian;
 use busd::wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
 use busd_match::header::{self, Fields, HEADER_LEN};
 use busd_match::table::{self, Table};
+use busd_shim::Counters;
 use busd_tests::{have, zbus_connect, Busd};
 use futures_util::StreamExt;
 use zbus::{Connection, MatchRule, MessageStream};
@@ -142,6 +144,44 @@ impl Member {
     fn send_to(&self, member: u32, frame: &[u8]) -> std::io::Result<usize> {
         self.socket
             .send_to(frame, self.dir.join(member.to_string()))
+    }
+
+    /// Turns a frame into one whose message is in a memfd (`seal`: sealed as required),
+    /// announcing `len` bytes (None: the message's length); returns the frame and the memfd.
+    fn in_memfd(frame: &[u8], seal: bool, len: Option<u64>) -> (Vec<u8>, OwnedFd) {
+        let message = &frame[HEADER_LEN..];
+        let memfd = if seal {
+            busd_match::sealed::seal(message).unwrap()
+        } else {
+            // SAFETY: a valid name; the result is checked.
+            let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(raw >= 0);
+            // SAFETY: a new descriptor nobody else owns.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let mut file = std::fs::File::from(fd);
+            std::io::Write::write_all(&mut file, message).unwrap();
+            file.into()
+        };
+        let mut head = frame[..HEADER_LEN].to_vec();
+        head[header::OFF_KIND as usize + 3] |= header::ROUTE_MEMFD;
+        let len = len.unwrap_or(message.len() as u64);
+        ([&head[..], &len.to_be_bytes()[..]].concat(), memfd)
+    }
+
+    /// Sends a frame with descriptors to `path` in the bus's directory.
+    fn send_with_fds(&self, to: &str, frame: &[u8], fds: &[std::os::fd::RawFd]) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let addr = UnixAddr::new(&self.dir.join(to)).unwrap();
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg(
+            self.socket.as_raw_fd(),
+            &[std::io::IoSlice::new(frame)],
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .unwrap();
     }
 
     fn send_to_daemon(&self, frame: &[u8]) -> std::io::Result<usize> {
@@ -564,11 +604,9 @@ async fn other_users_cannot_reach_member_sockets() {
     assert_eq!(a.queued(), 0);
 }
 
-/// A frame from a member that names another sender is dropped by the receiving shim,
-/// counted, and the receiver goes on taking honest frames.
-#[tokio::test]
-async fn receivers_drop_frames_that_lie_about_their_sender() {
-    let bus = Busd::start();
+/// A shim member subscribed to `Ping` (its connection, messages and counters), and a raw
+/// member that sees it subscribed in the table; returns the shim's member id too.
+async fn ping_receiver(bus: &Busd) -> (Connection, MessageStream, Arc<Counters>, Member, u32) {
     let address = format!("{},fastpath=1", bus.address);
     let receiver = busd_shim::builder(&address)
         .await
@@ -577,15 +615,24 @@ async fn receivers_drop_frames_that_lie_about_their_sender() {
         .await
         .unwrap();
     add_match(&receiver, "type='signal',member='Ping'").await;
-    let mut signals = MessageStream::from(&receiver);
+    let signals = MessageStream::from(&receiver);
     let counters = busd_shim::stats(&receiver).expect("on the fast path");
-    let m = member(&bus).await;
+    let m = member(bus).await;
     let id = member_id(&receiver);
     m.table_until(|t| {
         t.member(id)
             .is_some_and(|r| r.summary.selects(header::hash32("Ping"), 0, 0))
     })
     .await;
+    (receiver, signals, counters, m, id)
+}
+
+/// A frame from a member that names another sender is dropped by the receiving shim,
+/// counted, and the receiver goes on taking honest frames.
+#[tokio::test]
+async fn receivers_drop_frames_that_lie_about_their_sender() {
+    let bus = Busd::start();
+    let (_receiver, mut signals, counters, m, id) = ping_receiver(&bus).await;
     let liar = m.frame_as(":1.999", SIGNAL, 0, None, "Ping");
     m.send_to(id, &liar).unwrap();
     m.send_to(id, &m.frame(SIGNAL, 0, None, "Ping")).unwrap();
@@ -765,4 +812,43 @@ async fn a_full_backlog_refuses_as_dbus_daemon_refuses_a_full_queue() {
             busd::wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
         assert_eq!(u64::from(m.body_reader().u32().unwrap()), next);
     }
+}
+
+/// Large messages travel in sealed memfds: a receiver reads only a memfd sealed against
+/// change, of the size its frame announces; anything else is dropped and counted (and the
+/// receiver keeps working), and the daemon disconnects a member that sends it such a frame.
+#[tokio::test]
+async fn memfd_frames_must_be_sealed_and_of_the_announced_size() {
+    let bus = Busd::start();
+    let plain = zbus_connect(&bus).await;
+    add_match(&plain, "type='signal',member='Ping'").await;
+    let mut at_plain = MessageStream::from(&plain);
+    let (_receiver, mut at_receiver, counters, m, id) = ping_receiver(&bus).await;
+    let to = id.to_string();
+    let good = m.frame(SIGNAL, 0, None, "Ping");
+    let (unsealed, open_fd) = Member::in_memfd(&good, false, None);
+    m.send_with_fds(&to, &unsealed, &[open_fd.as_raw_fd()]);
+    let (short, fd) = Member::in_memfd(&good, true, Some(10));
+    m.send_with_fds(&to, &short, &[fd.as_raw_fd()]);
+    m.send_with_fds(&to, &short, &[]);
+    let (sealed, fd) = Member::in_memfd(&good, true, None);
+    m.send_with_fds(&to, &sealed, &[fd.as_raw_fd()]);
+    let got = timeout(at_receiver.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.header().member().unwrap().as_str(), "Ping");
+    assert_eq!(
+        counters
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+
+    // The daemon reads the same frames from its inbox: a sealed one is delivered (here to
+    // a client off the fast path), an unsealed one disconnects its sender.
+    m.send_with_fds(&format!("d{}", m.id), &sealed, &[fd.as_raw_fd()]);
+    let got = timeout(at_plain.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.header().member().unwrap().as_str(), "Ping");
+    m.send_with_fds(&format!("d{}", m.id), &unsealed, &[open_fd.as_raw_fd()]);
+    let m_id = m.id;
+    let watcher = member(&bus).await;
+    watcher.table_until(|t| t.member(m_id).is_none()).await;
 }

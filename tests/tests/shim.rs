@@ -569,3 +569,75 @@ async fn when_the_daemon_dies_no_member_waits_forever() {
     );
     drop(service);
 }
+
+fn counter(
+    conn: &Connection,
+    pick: fn(&busd_shim::Counters) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    pick(&busd_shim::stats(conn).expect("on the fast path")).load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn large_messages_go_direct_in_sealed_memfds_and_keep_their_place() {
+    let bus = Busd::start();
+    let service = shim_service(&bus, "org.example.Fast").await;
+    let member = shim(&bus).await;
+    let plain = zbus_connect(&bus).await;
+
+    // Larger than any datagram on this machine (a send buffer is at most twice
+    // net.core.wmem_max), and than dbus-daemon's default limit for one message in
+    // flight on a system bus: only a memfd carries it.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let big = "x".repeat((2 * wmem_max + 1).max(24 << 20));
+    let direct_before = direct(&member);
+    let answer = timeout(echo(&member, "org.example.Fast", &big))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.len(), big.len() + "echo: ".len());
+    assert!(answer.ends_with(&big[..1000]) && answer.starts_with("echo: x"));
+    assert!(direct(&member) > direct_before, "the call went direct");
+    assert!(counter(&member, |c| &c.large) >= 1, "in a memfd");
+    assert!(counter(&service, |c| &c.large) >= 1, "and so did the reply");
+
+    // Broadcasts: small and large ones, in one order at a member and at a plain client
+    // (which gets them from the daemon, which read the same memfd).
+    let rule = "type='signal',interface='org.example.Echo',member='Sized'";
+    add_match(&member, rule).await;
+    add_match(&plain, rule).await;
+    let mut at_member = MessageStream::from(&member);
+    let mut at_plain = MessageStream::from(&plain);
+    let sizes = [10, 100_000, 20, 3 << 20, 30, 40_000, 50];
+    for (n, &size) in sizes.iter().enumerate() {
+        service
+            .emit_signal(
+                None::<()>,
+                "/echo",
+                "org.example.Echo",
+                "Sized",
+                &(n as u32, "y".repeat(size)),
+            )
+            .await
+            .unwrap();
+    }
+    for (who, stream) in [("member", &mut at_member), ("plain", &mut at_plain)] {
+        for (n, &size) in sizes.iter().enumerate() {
+            let m = timeout(next_signal(stream, "Sized")).await.unwrap();
+            let (got, text): (u32, String) = m.body().deserialize().unwrap();
+            assert_eq!((got, text.len()), (n as u32, size), "{who}: order and size");
+        }
+    }
+    assert!(counter(&service, |c| &c.large) >= 4);
+    for conn in [&service, &member] {
+        assert_eq!(
+            counter(conn, |c| &c.via_stream),
+            0,
+            "nothing took the stream"
+        );
+        assert_eq!(counter(conn, |c| &c.malformed), 0);
+    }
+}

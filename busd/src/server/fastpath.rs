@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use busd_match::bpf::{self, Program};
 use busd_match::header::{self, Header, HEADER_LEN};
+use busd_match::sealed;
 use busd_match::table::{self, Table};
 use mio::net::UnixDatagram;
 use nix::sys::socket::{self, MsgFlags};
@@ -327,7 +328,7 @@ impl FastPath {
         if self.buf.is_empty() {
             self.buf = vec![0; header::largest_datagram()];
         }
-        let (n, flags, fds) = loop {
+        let (n, flags, mut fds) = loop {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
             let mut iov = [io::IoSliceMut::new(&mut self.buf)];
             match socket::recvmsg::<()>(
@@ -348,18 +349,33 @@ impl FastPath {
         if n > self.buf.len() {
             return Received::Invalid(format!("a frame of {n} bytes is larger than allowed"));
         }
-        if fds.len() > max_fds {
-            return Received::Invalid("a message exceeds max_message_unix_fds".into());
-        }
         let header = match check_frame(&self.buf[..n], m.id, max_message) {
             Ok(h) => h,
             Err(why) => return Received::Invalid(why),
         };
-        debug!(member = m.id, len = n, fds = fds.len(), "frame");
+        let bytes = if header.routing & header::ROUTE_MEMFD != 0 {
+            let opened = sealed::announced(&self.buf[HEADER_LEN..n]).and_then(|len| {
+                let memfd = fds.first().ok_or(sealed::Error::Missing)?;
+                sealed::open(memfd.as_fd(), len, max_message)
+            });
+            match opened {
+                Ok(bytes) => {
+                    fds.remove(0);
+                    bytes
+                }
+                Err(e) => return Received::Invalid(format!("a large message's memfd: {e}")),
+            }
+        } else {
+            self.buf[HEADER_LEN..n].to_vec()
+        };
+        if fds.len() > max_fds {
+            return Received::Invalid("a message exceeds max_message_unix_fds".into());
+        }
+        debug!(member = m.id, len = bytes.len(), fds = fds.len(), "frame");
         Received::Frame(Frame {
             destination: header.destination,
             forwarded: header.routing & header::ROUTE_FORWARDED != 0,
-            bytes: self.buf[HEADER_LEN..n].to_vec(),
+            bytes,
             fds,
         })
     }

@@ -424,6 +424,10 @@ impl Message {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The message's bytes, without a copy unless they are shared.
+    pub fn into_bytes(self) -> Vec<u8> {
+        Rc::try_unwrap(self.bytes).unwrap_or_else(|shared| (*shared).clone())
+    }
     /// A reader over the body, in the message's byte order.
     pub fn body_reader(&self) -> Reader<'_> {
         Reader::new(self.body(), self.endian, 0)
