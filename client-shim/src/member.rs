@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use busd::wire::message::{Message, METHOD_CALL, SIGNAL};
 use busd_match::header::{self, Fields, Header, HEADER_LEN, TO_DAEMON};
+use busd_match::progress;
 use busd_match::sealed;
 use busd_match::table::{self, Table};
 use busd_match::{Arg, MatchRule, MessageInfo};
@@ -54,7 +55,17 @@ pub struct Counters {
     pub rejected: AtomicU64,
     /// Frames in backlogs now, over all receivers.
     pub backlog_depth: AtomicU64,
+    /// Sends that first waited for a member whose message this one had received to reach
+    /// all its receivers (causal order, DESIGN 5.5).
+    pub causal_waits: AtomicU64,
+    /// Such waits given up after [`CAUSAL_WAIT`]: that member's send had not reached a
+    /// receiver that long (one that does not read).
+    pub causal_timeouts: AtomicU64,
 }
+
+/// How long a send waits, at most, for an earlier send it may depend on to reach all its
+/// receivers. Only a receiver that does not read for that long makes it expire.
+pub const CAUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The routing table's shared memory, mapped read-only.
 struct Mapping {
@@ -62,24 +73,30 @@ struct Mapping {
     len: usize,
 }
 
-// SAFETY: the mapping is read-only shared memory, only ever read through atomics; it lives
-// until Drop and may be used from any thread.
+// SAFETY: the mapping is shared memory only ever accessed through atomics; it lives until
+// Drop and may be used from any thread.
 unsafe impl Send for Mapping {}
-// SAFETY: as above: concurrent atomic loads are fine.
+// SAFETY: as above: concurrent atomic accesses are fine.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(fd: &OwnedFd) -> io::Result<Self> {
+    /// Maps all of `fd`, which must hold at least `least` bytes, a multiple of 8.
+    fn new(fd: &OwnedFd, least: usize, writable: bool) -> io::Result<Self> {
         let len = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
-        if len < table::PREFIX_LEN || !len.is_multiple_of(8) {
-            return Err(io::Error::other("the routing table has an invalid size"));
+        if len < least || !len.is_multiple_of(8) {
+            return Err(io::Error::other("shared memory of an invalid size"));
         }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: mapping `len` bytes of a descriptor we hold, read-only; checked below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
@@ -92,7 +109,7 @@ impl Mapping {
     }
 
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `len` bytes, page-aligned, mapped until Drop, only read atomically.
+        // SAFETY: `len` bytes, page-aligned, mapped until Drop, only accessed atomically.
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
     }
 }
@@ -173,6 +190,29 @@ pub struct Member {
     pub calls_changed: tokio::sync::Notify,
     /// Frames for receivers whose queue was full, sent as they make room.
     backlogs: Arc<Backlogs>,
+    /// Per member whose direct message this one received: its progress slot and the
+    /// number its sends had started at then. Sends wait until that many are complete.
+    needs: Mutex<HashMap<u32, (u32, u64)>>,
+    /// Members whose completion a send gave up waiting for, and where it stood then: not
+    /// waited for again until it moves.
+    stalled: Mutex<HashMap<u32, u64>>,
+}
+
+/// What the daemon's answer to Join gives.
+pub struct Joining {
+    pub id: u32,
+    pub unique: String,
+    pub dir: PathBuf,
+    pub socket: OwnedFd,
+    pub table: OwnedFd,
+    pub progress: OwnedFd,
+    pub slot: u32,
+}
+
+/// The progress memory (mapped writable) and this member's slot in it.
+struct Progress {
+    map: Mapping,
+    slot: u32,
 }
 
 /// Per receiver, the frames that wait for room in its queue, in order (DESIGN 5.3). A
@@ -188,6 +228,19 @@ struct Backlogs {
     counters: Arc<Counters>,
     /// Errors for zbus (LimitsExceeded for calls refused at the bound).
     made: Mutex<Vec<Vec<u8>>>,
+    /// Causal order: the progress memory and this member's slot.
+    progress: Arc<Progress>,
+    /// The sends that still have frames in backlogs (send number -> frames), and the
+    /// last send that returned; together they make the `completed` count published.
+    inflight: Mutex<Inflight>,
+}
+
+#[derive(Default)]
+struct Inflight {
+    frames: std::collections::BTreeMap<u64, usize>,
+    /// Sends started, and the last one that returned.
+    started: u64,
+    returned: u64,
 }
 
 #[derive(Default)]
@@ -199,6 +252,8 @@ struct Backlog {
 struct Waiting {
     frame: Arc<Vec<u8>>,
     fds: Vec<OwnedFd>,
+    /// The send it belongs to.
+    send: u64,
 }
 
 /// How much one receiver's backlog may hold unless the address says otherwise.
@@ -305,34 +360,37 @@ fn unique_of_member(id: u32) -> String {
 const SEND_BUFFER: usize = 8 << 20;
 
 impl Member {
-    pub fn new(
-        id: u32,
-        unique: String,
-        dir: &Path,
-        socket: OwnedFd,
-        table: OwnedFd,
-        counters: Arc<Counters>,
-        backlog_bound: usize,
-    ) -> io::Result<Member> {
-        let socket = UnixDatagram::from(socket);
+    pub fn new(j: Joining, counters: Arc<Counters>, backlog_bound: usize) -> io::Result<Member> {
+        let socket = UnixDatagram::from(j.socket);
         // tokio registers only non-blocking sockets; afterwards the socket is made blocking
         // again. Every wait-free call here passes MSG_DONTWAIT, and a send to a full
         // receiver can then block in the kernel (see `send_frame`).
         socket.set_nonblocking(true)?;
         let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
-        let map = Mapping::new(&table)?;
+        let map = Mapping::new(&j.table, table::PREFIX_LEN, false)?;
+        let progress = Mapping::new(&j.progress, progress::PREFIX_LEN, true)?;
+        if !progress::valid(progress.words()) {
+            return Err(io::Error::other("the progress memory is not busd's"));
+        }
+        // (A member without a slot publishes nothing: its receivers do not wait for it.)
+        let progress = Arc::new(Progress {
+            map: progress,
+            slot: j.slot,
+        });
         let backlogs = Arc::new(Backlogs {
             socket: socket.as_fd().try_clone_to_owned()?,
-            dir: dir.to_path_buf(),
+            dir: j.dir.clone(),
             bound: backlog_bound,
             queues: Mutex::new(HashMap::new()),
             counters: Arc::clone(&counters),
             made: Mutex::new(Vec::new()),
+            progress,
+            inflight: Mutex::new(Inflight::default()),
         });
         Ok(Member {
-            id,
-            unique,
-            dir: dir.to_path_buf(),
+            id: j.id,
+            unique: j.unique,
+            dir: j.dir,
             socket: {
                 use nix::fcntl::{fcntl, FcntlArg, OFlag};
                 let s = tokio::net::UnixDatagram::from_std(socket)?;
@@ -350,6 +408,8 @@ impl Member {
             pending: Mutex::new(HashMap::new()),
             checked: Mutex::new(None),
             calls_changed: tokio::sync::Notify::new(),
+            needs: Mutex::new(HashMap::new()),
+            stalled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -477,76 +537,168 @@ impl Member {
             }
             None => fds,
         };
+        // Whatever this member received directly is at every receiver first.
+        self.wait_causal().await;
         match plan.route {
             Route::Daemon(_) => {
                 if let Err(e) = self.send_frame(&self.inbox(), &plan.frame, fds).await {
                     return too_large_or(e);
                 }
                 self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                Ok(Sent::Done)
             }
             Route::Direct {
                 members,
                 destination,
                 copy_to_daemon,
             } => {
+                // Numbered and published before its first datagram leaves, complete once
+                // every frame left its backlog (causal order, DESIGN 5.5).
+                let n = self.backlogs.begin();
                 let frame = Arc::new(plan.frame);
-                if destination == 0 && members.len() > 1 {
-                    if let Err(e) = self.fan_out(&members, &frame, fds) {
-                        return too_large_or(e);
-                    }
-                } else {
-                    for m in members {
-                        if let (Some(serial), true) = (plan.call, destination != 0) {
-                            self.pending.lock().expect("pending").insert(serial, m);
-                            *self.checked.lock().expect("checked") = None;
-                            self.calls_changed.notify_one();
-                        }
-                        let delivery = match self.backlogs.deliver(m, &frame, fds) {
-                            Ok(d) => d,
-                            Err(e) => return too_large_or(e),
-                        };
-                        match delivery {
-                            Delivery::Sent => {
-                                self.counters.direct.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Delivery::Queued => {}
-                            Delivery::Gone if destination != 0 => {
-                                // It left since the table was read: the daemon answers a
-                                // message for it as dbus-daemon would.
-                                debug!(member = m, "member gone");
-                                if let Some(serial) = plan.call {
-                                    self.pending.lock().expect("pending").remove(&serial);
-                                }
-                                let mut routed = frame.to_vec();
-                                routed[header::OFF_DESTINATION as usize..][..4]
-                                    .copy_from_slice(&TO_DAEMON.to_be_bytes());
-                                if let Err(e) = self.send_frame(&self.inbox(), &routed, fds).await {
-                                    return too_large_or(e);
-                                }
+                let r = self
+                    .send_direct(&members, destination, plan.call, &frame, fds, n)
+                    .await;
+                let r = match r {
+                    Ok(()) if copy_to_daemon => {
+                        match self.send_frame(&self.inbox(), &frame, fds).await {
+                            Ok(()) => {
                                 self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
-                                // (The daemon gets what it needs from this copy.)
-                                return Ok(Sent::Done);
+                                Ok(())
                             }
-                            // A broadcast skips a receiver that left.
-                            Delivery::Gone => debug!(member = m, "member gone"),
-                            Delivery::Rejected => {
-                                if let Some(serial) = plan.call {
-                                    self.pending.lock().expect("pending").remove(&serial);
-                                    self.refuse_call(serial);
-                                }
-                            }
+                            Err(e) => Err(e),
                         }
                     }
+                    r => r,
+                };
+                self.backlogs.end(n);
+                r.map(|()| Sent::Done).or_else(too_large_or)
+            }
+        }
+    }
+
+    /// The direct part of send number `n`: to each of `members`, or a fan-out.
+    async fn send_direct(
+        &self,
+        members: &[u32],
+        destination: u32,
+        call: Option<u32>,
+        frame: &Arc<Vec<u8>>,
+        fds: &[RawFd],
+        n: u64,
+    ) -> io::Result<()> {
+        if destination == 0 && members.len() > 1 {
+            return self.fan_out(members, frame, fds, n);
+        }
+        for &m in members {
+            if let (Some(serial), true) = (call, destination != 0) {
+                self.pending.lock().expect("pending").insert(serial, m);
+                *self.checked.lock().expect("checked") = None;
+                self.calls_changed.notify_one();
+            }
+            match self.backlogs.deliver(m, frame, fds, n)? {
+                Delivery::Sent => {
+                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
                 }
-                if copy_to_daemon {
-                    if let Err(e) = self.send_frame(&self.inbox(), &frame, fds).await {
-                        return too_large_or(e);
+                Delivery::Queued => {}
+                Delivery::Gone if destination != 0 => {
+                    // It left since the table was read: the daemon answers a message for
+                    // it as dbus-daemon would (and gets what it needs from this copy).
+                    debug!(member = m, "member gone");
+                    if let Some(serial) = call {
+                        self.pending.lock().expect("pending").remove(&serial);
                     }
+                    let mut routed = frame.to_vec();
+                    routed[header::OFF_DESTINATION as usize..][..4]
+                        .copy_from_slice(&TO_DAEMON.to_be_bytes());
+                    self.send_frame(&self.inbox(), &routed, fds).await?;
                     self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // A broadcast skips a receiver that left.
+                Delivery::Gone => debug!(member = m, "member gone"),
+                Delivery::Rejected => {
+                    if let Some(serial) = call {
+                        self.pending.lock().expect("pending").remove(&serial);
+                        self.refuse_call(serial);
+                    }
                 }
             }
         }
-        Ok(Sent::Done)
+        Ok(())
+    }
+
+    /// Waits until every send this member received something from has reached all its
+    /// receivers (at most [`CAUSAL_WAIT`], and not again for a member that has not moved
+    /// since a wait for it expired).
+    async fn wait_causal(&self) {
+        let needs: Vec<(u32, (u32, u64))> = {
+            let mut needs = self.needs.lock().expect("needs");
+            if needs.is_empty() {
+                return;
+            }
+            needs.drain().collect()
+        };
+        let words = self.backlogs.progress.map.words();
+        let deadline = std::time::Instant::now() + CAUSAL_WAIT;
+        let mut waited = false;
+        for (member, (slot, until)) in needs {
+            let mut spins = 0;
+            while let Some(c) = progress::read(words, slot, member) {
+                if c.completed >= until {
+                    break;
+                }
+                {
+                    let mut stalled = self.stalled.lock().expect("stalled");
+                    if stalled.get(&member) == Some(&c.completed) {
+                        break;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        stalled.insert(member, c.completed);
+                        if self
+                            .counters
+                            .causal_timeouts
+                            .fetch_add(1, Ordering::Relaxed)
+                            == 0
+                        {
+                            warn!(
+                                member,
+                                "a member's send has not reached all its receivers in {CAUSAL_WAIT:?}: \
+                                 sending anyway (counted in `causal_timeouts`)"
+                            );
+                        }
+                        break;
+                    }
+                }
+                waited = true;
+                // Usually a fan-out in progress on another CPU: a few yields; a backlog
+                // waiting for a slow receiver: sleep.
+                if spins < 64 {
+                    spins += 1;
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            }
+        }
+        if waited {
+            self.counters.causal_waits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A direct message from `sender` is about to be handed to zbus: what this member
+    /// sends from now on waits until `sender`'s sends so far have reached every receiver.
+    fn note_progress(&self, sender: u32, t: &Table) {
+        let Some(m) = t.member(sender) else {
+            return;
+        };
+        if let Some(c) = progress::read(self.backlogs.progress.map.words(), m.slot, sender) {
+            if c.completed < c.started {
+                let mut needs = self.needs.lock().expect("needs");
+                let need = needs.entry(sender).or_insert((m.slot, 0));
+                *need = (m.slot, need.1.max(c.started));
+            }
+        }
     }
 
     /// A call whose callee's backlog is full gets dbus-daemon's answer for a destination
@@ -569,7 +721,13 @@ impl Member {
     /// A broadcast to several members: one `sendmmsg` to every receiver without a backlog,
     /// continued past a receiver whose queue is full (that one gets the frame through its
     /// backlog), past one that left, and never waiting.
-    fn fan_out(&self, members: &[u32], frame: &Arc<Vec<u8>>, fds: &[RawFd]) -> io::Result<()> {
+    fn fan_out(
+        &self,
+        members: &[u32],
+        frame: &Arc<Vec<u8>>,
+        fds: &[RawFd],
+        n: u64,
+    ) -> io::Result<()> {
         // One look at the backlogs for the whole broadcast (usually there are none).
         let (waiting, now): (Vec<u32>, Vec<u32>) = {
             let queues = self.backlogs.queues.lock().expect("backlogs");
@@ -580,7 +738,7 @@ impl Member {
             }
         };
         for m in waiting {
-            self.backlogs.queue(m, frame, fds)?;
+            self.backlogs.queue(m, frame, fds, n)?;
         }
         let addrs = now
             .iter()
@@ -594,7 +752,7 @@ impl Member {
                     i += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.backlogs.queue(now[i], frame, fds)?;
+                    self.backlogs.queue(now[i], frame, fds, n)?;
                     i += 1;
                 }
                 Err(e) if gone(&e) => {
@@ -802,6 +960,7 @@ impl Member {
             }
         };
         if wanted {
+            self.note_progress(sender_id, &t);
             if head.routing & header::ROUTE_MEMFD != 0 {
                 fds.remove(0);
             }
@@ -956,6 +1115,44 @@ impl Backlogs {
         self.dir.join(member.to_string())
     }
 
+    /// Numbers a send and publishes that it started, before its first datagram leaves.
+    fn begin(&self) -> u64 {
+        let mut f = self.inflight.lock().expect("inflight");
+        f.started += 1;
+        progress::start(self.progress.map.words(), self.progress.slot, f.started);
+        f.started
+    }
+
+    /// Send `n` returned: what it did not leave in backlogs has reached its receivers.
+    fn end(&self, n: u64) {
+        let mut f = self.inflight.lock().expect("inflight");
+        f.returned = n;
+        self.publish(&f);
+    }
+
+    /// Frames of these sends left their backlogs (sent, or dropped with their receiver).
+    fn left(&self, sends: &[u64]) {
+        let mut f = self.inflight.lock().expect("inflight");
+        for s in sends {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = f.frames.entry(*s) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        self.publish(&f);
+    }
+
+    /// Publishes the highest send below which every send has reached all its receivers.
+    fn publish(&self, f: &Inflight) {
+        let complete = match f.frames.keys().next() {
+            Some(&first) => (first - 1).min(f.returned),
+            None => f.returned,
+        };
+        progress::complete(self.progress.map.words(), self.progress.slot, complete);
+    }
+
     /// Sends `frame` to `member` now if its queue has room and nothing waits for it, else
     /// puts it in its backlog.
     fn deliver(
@@ -963,9 +1160,10 @@ impl Backlogs {
         member: u32,
         frame: &Arc<Vec<u8>>,
         fds: &[RawFd],
+        send: u64,
     ) -> io::Result<Delivery> {
         if self.queues.lock().expect("backlogs").contains_key(&member) {
-            return self.queue(member, frame, fds);
+            return self.queue(member, frame, fds, send);
         }
         let addr = UnixAddr::new(&self.path_of(member)).map_err(io::Error::from)?;
         match send_to(
@@ -976,7 +1174,7 @@ impl Backlogs {
             MsgFlags::MSG_DONTWAIT,
         ) {
             Ok(()) => Ok(Delivery::Sent),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.queue(member, frame, fds),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.queue(member, frame, fds, send),
             Err(e) if gone(&e) => Ok(Delivery::Gone),
             Err(e) => Err(e),
         }
@@ -989,6 +1187,7 @@ impl Backlogs {
         member: u32,
         frame: &Arc<Vec<u8>>,
         fds: &[RawFd],
+        send: u64,
     ) -> io::Result<Delivery> {
         let mut queues = self.queues.lock().expect("backlogs");
         let starting = !queues.contains_key(&member);
@@ -1011,7 +1210,15 @@ impl Backlogs {
         b.frames.push_back(Waiting {
             frame: Arc::clone(frame),
             fds,
+            send,
         });
+        *self
+            .inflight
+            .lock()
+            .expect("inflight")
+            .frames
+            .entry(send)
+            .or_default() += 1;
         self.counters.backlogged.fetch_add(1, Ordering::Relaxed);
         self.counters.backlog_depth.fetch_add(1, Ordering::Relaxed);
         if starting {
@@ -1089,9 +1296,10 @@ impl Backlogs {
                 &raw,
                 MsgFlags::MSG_DONTWAIT,
             )?;
-            let len = w.frame.len();
+            let (len, send) = (w.frame.len(), w.send);
             b.frames.pop_front();
             b.bytes -= len;
+            self.left(&[send]);
             self.counters.backlog_depth.fetch_sub(1, Ordering::Relaxed);
             self.counters.direct.fetch_add(1, Ordering::Relaxed);
         }
@@ -1104,6 +1312,8 @@ impl Backlogs {
         let Some(b) = self.queues.lock().expect("backlogs").remove(&member) else {
             return 0;
         };
+        let sends: Vec<u64> = b.frames.iter().map(|w| w.send).collect();
+        self.left(&sends);
         self.counters
             .backlog_depth
             .fetch_sub(b.frames.len() as u64, Ordering::Relaxed);
@@ -1214,5 +1424,62 @@ fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame> {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backlogs() -> Backlogs {
+        let words = progress::words_for(4);
+        // SAFETY: a valid name; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"progress".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        nix::unistd::ftruncate(&fd, (words * 8) as i64).unwrap();
+        let map = Mapping::new(&fd, progress::PREFIX_LEN, true).unwrap();
+        progress::init(map.words());
+        progress::assign(map.words(), 1, 5);
+        Backlogs {
+            socket: UnixDatagram::unbound().unwrap().into(),
+            dir: PathBuf::from("/nonexistent"),
+            bound: 1 << 20,
+            queues: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
+            made: Mutex::new(Vec::new()),
+            progress: Arc::new(Progress { map, slot: 1 }),
+            inflight: Mutex::new(Inflight::default()),
+        }
+    }
+
+    fn published(b: &Backlogs) -> (u64, u64) {
+        let c = progress::read(b.progress.map.words(), 1, 5).unwrap();
+        (c.started, c.completed)
+    }
+
+    /// A send is complete once it returned and none of its frames waits in a backlog; the
+    /// published count is the highest below which every send is complete.
+    #[test]
+    fn completion_waits_for_backlogged_frames() {
+        let b = backlogs();
+        let first = b.begin();
+        assert_eq!(published(&b), (1, 0), "started before any datagram");
+        // Two of its frames wait for full receivers.
+        b.inflight.lock().unwrap().frames.insert(first, 2);
+        b.end(first);
+        assert_eq!(published(&b), (1, 0));
+        let second = b.begin();
+        b.end(second);
+        assert_eq!(published(&b), (2, 0), "the first is not complete yet");
+        b.left(&[first]);
+        assert_eq!(published(&b), (2, 0));
+        b.left(&[first]);
+        assert_eq!(published(&b), (2, 2));
+        let third = b.begin();
+        assert_eq!(published(&b), (3, 2));
+        b.end(third);
+        assert_eq!(published(&b), (3, 3));
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tracing::debug;
 use zbus::connection::socket::{ReadHalf, WriteHalf};
 
-use crate::member::{Counters, Member, Sent};
+use crate::member::{Counters, Joining, Member, Sent};
 use crate::FASTPATH_INTERFACE;
 
 #[derive(Clone)]
@@ -281,16 +281,26 @@ impl ShimRead {
             let id = r.u32().map_err(|e| e.to_string())?;
             let dir = PathBuf::from(r.string().map_err(|e| e.to_string())?);
             let unique = answer.destination().ok_or("no destination")?.to_string();
+            // The handles (0, 1, 2), then the progress slot.
+            for _ in 0..3 {
+                r.u32().map_err(|e| e.to_string())?;
+            }
+            let slot = r.u32().map_err(|e| e.to_string())?;
             let mut fds = fds.into_iter();
-            let (Some(socket), Some(table)) = (fds.next(), fds.next()) else {
+            let (Some(socket), Some(table), Some(progress)) = (fds.next(), fds.next(), fds.next())
+            else {
                 return Err("the answer carries no sockets".into());
             };
             let m = Member::new(
-                id,
-                unique,
-                &dir,
-                socket,
-                table,
+                Joining {
+                    id,
+                    unique,
+                    dir,
+                    socket,
+                    table,
+                    progress,
+                    slot,
+                },
                 Arc::clone(&self.shared.counters),
                 self.shared.backlog_bound,
             )

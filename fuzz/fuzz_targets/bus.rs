@@ -446,6 +446,8 @@ impl Harness {
                             directory: "/nonexistent/busd-fastpath".into(),
                             socket: null(),
                             table: null(),
+                            progress: null(),
+                            slot: member,
                         };
                         if let Some(fast) = self.peers.get_mut(&peer) {
                             *fast = true;

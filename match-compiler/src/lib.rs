@@ -11,6 +11,7 @@
 //! - [`summary`]: per-member interest summaries and the index senders pick candidates with.
 //! - [`table`]: the routing table the daemon publishes in shared memory for members.
 //! - [`sealed`]: large messages in sealed memfds.
+//! - [`progress`]: the counters members publish for causal order.
 //!
 //! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
 //! quoting, escapes and argument matching.
@@ -20,6 +21,7 @@ pub mod header;
 pub mod interp;
 pub mod matcher;
 pub mod names;
+pub mod progress;
 pub mod rule;
 pub mod sealed;
 pub mod summary;

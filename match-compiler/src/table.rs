@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -22,7 +22,7 @@ const WORD_LEN: usize = 2;
 const TABLE_OBSERVED: u32 = 1;
 const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
-const MEMBER_LEN: usize = 40;
+const MEMBER_LEN: usize = 48;
 
 /// One member as the table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub struct Member {
     pub id: u32,
     /// The policy lets it exchange messages with other direct members without the daemon.
     pub direct: bool,
+    /// Its slot in the progress memory ([`crate::progress`]; [`crate::progress::NO_SLOT`]
+    /// for none).
+    pub slot: u32,
     /// Its interest summary (only `everything` and `bits` travel; `keys` stay empty).
     pub summary: Summary,
 }
@@ -116,6 +119,8 @@ impl Table {
                 flags |= MEMBER_EVERYTHING;
             }
             put_u32(out, flags);
+            put_u32(out, m.slot);
+            put_u32(out, 0);
             for w in m.summary.bits {
                 out.extend_from_slice(&w.to_le_bytes());
             }
@@ -140,6 +145,8 @@ impl Table {
         for _ in 0..n {
             let id = c.u32()?;
             let flags = c.u32()?;
+            let slot = c.u32()?;
+            c.u32()?;
             let mut bits = [0u64; 4];
             for w in &mut bits {
                 *w = c.u64()?;
@@ -147,6 +154,7 @@ impl Table {
             members.push(Member {
                 id,
                 direct: flags & MEMBER_DIRECT != 0,
+                slot,
                 summary: Summary {
                     everything: flags & MEMBER_EVERYTHING != 0,
                     keys: Vec::new(),
@@ -263,6 +271,7 @@ mod tests {
                 Member {
                     id: 0,
                     direct: true,
+                    slot: crate::progress::NO_SLOT,
                     summary: Summary {
                         everything: true,
                         ..Summary::default()
@@ -271,6 +280,7 @@ mod tests {
                 Member {
                     id: 7,
                     direct: false,
+                    slot: 3,
                     summary: Summary {
                         keys: Vec::new(),
                         ..Summary::of(&rules)
@@ -291,6 +301,7 @@ mod tests {
         assert_eq!(d.owner("org.example.Name"), Some(9));
         assert_eq!(d.owner("org.example"), None);
         assert!(!d.member(7).unwrap().direct);
+        assert_eq!(d.member(7).unwrap().slot, 3);
         let h = crate::header::hash32("Changed");
         assert!(d.member(7).unwrap().summary.selects(h, 0, 0));
         assert!(d.member(3).is_none());

@@ -46,11 +46,13 @@ async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
 async fn member(bus: &Busd) -> Member {
     let conn = zbus_connect(bus).await;
     let reply = join(&conn).await.unwrap();
-    let (id, dir, socket, table): (
+    let (id, dir, socket, table, _progress, _slot): (
         u32,
         String,
         zbus::zvariant::OwnedFd,
         zbus::zvariant::OwnedFd,
+        zbus::zvariant::OwnedFd,
+        u32,
     ) = reply.body().deserialize().unwrap();
     let socket = UnixDatagram::from(OwnedFd::from(socket));
     socket.set_nonblocking(true).unwrap();

@@ -37,6 +37,8 @@ pub(super) struct FastMember {
     /// Its policy allows every message it sends and receives, so it may exchange messages
     /// with other direct members without the daemon (DESIGN 5.7).
     pub direct: bool,
+    /// Its slot in the progress memory (causal order, DESIGN 5.5).
+    pub slot: u32,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +64,10 @@ pub struct Joined {
     pub socket: OwnedFd,
     /// A read-only descriptor of the routing table's shared memory.
     pub table: OwnedFd,
+    /// The progress memory, which members map writable ([`busd_match::progress`]).
+    pub progress: OwnedFd,
+    /// The member's slot in it.
+    pub slot: u32,
 }
 
 /// What the shell must apply after an event.
@@ -171,7 +177,11 @@ impl Bus {
             }
         };
         let direct = p.policy.allows_all_messages();
-        p.fast = Some(FastMember { id: member, direct });
+        p.fast = Some(FastMember {
+            id: member,
+            direct,
+            slot: joined.slot,
+        });
         self.fast.members.insert(member, peer);
         // Its rules leave the daemon's filter for its own.
         self.fast.daemon_dirty = true;
@@ -185,8 +195,10 @@ impl Bus {
         w.string(&joined.directory);
         w.u32(0);
         w.u32(1);
-        let m = DriverMessage::reply(serial, w.into_vec(), "ushh");
-        self.send_from_driver_with_fds(peer, m, vec![joined.socket, joined.table]);
+        w.u32(2);
+        w.u32(joined.slot);
+        let m = DriverMessage::reply(serial, w.into_vec(), "ushhhu");
+        self.send_from_driver_with_fds(peer, m, vec![joined.socket, joined.table, joined.progress]);
     }
 
     /// A member left the fast path (it disconnected, or became a monitor).
@@ -333,6 +345,7 @@ impl Bus {
         let mut members = vec![table::Member {
             id: 0,
             direct: true,
+            slot: busd_match::progress::NO_SLOT,
             summary: summary(daemon_rules),
         }];
         let mut names = Vec::new();
@@ -340,10 +353,13 @@ impl Bus {
             let Some(p) = self.peers.get(&peer) else {
                 continue;
             };
-            let direct = p.fast.is_some_and(|f| f.direct);
+            let Some(f) = p.fast else {
+                continue;
+            };
             members.push(table::Member {
                 id,
-                direct,
+                direct: f.direct,
+                slot: f.slot,
                 summary: summary(Some(&p.rules)),
             });
             for n in &p.names {

@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicU64;
 
 use busd_match::bpf::{self, Program};
 use busd_match::header::{self, Header, HEADER_LEN};
+use busd_match::progress;
 use busd_match::sealed;
 use busd_match::table::{self, Table};
 use mio::net::UnixDatagram;
@@ -54,6 +55,8 @@ pub enum Received {
 
 struct Member {
     id: u32,
+    /// Its slot in the progress memory.
+    slot: u32,
     /// The daemon's duplicate of the member's socket, to replace its filter.
     socket: OwnedFd,
     /// The filter attached to it.
@@ -61,18 +64,16 @@ struct Member {
     inbox: UnixDatagram,
 }
 
-/// The routing table's shared memory: a memfd mapped writable here, sealed so that nobody
-/// else can write it or change its size.
-struct SharedTable {
+/// A memfd of fixed size mapped writable here, sealed with `seals` once mapped.
+struct SharedMemory {
     memfd: OwnedFd,
     map: *mut libc::c_void,
     len: usize,
-    body: Vec<u8>,
 }
 
-impl SharedTable {
-    fn new() -> io::Result<Self> {
-        let name = CString::new("busd-routing-table").expect("no NUL");
+impl SharedMemory {
+    fn new(name: &str, len: usize, seals: libc::c_int) -> io::Result<Self> {
+        let name = CString::new(name).expect("no NUL");
         // SAFETY: a valid C string; the result is checked.
         let fd = unsafe {
             libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
@@ -82,7 +83,6 @@ impl SharedTable {
         }
         // SAFETY: memfd_create returned a new descriptor that nothing else owns.
         let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let len = table::words_for(TABLE_CAPACITY) * 8;
         nix::unistd::ftruncate(&memfd, len as i64)?;
         // SAFETY: mapping a descriptor we own, with its full length; the result is checked.
         let map = unsafe {
@@ -98,27 +98,50 @@ impl SharedTable {
         if map == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let t = SharedTable {
-            memfd,
-            map,
-            len,
-            body: Vec::new(),
-        };
-        // From now on the size is fixed and only this mapping can write (F_SEAL_FUTURE_WRITE
-        // leaves existing writable mappings alone and refuses new ones, and write(2)).
-        let seals =
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        let m = SharedMemory { memfd, map, len };
         // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(t.memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        if unsafe { libc::fcntl(m.memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(t)
+        Ok(m)
     }
 
     fn words(&self) -> &[AtomicU64] {
         // SAFETY: the mapping is `len` bytes, page-aligned, alive as long as `self`, and
-        // only ever accessed as atomics (here and by readers in other processes).
+        // only ever accessed as atomics (here and in members' processes).
         unsafe { std::slice::from_raw_parts(self.map.cast::<AtomicU64>(), self.len / 8) }
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}
+
+/// The routing table's shared memory, sealed so that nobody else can write it or change
+/// its size.
+struct SharedTable {
+    shm: SharedMemory,
+    body: Vec<u8>,
+}
+
+impl SharedTable {
+    fn new() -> io::Result<Self> {
+        // From now on the size is fixed and only this mapping can write (F_SEAL_FUTURE_WRITE
+        // leaves existing writable mappings alone and refuses new ones, and write(2)).
+        let seals =
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
+        let len = table::words_for(TABLE_CAPACITY) * 8;
+        Ok(SharedTable {
+            shm: SharedMemory::new("busd-routing-table", len, seals)?,
+            body: Vec::new(),
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        self.shm.words()
     }
 
     fn publish(&mut self, t: &Table) {
@@ -130,6 +153,7 @@ impl SharedTable {
                 members: vec![table::Member {
                     id: 0,
                     direct: true,
+                    slot: progress::NO_SLOT,
                     summary: busd_match::summary::Summary {
                         everything: true,
                         ..Default::default()
@@ -144,21 +168,80 @@ impl SharedTable {
 
     /// A new read-only descriptor of the table, for a member.
     fn read_only(&self) -> io::Result<OwnedFd> {
-        let path = format!("/proc/self/fd/{}", self.memfd.as_raw_fd());
+        let path = format!("/proc/self/fd/{}", self.shm.memfd.as_raw_fd());
         Ok(std::fs::File::open(path)?.into())
     }
 }
 
-impl Drop for SharedTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
-        unsafe { libc::munmap(self.map, self.len) };
+/// Slots in the progress memory: far more members than a bus has at once (the memory is
+/// allocated only where slots are used).
+const PROGRESS_SLOTS: u32 = 1 << 16;
+
+/// The memory where members publish how far their sends have got, for causal order
+/// ([`busd_match::progress`]). Members write their own slot; it is sealed against
+/// shrinking and growing, so no member can make another's mapping fault.
+struct SharedProgress {
+    shm: SharedMemory,
+    /// Slots free for reuse, the longest free first (a member that has just left may still
+    /// write its old slot for a moment).
+    free: std::collections::VecDeque<u32>,
+    /// Slots never used yet start here.
+    next: u32,
+}
+
+impl SharedProgress {
+    fn new() -> io::Result<Self> {
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        let len = progress::words_for(PROGRESS_SLOTS) * 8;
+        let shm = SharedMemory::new("busd-progress", len, seals)?;
+        progress::init(shm.words());
+        Ok(SharedProgress {
+            shm,
+            free: Default::default(),
+            next: 0,
+        })
+    }
+
+    /// A slot for `member` (NO_SLOT when all are taken: its receivers then do not wait).
+    fn take(&mut self, member: u32) -> u32 {
+        let slot = if self.free.len() > 64 || self.next == PROGRESS_SLOTS {
+            self.free.pop_front()
+        } else {
+            self.next += 1;
+            Some(self.next - 1)
+        };
+        match slot {
+            Some(s) => {
+                progress::assign(self.shm.words(), s, member);
+                s
+            }
+            None => {
+                warn!(
+                    member,
+                    "no progress slot left: causal order is not kept for its sends"
+                );
+                progress::NO_SLOT
+            }
+        }
+    }
+
+    fn give_back(&mut self, slot: u32) {
+        if slot != progress::NO_SLOT {
+            progress::assign(self.shm.words(), slot, 0);
+            self.free.push_back(slot);
+        }
+    }
+
+    /// A descriptor members map writable.
+    fn shared(&self) -> io::Result<OwnedFd> {
+        self.shm.memfd.try_clone()
     }
 }
 
 pub struct FastPath {
     dir: PathBuf,
     table: SharedTable,
+    progress: SharedProgress,
     members: HashMap<PeerId, Member>,
     daemon_filter: Program,
     buf: Vec<u8>,
@@ -221,6 +304,7 @@ impl FastPath {
         Ok(FastPath {
             dir,
             table,
+            progress: SharedProgress::new()?,
             members: HashMap::new(),
             daemon_filter: Program {
                 insns: Vec::new(),
@@ -260,13 +344,19 @@ impl FastPath {
                 let _ = std::fs::remove_file(&inbox_path);
             })?;
         let kept = socket.as_fd().try_clone_to_owned()?;
+        let table = self.table.read_only()?;
+        let progress = self.progress.shared()?;
+        let slot = self.progress.take(id);
         let joined = Joined {
             directory: String::from_utf8_lossy(self.dir.as_os_str().as_bytes()).into_owned(),
             socket: socket.into(),
-            table: self.table.read_only()?,
+            table,
+            progress,
+            slot,
         };
         let member = Member {
             id,
+            slot,
             socket: kept,
             filter: filter.clone(),
             inbox: UnixDatagram::from_std(inbox),
@@ -279,6 +369,7 @@ impl FastPath {
     /// Forgets a member: its sockets close and their names go.
     pub fn leave(&mut self, peer: PeerId) -> Option<UnixDatagram> {
         let m = self.members.remove(&peer)?;
+        self.progress.give_back(m.slot);
         let _ = std::fs::remove_file(self.dir.join(m.id.to_string()));
         let _ = std::fs::remove_file(self.dir.join(format!("d{}", m.id)));
         Some(m.inbox)

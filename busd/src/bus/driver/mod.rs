@@ -155,7 +155,7 @@ static STATS_METHODS: &[Method] = &[
 
 static FASTPATH_METHODS: &[Method] = &[Method {
     any_path: false,
-    ..m("Join", "", "ushh", fast_join)
+    ..m("Join", "", "ushhhu", fast_join)
 }];
 
 static PEER_METHODS: &[Method] = &[

@@ -49,6 +49,8 @@ fn join_fast(b: &mut Bus, id: PeerId) -> u32 {
             directory: "/run/user/1000/busd-fastpath-x".into(),
             socket: dummy_fd(),
             table: dummy_fd(),
+            progress: dummy_fd(),
+            slot: 4,
         }),
     );
     let reply: Vec<(PeerId, Message)> = b
@@ -66,10 +68,15 @@ fn join_fast(b: &mut Bus, id: PeerId) -> u32 {
         })
         .collect();
     let (to, m) = &reply[0];
-    assert_eq!((*to, m.signature(), m.unix_fds()), (id, "ushh", 2));
+    assert_eq!((*to, m.signature(), m.unix_fds()), (id, "ushhhu", 3));
     let mut r = m.body_reader();
     assert_eq!(r.u32().unwrap(), member);
     assert_eq!(r.string().unwrap(), "/run/user/1000/busd-fastpath-x");
+    assert_eq!(
+        (r.u32().unwrap(), r.u32().unwrap(), r.u32().unwrap()),
+        (0, 1, 2)
+    );
+    assert_eq!(r.u32().unwrap(), 4, "its progress slot");
     member
 }
 

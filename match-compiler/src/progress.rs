@@ -1,0 +1,164 @@
+//! Causal order on the fast path (DESIGN 5.5): every member publishes how far its sends
+//! have got, so that a member that received something from it can wait, before it sends
+//! anything itself, until that send has reached every receiver.
+//!
+//! A send to several receivers is not atomic: a receiver woken by the first datagram of a
+//! broadcast can react before the sender has reached the others, or while the sender keeps
+//! the frame for a full receiver in its backlog. So each member counts its sends in a slot
+//! of shared memory: `started` before a send's first datagram, and `completed`, the
+//! highest number below which every send has reached every receiver's queue. A member that
+//! receives a frame from M notes M's `started`; before it sends, it waits until M's
+//! `completed` has reached that number. Then whatever it sends is queued behind M's frame
+//! at every common receiver.
+//!
+//! The daemon creates the memory (a memfd sealed against shrinking and growing, so nobody
+//! can make another member's mapping fault), gives each member a slot when it joins and
+//! writes the slot's owner; members write only the counters of their own slot. The layout
+//! is in `docs/fastpath-protocol.md`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const MAGIC: u32 = 0x4255_5350; // "BUSP"
+pub const VERSION: u32 = 1;
+/// Bytes before the first slot.
+pub const PREFIX_LEN: usize = 64;
+/// Bytes per slot: a cache line, so that members do not slow each other's writes.
+pub const SLOT_LEN: usize = 64;
+const SLOT_WORDS: usize = SLOT_LEN / 8;
+/// The slot of a member without one (the memory was full): nobody waits for it.
+pub const NO_SLOT: u32 = u32::MAX;
+
+const OWNER: usize = 0;
+const STARTED: usize = 1;
+const COMPLETED: usize = 2;
+
+/// The memory's size in words for `slots` slots.
+pub fn words_for(slots: u32) -> usize {
+    (PREFIX_LEN + slots as usize * SLOT_LEN) / 8
+}
+
+/// Writes the prefix (the daemon, once).
+pub fn init(shm: &[AtomicU64]) {
+    shm[0].store(
+        u64::from(VERSION) << 32 | u64::from(MAGIC),
+        Ordering::Relaxed,
+    );
+    shm[1].store(slots_in(shm) as u64, Ordering::Release);
+}
+
+/// How many slots memory of this size holds.
+pub fn slots_in(shm: &[AtomicU64]) -> u32 {
+    ((shm.len() * 8).saturating_sub(PREFIX_LEN) / SLOT_LEN).min(NO_SLOT as usize) as u32
+}
+
+/// Whether `shm` starts with the prefix [`init`] writes.
+pub fn valid(shm: &[AtomicU64]) -> bool {
+    shm.len() >= PREFIX_LEN / 8
+        && shm[0].load(Ordering::Acquire) == u64::from(VERSION) << 32 | u64::from(MAGIC)
+}
+
+fn word(shm: &[AtomicU64], slot: u32, w: usize) -> Option<&AtomicU64> {
+    shm.get(PREFIX_LEN / 8 + slot as usize * SLOT_WORDS + w)
+}
+
+/// Gives `slot` to `member`, its counters at zero (the daemon, before it hands the slot
+/// out), or frees it (`member` 0).
+pub fn assign(shm: &[AtomicU64], slot: u32, member: u32) {
+    if let (Some(owner), Some(started), Some(completed)) = (
+        word(shm, slot, OWNER),
+        word(shm, slot, STARTED),
+        word(shm, slot, COMPLETED),
+    ) {
+        owner.store(0, Ordering::Release);
+        started.store(0, Ordering::Relaxed);
+        completed.store(0, Ordering::Relaxed);
+        owner.store(u64::from(member), Ordering::Release);
+    }
+}
+
+/// A member's view of a slot: its own, to publish, or another's, to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub started: u64,
+    pub completed: u64,
+}
+
+/// Publishes that send number `n` starts (before its first datagram leaves).
+pub fn start(shm: &[AtomicU64], slot: u32, n: u64) {
+    if let Some(w) = word(shm, slot, STARTED) {
+        w.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Publishes that every send up to `n` has reached all its receivers.
+pub fn complete(shm: &[AtomicU64], slot: u32, n: u64) {
+    if let Some(w) = word(shm, slot, COMPLETED) {
+        w.store(n, Ordering::Release);
+    }
+}
+
+/// `member`'s counters, if `slot` is still `member`'s (a slot is reused after its member
+/// leaves; a member that left has nothing more to complete).
+pub fn read(shm: &[AtomicU64], slot: u32, member: u32) -> Option<Counts> {
+    let owner = word(shm, slot, OWNER)?;
+    if owner.load(Ordering::Acquire) != u64::from(member) {
+        return None;
+    }
+    let counts = Counts {
+        started: word(shm, slot, STARTED)?.load(Ordering::SeqCst),
+        completed: word(shm, slot, COMPLETED)?.load(Ordering::Acquire),
+    };
+    // Still the same member's (it was not reassigned while we read).
+    (owner.load(Ordering::Acquire) == u64::from(member)).then_some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shm(slots: u32) -> Vec<AtomicU64> {
+        (0..words_for(slots)).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    #[test]
+    fn counters_belong_to_the_slot_owner() {
+        let m = shm(4);
+        init(&m);
+        assert!(valid(&m));
+        assert_eq!(slots_in(&m), 4);
+        assign(&m, 2, 17);
+        start(&m, 2, 5);
+        complete(&m, 2, 4);
+        assert_eq!(
+            read(&m, 2, 17),
+            Some(Counts {
+                started: 5,
+                completed: 4
+            })
+        );
+        assert_eq!(read(&m, 2, 18), None, "another member's slot");
+        assign(&m, 2, 18);
+        assert_eq!(
+            read(&m, 2, 18),
+            Some(Counts {
+                started: 0,
+                completed: 0
+            }),
+            "a reused slot starts from zero"
+        );
+        assert_eq!(read(&m, 2, 17), None, "the old member left");
+        assign(&m, 2, 0);
+        assert_eq!(read(&m, 2, 18), None);
+    }
+
+    #[test]
+    fn slots_outside_the_memory_are_nobody_s() {
+        let m = shm(1);
+        init(&m);
+        assign(&m, 1, 5);
+        start(&m, 1, 1);
+        assert_eq!(read(&m, 1, 5), None);
+        assert_eq!(read(&m, NO_SLOT, 5), None);
+        assert!(!valid(&shm(0)[..0]));
+    }
+}
