@@ -85,3 +85,34 @@ fn tells_systemd_when_it_is_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(busd.wait().unwrap().success());
 }
+
+/// The shipped user units (busd/systemd) are what systemd accepts: `systemd-analyze verify`
+/// reports nothing for them, with ExecStart pointing at the busd under test.
+#[test]
+fn the_shipped_units_pass_systemd_analyze_verify() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../busd/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["busd.socket", "busd.service"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        assert!(
+            unit != "busd.service" || text.contains("ExecStart=/usr/local/bin/busd "),
+            "{unit}: the install guide's path"
+        );
+        let text = text.replace(
+            "/usr/local/bin/busd ",
+            &format!("{} ", busd_binary().display()),
+        );
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "./busd.socket", "./busd.service"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
