@@ -339,6 +339,7 @@ fn run(options: Options) -> Result<()> {
         match server::fastpath::FastPath::new() {
             Ok(f) => {
                 bus.set_fastpath(true);
+                bus.set_fast_figures(f.figures());
                 Some(f)
             }
             Err(e) => {

@@ -15,7 +15,7 @@ use busd_match::sealed;
 use busd_match::table::{self, Table};
 use busd_match::{Arg, MatchRule, MessageInfo};
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use tokio::io::Interest;
 use tracing::{debug, warn};
 
@@ -61,6 +61,90 @@ pub struct Counters {
     /// Such waits given up after [`CAUSAL_WAIT`]: that member's send had not reached a
     /// receiver that long (one that does not read).
     pub causal_timeouts: AtomicU64,
+    /// Broadcasts sent directly.
+    pub fan_outs: AtomicU64,
+    /// Receivers broadcasts did not go to, since their interest summary rules them out
+    /// (the kernel filters of those that do get a broadcast drop what their rules cannot
+    /// want; the kernel counts none of that).
+    pub skipped: AtomicU64,
+}
+
+impl Counters {
+    /// The figures in the order the progress memory holds them
+    /// ([`busd_match::progress::FIGURES`]).
+    pub fn figures(&self) -> [u64; progress::FIGURES.len()] {
+        [
+            &self.direct,
+            &self.via_daemon,
+            &self.via_stream,
+            &self.large,
+            &self.fan_outs,
+            &self.skipped,
+            &self.received,
+            &self.spoofed,
+            &self.malformed,
+            &self.filtered,
+            &self.forwarded,
+            &self.backlogged,
+            &self.rejected,
+            &self.backlog_depth,
+            &self.causal_waits,
+            &self.causal_timeouts,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Publishes every member's figures in its progress slot, for the daemon's Debug.Stats and
+/// busd-top: a thread of its own (whatever runtime the connections use), woken when
+/// figures change and publishing at most every [`PUBLISH_EVERY`]; an idle process is not
+/// woken at all.
+struct Publisher {
+    members: Mutex<Vec<(std::sync::Weak<Counters>, std::sync::Weak<Progress>)>>,
+    dirty: std::sync::atomic::AtomicBool,
+    thread: std::thread::Thread,
+}
+
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn publisher() -> &'static Publisher {
+    static P: std::sync::OnceLock<Publisher> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let thread = std::thread::Builder::new()
+            .name("busd-shim-figures".into())
+            .spawn(|| loop {
+                std::thread::park();
+                let p = publisher();
+                if !p.dirty.load(Ordering::Acquire) {
+                    continue;
+                }
+                std::thread::sleep(PUBLISH_EVERY);
+                // Changes from now on wake the thread again.
+                p.dirty.store(false, Ordering::Release);
+                let mut members = p.members.lock().expect("publisher");
+                members.retain(|(c, m)| match (c.upgrade(), m.upgrade()) {
+                    (Some(c), Some(m)) => {
+                        progress::publish_figures(m.map.words(), m.slot, &c.figures());
+                        true
+                    }
+                    _ => false,
+                });
+            })
+            .expect("a thread to publish the fast path's figures");
+        Publisher {
+            members: Mutex::new(Vec::new()),
+            dirty: Default::default(),
+            thread: thread.thread().clone(),
+        }
+    })
+}
+
+/// Figures changed: they are published soon.
+pub fn touched() {
+    let p = publisher();
+    if !p.dirty.load(Ordering::Relaxed) && !p.dirty.swap(true, Ordering::AcqRel) {
+        p.thread.unpark();
+    }
 }
 
 /// How long a send waits, at most, for an earlier send it may depend on to reach all its
@@ -377,6 +461,12 @@ impl Member {
             map: progress,
             slot: j.slot,
         });
+        publisher()
+            .members
+            .lock()
+            .expect("publisher")
+            .push((Arc::downgrade(&counters), Arc::downgrade(&progress)));
+        touched();
         let backlogs = Arc::new(Backlogs {
             socket: socket.as_fd().try_clone_to_owned()?,
             dir: j.dir.clone(),
@@ -438,12 +528,21 @@ impl Member {
                 msg.interface().map_or(0, header::hash32),
                 msg.path().map_or(0, header::hash32),
             );
-            let members = t
+            let mut direct = 0u64;
+            let members: Vec<u32> = t
                 .members
                 .iter()
-                .filter(|m| m.id != 0 && m.direct && m.summary.selects(member, interface, path))
+                .filter(|m| m.id != 0 && m.direct)
+                .inspect(|_| direct += 1)
+                .filter(|m| m.summary.selects(member, interface, path))
                 .map(|m| m.id)
                 .collect();
+            self.counters
+                .skipped
+                .fetch_add(direct - members.len() as u64, Ordering::Relaxed);
+            if !members.is_empty() {
+                self.counters.fan_outs.fetch_add(1, Ordering::Relaxed);
+            }
             let daemon = t
                 .member(0)
                 .is_some_and(|m| m.summary.selects(member, interface, path));
@@ -545,6 +644,7 @@ impl Member {
                     return too_large_or(e);
                 }
                 self.counters.via_daemon.fetch_add(1, Ordering::Relaxed);
+                touched();
                 Ok(Sent::Done)
             }
             Route::Direct {
@@ -572,6 +672,7 @@ impl Member {
                     r => r,
                 };
                 self.backlogs.end(n);
+                touched();
                 r.map(|()| Sent::Done).or_else(too_large_or)
             }
         }
@@ -856,7 +957,9 @@ impl Member {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            match self.accept(&buf[..n], fds, source.as_deref()) {
+            let verdict = self.accept(&buf[..n], fds, source.as_deref());
+            touched();
+            match verdict {
                 Verdict::Deliver(bytes, fds) => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
                     return Ok((bytes, fds));
@@ -1222,58 +1325,20 @@ impl Backlogs {
         self.counters.backlogged.fetch_add(1, Ordering::Relaxed);
         self.counters.backlog_depth.fetch_add(1, Ordering::Relaxed);
         if starting {
-            let this = Arc::clone(self);
-            tokio::spawn(async move {
-                if let Err(e) = this.flush(member).await {
-                    // Not silently: counted as refused, and said.
-                    let lost = this.discard(member);
-                    this.counters
-                        .rejected
-                        .fetch_add(lost as u64, Ordering::Relaxed);
-                    warn!(member, lost, "cannot send a receiver its backlog: {e}");
-                }
-            });
+            drop(queues);
+            enlist(Arc::clone(self), member);
         }
         Ok(Delivery::Queued)
     }
 
-    /// Sends `member` its backlog as its queue makes room: it waits for POLLOUT on a
-    /// socket connected to the receiver (the kernel reports it when the receiver's queue
-    /// is not full), sends from the member's own socket until the queue is full again,
-    /// and waits again. The wait is registered afresh each time, since the kernel arms
-    /// the wake-up only when it is asked while the queue is full. Without a descriptor to
-    /// spare for that socket, it checks every millisecond instead.
-    async fn flush(&self, member: u32) -> io::Result<()> {
-        let path = self.path_of(member);
-        let addr = UnixAddr::new(&path).map_err(io::Error::from)?;
-        let slot = WakerSlot::take();
-        let mut waker = match slot.as_ref().map(|_| connected_to(&path)) {
-            None => None,
-            Some(Ok(w)) => Some(w),
-            Some(Err(e)) if gone(&e) => {
-                self.discard(member);
-                return Ok(());
-            }
-            Some(Err(e)) => {
-                debug!(member, "no socket to wait on ({e}): polling");
-                None
-            }
-        };
-        loop {
-            match waker.take() {
-                Some(fd) => waker = Some(wait_writable(fd).await?),
-                None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
-            }
-            match self.send_front(member, &addr) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if gone(&e) => {
-                    self.discard(member);
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-        }
+    /// Its backlog for `member` cannot be sent (an error other than a full queue or a
+    /// receiver that left): not silently, it is counted as refused, and said.
+    fn give_up(&self, member: u32, e: &io::Error) {
+        let lost = self.discard(member);
+        self.counters
+            .rejected
+            .fetch_add(lost as u64, Ordering::Relaxed);
+        warn!(member, lost, "cannot send a receiver its backlog: {e}");
     }
 
     /// Sends the backlog's frames in order until it is empty (then forgets it) or the
@@ -1300,6 +1365,7 @@ impl Backlogs {
             b.frames.pop_front();
             b.bytes -= len;
             self.left(&[send]);
+            touched();
             self.counters.backlog_depth.fetch_sub(1, Ordering::Relaxed);
             self.counters.direct.fetch_add(1, Ordering::Relaxed);
         }
@@ -1314,6 +1380,7 @@ impl Backlogs {
         };
         let sends: Vec<u64> = b.frames.iter().map(|w| w.send).collect();
         self.left(&sends);
+        touched();
         self.counters
             .backlog_depth
             .fetch_sub(b.frames.len() as u64, Ordering::Relaxed);
@@ -1322,21 +1389,156 @@ impl Backlogs {
     }
 }
 
-/// Sockets waiting for room in a receiver's queue, over every connection of the process,
-/// at most [`WakerSlot::MAX`]: each costs a descriptor, and every datagram a receiver reads
-/// wakes every socket waiting on it, so many of them cost more than they save; beyond the
-/// bound, backlogs are retried every millisecond.
+/// Per receiver (its socket's path), the backlogs of this process's connections that wait
+/// for room in its queue, in turn. One task per receiver serves them: it waits for room,
+/// sends from the first backlog until the queue is full again or that backlog is empty,
+/// and moves on to the next. Every datagram a receiver reads wakes every socket waiting
+/// for it, so one waiter per receiver, not one per sender, keeps a process of many
+/// connections from waking all of them for every datagram read.
+type Turns = VecDeque<(Arc<Backlogs>, u32)>;
+
+fn waiting() -> &'static Mutex<HashMap<PathBuf, Turns>> {
+    static W: std::sync::OnceLock<Mutex<HashMap<PathBuf, Turns>>> = std::sync::OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// `backlogs` has just started a backlog for `member`: it takes its turn, and the task
+/// serving that receiver starts if none runs.
+fn enlist(backlogs: Arc<Backlogs>, member: u32) {
+    let path = backlogs.path_of(member);
+    let mut all = waiting().lock().expect("waiting");
+    match all.get_mut(&path) {
+        Some(turns) => turns.push_back((backlogs, member)),
+        None => {
+            all.insert(path.clone(), VecDeque::from([(backlogs, member)]));
+            tokio::spawn(serve(path));
+        }
+    }
+}
+
+/// Serves the backlogs waiting for the receiver at `path` until none is left. It waits for
+/// POLLOUT on a socket connected to the receiver (the kernel reports it when the receiver's
+/// queue is not full), registered afresh each time, since the kernel arms the wake-up only
+/// when asked while the queue is full. Without a descriptor to spare for that socket, it
+/// checks every millisecond instead.
+async fn serve(path: PathBuf) {
+    let gone_all = |path: &Path| {
+        let turns = waiting().lock().expect("waiting").remove(path);
+        for (b, member) in turns.into_iter().flatten() {
+            b.discard(member);
+        }
+    };
+    let addr = match UnixAddr::new(&path) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!("no address for {}: {e}", path.display());
+            return gone_all(&path);
+        }
+    };
+    let slot = WakerSlot::take();
+    let mut waker = match slot.as_ref().map(|_| connected_to(&path)) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) if gone(&e) => return gone_all(&path),
+        Some(Err(e)) => {
+            debug!("no socket to wait on for {} ({e}): polling", path.display());
+            None
+        }
+    };
+    loop {
+        match waker.take() {
+            Some(fd) => match wait_writable(fd).await {
+                Ok(fd) => waker = Some(fd),
+                Err(e) => debug!("cannot wait on {}: {e}: polling", path.display()),
+            },
+            None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
+        // Hand the room on: the first in turn sends until the queue is full again.
+        // Senders in a row that could not send although the receiver had room (their own
+        // send buffer is full: their datagrams wait to be read elsewhere).
+        let mut stuck = 0;
+        loop {
+            let first = {
+                let mut all = waiting().lock().expect("waiting");
+                let Some(turns) = all.get_mut(&path) else {
+                    return;
+                };
+                match turns.front() {
+                    Some((b, m)) => (Arc::clone(b), *m),
+                    None => {
+                        all.remove(&path);
+                        return;
+                    }
+                }
+            };
+            let (b, member) = first;
+            let r = b.send_front(member, &addr);
+            if let Err(e) = &r {
+                if gone(e) {
+                    return gone_all(&path);
+                }
+            }
+            // Only this task takes entries off: the first is still `b`'s. On WouldBlock
+            // it goes last; the number of senders in turn is returned.
+            let senders = {
+                let mut all = waiting().lock().expect("waiting");
+                let Some(turns) = all.get_mut(&path) else {
+                    return;
+                };
+                let front = turns.pop_front();
+                match &r {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        turns.extend(front);
+                        Some(turns.len())
+                    }
+                    _ => None,
+                }
+            };
+            match (r, senders) {
+                (Ok(()), _) => stuck = 0,
+                (Err(_), Some(senders)) => {
+                    // If the receiver is full, wait for room; if not, it was `b`'s own
+                    // send buffer: the next sender goes on.
+                    if waker.as_ref().is_none_or(|w| !writable_now(w)) {
+                        break;
+                    }
+                    stuck += 1;
+                    if stuck >= senders {
+                        // Every sender's buffer is full: they drain as their other
+                        // receivers read.
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        stuck = 0;
+                    }
+                }
+                (Err(e), None) => b.give_up(member, &e),
+            }
+        }
+    }
+}
+
+/// Sockets waiting for room in a receiver's queue, one per receiver with backlogs in this
+/// process, at most [`WakerSlot::max`] (each costs a descriptor: a quarter of the
+/// process's limit, and no more than 4096); beyond the bound, backlogs are retried every
+/// millisecond.
 struct WakerSlot;
 
 static WAKERS: AtomicU64 = AtomicU64::new(0);
 
 impl WakerSlot {
-    const MAX: u64 = 128;
+    fn max() -> u64 {
+        static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *MAX.get_or_init(|| {
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
+            (soft / 4).clamp(16, 4096)
+        })
+    }
 
     fn take() -> Option<WakerSlot> {
+        let max = Self::max();
         WAKERS
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < Self::MAX).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()
             .map(|_| WakerSlot)
@@ -1363,6 +1565,18 @@ fn connected_to(path: &Path) -> io::Result<OwnedFd> {
     s.connect(path)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// Whether the receiver `fd` is connected to has room in its queue now.
+fn writable_now(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLOUT != 0
 }
 
 /// Waits until the receiver `fd` is connected to has room in its queue; gives `fd` back.

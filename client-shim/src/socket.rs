@@ -503,6 +503,7 @@ impl WriteHalf for ShimWrite {
                         .counters
                         .via_stream
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::member::touched();
                     Ok(self.shared.write_all(data, &raw).await?)
                 }
             },

@@ -22,8 +22,9 @@ pub const MAGIC: u32 = 0x4255_5350; // "BUSP"
 pub const VERSION: u32 = 1;
 /// Bytes before the first slot.
 pub const PREFIX_LEN: usize = 64;
-/// Bytes per slot: a cache line, so that members do not slow each other's writes.
-pub const SLOT_LEN: usize = 64;
+/// Bytes per slot: the counters in the first cache line (so that members do not slow each
+/// other's writes), the member's figures in the next ones.
+pub const SLOT_LEN: usize = 256;
 const SLOT_WORDS: usize = SLOT_LEN / 8;
 /// The slot of a member without one (the memory was full): nobody waits for it.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -31,6 +32,45 @@ pub const NO_SLOT: u32 = u32::MAX;
 const OWNER: usize = 0;
 const STARTED: usize = 1;
 const COMPLETED: usize = 2;
+/// The first word of the figures.
+const FIGURES_AT: usize = 8;
+
+/// What a member's shim counts and publishes in its slot, for the daemon's
+/// `GetConnectionStats` (as `busd.FastPath.<name>`) and busd-top, in this order.
+pub const FIGURES: [&str; 16] = [
+    // Messages sent straight to other members (each receiver counts).
+    "SentDirect",
+    // Messages sent to the daemon on the member's inbox.
+    "SentViaDaemon",
+    // Messages that took the stream connection (no memfd could be made).
+    "SentViaStream",
+    // Messages sent in a sealed memfd.
+    "SentInMemfd",
+    // Broadcasts sent directly.
+    "FanOuts",
+    // Receivers a broadcast did not go to because their interest summary rules it out.
+    "ReceiversSkipped",
+    // Messages received from other members and handed to the application.
+    "Received",
+    // Frames dropped: their sender lied about who it is.
+    "DroppedSpoofed",
+    // Frames dropped: not well formed.
+    "DroppedMalformed",
+    // Broadcasts the kernel filter let through that no rule of the member matches.
+    "DroppedUnwanted",
+    // Messages for a name the member no longer owns, passed on to the daemon.
+    "Forwarded",
+    // Frames that waited in a backlog for a full receiver.
+    "Backlogged",
+    // Frames a receiver did not get: its backlog was at its bound.
+    "RejectedFullQueue",
+    // Frames in backlogs now.
+    "BacklogDepth",
+    // Sends that waited for an earlier send they may depend on (causal order).
+    "CausalWaits",
+    // Such waits given up after their bound.
+    "CausalTimeouts",
+];
 
 /// The memory's size in words for `slots` slots.
 pub fn words_for(slots: u32) -> usize {
@@ -72,6 +112,7 @@ pub fn assign(shm: &[AtomicU64], slot: u32, member: u32) {
         owner.store(0, Ordering::Release);
         started.store(0, Ordering::Relaxed);
         completed.store(0, Ordering::Relaxed);
+        publish_figures(shm, slot, &[0; FIGURES.len()]);
         owner.store(u64::from(member), Ordering::Release);
     }
 }
@@ -95,6 +136,28 @@ pub fn complete(shm: &[AtomicU64], slot: u32, n: u64) {
     if let Some(w) = word(shm, slot, COMPLETED) {
         w.store(n, Ordering::Release);
     }
+}
+
+/// Publishes a member's figures (in [`FIGURES`] order) in its slot.
+pub fn publish_figures(shm: &[AtomicU64], slot: u32, values: &[u64; FIGURES.len()]) {
+    for (i, v) in values.iter().enumerate() {
+        if let Some(w) = word(shm, slot, FIGURES_AT + i) {
+            w.store(*v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The figures `member` last published, if `slot` is still `member`'s.
+pub fn figures(shm: &[AtomicU64], slot: u32, member: u32) -> Option<[u64; FIGURES.len()]> {
+    let owner = word(shm, slot, OWNER)?;
+    if owner.load(Ordering::Acquire) != u64::from(member) {
+        return None;
+    }
+    let mut values = [0; FIGURES.len()];
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = word(shm, slot, FIGURES_AT + i)?.load(Ordering::Relaxed);
+    }
+    (owner.load(Ordering::Acquire) == u64::from(member)).then_some(values)
 }
 
 /// `member`'s counters, if `slot` is still `member`'s (a slot is reused after its member
@@ -137,6 +200,12 @@ mod tests {
             })
         );
         assert_eq!(read(&m, 2, 18), None, "another member's slot");
+        let mut values = [0; FIGURES.len()];
+        values[3] = 9;
+        values[FIGURES.len() - 1] = 1;
+        publish_figures(&m, 2, &values);
+        assert_eq!(figures(&m, 2, 17), Some(values));
+        assert_eq!(figures(&m, 2, 18), None);
         assign(&m, 2, 18);
         assert_eq!(
             read(&m, 2, 18),
@@ -147,6 +216,7 @@ mod tests {
             "a reused slot starts from zero"
         );
         assert_eq!(read(&m, 2, 17), None, "the old member left");
+        assert_eq!(figures(&m, 2, 18), Some([0; FIGURES.len()]));
         assign(&m, 2, 0);
         assert_eq!(read(&m, 2, 18), None);
     }

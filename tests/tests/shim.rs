@@ -641,3 +641,72 @@ async fn large_messages_go_direct_in_sealed_memfds_and_keep_their_place() {
         assert_eq!(counter(conn, |c| &c.malformed), 0);
     }
 }
+
+/// What a member's shim counts reaches the bus's Debug.Stats (as `busd.FastPath.*`) and
+/// busd-top's fast-path table.
+#[tokio::test]
+async fn a_members_own_figures_reach_debug_stats_and_busd_top() {
+    let bus = Busd::start();
+    let _service = shim_service(&bus, "org.example.Fast").await;
+    let member = shim(&bus).await;
+    let plain = zbus_connect(&bus).await;
+    for n in 0..5 {
+        echo(&member, "org.example.Fast", &n.to_string())
+            .await
+            .unwrap();
+    }
+    let unique = member.unique_name().unwrap().to_string();
+    let stats = || async {
+        let reply = plain
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus.Debug.Stats"),
+                "GetConnectionStats",
+                &(unique.as_str(),),
+            )
+            .await
+            .unwrap();
+        let stats: std::collections::HashMap<String, zbus::zvariant::OwnedValue> =
+            reply.body().deserialize().unwrap();
+        stats
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), u32::try_from(v).ok()?)))
+            .collect::<std::collections::HashMap<String, u32>>()
+    };
+    // Published within a quarter of a second of the last change.
+    let mut seen = stats().await;
+    for _ in 0..100 {
+        if seen.get("busd.FastPath.SentDirect").copied().unwrap_or(0) >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = stats().await;
+    }
+    assert!(seen["busd.FastPath.SentDirect"] >= 5, "{seen:?}");
+    assert!(seen["busd.FastPath.Received"] >= 5, "the replies: {seen:?}");
+    assert_eq!(seen["busd.FastPath.BacklogDepth"], 0);
+    assert_eq!(seen["busd.FastPath.DroppedSpoofed"], 0);
+
+    let top = busd_tests::busd_binary().with_file_name("busd-top");
+    let (ok, out, err) = busd_tests::run(
+        std::process::Command::new(top)
+            .arg(format!("--address={}", bus.address))
+            .arg("--once"),
+    );
+    assert!(ok, "{err}");
+    let (_, fast) = out
+        .split_once("fast path (as each member's shim counts)")
+        .unwrap_or_else(|| panic!("{out}"));
+    let line = fast
+        .lines()
+        .find(|l| l.starts_with(&format!("{unique} ")))
+        .unwrap_or_else(|| panic!("{out}"));
+    let direct: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(direct >= 5, "{line}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("{unique} ")) && l.contains(" fast ")),
+        "{out}"
+    );
+}

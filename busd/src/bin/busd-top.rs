@@ -1,7 +1,10 @@
 //! busd-top: what is on a bus, refreshed like top. Connections with their process, names,
 //! match rules and traffic, from the bus's own driver (ListNames, GetConnectionCredentials,
 //! org.freedesktop.DBus.Debug.Stats). Works with any bus that has Debug.Stats (busd, and
-//! dbus-daemon built with --enable-stats, as Debian's is).
+//! dbus-daemon built with --enable-stats, as Debian's is). On busd, each connection's path
+//! (standard or fast) shows, and a second table gives each fast-path member's own figures
+//! (what its shim published: sent directly and through the bus, fan-outs, receivers its
+//! broadcasts skipped, received, unwanted, backlog depth, dropped, causal waits).
 //!
 //!   busd-top [--session | --system | --address=ADDRESS] [--once] [--interval=SECONDS]
 
@@ -208,11 +211,12 @@ fn snapshot(c: &mut Client) -> Result<String> {
         n("PeakMatchRules"),
     ));
     out.push_str(&format!(
-        "{:<10} {:>7} {:>6} {:<16} {:>5} {:>8} {:>8} {:>8} {:>8}  {}\n",
+        "{:<10} {:>7} {:>6} {:<16} {:<4} {:>5} {:>8} {:>8} {:>8} {:>8}  {}\n",
         "NAME",
         "PID",
         "UID",
         "COMMAND",
+        "PATH",
         "RULES",
         "IN-MSG",
         "IN-BYTE",
@@ -226,6 +230,7 @@ fn snapshot(c: &mut Client) -> Result<String> {
             .parse::<u64>()
             .unwrap_or(u64::MAX)
     });
+    let mut fast = String::new();
     for u in uniques {
         let creds = c
             .call_s("org.freedesktop.DBus", "GetConnectionCredentials", u)
@@ -237,10 +242,38 @@ fn snapshot(c: &mut Client) -> Result<String> {
             .unwrap_or_default();
         let pid = creds.numbers.get("ProcessID").copied();
         let s = |k: &str| human(stats.numbers.get(k).copied().unwrap_or(0));
+        let f = |k: &str| stats.numbers.get(&format!("busd.FastPath.{k}")).copied();
+        let member = stats
+            .numbers
+            .get("busd.FastPathMember")
+            .copied()
+            .unwrap_or(0);
+        if member != 0 {
+            // What its shim published (nothing yet right after joining).
+            let h = |k: &str| f(k).map_or("-".into(), human);
+            let dropped = ["DroppedSpoofed", "DroppedMalformed", "RejectedFullQueue"]
+                .iter()
+                .map(|k| f(k))
+                .sum::<Option<u32>>();
+            fast.push_str(&format!(
+                "{:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}\n",
+                u,
+                member,
+                h("SentDirect"),
+                h("SentViaDaemon"),
+                h("FanOuts"),
+                h("ReceiversSkipped"),
+                h("Received"),
+                h("DroppedUnwanted"),
+                h("BacklogDepth"),
+                dropped.map_or("-".into(), human),
+                h("CausalWaits"),
+            ));
+        }
         let mut names = owned.get(u).cloned().unwrap_or_default();
         names.sort();
         out.push_str(&format!(
-            "{:<10} {:>7} {:>6} {:<16} {:>5} {:>8} {:>8} {:>8} {:>8}  {}\n",
+            "{:<10} {:>7} {:>6} {:<16} {:<4} {:>5} {:>8} {:>8} {:>8} {:>8}  {}\n",
             u,
             pid.map_or("-".into(), |p| p.to_string()),
             creds
@@ -248,12 +281,30 @@ fn snapshot(c: &mut Client) -> Result<String> {
                 .get("UnixUserID")
                 .map_or("-".into(), |u| u.to_string()),
             pid.map_or("-".into(), command_of),
+            if member != 0 { "fast" } else { "std" },
             rules.get(u.as_str()).copied().unwrap_or(0),
             s("IncomingMessages"),
             s("IncomingBytes"),
             s("OutgoingMessages"),
             s("OutgoingBytes"),
             names.join(" ")
+        ));
+    }
+    if !fast.is_empty() {
+        out.push_str(&format!(
+            "\nfast path (as each member's shim counts)\n\
+             {:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}\n{fast}",
+            "NAME",
+            "MEMBER",
+            "DIRECT",
+            "VIA-BUS",
+            "FAN-OUTS",
+            "SKIPPED",
+            "RECEIVED",
+            "UNWANTED",
+            "BACKLOG",
+            "DROPPED",
+            "WAITS",
         ));
     }
     Ok(out)

@@ -14,6 +14,7 @@ use std::os::fd::OwnedFd;
 
 use busd_match::bpf::{self, Program};
 use busd_match::header::TO_DAEMON;
+use busd_match::progress;
 use busd_match::summary::Summary;
 use busd_match::table::{self, Table};
 use busd_match::MatchRule;
@@ -53,6 +54,20 @@ pub(super) struct State {
     /// The member whose frame is being routed: its broadcast already reached the direct
     /// members, so the daemon delivers it only to the others.
     pub origin: Option<PeerId>,
+    /// Where members' own figures are read (the shell's progress memory).
+    figures: Option<Figures>,
+}
+
+/// What a member last published of its figures (`busd_match::progress::FIGURES`), by slot
+/// and member id; None when it has published nothing there.
+pub type FigureSource = Box<dyn Fn(u32, u32) -> Option<[u64; progress::FIGURES.len()]>>;
+
+struct Figures(FigureSource);
+
+impl std::fmt::Debug for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Figures")
+    }
 }
 
 /// The sockets and table handed to a member that joined.
@@ -90,6 +105,21 @@ impl Bus {
         self.fast.enabled = enabled;
         self.fast.daemon_dirty = enabled;
         self.fast.table_dirty = enabled;
+    }
+
+    /// Where `GetConnectionStats` reads the figures members publish.
+    pub fn set_fast_figures(&mut self, source: FigureSource) {
+        self.fast.figures = Some(Figures(source));
+    }
+
+    /// The figures member `peer` published, with their names.
+    pub(super) fn fast_figures(&self, peer: PeerId) -> Vec<(&'static str, u64)> {
+        let (Some(f), Some(source)) = (self.fast_of(peer), &self.fast.figures) else {
+            return Vec::new();
+        };
+        (source.0)(f.slot, f.id).map_or(Vec::new(), |values| {
+            progress::FIGURES.iter().copied().zip(values).collect()
+        })
     }
 
     /// The peer on the fast path as member `id`.

@@ -145,6 +145,10 @@ pub(super) fn get_connection_stats(
     // the daemon took from it on its inbox.
     add_u(&mut w, "busd.FastPathMember", p.fast.map_or(0, |f| f.id));
     add_u(&mut w, "busd.FastPathFrames", clamp(p.fast_frames));
+    // What the member's shim counts and publishes (docs/fastpath-protocol.md).
+    for (name, value) in bus.fast_figures(peer) {
+        add_u(&mut w, &format!("busd.FastPath.{name}"), clamp(value));
+    }
     w.end_array(a);
     Ok(Some((w.into_vec(), "a{sv}")))
 }

@@ -181,7 +181,8 @@ const PROGRESS_SLOTS: u32 = 1 << 16;
 /// ([`busd_match::progress`]). Members write their own slot; it is sealed against
 /// shrinking and growing, so no member can make another's mapping fault.
 struct SharedProgress {
-    shm: SharedMemory,
+    /// (Shared with the bus core, which reads members' figures for Debug.Stats.)
+    shm: std::rc::Rc<SharedMemory>,
     /// Slots free for reuse, the longest free first (a member that has just left may still
     /// write its old slot for a moment).
     free: std::collections::VecDeque<u32>,
@@ -193,7 +194,7 @@ impl SharedProgress {
     fn new() -> io::Result<Self> {
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         let len = progress::words_for(PROGRESS_SLOTS) * 8;
-        let shm = SharedMemory::new("busd-progress", len, seals)?;
+        let shm = std::rc::Rc::new(SharedMemory::new("busd-progress", len, seals)?);
         progress::init(shm.words());
         Ok(SharedProgress {
             shm,
@@ -316,6 +317,12 @@ impl FastPath {
 
     pub fn directory(&self) -> &Path {
         &self.dir
+    }
+
+    /// Reads the figures members publish in their progress slots.
+    pub fn figures(&self) -> crate::bus::fastpath::FigureSource {
+        let shm = std::rc::Rc::clone(&self.progress.shm);
+        Box::new(move |slot, member| progress::figures(shm.words(), slot, member))
     }
 
     /// Creates a member's socket (filter attached) and the daemon's inbox for it; returns

@@ -379,3 +379,66 @@ fn a_name_change_recompiles_only_the_filters_that_name_it() {
     let recompiled: Vec<PeerId> = u.filters.iter().map(|f| f.0).collect();
     assert_eq!(recompiled, [2]);
 }
+
+/// The a{sv} of unsigned figures GetConnectionStats answers, as (key, value) pairs.
+fn connection_stats(b: &mut Bus, asker: PeerId, of: &str) -> Vec<(String, u32)> {
+    b.handle_message(
+        asker,
+        call(
+            7,
+            DBUS_NAME,
+            "org.freedesktop.DBus.Debug.Stats",
+            "GetConnectionStats",
+            "s",
+            s_body(of),
+        ),
+    );
+    let reply = drain(b).into_iter().find(|s| s.to == asker).unwrap().msg;
+    assert_eq!(reply.signature(), "a{sv}", "{:?}", reply.error_name());
+    let mut r = reply.body_reader();
+    let end = r.array_start(8).unwrap();
+    let mut out = Vec::new();
+    while r.pos() < end {
+        r.align(8).unwrap();
+        let key = r.string().unwrap().to_string();
+        match r.signature().unwrap() {
+            b"u" => out.push((key, r.u32().unwrap())),
+            sig => {
+                let sig = sig.to_vec();
+                r.skip_value(&sig, 0).unwrap();
+            }
+        }
+    }
+    out
+}
+
+/// A member's own figures (what its shim published in its progress slot) appear in
+/// GetConnectionStats as `busd.FastPath.<figure>`; a connection off the fast path has none.
+#[test]
+fn connection_stats_carry_what_a_member_published() {
+    let mut b = fast_bus();
+    let member = join_fast(&mut b, 1);
+    let plain = join(&mut b, 2);
+    b.set_fast_figures(Box::new(move |slot, id| {
+        (slot == 4 && id == member).then(|| {
+            let mut v = [0u64; busd_match::progress::FIGURES.len()];
+            v[0] = 12;
+            v[13] = 3;
+            v[15] = u64::MAX;
+            v
+        })
+    }));
+    let stats = connection_stats(&mut b, 2, ":1.0");
+    let get = |k: &str| stats.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    assert_eq!(get("busd.FastPathMember"), Some(member));
+    assert_eq!(get("busd.FastPath.SentDirect"), Some(12));
+    assert_eq!(get("busd.FastPath.BacklogDepth"), Some(3));
+    assert_eq!(
+        get("busd.FastPath.CausalTimeouts"),
+        Some(u32::MAX),
+        "clamped"
+    );
+    assert_eq!(get("busd.FastPath.Received"), Some(0));
+    let stats = connection_stats(&mut b, 1, &plain);
+    assert!(stats.iter().all(|(k, _)| !k.starts_with("busd.FastPath.")));
+}
