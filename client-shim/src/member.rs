@@ -519,7 +519,8 @@ impl Member {
             None => return Route::Daemon(TO_DAEMON),
             Some(d) => Some(d),
         };
-        if !me_direct {
+        let timed_call = msg.msg_type() == METHOD_CALL && !msg.no_reply_expected();
+        if !me_direct || (timed_call && t.calls_mediated) {
             return Route::Daemon(TO_DAEMON);
         }
         let Some(d) = dest else {

@@ -20,6 +20,7 @@ const WORD_SEQ: usize = 1;
 const WORD_LEN: usize = 2;
 
 const TABLE_OBSERVED: u32 = 1;
+const TABLE_CALLS_MEDIATED: u32 = 2;
 const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_LEN: usize = 48;
@@ -43,6 +44,9 @@ pub struct Table {
     /// Someone watches traffic between others (a monitor or an eavesdropping rule): a copy
     /// of every direct unicast goes to the daemon too.
     pub observed: bool,
+    /// The bus times out calls that wait for a reply (`reply_timeout`): members send every
+    /// method call that expects one through the daemon, which keeps the time.
+    pub calls_mediated: bool,
     /// Sorted by id; member 0 (the daemon) first.
     pub members: Vec<Member>,
     /// Well-known names owned by members, sorted by name.
@@ -107,7 +111,14 @@ impl Table {
     /// The body as it is published (little-endian words).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
-        put_u32(out, if self.observed { TABLE_OBSERVED } else { 0 });
+        let mut flags = 0;
+        if self.observed {
+            flags |= TABLE_OBSERVED;
+        }
+        if self.calls_mediated {
+            flags |= TABLE_CALLS_MEDIATED;
+        }
+        put_u32(out, flags);
         put_u32(out, self.members.len() as u32);
         for m in &self.members {
             put_u32(out, m.id);
@@ -136,7 +147,9 @@ impl Table {
 
     pub fn decode(body: &[u8]) -> Result<Table, Error> {
         let mut c = Cursor { b: body, pos: 0 };
-        let observed = c.u32()? & TABLE_OBSERVED != 0;
+        let flags = c.u32()?;
+        let observed = flags & TABLE_OBSERVED != 0;
+        let calls_mediated = flags & TABLE_CALLS_MEDIATED != 0;
         let n = c.u32()? as usize;
         if n > body.len() / MEMBER_LEN {
             return Err(Error::Truncated);
@@ -183,6 +196,7 @@ impl Table {
         }
         Ok(Table {
             observed,
+            calls_mediated,
             members,
             names,
         })
@@ -267,6 +281,7 @@ mod tests {
         let rules = [MatchRule::parse("type='signal',member='Changed'").unwrap()];
         Table {
             observed: true,
+            calls_mediated: true,
             members: vec![
                 Member {
                     id: 0,

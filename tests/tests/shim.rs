@@ -538,7 +538,7 @@ impl Drop for Reaped {
 }
 
 /// The daemon dies (killed) while members talk directly: their calls end with an error,
-/// none waits forever.
+/// none waits forever; on a daemon started again, everything works as before.
 #[tokio::test]
 async fn when_the_daemon_dies_no_member_waits_forever() {
     let bus = Busd::start();
@@ -567,6 +567,21 @@ async fn when_the_daemon_dies_no_member_waits_forever() {
         outcome.is_ok(),
         "a member kept waiting after the daemon died"
     );
+    drop(service);
+
+    // A daemon started again (as a session's init system would) begins with a fresh
+    // table: the applications connect again, take their names back, and go direct.
+    let again = Busd::start();
+    let service = shim_service(&again, "org.example.Fast").await;
+    let client = shim(&again).await;
+    assert_eq!(
+        timeout(echo(&client, "org.example.Fast", "c"))
+            .await
+            .unwrap()
+            .unwrap(),
+        "echo: c"
+    );
+    assert!(direct(&client) > 0, "direct again");
     drop(service);
 }
 
@@ -709,4 +724,73 @@ async fn a_members_own_figures_reach_debug_stats_and_busd_top() {
             .any(|l| l.starts_with(&format!("{unique} ")) && l.contains(" fast ")),
         "{out}"
     );
+}
+
+struct Slow;
+
+#[zbus::interface(name = "org.example.Slow")]
+impl Slow {
+    async fn wait(&self) -> u32 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        1
+    }
+}
+
+/// A caller on the fast path, a callee that answers late, and a bus with reply_timeout:
+/// the error the caller gets, how long it took, and what the caller sent directly.
+async fn late_answer(bus: &Busd) -> (String, Duration, Option<u64>) {
+    let _callee = busd_shim::builder(&fast_address(bus))
+        .await
+        .unwrap()
+        .name("org.example.Slow")
+        .unwrap()
+        .serve_at("/slow", Slow)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let caller = shim(bus).await;
+    let start = std::time::Instant::now();
+    let r = caller
+        .call_method(
+            Some("org.example.Slow"),
+            "/slow",
+            Some("org.example.Slow"),
+            "Wait",
+            &(),
+        )
+        .await;
+    let took = start.elapsed();
+    let name = match r {
+        Err(zbus::Error::MethodError(n, _, _)) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    let direct = busd_shim::stats(&caller).map(|c| c.direct.load(Ordering::Relaxed));
+    (name, took, direct)
+}
+
+/// `reply_timeout` holds for members too: their calls that expect a reply go through the
+/// daemon, which ends one unanswered in time with dbus-daemon's NoReply.
+#[tokio::test]
+async fn reply_timeout_ends_calls_between_members_as_dbus_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // The stock session bus (whose policy lets members go direct), with a reply timeout.
+    let config = busd_tests::write_config(
+        dir.path(),
+        "timeout.conf",
+        r#"<busconfig>
+  <include>/usr/share/dbus-1/session.conf</include>
+  <limit name="reply_timeout">300</limit>
+</busconfig>"#,
+    );
+    let arg = format!("--config-file={}", config.display());
+    let busd = Busd::start_with(&[&arg]);
+    let (error, took, direct) = late_answer(&busd).await;
+    assert_eq!(error, "org.freedesktop.DBus.Error.NoReply");
+    assert_eq!(direct, Some(0), "the call went through the daemon");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    if let Some(daemon) = dbus_daemon() {
+        let reference = Busd::start_program(&daemon, &[&arg]);
+        assert_eq!(late_answer(&reference).await.0, error);
+    }
 }

@@ -402,6 +402,9 @@ impl Bus {
         names.sort_unstable();
         Table {
             observed,
+            // dbus-daemon ends calls unanswered after reply_timeout: only the daemon can
+            // keep that time, so calls go through it when the limit is set.
+            calls_mediated: self.settings.limits.reply_timeout.is_some(),
             members,
             names,
         }

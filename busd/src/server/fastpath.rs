@@ -150,6 +150,7 @@ impl SharedTable {
             warn!("the fast path's routing table is too large; members send through the daemon");
             let fallback = Table {
                 observed: true,
+                calls_mediated: true,
                 members: vec![table::Member {
                     id: 0,
                     direct: true,
