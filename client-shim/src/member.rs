@@ -67,20 +67,33 @@ pub struct Counters {
     /// (the kernel filters of those that do get a broadcast drop what their rules cannot
     /// want; the kernel counts none of that).
     pub skipped: AtomicU64,
+    /// Bytes of the messages in `direct` (each receiver counts).
+    pub direct_bytes: AtomicU64,
+    /// Bytes of the messages in `received`.
+    pub received_bytes: AtomicU64,
 }
 
 impl Counters {
+    /// A frame reached `receivers` more members directly.
+    fn sent_direct(&self, receivers: u64, frame: &[u8]) {
+        self.direct.fetch_add(receivers, Ordering::Relaxed);
+        self.direct_bytes
+            .fetch_add(receivers * message_len(frame), Ordering::Relaxed);
+    }
+
     /// The figures in the order the progress memory holds them
     /// ([`busd_match::progress::FIGURES`]).
     pub fn figures(&self) -> [u64; progress::FIGURES.len()] {
         [
             &self.direct,
+            &self.direct_bytes,
             &self.via_daemon,
             &self.via_stream,
             &self.large,
             &self.fan_outs,
             &self.skipped,
             &self.received,
+            &self.received_bytes,
             &self.spoofed,
             &self.malformed,
             &self.filtered,
@@ -699,9 +712,7 @@ impl Member {
                 self.calls_changed.notify_one();
             }
             match self.backlogs.deliver(m, frame, fds, n)? {
-                Delivery::Sent => {
-                    self.counters.direct.fetch_add(1, Ordering::Relaxed);
-                }
+                Delivery::Sent => self.counters.sent_direct(1, frame),
                 Delivery::Queued => {}
                 Delivery::Gone if destination != 0 => {
                     // It left since the table was read: the daemon answers a message for
@@ -850,7 +861,7 @@ impl Member {
         while i < addrs.len() {
             match send_batch(self.socket.as_fd(), &addrs[i..], frame, fds) {
                 Ok(n) => {
-                    self.counters.direct.fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters.sent_direct(n as u64, frame);
                     i += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -963,6 +974,9 @@ impl Member {
             match verdict {
                 Verdict::Deliver(bytes, fds) => {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .received_bytes
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     return Ok((bytes, fds));
                 }
                 Verdict::Forward(fds) => self.forward(&buf[..n], fds)?,
@@ -1363,12 +1377,12 @@ impl Backlogs {
                 MsgFlags::MSG_DONTWAIT,
             )?;
             let (len, send) = (w.frame.len(), w.send);
+            self.counters.sent_direct(1, &w.frame);
             b.frames.pop_front();
             b.bytes -= len;
             self.left(&[send]);
             touched();
             self.counters.backlog_depth.fetch_sub(1, Ordering::Relaxed);
-            self.counters.direct.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1566,6 +1580,16 @@ fn connected_to(path: &Path) -> io::Result<OwnedFd> {
     s.connect(path)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// The length of the message a frame carries (inline, or in its memfd).
+fn message_len(frame: &[u8]) -> u64 {
+    let rest = frame.get(HEADER_LEN..).unwrap_or_default();
+    if frame[header::OFF_KIND as usize + 3] & header::ROUTE_MEMFD != 0 {
+        sealed::announced(rest).unwrap_or(0)
+    } else {
+        rest.len() as u64
+    }
 }
 
 /// Whether the receiver `fd` is connected to has room in its queue now.

@@ -37,9 +37,11 @@ const FIGURES_AT: usize = 8;
 
 /// What a member's shim counts and publishes in its slot, for the daemon's
 /// `GetConnectionStats` (as `busd.FastPath.<name>`) and busd-top, in this order.
-pub const FIGURES: [&str; 16] = [
+pub const FIGURES: [&str; 18] = [
     // Messages sent straight to other members (each receiver counts).
     "SentDirect",
+    // Their bytes.
+    "SentDirectBytes",
     // Messages sent to the daemon on the member's inbox.
     "SentViaDaemon",
     // Messages that took the stream connection (no memfd could be made).
@@ -52,6 +54,8 @@ pub const FIGURES: [&str; 16] = [
     "ReceiversSkipped",
     // Messages received from other members and handed to the application.
     "Received",
+    // Their bytes.
+    "ReceivedBytes",
     // Frames dropped: their sender lied about who it is.
     "DroppedSpoofed",
     // Frames dropped: not well formed.

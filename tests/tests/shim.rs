@@ -700,6 +700,9 @@ async fn a_members_own_figures_reach_debug_stats_and_busd_top() {
     }
     assert!(seen["busd.FastPath.SentDirect"] >= 5, "{seen:?}");
     assert!(seen["busd.FastPath.Received"] >= 5, "the replies: {seen:?}");
+    // Each call carries at least its one-byte argument and its header.
+    assert!(seen["busd.FastPath.SentDirectBytes"] >= 5 * 32, "{seen:?}");
+    assert!(seen["busd.FastPath.ReceivedBytes"] >= 5 * 32, "{seen:?}");
     assert_eq!(seen["busd.FastPath.BacklogDepth"], 0);
     assert_eq!(seen["busd.FastPath.DroppedSpoofed"], 0);
 

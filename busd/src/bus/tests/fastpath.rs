@@ -423,8 +423,8 @@ fn connection_stats_carry_what_a_member_published() {
         (slot == 4 && id == member).then(|| {
             let mut v = [0u64; busd_match::progress::FIGURES.len()];
             v[0] = 12;
-            v[13] = 3;
-            v[15] = u64::MAX;
+            v[15] = 3;
+            v[17] = u64::MAX;
             v
         })
     }));
