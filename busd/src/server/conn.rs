@@ -15,7 +15,7 @@ use crate::wire::sasl::{Mechanism, SaslServer};
 
 /// Most fds one recvmsg can carry (the kernel's SCM_MAX_FD).
 const MAX_FDS_PER_READ: usize = 253;
-const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// The descriptors a recvmsg() took in (SCM_RIGHTS), now ours.
 pub(super) fn received_fds(msg: &socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
@@ -146,13 +146,13 @@ impl Conn {
         std::mem::take(&mut self.messages)
     }
 
-    /// Reads once from the socket; complete messages are collected for
-    /// [`Conn::take_messages`].
-    pub fn read_once(&mut self, limits: &busd_policy::Limits) -> ReadOutcome {
-        let mut buf = vec![0u8; READ_CHUNK];
+    /// Reads once from the socket into `buf` (the shell's, reused for every read: a
+    /// fresh zeroed 64 KiB per read cost more than the read); complete messages are
+    /// collected for [`Conn::take_messages`].
+    pub fn read_once(&mut self, limits: &busd_policy::Limits, buf: &mut [u8]) -> ReadOutcome {
         loop {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut iov = [IoSliceMut::new(buf)];
             let r = socket::recvmsg::<()>(
                 self.stream.as_raw_fd(),
                 &mut iov,
@@ -171,6 +171,7 @@ impl Conn {
             if n == 0 && fds.is_empty() {
                 return ReadOutcome::Closed;
             }
+            let had_fds = !fds.is_empty();
             self.infds.extend(fds);
             self.inbuf.extend_from_slice(&buf[..n]);
             if let Err(why) = self.process(limits) {
@@ -185,6 +186,13 @@ impl Conn {
                 self.fds_pending_since = None;
             } else if self.fds_pending_since.is_none() {
                 self.fds_pending_since = Some(Instant::now());
+            }
+            // A read that did not fill the buffer took everything queued: a stream socket
+            // hands over all it holds, stopping early only after a message that carried
+            // fds. Data arriving later is a new edge for the (edge-triggered) poll, so the
+            // read that would only find EAGAIN is saved.
+            if n < buf.len() && !had_fds {
+                return ReadOutcome::Drained;
             }
             return ReadOutcome::More;
         }

@@ -74,6 +74,8 @@ pub struct Server {
     notifier: notify::Notifier,
     /// The fast path's sockets and routing table (None with --fastpath=off).
     fast: Option<fastpath::FastPath>,
+    /// Where connections are read into (one thread reads them all).
+    read_buf: Vec<u8>,
 }
 
 const FIRST_CONN: PeerId = 1024;
@@ -168,6 +170,7 @@ impl Server {
             starter_env,
             notifier,
             fast,
+            read_buf: vec![0; conn::READ_CHUNK],
         })
         .map(|mut s| {
             s.watch_dirs();
@@ -518,7 +521,7 @@ impl Server {
             }
             let conn = self.conns.get_mut(&id).expect("checked above");
             let was_authenticated = conn.is_authenticated();
-            let outcome = conn.read_once(&self.config.limits);
+            let outcome = conn.read_once(&self.config.limits, &mut self.read_buf);
             if !was_authenticated && conn.is_authenticated() && !self.admit(id) {
                 return;
             }
