@@ -606,16 +606,21 @@ async fn other_users_cannot_reach_member_sockets() {
     assert_eq!(a.queued(), 0);
 }
 
-/// A shim member subscribed to `Ping` (its connection, messages and counters), and a raw
-/// member that sees it subscribed in the table; returns the shim's member id too.
-async fn ping_receiver(bus: &Busd) -> (Connection, MessageStream, Arc<Counters>, Member, u32) {
-    let address = format!("{},fastpath=1", bus.address);
-    let receiver = busd_shim::builder(&address)
+/// A zbus connection through busd-shim on the fast path, with `options` added to the
+/// address.
+async fn shim(bus: &Busd, options: &str) -> Connection {
+    busd_shim::builder(&format!("{},fastpath=1{options}", bus.address))
         .await
         .unwrap()
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A shim member subscribed to `Ping` (its connection, messages and counters), and a raw
+/// member that sees it subscribed in the table; returns the shim's member id too.
+async fn ping_receiver(bus: &Busd) -> (Connection, MessageStream, Arc<Counters>, Member, u32) {
+    let receiver = shim(bus, "").await;
     add_match(&receiver, "type='signal',member='Ping'").await;
     let signals = MessageStream::from(&receiver);
     let counters = busd_shim::stats(&receiver).expect("on the fast path");
@@ -657,19 +662,8 @@ fn member_id(conn: &Connection) -> u32 {
 /// An emitter (through busd-shim, with `options` added to its address), a reader (the
 /// same) and a raw member that reads only when the test says, both subscribed to `Tick`.
 async fn sleeper_and_reader(bus: &Busd, options: &str) -> (Connection, Connection, Member) {
-    let address = format!("{},fastpath=1", bus.address);
-    let emitter = busd_shim::builder(&format!("{address}{options}"))
-        .await
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
-    let reader = busd_shim::builder(&address)
-        .await
-        .unwrap()
-        .build()
-        .await
-        .unwrap();
+    let emitter = shim(bus, options).await;
+    let reader = shim(bus, "").await;
     add_match(&reader, "type='signal',member='Tick'").await;
     let sleeper = member(bus).await;
     add_match(&sleeper.conn, "type='signal',member='Tick'").await;
