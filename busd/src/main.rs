@@ -11,9 +11,9 @@ use busd::bus::{Bus, BusSettings};
 use busd::cli::{self, Options, Syslog};
 use busd::server::identity::NssAccounts;
 use busd::server::{self, Server, ServerConfig};
-use busd::wire::address::ListenAddress;
-use busd::wire::sasl::Mechanism;
 use busd_policy::{CompiledPolicy, Config};
+use busd_wire::address::ListenAddress;
+use busd_wire::sasl::Mechanism;
 
 fn main() -> ExitCode {
     ensure_standard_fds();

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub use member::Counters;
 
 /// busd's interface on the bus object.
-pub const FASTPATH_INTERFACE: &str = "org.freedesktop.busd.FastPath1";
+pub use busd_match::protocol::INTERFACE as FASTPATH_INTERFACE;
 /// The environment variable that asks for the fast path when the address does not say.
 pub const ENV: &str = "BUSD_FASTPATH";
 
@@ -106,10 +106,10 @@ fn fast_target(address: &str, env: Option<&str>) -> Option<(Target, usize)> {
     for kv in rest.split(',') {
         let (k, v) = kv.split_once('=')?;
         match k {
-            "path" => path = Some(Target::Path(busd::wire::address::unescape(v)?.into())),
+            "path" => path = Some(Target::Path(busd_wire::address::unescape(v)?.into())),
             "abstract" => {
                 path = Some(Target::Abstract(
-                    busd::wire::address::unescape(v)?.into_bytes(),
+                    busd_wire::address::unescape(v)?.into_bytes(),
                 ))
             }
             "fastpath" => asked = v == "1",

@@ -2,19 +2,22 @@
 //! sends and takes in (`docs/fastpath-protocol.md`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use busd::wire::message::{Message, METHOD_CALL, SIGNAL};
-use busd_match::header::{self, Fields, Header, HEADER_LEN, TO_DAEMON};
+use busd_match::header::{self, Fields, HEADER_LEN, TO_DAEMON};
 use busd_match::progress;
+use busd_match::protocol::{self, FrameError};
 use busd_match::sealed;
+use busd_match::shm::Mapping;
 use busd_match::table::{self, Table};
 use busd_match::{Arg, MatchRule, MessageInfo};
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
+use busd_wire::fds;
+use busd_wire::message::{Message, METHOD_CALL, SIGNAL};
+use nix::sys::socket::{self, MsgFlags, UnixAddr};
 use std::collections::{HashMap, VecDeque};
 use tokio::io::Interest;
 use tracing::{debug, warn};
@@ -163,60 +166,6 @@ pub fn touched() {
 /// How long a send waits, at most, for an earlier send it may depend on to reach all its
 /// receivers. Only a receiver that does not read for that long makes it expire.
 pub const CAUSAL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The routing table's shared memory, mapped read-only.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is shared memory only ever accessed through atomics; it lives until
-// Drop and may be used from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above: concurrent atomic accesses are fine.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps all of `fd`, which must hold at least `least` bytes, a multiple of 8.
-    fn new(fd: &OwnedFd, least: usize, writable: bool) -> io::Result<Self> {
-        let len = std::fs::File::from(fd.try_clone()?).metadata()?.len() as usize;
-        if len < least || !len.is_multiple_of(8) {
-            return Err(io::Error::other("shared memory of an invalid size"));
-        }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: mapping `len` bytes of a descriptor we hold, read-only; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping { ptr, len })
-    }
-
-    fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `len` bytes, page-aligned, mapped until Drop, only accessed atomically.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what new() mapped.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
 
 /// The table as last read, refreshed when the daemon's sequence number moves.
 struct TableView {
@@ -442,16 +391,6 @@ impl MessageInfo for Received<'_> {
     }
 }
 
-/// `:1.N` is member N+1.
-pub fn member_of_unique(name: &str) -> Option<u32> {
-    let n: u32 = name.strip_prefix(":1.")?.parse().ok()?;
-    n.checked_add(1).filter(|&id| id != TO_DAEMON)
-}
-
-fn unique_of_member(id: u32) -> String {
-    format!(":1.{}", id - 1)
-}
-
 /// Senders raise their send buffer as far as the system allows: every unread datagram
 /// stays charged to it (DESIGN 4).
 const SEND_BUFFER: usize = 8 << 20;
@@ -464,8 +403,8 @@ impl Member {
         // receiver can then block in the kernel (see `send_frame`).
         socket.set_nonblocking(true)?;
         let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
-        let map = Mapping::new(&j.table, table::PREFIX_LEN, false)?;
-        let progress = Mapping::new(&j.progress, progress::PREFIX_LEN, true)?;
+        let map = Mapping::open(j.table.as_fd(), table::PREFIX_LEN, false)?;
+        let progress = Mapping::open(j.progress.as_fd(), progress::PREFIX_LEN, true)?;
         if !progress::valid(progress.words()) {
             return Err(io::Error::other("the progress memory is not busd's"));
         }
@@ -517,11 +456,11 @@ impl Member {
     }
 
     fn path_of(&self, member: u32) -> PathBuf {
-        self.dir.join(member.to_string())
+        self.dir.join(protocol::socket_name(member))
     }
 
     fn inbox(&self) -> PathBuf {
-        self.dir.join(format!("d{}", self.id))
+        self.dir.join(protocol::inbox_name(self.id))
     }
 
     /// Decides where a message goes, from the routing table as it is now.
@@ -566,8 +505,8 @@ impl Member {
                 copy_to_daemon: daemon,
             };
         };
-        let owner = if busd_match::names::is_unique_name(d) {
-            member_of_unique(d).filter(|&id| t.member(id).is_some())
+        let owner = if busd_wire::names::is_unique_name(d) {
+            protocol::member_of_unique(d).filter(|&id| t.member(id).is_some())
         } else {
             t.owner(d)
         };
@@ -1012,42 +951,27 @@ impl Member {
     }
 
     fn accept(&self, frame: &[u8], mut fds: Vec<OwnedFd>, source: Option<&Path>) -> Verdict {
-        // The kernel reports the sender's bound address: it must be a member socket here.
+        // The kernel reports the sender's bound address: it must be a member socket here,
+        // under the exact name the daemon binds (a look-alike spelling names nobody).
         let Some(sender_id) = source
             .filter(|p| p.parent() == Some(self.dir.as_path()))
-            .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
-            .filter(|&id| id != 0)
+            .and_then(|p| protocol::member_of_socket_name(p.file_name()?.to_str()?))
         else {
             return self.refuse(&self.counters.spoofed, source, "not from a member socket");
         };
-        let head = match Header::decode(frame) {
-            Ok(h) => h,
+        let frame = match protocol::check_frame(frame, &fds, sender_id, MAX_MESSAGE) {
+            Ok(f) => f,
+            Err(e @ FrameError::Spoofed(_)) => {
+                return self.refuse(&self.counters.spoofed, source, &e.to_string())
+            }
             Err(e) => return self.refuse(&self.counters.malformed, source, &e.to_string()),
         };
-        if head.sender != sender_id {
-            return self.refuse(
-                &self.counters.spoofed,
-                source,
-                "its header names another sender",
-            );
-        }
-        let bytes = if head.routing & header::ROUTE_MEMFD != 0 {
-            let opened = sealed::announced(&frame[HEADER_LEN..]).and_then(|len| {
-                let memfd = fds.first().ok_or(sealed::Error::Missing)?;
-                sealed::open(memfd.as_fd(), len, MAX_MESSAGE)
-            });
-            match opened {
-                Ok(bytes) => bytes,
-                Err(e) => return self.refuse(&self.counters.malformed, source, &e.to_string()),
-            }
-        } else {
-            frame[HEADER_LEN..].to_vec()
-        };
+        let bytes = frame.message;
         let msg = match Message::parse(bytes, Vec::new()) {
             Ok(m) => m,
             Err(e) => return self.refuse(&self.counters.malformed, source, &e.to_string()),
         };
-        if msg.sender() != Some(unique_of_member(sender_id).as_str()) {
+        if msg.sender() != Some(protocol::unique_of_member(sender_id).as_str()) {
             return self.refuse(&self.counters.spoofed, source, "its SENDER is another's");
         }
         if let Some(r) = msg.reply_serial() {
@@ -1079,7 +1003,7 @@ impl Member {
         };
         if wanted {
             self.note_progress(sender_id, &t);
-            if head.routing & header::ROUTE_MEMFD != 0 {
+            if frame.memfd {
                 fds.remove(0);
             }
             Verdict::Deliver(msg.into_bytes(), fds)
@@ -1099,21 +1023,8 @@ fn send_to(
     flags: MsgFlags,
 ) -> io::Result<()> {
     let iov = [io::IoSlice::new(frame)];
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    loop {
-        match socket::sendmsg(
-            socket.as_raw_fd(),
-            &iov,
-            cmsgs,
-            flags | MsgFlags::MSG_NOSIGNAL,
-            Some(addr),
-        ) {
-            Ok(_) => return Ok(()),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
+    fds::send(socket.as_raw_fd(), &iov, fds, flags, Some(addr))?;
+    Ok(())
 }
 
 /// The error dbus-daemon sends a caller whose callee left without replying.
@@ -1128,8 +1039,8 @@ fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
 
 /// An error from the bus to `destination`, answering its call `reply_serial`.
 fn bus_error(reply_serial: u32, destination: &str, name: &str, text: &str) -> Vec<u8> {
-    use busd::wire::marshal::{Endian, Writer};
-    use busd::wire::message::{encode, HeaderFields, ERROR, FLAG_NO_REPLY_EXPECTED};
+    use busd_wire::marshal::{Endian, Writer};
+    use busd_wire::message::{encode, HeaderFields, ERROR, FLAG_NO_REPLY_EXPECTED};
     let mut body = Writer::new(Endian::Little);
     body.string(text);
     let f = HeaderFields {
@@ -1230,7 +1141,7 @@ fn send_batch(
 
 impl Backlogs {
     fn path_of(&self, member: u32) -> PathBuf {
-        self.dir.join(member.to_string())
+        self.dir.join(protocol::socket_name(member))
     }
 
     /// Numbers a send and publishes that it started, before its first datagram leaves.
@@ -1632,43 +1543,22 @@ fn gone(e: &io::Error) -> bool {
 type Frame = (usize, Vec<OwnedFd>, Option<PathBuf>);
 
 fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 253]);
-    let mut iov = [io::IoSliceMut::new(buf)];
     loop {
-        match socket::recvmsg::<UnixAddr>(
-            fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            // SAFETY: the kernel installed these descriptors for us
-                            // (SCM_RIGHTS); nothing else owns them.
-                            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-                        }
-                    }
-                }
-                let source = m.address.and_then(|a| a.path().map(Path::to_path_buf));
-                if m.flags.contains(MsgFlags::MSG_TRUNC) {
-                    // Larger than any member's send buffer allows: not from a member.
-                    warn!("dropped a truncated frame from {source:?}");
-                    continue;
-                }
-                return Ok((m.bytes, fds, source));
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+        let m = fds::recv::<UnixAddr>(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?;
+        let source = m.address.and_then(|a| a.path().map(Path::to_path_buf));
+        if m.flags.contains(MsgFlags::MSG_TRUNC) {
+            // Larger than any member's send buffer allows: not from a member.
+            warn!("dropped a truncated frame from {source:?}");
+            continue;
         }
+        return Ok((m.len, m.fds, source));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     fn backlogs() -> Backlogs {
         let words = progress::words_for(4);
@@ -1678,7 +1568,7 @@ mod tests {
         // SAFETY: a new descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         nix::unistd::ftruncate(&fd, (words * 8) as i64).unwrap();
-        let map = Mapping::new(&fd, progress::PREFIX_LEN, true).unwrap();
+        let map = Mapping::open(fd.as_fd(), progress::PREFIX_LEN, true).unwrap();
         progress::init(map.words());
         progress::assign(map.words(), 1, 5);
         Backlogs {

@@ -15,9 +15,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use busd::wire::message::{self as wire, Message};
+use busd_match::protocol::{self, JoinFds, JoinReply};
 use busd_match::MatchRule;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use busd_wire::fds;
+use busd_wire::message::{self as wire, Message};
+use nix::sys::socket::{self, MsgFlags};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -25,7 +27,6 @@ use tracing::debug;
 use zbus::connection::socket::{ReadHalf, WriteHalf};
 
 use crate::member::{Counters, Joining, Member, Sent};
-use crate::FASTPATH_INTERFACE;
 
 #[derive(Clone)]
 enum Phase {
@@ -114,25 +115,8 @@ impl std::fmt::Debug for ShimWrite {
 }
 
 fn recv_stream(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 253]);
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let m = socket::recvmsg::<()>(
-        fd,
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )?;
-    let mut fds = Vec::new();
-    if let Ok(cmsgs) = m.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                use std::os::fd::FromRawFd;
-                // SAFETY: the kernel installed these descriptors for us (SCM_RIGHTS).
-                fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-            }
-        }
-    }
-    Ok((m.bytes, fds))
+    let m = fds::recv::<()>(fd, buf, MsgFlags::MSG_DONTWAIT)?;
+    Ok((m.len, m.fds))
 }
 
 impl Shared {
@@ -153,13 +137,11 @@ impl Shared {
             self.stream.writable().await?;
             let r = self.stream.try_io(Interest::WRITABLE, || {
                 let iov = [io::IoSlice::new(data)];
-                let cmsgs: &[ControlMessage<'_>] = &[ControlMessage::ScmRights(fds)];
-                let cmsgs = if fds.is_empty() { &[] } else { cmsgs };
-                socket::sendmsg::<()>(
+                fds::send::<()>(
                     self.stream.as_raw_fd(),
                     &iov,
-                    cmsgs,
-                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                    fds,
+                    MsgFlags::MSG_DONTWAIT,
                     None,
                 )
                 .map_err(io::Error::from)
@@ -190,9 +172,9 @@ impl Shared {
 
     /// Sends `Join` on the stream (once, after Hello).
     async fn send_join(&self) -> zbus::Result<()> {
-        let join = zbus::Message::method_call("/org/freedesktop/DBus", "Join")?
+        let join = zbus::Message::method_call(protocol::PATH, protocol::JOIN)?
             .destination("org.freedesktop.DBus")?
-            .interface(FASTPATH_INTERFACE)?
+            .interface(protocol::INTERFACE)?
             .build(&())?;
         let serial = join.primary_header().serial_num().get();
         self.phase.send_replace(Phase::Joining(serial));
@@ -277,29 +259,19 @@ impl ShimRead {
             if answer.msg_type() != wire::METHOD_RETURN {
                 return Err(answer.error_name().unwrap_or("no answer").to_string());
             }
-            let mut r = answer.body_reader();
-            let id = r.u32().map_err(|e| e.to_string())?;
-            let dir = PathBuf::from(r.string().map_err(|e| e.to_string())?);
+            let reply = JoinReply::decode(&mut answer.body_reader())
+                .map_err(|_| format!("an answer of signature {}", answer.signature()))?;
             let unique = answer.destination().ok_or("no destination")?.to_string();
-            // The handles (0, 1, 2), then the progress slot.
-            for _ in 0..3 {
-                r.u32().map_err(|e| e.to_string())?;
-            }
-            let slot = r.u32().map_err(|e| e.to_string())?;
-            let mut fds = fds.into_iter();
-            let (Some(socket), Some(table), Some(progress)) = (fds.next(), fds.next(), fds.next())
-            else {
-                return Err("the answer carries no sockets".into());
-            };
+            let fds = JoinFds::from_vec(fds).ok_or("the answer carries no sockets")?;
             let m = Member::new(
                 Joining {
-                    id,
+                    id: reply.member,
                     unique,
-                    dir,
-                    socket,
-                    table,
-                    progress,
-                    slot,
+                    dir: PathBuf::from(reply.directory),
+                    socket: fds.socket,
+                    table: fds.table,
+                    progress: fds.progress,
+                    slot: reply.slot,
                 },
                 Arc::clone(&self.shared.counters),
                 self.shared.backlog_bound,

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use busd::bus::activation::{ChildExit, ServiceEntry};
 use busd::bus::fastpath::Joined;
 use busd::bus::{Bus, BusSettings, Credentials, Effect, Meters, PeerId};
-use busd::wire::marshal::{Endian, Reader, Writer};
-use busd::wire::message::{
-    encode, HeaderFields, Message, ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL,
-};
 use busd_match::header::TO_DAEMON;
 use busd_policy::{Accounts, CompiledPolicy, Config};
+use busd_wire::marshal::{Endian, Reader, Writer};
+use busd_wire::message::{
+    encode, HeaderFields, Message, ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL,
+};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PEERS: usize = 6;

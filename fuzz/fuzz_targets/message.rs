@@ -2,7 +2,7 @@
 //! Err, never panic, and every message it accepts must survive the bus's re-encoding (the
 //! SENDER it sets, the unknown fields it removes) with the same header and body.
 #![no_main]
-use busd::wire::message::{total_length, Message, FIXED_HEADER_SIZE};
+use busd_wire::message::{total_length, Message, FIXED_HEADER_SIZE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

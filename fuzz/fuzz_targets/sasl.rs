@@ -2,7 +2,7 @@
 //! arbitrary pieces (as the socket delivers it), it must give the same replies and outcome;
 //! it never authenticates anyone as a uid other than the peer's.
 #![no_main]
-use busd::wire::sasl::{Identity, Mechanism, SaslServer};
+use busd_wire::sasl::{Identity, Mechanism, SaslServer};
 use libfuzzer_sys::fuzz_target;
 
 const PEER_UID: u32 = 1000;

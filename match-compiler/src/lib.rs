@@ -1,8 +1,6 @@
 //! busd-match: D-Bus match rules, exact to the specification and to dbus-daemon.
 //!
 //! Layout:
-//! - [`names`]: validation of bus names, interfaces, members, error names, object paths and
-//!   signatures (the specification's "valid names" rules), shared by the whole workspace.
 //! - [`rule`]: the match-rule grammar (`type='signal',arg0='x'`), parsed as dbus-daemon does.
 //! - [`matcher`]: deciding whether a message matches a rule, given a [`matcher::MessageInfo`].
 //! - [`header`]: the fast path's routing header (fixed layout, hashes, bloom filter).
@@ -12,6 +10,8 @@
 //! - [`table`]: the routing table the daemon publishes in shared memory for members.
 //! - [`sealed`]: large messages in sealed memfds.
 //! - [`progress`]: the counters members publish for causal order.
+//! - [`protocol`]: the Join method and answer, member ids and socket names, frame checks.
+//! - [`shm`]: the one mapping of the fast path's shared memory, as atomic words.
 //!
 //! Written by hand because it must be exact: zbus's `MatchRule` differs from dbus-daemon on
 //! quoting, escapes and argument matching.
@@ -20,10 +20,11 @@ pub mod bpf;
 pub mod header;
 pub mod interp;
 pub mod matcher;
-pub mod names;
 pub mod progress;
+pub mod protocol;
 pub mod rule;
 pub mod sealed;
+pub mod shm;
 pub mod summary;
 pub mod table;
 

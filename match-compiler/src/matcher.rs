@@ -3,18 +3,7 @@
 
 use crate::rule::{ArgMatchKind, MatchRule};
 
-/// An argument of the message body, as far as match rules care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arg<'a> {
-    /// A STRING argument.
-    Str(&'a str),
-    /// An OBJECT_PATH argument.
-    Path(&'a str),
-    /// An argument of another type.
-    Other,
-    /// The body has fewer arguments.
-    Missing,
-}
+pub use busd_wire::message::Arg;
 
 /// What the matcher needs to know about a message and its routing.
 pub trait MessageInfo {

@@ -6,12 +6,12 @@
 
 use std::fmt;
 
-use crate::names;
+use busd_wire::names;
 
 /// Longest rule text accepted, in bytes (`DBUS_MAXIMUM_MATCH_RULE_LENGTH`).
 pub const MAX_RULE_LENGTH: usize = 1024;
 /// Highest `argN` index.
-pub const MAX_ARG_INDEX: u8 = 63;
+pub use busd_wire::message::MAX_ARG_INDEX;
 /// Most `key=value` pairs in one rule. dbus-daemon stops reading after 16 and ignores the
 /// rest; busd refuses such a rule instead of silently widening it (see docs/compat.md).
 pub const MAX_RULE_KEYS: usize = 16;

@@ -3,7 +3,7 @@
 //! members send it. The members here are zbus connections plus the raw datagram socket the
 //! bus hands them, so that every frame is built by the test.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -12,16 +12,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use busd::wire::marshal::Endian;
-use busd::wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
 use busd_match::header::{self, Fields, HEADER_LEN};
+use busd_match::protocol::{self, JoinFds, JoinReply};
 use busd_match::table::{self, Table};
 use busd_shim::Counters;
 use busd_tests::{have, zbus_connect, Busd};
+use busd_wire::marshal::Endian;
+use busd_wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
 use futures_util::StreamExt;
 use zbus::{Connection, MatchRule, MessageStream};
-
-const FASTPATH: &str = "org.freedesktop.busd.FastPath1";
 
 struct Member {
     conn: Connection,
@@ -35,9 +34,9 @@ struct Member {
 async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
     conn.call_method(
         Some("org.freedesktop.DBus"),
-        "/org/freedesktop/DBus",
-        Some(FASTPATH),
-        "Join",
+        protocol::PATH,
+        Some(protocol::INTERFACE),
+        protocol::JOIN,
         &(),
     )
     .await
@@ -46,15 +45,20 @@ async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
 async fn member(bus: &Busd) -> Member {
     let conn = zbus_connect(bus).await;
     let reply = join(&conn).await.unwrap();
-    let (id, dir, socket, table, _progress, _slot): (
-        u32,
-        String,
-        zbus::zvariant::OwnedFd,
-        zbus::zvariant::OwnedFd,
-        zbus::zvariant::OwnedFd,
-        u32,
-    ) = reply.body().deserialize().unwrap();
-    let socket = UnixDatagram::from(OwnedFd::from(socket));
+    // Read as the shim reads it: the named layout, then the fds in their order.
+    let data = reply.data();
+    let parsed = busd_wire::Message::parse(data.bytes().to_vec(), Vec::new()).unwrap();
+    let JoinReply {
+        member: id,
+        directory: dir,
+        ..
+    } = JoinReply::decode(&mut parsed.body_reader()).unwrap();
+    let fds = data
+        .fds()
+        .iter()
+        .map(|f| f.as_fd().try_clone_to_owned().unwrap());
+    let JoinFds { socket, table, .. } = JoinFds::from_vec(fds.collect()).unwrap();
+    let socket = UnixDatagram::from(socket);
     socket.set_nonblocking(true).unwrap();
     Member {
         unique: conn.unique_name().unwrap().to_string(),
@@ -62,7 +66,7 @@ async fn member(bus: &Busd) -> Member {
         id,
         dir: PathBuf::from(dir),
         socket,
-        table: std::fs::File::from(OwnedFd::from(table)),
+        table: std::fs::File::from(table),
     }
 }
 
@@ -172,14 +176,12 @@ impl Member {
 
     /// Sends a frame with descriptors to `path` in the bus's directory.
     fn send_with_fds(&self, to: &str, frame: &[u8], fds: &[std::os::fd::RawFd]) {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        use nix::sys::socket::{MsgFlags, UnixAddr};
         let addr = UnixAddr::new(&self.dir.join(to)).unwrap();
-        let rights = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-        sendmsg(
+        busd_wire::fds::send(
             self.socket.as_raw_fd(),
             &[std::io::IoSlice::new(frame)],
-            cmsgs,
+            fds,
             MsgFlags::empty(),
             Some(&addr),
         )
@@ -188,7 +190,7 @@ impl Member {
 
     fn send_to_daemon(&self, frame: &[u8]) -> std::io::Result<usize> {
         self.socket
-            .send_to(frame, self.dir.join(format!("d{}", self.id)))
+            .send_to(frame, self.dir.join(protocol::inbox_name(self.id)))
     }
 
     /// The next datagram on this member's socket, waiting up to 5 s.
@@ -504,7 +506,7 @@ async fn an_inbox_takes_frames_from_its_own_member_only() {
     let bus = Busd::start();
     let a = member(&bus).await;
     let b = member(&bus).await;
-    let a_inbox = a.dir.join(format!("d{}", a.id));
+    let a_inbox = a.dir.join(protocol::inbox_name(a.id));
     let err = b
         .socket
         .send_to(&b.frame(SIGNAL, header::TO_DAEMON, None, "Ping"), &a_inbox)
@@ -580,7 +582,7 @@ async fn other_users_cannot_reach_member_sockets() {
     }
     let bus = Busd::start();
     let a = member(&bus).await;
-    for target in [a.id.to_string(), format!("d{}", a.id)] {
+    for target in [protocol::socket_name(a.id), protocol::inbox_name(a.id)] {
         let path = a.dir.join(target);
         let out = std::process::Command::new("/usr/bin/python3")
             .uid(65534)
@@ -720,7 +722,7 @@ async fn a_receiver_that_does_not_read_holds_nobody_back() {
     for next in 0..SIGNALS {
         let frame = sleeper.receive().await;
         let m =
-            busd::wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
+            busd_wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
         assert_eq!(m.body_reader().u32().unwrap(), next, "lost or out of order");
     }
     assert_eq!(
@@ -805,7 +807,7 @@ async fn a_full_backlog_refuses_as_dbus_daemon_refuses_a_full_queue() {
     for next in 0..kept {
         let frame = sleeper.receive().await;
         let m =
-            busd::wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
+            busd_wire::message::Message::parse(frame[HEADER_LEN..].to_vec(), Vec::new()).unwrap();
         assert_eq!(u64::from(m.body_reader().u32().unwrap()), next);
     }
 }
@@ -840,10 +842,14 @@ async fn memfd_frames_must_be_sealed_and_of_the_announced_size() {
 
     // The daemon reads the same frames from its inbox: a sealed one is delivered (here to
     // a client off the fast path), an unsealed one disconnects its sender.
-    m.send_with_fds(&format!("d{}", m.id), &sealed, &[fd.as_raw_fd()]);
+    m.send_with_fds(&protocol::inbox_name(m.id), &sealed, &[fd.as_raw_fd()]);
     let got = timeout(at_plain.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(got.header().member().unwrap().as_str(), "Ping");
-    m.send_with_fds(&format!("d{}", m.id), &unsealed, &[open_fd.as_raw_fd()]);
+    m.send_with_fds(
+        &protocol::inbox_name(m.id),
+        &unsealed,
+        &[open_fd.as_raw_fd()],
+    );
     let m_id = m.id;
     let watcher = member(&bus).await;
     watcher.table_until(|t| t.member(m_id).is_none()).await;

@@ -7,9 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use busd::wire::marshal::Endian;
-use busd::wire::message::{encode, HeaderFields, METHOD_CALL};
 use busd_tests::{busd_binary, dbus_send, have, session_config, write_config, Busd};
+use busd_wire::marshal::Endian;
+use busd_wire::message::{encode, HeaderFields, METHOD_CALL};
 
 fn socket_path(bus: &Busd) -> std::path::PathBuf {
     bus.dir.path().join("bus")
@@ -186,7 +186,7 @@ async fn a_reader_that_never_reads_gets_a_full_queue_not_the_bus() {
     let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
     // The sleeper takes a name, then never reads again.
     let sleeper = raw_client(&bus);
-    let mut body = busd::wire::marshal::Writer::new(Endian::Little);
+    let mut body = busd_wire::marshal::Writer::new(Endian::Little);
     body.string("org.example.Sleepy");
     body.u32(0);
     let request = call_with_body(

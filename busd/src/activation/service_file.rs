@@ -123,7 +123,7 @@ pub fn parse_service(text: &[u8], file_name: &str, strict: bool) -> Result<Servi
     let missing = |k: &str| format!("No \"{k}\" key in .service file\n");
     let name = key("Name").ok_or_else(|| missing("Name"))?;
     let exec = key("Exec").ok_or_else(|| missing("Exec"))?;
-    if !busd_match::names::is_valid_bus_name(&name) || busd_match::names::is_unique_name(&name) {
+    if !busd_wire::names::is_valid_bus_name(&name) || busd_wire::names::is_unique_name(&name) {
         return Err(format!("\"{name}\" is not a valid well-known bus name"));
     }
     let expected = format!("{name}.service");

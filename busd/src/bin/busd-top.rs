@@ -14,8 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use busd::wire::marshal::{Endian, Reader, Writer};
-use busd::wire::message::{self, encode, HeaderFields, Message};
+use busd_wire::marshal::{Endian, Reader, Writer};
+use busd_wire::message::{self, encode, HeaderFields, Message};
 
 const USAGE: &str =
     "busd-top [--session | --system | --address=ADDRESS] [--once] [--interval=SECONDS]";
@@ -33,7 +33,7 @@ fn socket_path(address: &str) -> Result<String> {
         };
         for kv in params.split(',') {
             if let Some(p) = kv.strip_prefix("path=") {
-                return busd::wire::address::unescape(p).context("bad address");
+                return busd_wire::address::unescape(p).context("bad address");
             }
         }
     }

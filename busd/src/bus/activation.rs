@@ -11,7 +11,8 @@ use tracing::{info, warn};
 use super::compose::{self, DriverMessage};
 use super::security::E_LIMITS_EXCEEDED;
 use super::{Bus, Effect, PeerId, DBUS_PATH};
-use crate::wire::message::{Message, Outgoing};
+use crate::queue::Outgoing;
+use busd_wire::message::Message;
 
 pub const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
 const E_SERVICE_UNKNOWN: &str = "org.freedesktop.DBus.Error.ServiceUnknown";
@@ -467,7 +468,7 @@ impl Bus {
             .map(|(n, _)| n.clone())
             .collect();
         // The error name comes from systemd; an invalid one would make an invalid message.
-        let error_name = if busd_match::names::is_valid_interface(error_name) {
+        let error_name = if busd_wire::names::is_valid_interface(error_name) {
             error_name.to_string()
         } else {
             "org.freedesktop.DBus.Error.Failed".to_string()

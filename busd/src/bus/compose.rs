@@ -1,8 +1,8 @@
 //! Messages the bus driver sends: replies, errors and signals from `org.freedesktop.DBus`,
 //! and the few calls it makes itself (to systemd).
 
-use crate::wire::marshal::{Endian, Writer};
-use crate::wire::message::{self, HeaderFields, FLAG_NO_REPLY_EXPECTED};
+use busd_wire::marshal::{Endian, Writer};
+use busd_wire::message::{self, HeaderFields, FLAG_NO_REPLY_EXPECTED};
 
 use super::{DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
 

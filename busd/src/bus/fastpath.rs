@@ -15,6 +15,7 @@ use std::os::fd::OwnedFd;
 use busd_match::bpf::{self, Program};
 use busd_match::header::TO_DAEMON;
 use busd_match::progress;
+use busd_match::protocol::{member_of_unique, JoinFds, JoinReply};
 use busd_match::summary::Summary;
 use busd_match::table::{self, Table};
 use busd_match::MatchRule;
@@ -24,10 +25,7 @@ use super::compose::{self, DriverMessage};
 use super::driver::Failure;
 use super::security::E_ACCESS_DENIED;
 use super::{Bus, Effect, PeerId};
-use crate::wire::message::Message;
-
-/// busd's own interface on the driver object, with the one method `Join`.
-pub const FASTPATH_INTERFACE: &str = "org.freedesktop.busd.FastPath1";
+use busd_wire::message::Message;
 
 const E_NOT_SUPPORTED: &str = "org.freedesktop.DBus.Error.NotSupported";
 
@@ -92,11 +90,6 @@ pub struct FastUpdates {
     /// The daemon's filter, for every member's inbox (compiled as member [`TO_DAEMON`]).
     pub daemon_filter: Option<Program>,
     pub table: Option<Table>,
-}
-
-fn member_of_unique(unique: &str) -> Option<u32> {
-    let n: u32 = unique.strip_prefix(":1.")?.parse().ok()?;
-    n.checked_add(1).filter(|&id| id != TO_DAEMON)
 }
 
 impl Bus {
@@ -221,14 +214,19 @@ impl Bus {
         let names: Vec<String> = p.unique.iter().chain(&p.names).cloned().collect();
         self.fast_names_changed(&names);
         let mut w = compose::writer();
-        w.u32(member);
-        w.string(&joined.directory);
-        w.u32(0);
-        w.u32(1);
-        w.u32(2);
-        w.u32(joined.slot);
-        let m = DriverMessage::reply(serial, w.into_vec(), "ushhhu");
-        self.send_from_driver_with_fds(peer, m, vec![joined.socket, joined.table, joined.progress]);
+        JoinReply {
+            member,
+            directory: joined.directory,
+            slot: joined.slot,
+        }
+        .encode(&mut w);
+        let m = DriverMessage::reply(serial, w.into_vec(), JoinReply::SIGNATURE);
+        let fds = JoinFds {
+            socket: joined.socket,
+            table: joined.table,
+            progress: joined.progress,
+        };
+        self.send_from_driver_with_fds(peer, m, fds.into_vec());
     }
 
     /// A member left the fast path (it disconnected, or became a monitor).
@@ -501,23 +499,5 @@ impl Bus {
             && self.fast.origin == sender
             && msg.destination().is_none()
             && self.fast_of(recipient).is_some_and(|f| f.direct)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::member_of_unique;
-
-    #[test]
-    fn member_ids_follow_unique_names() {
-        assert_eq!(member_of_unique(":1.0"), Some(1));
-        assert_eq!(member_of_unique(":1.41"), Some(42));
-        assert_eq!(member_of_unique(":2.3"), None);
-        assert_eq!(member_of_unique(":1.4294967295"), None);
-        assert_eq!(
-            member_of_unique(":1.4294967294"),
-            None,
-            "the daemon's routing id"
-        );
     }
 }

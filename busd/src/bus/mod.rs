@@ -23,8 +23,8 @@ use busd_match::MatchRule;
 use busd_policy::{ClientIdentity, ClientPolicy, CompiledPolicy};
 use tracing::{debug, warn};
 
-use crate::wire::message::{self, Message, Outgoing};
-use crate::wire::queue::{Charge, QueueLoad};
+use crate::queue::{Charge, Outgoing, QueueLoad};
+use busd_wire::message::{self, Message};
 use reply::{PendingReply, ReplyKey};
 use routed::Routed;
 
@@ -313,7 +313,7 @@ impl Bus {
 
     /// Whether `name` (unique or well-known) currently designates `peer`.
     fn is_owned_by(&self, name: &str, peer: PeerId) -> bool {
-        if busd_match::names::is_unique_name(name) {
+        if busd_wire::names::is_unique_name(name) {
             self.unique_names.get(name) == Some(&peer)
         } else {
             self.names.primary_owner(name) == Some(peer)
@@ -322,7 +322,7 @@ impl Bus {
 
     /// The connection a name designates.
     fn owner_of(&self, name: &str) -> Option<PeerId> {
-        if busd_match::names::is_unique_name(name) {
+        if busd_wire::names::is_unique_name(name) {
             self.unique_names.get(name).copied()
         } else {
             self.names.primary_owner(name)
@@ -493,7 +493,7 @@ impl Bus {
             tracing::error!("re-encoding a valid message failed; dropping it");
             return None;
         };
-        let mut out = view.take_outgoing();
+        let mut out = Outgoing::take(&mut view);
         if let Some(p) = self.peers.get(&from) {
             out.charge = Some(Charge::new(
                 &p.live,
@@ -658,7 +658,7 @@ impl Bus {
                 return None;
             }
         };
-        let out = msg.take_outgoing();
+        let out = Outgoing::take(&mut msg);
         self.capture(&msg, None, to, &out);
         Some((msg, out))
     }
@@ -719,7 +719,7 @@ impl Bus {
                 return;
             }
         };
-        let out = msg.take_outgoing();
+        let out = Outgoing::take(&mut msg);
         self.capture(&msg, None, Some(to), &out);
         self.send(to, out);
     }

@@ -6,7 +6,7 @@ use std::cell::OnceCell;
 use busd_match::{Arg, MessageInfo};
 
 use super::{Bus, PeerId, DBUS_NAME};
-use crate::wire::message::Message;
+use busd_wire::message::Message;
 
 /// A message being routed, seen by the matcher.
 pub(super) struct Routed<'a> {

@@ -7,7 +7,7 @@ use busd_policy::{MessageFacts, Names, Peer as PolicyPeer};
 use tracing::warn;
 
 use super::{Bus, Peer, PeerId, DBUS_NAME};
-use crate::wire::message::{self, Message};
+use busd_wire::message::{self, Message};
 
 pub(super) const E_ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 pub(super) const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";

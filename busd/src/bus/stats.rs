@@ -4,8 +4,8 @@
 use super::compose;
 use super::driver::{connection_arg, Failure, Reply};
 use super::{Bus, PeerId};
-use crate::wire::marshal::{Reader, Writer};
-use crate::wire::message::Message;
+use busd_wire::marshal::{Reader, Writer};
+use busd_wire::message::Message;
 
 /// Peaks dbus-daemon reports, updated as names and rules are added.
 #[derive(Debug, Default)]

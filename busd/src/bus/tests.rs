@@ -2,8 +2,8 @@
 //! inspected without sockets.
 
 use super::*;
-use crate::wire::marshal::{Endian, Writer};
-use crate::wire::message::{encode, HeaderFields, Message};
+use busd_wire::marshal::{Endian, Writer};
+use busd_wire::message::{encode, HeaderFields, Message};
 use std::time::Duration;
 
 /// The stock session bus's policy.

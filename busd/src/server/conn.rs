@@ -2,38 +2,20 @@
 //! queue (partial writes, fds sent with a message's first byte).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::net::UnixStream;
-use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{self, sockopt, MsgFlags};
 
 use crate::bus::{Credentials, Meters};
-use crate::wire::message::{self, Message, Outgoing};
-use crate::wire::sasl::{Mechanism, SaslServer};
+use crate::queue::Outgoing;
+use busd_wire::fds;
+use busd_wire::message::{self, Message};
+use busd_wire::sasl::{Mechanism, SaslServer};
 
-/// Most fds one recvmsg can carry (the kernel's SCM_MAX_FD).
-const MAX_FDS_PER_READ: usize = 253;
 pub const READ_CHUNK: usize = 64 * 1024;
-
-/// The descriptors a recvmsg() took in (SCM_RIGHTS), now ours.
-pub(super) fn received_fds(msg: &socket::RecvMsg<'_, '_, ()>) -> Vec<OwnedFd> {
-    let mut fds = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel just installed these descriptors in this process for
-                // us (SCM_RIGHTS); nothing else owns them.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-    }
-    fds
-}
 
 pub enum ReadOutcome {
     /// Read something; there may be more.
@@ -150,49 +132,39 @@ impl Conn {
     /// fresh zeroed 64 KiB per read cost more than the read); complete messages are
     /// collected for [`Conn::take_messages`].
     pub fn read_once(&mut self, limits: &busd_policy::Limits, buf: &mut [u8]) -> ReadOutcome {
-        loop {
-            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
-            let mut iov = [IoSliceMut::new(buf)];
-            let r = socket::recvmsg::<()>(
-                self.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-            );
-            let (n, fds) = match r {
-                Ok(msg) => (msg.bytes, received_fds(&msg)),
-                Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Drained,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::debug!("read failed: {e}");
-                    return ReadOutcome::Closed;
-                }
-            };
-            if n == 0 && fds.is_empty() {
+        let r = fds::recv::<()>(self.stream.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT);
+        let (n, fds) = match r {
+            Ok(r) => (r.len, r.fds),
+            Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Drained,
+            Err(e) => {
+                tracing::debug!("read failed: {e}");
                 return ReadOutcome::Closed;
             }
-            self.infds.extend(fds);
-            self.inbuf.extend_from_slice(&buf[..n]);
-            if let Err(why) = self.process(limits) {
-                return ReadOutcome::Invalid(why);
-            }
-            // Checked after the SASL lines of the same read were taken in: fds may follow
-            // NEGOTIATE_UNIX_FD and BEGIN in one read.
-            if !self.infds.is_empty() && !self.unix_fds {
-                return ReadOutcome::Invalid("unix fds sent without NEGOTIATE_UNIX_FD".into());
-            }
-            if self.infds.is_empty() {
-                self.fds_pending_since = None;
-            } else if self.fds_pending_since.is_none() {
-                self.fds_pending_since = Some(Instant::now());
-            }
-            // (Ending at a read that does not fill the buffer, to save the read that finds
-            // EAGAIN, is not safe: the kernel stops early at a message with fds, and
-            // dbus's /activation/forking test, whose service writes from a process and
-            // then from its fork, hung in 3 of 4 runs with that shortcut. So reading goes
-            // on until EAGAIN, as an edge-triggered poll requires.)
-            return ReadOutcome::More;
+        };
+        if n == 0 && fds.is_empty() {
+            return ReadOutcome::Closed;
         }
+        self.infds.extend(fds);
+        self.inbuf.extend_from_slice(&buf[..n]);
+        if let Err(why) = self.process(limits) {
+            return ReadOutcome::Invalid(why);
+        }
+        // Checked after the SASL lines of the same read were taken in: fds may follow
+        // NEGOTIATE_UNIX_FD and BEGIN in one read.
+        if !self.infds.is_empty() && !self.unix_fds {
+            return ReadOutcome::Invalid("unix fds sent without NEGOTIATE_UNIX_FD".into());
+        }
+        if self.infds.is_empty() {
+            self.fds_pending_since = None;
+        } else if self.fds_pending_since.is_none() {
+            self.fds_pending_since = Some(Instant::now());
+        }
+        // (Ending at a read that does not fill the buffer, to save the read that finds
+        // EAGAIN, is not safe: the kernel stops early at a message with fds, and
+        // dbus's /activation/forking test, whose service writes from a process and
+        // then from its fork, hung in 3 of 4 runs with that shortcut. So reading goes
+        // on until EAGAIN, as an edge-triggered poll requires.)
+        ReadOutcome::More
     }
 
     fn process(&mut self, limits: &busd_policy::Limits) -> Result<(), String> {
@@ -205,7 +177,7 @@ impl Conn {
                 return Ok(());
             }
             self.unix_fds = sasl.unix_fd_negotiated();
-            if let Some(crate::wire::sasl::Identity::Anonymous) = sasl.identity() {
+            if let Some(busd_wire::sasl::Identity::Anonymous) = sasl.identity() {
                 // An anonymous peer has no identity the bus may rely on.
                 self.creds.uid = None;
                 self.creds.groups.clear();
@@ -276,15 +248,7 @@ impl Conn {
             } else {
                 Vec::new()
             };
-            let cmsgs = [ControlMessage::ScmRights(&raw)];
-            let cm: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
-            match socket::sendmsg::<()>(
-                fd,
-                &iov,
-                cm,
-                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                None,
-            ) {
+            match fds::send::<()>(fd, &iov, &raw, MsgFlags::MSG_DONTWAIT, None) {
                 Ok(n) => {
                     *offset += n;
                     if *offset >= out.bytes.len() {
@@ -295,7 +259,6 @@ impl Conn {
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -10,21 +10,22 @@
 //! sending to the daemon is held back only by its own send buffer.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use busd_match::bpf::{self, Program};
-use busd_match::header::{self, Header, HEADER_LEN};
+use busd_match::header;
 use busd_match::progress;
-use busd_match::sealed;
+use busd_match::protocol::{self, check_frame};
+use busd_match::shm::Mapping;
 use busd_match::table::{self, Table};
+use busd_wire::fds;
 use mio::net::UnixDatagram;
-use nix::sys::socket::{self, MsgFlags};
+use nix::sys::socket::MsgFlags;
 use tracing::{debug, warn};
 
 use crate::bus::fastpath::Joined;
@@ -34,7 +35,6 @@ use crate::bus::PeerId;
 /// 8 bytes plus their length): far beyond any bus; a table that does not fit sends
 /// everything through the daemon.
 const TABLE_CAPACITY: usize = 4 << 20;
-const MAX_FDS: usize = 253;
 
 /// A frame a member sent the daemon.
 pub struct Frame {
@@ -67,56 +67,17 @@ struct Member {
 /// A memfd of fixed size mapped writable here, sealed with `seals` once mapped.
 struct SharedMemory {
     memfd: OwnedFd,
-    map: *mut libc::c_void,
-    len: usize,
+    map: Mapping,
 }
 
 impl SharedMemory {
     fn new(name: &str, len: usize, seals: libc::c_int) -> io::Result<Self> {
-        let name = CString::new(name).expect("no NUL");
-        // SAFETY: a valid C string; the result is checked.
-        let fd = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        nix::unistd::ftruncate(&memfd, len as i64)?;
-        // SAFETY: mapping a descriptor we own, with its full length; the result is checked.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                memfd.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let m = SharedMemory { memfd, map, len };
-        // SAFETY: fcntl on a descriptor we own.
-        if unsafe { libc::fcntl(m.memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(m)
+        let (memfd, map) = Mapping::create(name, len, seals)?;
+        Ok(SharedMemory { memfd, map })
     }
 
     fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is `len` bytes, page-aligned, alive as long as `self`, and
-        // only ever accessed as atomics (here and in members' processes).
-        unsafe { std::slice::from_raw_parts(self.map.cast::<AtomicU64>(), self.len / 8) }
-    }
-}
-
-impl Drop for SharedMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped; nothing refers to it any more.
-        unsafe { libc::munmap(self.map, self.len) };
+        self.map.words()
     }
 }
 
@@ -334,8 +295,8 @@ impl FastPath {
         id: u32,
         filter: &Program,
     ) -> io::Result<(Joined, &mut UnixDatagram)> {
-        let path = self.dir.join(id.to_string());
-        let inbox_path = self.dir.join(format!("d{id}"));
+        let path = self.dir.join(protocol::socket_name(id));
+        let inbox_path = self.dir.join(protocol::inbox_name(id));
         let socket = StdDatagram::bind(&path)?;
         bpf::attach(socket.as_fd(), filter)?;
         let inbox = StdDatagram::bind(&inbox_path)
@@ -378,8 +339,8 @@ impl FastPath {
     pub fn leave(&mut self, peer: PeerId) -> Option<UnixDatagram> {
         let m = self.members.remove(&peer)?;
         self.progress.give_back(m.slot);
-        let _ = std::fs::remove_file(self.dir.join(m.id.to_string()));
-        let _ = std::fs::remove_file(self.dir.join(format!("d{}", m.id)));
+        let _ = std::fs::remove_file(self.dir.join(protocol::socket_name(m.id)));
+        let _ = std::fs::remove_file(self.dir.join(protocol::inbox_name(m.id)));
         Some(m.inbox)
     }
 
@@ -427,20 +388,14 @@ impl FastPath {
         if self.buf.is_empty() {
             self.buf = vec![0; header::largest_datagram()];
         }
-        let (n, flags, mut fds) = loop {
-            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-            let mut iov = [io::IoSliceMut::new(&mut self.buf)];
-            match socket::recvmsg::<()>(
-                m.inbox.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
-            ) {
-                Ok(msg) => break (msg.bytes, msg.flags, super::conn::received_fds(&msg)),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return Received::Drained,
-                Err(e) => return Received::Invalid(format!("reading its frames failed: {e}")),
-            }
+        let (n, flags, mut fds) = match fds::recv::<()>(
+            m.inbox.as_raw_fd(),
+            &mut self.buf,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(r) => (r.len, r.flags, r.fds),
+            Err(nix::errno::Errno::EAGAIN) => return Received::Drained,
+            Err(e) => return Received::Invalid(format!("reading its frames failed: {e}")),
         };
         if flags.contains(MsgFlags::MSG_CTRUNC) {
             return Received::Invalid("a frame carried more fds than one message may".into());
@@ -448,53 +403,29 @@ impl FastPath {
         if n > self.buf.len() {
             return Received::Invalid(format!("a frame of {n} bytes is larger than allowed"));
         }
-        let header = match check_frame(&self.buf[..n], m.id, max_message) {
-            Ok(h) => h,
-            Err(why) => return Received::Invalid(why),
+        let frame = match check_frame(&self.buf[..n], &fds, m.id, max_message) {
+            Ok(f) => f,
+            Err(why) => return Received::Invalid(why.to_string()),
         };
-        let bytes = if header.routing & header::ROUTE_MEMFD != 0 {
-            let opened = sealed::announced(&self.buf[HEADER_LEN..n]).and_then(|len| {
-                let memfd = fds.first().ok_or(sealed::Error::Missing)?;
-                sealed::open(memfd.as_fd(), len, max_message)
-            });
-            match opened {
-                Ok(bytes) => {
-                    fds.remove(0);
-                    bytes
-                }
-                Err(e) => return Received::Invalid(format!("a large message's memfd: {e}")),
-            }
-        } else {
-            self.buf[HEADER_LEN..n].to_vec()
-        };
+        if frame.memfd {
+            fds.remove(0);
+        }
         if fds.len() > max_fds {
             return Received::Invalid("a message exceeds max_message_unix_fds".into());
         }
-        debug!(member = m.id, len = bytes.len(), fds = fds.len(), "frame");
+        debug!(
+            member = m.id,
+            len = frame.message.len(),
+            fds = fds.len(),
+            "frame"
+        );
         Received::Frame(Frame {
-            destination: header.destination,
-            forwarded: header.routing & header::ROUTE_FORWARDED != 0,
-            bytes,
+            destination: frame.header.destination,
+            forwarded: frame.header.routing & header::ROUTE_FORWARDED != 0,
+            bytes: frame.message,
             fds,
         })
     }
-}
-
-/// Checks a frame that member `member` sent to its inbox before its message is parsed: a
-/// routing header naming that member, and a message no larger than `max_message` bytes.
-pub fn check_frame(frame: &[u8], member: u32, max_message: usize) -> Result<Header, String> {
-    let header = Header::decode(frame).map_err(|e| format!("bad routing header: {e}"))?;
-    if header.sender != member {
-        return Err(format!(
-            "its routing header names member {} as the sender",
-            header.sender
-        ));
-    }
-    let len = frame.len() - HEADER_LEN;
-    if len > max_message {
-        return Err(format!("a message of {len} bytes exceeds max_message_size"));
-    }
-    Ok(header)
 }
 
 impl Drop for FastPath {

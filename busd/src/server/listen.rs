@@ -5,7 +5,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener as StdListener};
 use std::path::{Path, PathBuf};
 
-use crate::wire::address::{BoundAddress, ListenAddress};
+use busd_wire::address::{BoundAddress, ListenAddress};
 
 pub struct Listener {
     pub socket: mio::net::UnixListener,

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::activation::{ChildExit, ServiceEntry};
 use crate::bus::{Bus, Effect, PeerId};
-use crate::wire::sasl::Mechanism;
+use busd_wire::sasl::Mechanism;
 
 pub use listen::{bind, Listener};
 
@@ -716,7 +716,7 @@ impl Server {
                     return self.close(id);
                 }
                 fastpath::Received::Frame(f) => {
-                    match crate::wire::message::Message::parse(f.bytes, f.fds) {
+                    match busd_wire::message::Message::parse(f.bytes, f.fds) {
                         Ok(msg) => {
                             self.bus
                                 .handle_fast_frame(id, f.destination, f.forwarded, msg);

@@ -1,17 +1,18 @@
 //! The bus driver, `org.freedesktop.DBus`: a table of (interface, member, signature, handler),
 //! with dbus-daemon's path rules, privilege checks and error messages (bus/driver.c).
 
-use busd_match::{names as valid, MatchRule};
+use busd_match::MatchRule;
+use busd_wire::names as valid;
 use tracing::{info, warn};
 
-use crate::wire::marshal::Reader;
-use crate::wire::message::{self, Message};
+use busd_wire::marshal::Reader;
+use busd_wire::message::{self, Message};
 
 use super::compose::{self, DriverMessage};
-use super::fastpath::FASTPATH_INTERFACE;
 use super::names::{self as reg, NameEvent};
 use super::security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 use super::{Bus, Effect, PeerId, DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
+use busd_match::protocol::{self as fastpath, JoinReply};
 
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
@@ -155,7 +156,7 @@ static STATS_METHODS: &[Method] = &[
 
 static FASTPATH_METHODS: &[Method] = &[Method {
     any_path: false,
-    ..m("Join", "", "ushhhu", fast_join)
+    ..m(fastpath::JOIN, "", JoinReply::SIGNATURE, fast_join)
 }];
 
 static PEER_METHODS: &[Method] = &[
@@ -182,7 +183,7 @@ static INTERFACES: &[Interface] = &[
     Interface { name: MONITORING, methods: MONITORING_METHODS, any_path: false, interesting: true, signals_xml: "" },
     Interface { name: STATS, methods: STATS_METHODS, any_path: false, interesting: true, signals_xml: "" },
     Interface { name: PEER, methods: PEER_METHODS, any_path: true, interesting: false, signals_xml: "" },
-    Interface { name: FASTPATH_INTERFACE, methods: FASTPATH_METHODS, any_path: false, interesting: false, signals_xml: "" },
+    Interface { name: fastpath::INTERFACE, methods: FASTPATH_METHODS, any_path: false, interesting: false, signals_xml: "" },
 ];
 
 /// A method call (or other message) addressed to `org.freedesktop.DBus`.

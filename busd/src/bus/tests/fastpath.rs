@@ -14,7 +14,7 @@ fn join_call(serial: u32) -> Message {
     call(
         serial,
         DBUS_NAME,
-        crate::bus::fastpath::FASTPATH_INTERFACE,
+        busd_match::protocol::INTERFACE,
         "Join",
         "",
         vec![],

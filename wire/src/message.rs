@@ -7,13 +7,10 @@
 //! fields dropped) and copies the body bytes unchanged.
 
 use std::os::fd::OwnedFd;
-use std::rc::Rc;
+use std::sync::Arc;
 
-use crate::wire::queue::Charge;
-
-use busd_match::names;
-
-use super::marshal::{align_to, Endian, Reader, Writer};
+use crate::marshal::{align_to, Endian, Reader, Writer};
+use crate::names;
 
 /// Largest message the specification allows (2^27 bytes).
 pub const MAX_MESSAGE_SIZE: usize = 1 << 27;
@@ -78,13 +75,29 @@ pub enum Error {
     Length { announced: usize, got: usize },
 }
 
+/// The highest argument index a match rule can test (`arg63`).
+pub const MAX_ARG_INDEX: u8 = 63;
+
+/// A top-level argument of a message body, as match rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg<'a> {
+    /// A STRING argument.
+    Str(&'a str),
+    /// An OBJECT_PATH argument.
+    Path(&'a str),
+    /// An argument of another type.
+    Other,
+    /// The body has fewer arguments.
+    Missing,
+}
+
 /// Byte range of a field's string value inside the message.
 type Span = Option<(u32, u32)>;
 
 /// A complete, validated message: its bytes, its unix fds, and where each header field is.
 #[derive(Debug)]
 pub struct Message {
-    bytes: Rc<Vec<u8>>,
+    bytes: Arc<Vec<u8>>,
     pub fds: Vec<OwnedFd>,
     endian: Endian,
     msg_type: u8,
@@ -208,7 +221,7 @@ impl Message {
             reply_serial: None,
             unix_fds: 0,
             has_unknown_fields: false,
-            bytes: Rc::new(Vec::new()),
+            bytes: Arc::new(Vec::new()),
             fds,
         };
         let mut seen = 0u32;
@@ -363,7 +376,7 @@ impl Message {
         if no_signature && bytes.len() > body_offset {
             return Err(Error::Malformed("body without signature"));
         }
-        m.bytes = Rc::new(bytes);
+        m.bytes = Arc::new(bytes);
         Ok(m)
     }
 
@@ -426,7 +439,7 @@ impl Message {
     }
     /// The message's bytes, without a copy unless they are shared.
     pub fn into_bytes(self) -> Vec<u8> {
-        Rc::try_unwrap(self.bytes).unwrap_or_else(|shared| (*shared).clone())
+        Arc::try_unwrap(self.bytes).unwrap_or_else(|shared| (*shared).clone())
     }
     /// A reader over the body, in the message's byte order.
     pub fn body_reader(&self) -> Reader<'_> {
@@ -464,13 +477,12 @@ impl Message {
 impl Message {
     /// Up to 64 top-level arguments, as match rules see them (STRING and OBJECT_PATH values;
     /// the others only counted). Stops at the first argument that does not decode.
-    pub fn args(&self) -> Vec<busd_match::Arg<'_>> {
-        use busd_match::Arg;
+    pub fn args(&self) -> Vec<Arg<'_>> {
         let sig = self.signature().as_bytes();
         let mut r = self.body_reader();
         let mut out = Vec::new();
         let mut p = 0;
-        while p < sig.len() && out.len() <= usize::from(busd_match::rule::MAX_ARG_INDEX) {
+        while p < sig.len() && out.len() <= usize::from(MAX_ARG_INDEX) {
             let arg = match sig[p] {
                 b's' => r.string().map(Arg::Str),
                 b'o' => r.string().map(Arg::Path),
@@ -480,7 +492,7 @@ impl Message {
                 Ok(a) => out.push(a),
                 Err(_) => break,
             }
-            p = match busd_match::names::complete_type_end(sig, p, 0, 0) {
+            p = match names::complete_type_end(sig, p, 0, 0) {
                 Some(e) => e,
                 None => break,
             };
@@ -498,13 +510,9 @@ impl Message {
         Message::parse(bytes, self.fds).ok()
     }
 
-    /// Shares the bytes and moves the fds into a value that can be queued on many connections.
-    pub fn take_outgoing(&mut self) -> Outgoing {
-        Outgoing {
-            bytes: Rc::clone(&self.bytes),
-            fds: Rc::new(std::mem::take(&mut self.fds)),
-            charge: None,
-        }
+    /// The message's bytes, shared: queued on many connections without a copy.
+    pub fn shared_bytes(&self) -> Arc<Vec<u8>> {
+        Arc::clone(&self.bytes)
     }
 }
 
@@ -582,25 +590,6 @@ pub fn encode(
     w.align(8);
     w.bytes(body);
     w.into_vec()
-}
-
-/// A message ready to be written to one or more connections: shared bytes and fds.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub bytes: Rc<Vec<u8>>,
-    pub fds: Rc<Vec<OwnedFd>>,
-    /// Counts the message against its sender while any copy is queued.
-    pub charge: Option<Rc<Charge>>,
-}
-
-impl Outgoing {
-    pub fn new(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
-        Outgoing {
-            bytes: Rc::new(bytes),
-            fds: Rc::new(fds),
-            charge: None,
-        }
-    }
 }
 
 #[cfg(test)]

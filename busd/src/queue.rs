@@ -1,8 +1,15 @@
 //! Queue accounting: how many bytes and fds wait in a connection's output queue, and how
-//! many of a sender's messages are still waiting anywhere (dbus-daemon's "live messages").
+//! many of a sender's messages are still waiting anywhere (dbus-daemon's "live messages");
+//! and the queued form of a message, shared by every connection it goes to.
+//!
+//! Single-threaded on purpose (`Rc`, `Cell`): one thread owns the bus and its queues.
 
 use std::cell::Cell;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use busd_wire::message::Message;
 
 /// Bytes and fds currently counted against one connection. Shared between the I/O shell,
 /// which updates it as messages are queued and written, and the bus, which reads it to
@@ -80,6 +87,35 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.load.sub(self.bytes, self.fds);
+    }
+}
+
+/// A message ready to be written to one or more connections: shared bytes and fds.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub bytes: Arc<Vec<u8>>,
+    pub fds: Rc<Vec<OwnedFd>>,
+    /// Counts the message against its sender while any copy is queued.
+    pub charge: Option<Rc<Charge>>,
+}
+
+impl Outgoing {
+    pub fn new(bytes: Vec<u8>, fds: Vec<OwnedFd>) -> Self {
+        Outgoing {
+            bytes: Arc::new(bytes),
+            fds: Rc::new(fds),
+            charge: None,
+        }
+    }
+
+    /// Shares `m`'s bytes and moves its fds into a value that can be queued on many
+    /// connections.
+    pub fn take(m: &mut Message) -> Self {
+        Outgoing {
+            bytes: m.shared_bytes(),
+            fds: Rc::new(std::mem::take(&mut m.fds)),
+            charge: None,
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! arguments match rules look at) and must not allocate per message when matching. Bodies are
 //! never decoded for forwarding.
 
-use busd_match::names;
+use crate::names;
 
 /// Byte order of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
