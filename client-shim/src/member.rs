@@ -15,6 +15,7 @@ use busd_match::sealed;
 use busd_match::shm::Mapping;
 use busd_match::table::{self, Table};
 use busd_match::{Arg, MatchRule, MessageInfo};
+use busd_wire::errors::ErrorName;
 use busd_wire::fds;
 use busd_wire::message::{Message, METHOD_CALL, SIGNAL};
 use nix::sys::socket::{self, MsgFlags, UnixAddr};
@@ -759,7 +760,7 @@ impl Member {
         self.backlogs.made.lock().expect("made").push(bus_error(
             serial,
             &self.unique,
-            "org.freedesktop.DBus.Error.LimitsExceeded",
+            ErrorName::LimitsExceeded.as_str(),
             "Rejected: destination has a full message queue",
         ));
         self.calls_changed.notify_one();
@@ -1032,7 +1033,7 @@ fn no_reply(reply_serial: u32, destination: &str) -> Vec<u8> {
     bus_error(
         reply_serial,
         destination,
-        "org.freedesktop.DBus.Error.NoReply",
+        ErrorName::NoReply.as_str(),
         "Message recipient disconnected from message bus without replying",
     )
 }

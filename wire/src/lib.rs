@@ -9,10 +9,12 @@
 //! - [`sasl`]: the server side of SASL authentication.
 //! - [`address`]: server addresses of the unix transport.
 //! - [`fds`]: sending and receiving unix fds with a message (SCM_RIGHTS).
+//! - [`errors`]: the standard error names, each spelled once.
 //!
 //! Its [`message::Message`] is `Send`: the shim hands messages between threads.
 
 pub mod address;
+pub mod errors;
 pub mod fds;
 pub mod marshal;
 pub mod message;

@@ -48,6 +48,34 @@ pub fn is_unique_name(s: &str) -> bool {
     s.starts_with(':')
 }
 
+/// A valid bus name and its kind: checked once where it enters, matched on afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusName<'a> {
+    /// A connection's unique name (`:1.42`).
+    Unique(&'a str),
+    /// A well-known name (`org.example.Foo`).
+    WellKnown(&'a str),
+}
+
+impl<'a> BusName<'a> {
+    /// `s` if it is a valid bus name.
+    pub fn parse(s: &'a str) -> Option<BusName<'a>> {
+        if !is_valid_bus_name(s) {
+            None
+        } else if is_unique_name(s) {
+            Some(BusName::Unique(s))
+        } else {
+            Some(BusName::WellKnown(s))
+        }
+    }
+
+    pub fn as_str(self) -> &'a str {
+        match self {
+            BusName::Unique(s) | BusName::WellKnown(s) => s,
+        }
+    }
+}
+
 /// An interface name, also the syntax of error names.
 pub fn is_valid_interface(s: &str) -> bool {
     let b = s.as_bytes();
@@ -168,6 +196,19 @@ pub fn complete_type_end(sig: &[u8], pos: usize, arrays: u32, structs: u32) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bus_names_are_sorted_into_unique_and_well_known_once_valid() {
+        assert_eq!(BusName::parse(":1.42"), Some(BusName::Unique(":1.42")));
+        assert_eq!(
+            BusName::parse("org.example.Foo"),
+            Some(BusName::WellKnown("org.example.Foo"))
+        );
+        for bad in ["", ":", "org", "org..x", "1org.x", ":1.4.", "org.x/y"] {
+            assert_eq!(BusName::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(BusName::parse(":1.7").map(BusName::as_str), Some(":1.7"));
+    }
 
     #[test]
     fn bus_names_follow_the_specification() {

@@ -3,19 +3,18 @@
 //! the process fails, or the time is up. Processes are started and reaped by the shell
 //! ([`super::Effect::Spawn`], [`Bus::child_exited`]).
 
+use crate::bus::error::{DriverError, ErrorName};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::compose::{self, DriverMessage};
-use super::security::E_LIMITS_EXCEEDED;
 use super::{Bus, Effect, PeerId, DBUS_PATH};
 use crate::queue::Outgoing;
 use busd_wire::message::Message;
 
 pub const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
-const E_SERVICE_UNKNOWN: &str = "org.freedesktop.DBus.Error.ServiceUnknown";
 
 /// StartServiceByName's answers.
 const START_REPLY_SUCCESS: u32 = 1;
@@ -82,57 +81,56 @@ pub(super) struct Activation {
     next_child: u64,
 }
 
-type Failure = (&'static str, String);
+type Failure = DriverError;
 
 /// The error dbus-daemon's setuid launch helper means by its exit code.
 fn helper_exit_error(code: i32) -> Failure {
-    let (name, text): (&str, String) = match code {
-        2 => (
-            "org.freedesktop.DBus.Error.Spawn.ConfigInvalid",
+    match code {
+        2 => DriverError::new(
+            ErrorName::SpawnConfigInvalid,
             "Invalid configuration (missing or empty <user>?)".into(),
         ),
-        3 => (
-            "org.freedesktop.DBus.Error.NoMemory",
+        3 => DriverError::new(
+            ErrorName::NoMemory,
             "Launcher could not run (out of memory)".into(),
         ),
-        4 => (
-            "org.freedesktop.DBus.Error.Spawn.SetupFailed",
+        4 => DriverError::new(
+            ErrorName::SpawnSetupFailed,
             "Failed to setup environment correctly".into(),
         ),
-        5 => (
-            "org.freedesktop.DBus.Error.Spawn.ServiceInvalid",
+        5 => DriverError::new(
+            ErrorName::SpawnServiceInvalid,
             "Bus name is not valid or missing".into(),
         ),
-        6 => (
-            "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+        6 => DriverError::new(
+            ErrorName::SpawnServiceNotFound,
             "Bus name not found in system service directory".into(),
         ),
-        7 => (
-            "org.freedesktop.DBus.Error.Spawn.PermissionsInvalid",
+        7 => DriverError::new(
+            ErrorName::SpawnPermissionsInvalid,
             "The permission of the setuid helper is not correct".into(),
         ),
-        8 => (
-            "org.freedesktop.DBus.Error.Spawn.PermissionsInvalid",
+        8 => DriverError::new(
+            ErrorName::SpawnPermissionsInvalid,
             "The service file is incorrect or does not have all required attributes".into(),
         ),
-        9 => (
-            "org.freedesktop.DBus.Error.Spawn.ExecFailed",
+        9 => DriverError::new(
+            ErrorName::SpawnExecFailed,
             "Cannot launch daemon, file not found or permissions invalid".into(),
         ),
-        10 => (
-            "org.freedesktop.DBus.Error.InvalidArgs",
+        10 => DriverError::new(
+            ErrorName::InvalidArgs,
             "Invalid arguments to command line".into(),
         ),
-        11 => (
-            "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+        11 => DriverError::new(
+            ErrorName::SpawnChildSignaled,
             "Launched child was signaled, it probably crashed".into(),
         ),
-        _ => (
-            "org.freedesktop.DBus.Error.Spawn.ChildExited",
+        _ => DriverError::new(
+            ErrorName::SpawnChildExited,
             format!("Launch helper exited with unknown return code {code}"),
         ),
-    };
-    (name, text)
+    }
 }
 
 impl Bus {
@@ -170,8 +168,7 @@ impl Bus {
     ) -> Result<(), Failure> {
         let limit = self.settings.limits.max_pending_service_starts;
         if self.activation.waiting as u64 >= limit {
-            return Err((
-                E_LIMITS_EXCEEDED,
+            return Err(DriverError::new(ErrorName::LimitsExceeded,
                 format!(
                     "The maximum number of pending activations has been reached, activation of {name} failed (max_pending_service_starts={limit})"
                 ),
@@ -184,8 +181,8 @@ impl Bus {
             match self.activation.entries.get(name) {
                 Some(e) => Some(e.clone()),
                 None => {
-                    return Err((
-                        E_SERVICE_UNKNOWN,
+                    return Err(DriverError::new(
+                        ErrorName::ServiceUnknown,
                         format!("The name {name} was not provided by any .service files"),
                     ))
                 }
@@ -196,9 +193,7 @@ impl Bus {
                 if entry.is_some() && from.is_some() {
                     // As much of the security check as can be made before the service
                     // exists (the rest happens on delivery).
-                    if let Err(denied) = self.check_security(msg, from, None, None, false) {
-                        return Err((denied.name, denied.text));
-                    }
+                    self.check_security(msg, from, None, None, false)?;
                 }
             }
             Request::Start { serial } => {
@@ -270,8 +265,8 @@ impl Bus {
         let command = match &self.settings.servicehelper {
             Some(helper) => {
                 if entry.user.is_none() {
-                    return Err((
-                        "org.freedesktop.DBus.Error.Spawn.FileInvalid",
+                    return Err(DriverError::new(
+                        ErrorName::SpawnFileInvalid,
                         "Cannot do system-bus activation with no user\n".into(),
                     ));
                 }
@@ -280,7 +275,7 @@ impl Bus {
             None => entry.exec.clone(),
         };
         let argv = crate::activation::argv::split(&command)
-            .map_err(|e| ("org.freedesktop.DBus.Error.InvalidArgs", e.to_string()))?;
+            .map_err(|e| DriverError::new(ErrorName::InvalidArgs, e.to_string()))?;
         let helper = if self.settings.servicehelper.is_some() {
             " (using servicehelper)"
         } else {
@@ -418,16 +413,16 @@ impl Bus {
             ChildExit::Exited(code) if self.settings.servicehelper.is_some() => {
                 helper_exit_error(code)
             }
-            ChildExit::Exited(code) => (
-                "org.freedesktop.DBus.Error.Spawn.ChildExited",
+            ChildExit::Exited(code) => DriverError::new(
+                ErrorName::SpawnChildExited,
                 format!("Process {name} exited with status {code}"),
             ),
-            ChildExit::Signaled(sig) => (
-                "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
+            ChildExit::Signaled(sig) => DriverError::new(
+                ErrorName::SpawnChildSignaled,
                 format!("Process {name} received signal {sig}"),
             ),
         };
-        info!("Activated service '{name}' failed: {}", failure.1);
+        info!("Activated service '{name}' failed: {}", failure.text);
         let same_exec: Vec<String> = self
             .activation
             .pending
@@ -436,9 +431,9 @@ impl Bus {
             .map(|(n, _)| n.clone())
             .collect();
         for other in same_exec {
-            self.fail_activation(&other, failure.0, &failure.1);
+            self.fail_activation(&other, &failure);
         }
-        self.fail_activation(&name, failure.0, &failure.1);
+        self.fail_activation(&name, &failure);
     }
 
     /// The shell could not start the process at all.
@@ -454,7 +449,7 @@ impl Bus {
         };
         let text = format!("Failed to execute program {name}: {reason}");
         info!("Failed to activate service {name}: {text}");
-        self.fail_activation(&name, "org.freedesktop.DBus.Error.Spawn.ExecFailed", &text);
+        self.fail_activation(&name, &DriverError::new(ErrorName::SpawnExecFailed, text));
     }
 
     /// systemd reports (ActivationFailure) that it could not start `unit`.
@@ -471,15 +466,15 @@ impl Bus {
         let error_name = if busd_wire::names::is_valid_interface(error_name) {
             error_name.to_string()
         } else {
-            "org.freedesktop.DBus.Error.Failed".to_string()
+            ErrorName::Failed.as_str().to_string()
         };
         for n in names {
             self.fail_activation_owned(&n, &error_name, text);
         }
     }
 
-    fn fail_activation(&mut self, name: &str, error_name: &'static str, text: &str) {
-        self.fail_activation_owned(name, error_name, text);
+    fn fail_activation(&mut self, name: &str, e: &DriverError) {
+        self.fail_activation_owned(name, e.dbus_name(), &e.text);
     }
 
     /// Every caller waiting for `name` gets the error; the start is over.
@@ -514,7 +509,7 @@ impl Bus {
                 "Failed to activate service '{name}': timed out (service_start_timeout={timeout}ms)"
             );
             warn!("{text}");
-            self.fail_activation(&name, "org.freedesktop.DBus.Error.TimedOut", &text);
+            self.fail_activation(&name, &DriverError::new(ErrorName::TimedOut, text));
         }
     }
 
@@ -540,7 +535,7 @@ impl Bus {
         match systemd {
             Some(s) => self.deliver_from_bus(s, &msg, out),
             None => {
-                if let Err((_, text)) =
+                if let Err(DriverError { text, .. }) =
                     self.activate(None, Request::Auto { msg, out }, SYSTEMD_NAME)
                 {
                     warn!("cannot pass the activation environment to systemd: {text}");

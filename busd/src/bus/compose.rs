@@ -52,6 +52,11 @@ impl<'a> DriverMessage<'a> {
         }
     }
 
+    /// The error `e` in reply to the call with serial `reply_serial`.
+    pub fn failure(reply_serial: u32, e: &'a super::error::DriverError) -> Self {
+        Self::error(reply_serial, e.dbus_name(), &e.text)
+    }
+
     pub fn signal(member: &'a str, body: Vec<u8>, signature: &'a str) -> Self {
         Self::signal_on(DBUS_PATH, DBUS_INTERFACE, member, body, signature)
     }

@@ -9,6 +9,7 @@
 //! arrives on a datagram socket of the daemon's connected to that member only
 //! ([`Bus::handle_fast_frame`]).
 
+use crate::bus::error::{DriverError, ErrorName};
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 
@@ -23,11 +24,8 @@ use tracing::warn;
 
 use super::compose::{self, DriverMessage};
 use super::driver::Failure;
-use super::security::E_ACCESS_DENIED;
 use super::{Bus, Effect, PeerId};
 use busd_wire::message::Message;
-
-const E_NOT_SUPPORTED: &str = "org.freedesktop.DBus.Error.NotSupported";
 
 /// A connection on the fast path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +133,8 @@ impl Bus {
         msg: &Message,
     ) -> Result<super::driver::Reply, Failure> {
         if !self.fast.enabled {
-            return Err((
-                E_NOT_SUPPORTED,
+            return Err(DriverError::new(
+                ErrorName::NotSupported,
                 "The fast path is turned off on this bus (--fastpath=off)".into(),
             ));
         }
@@ -144,22 +142,22 @@ impl Bus {
             return Ok(None);
         };
         if peer.fast.is_some() {
-            return Err((
-                "org.freedesktop.DBus.Error.Failed",
+            return Err(DriverError::new(
+                ErrorName::Failed,
                 "This connection already joined the fast path".into(),
             ));
         }
         if !peer.unix_fds {
-            return Err((
-                E_NOT_SUPPORTED,
+            return Err(DriverError::new(
+                ErrorName::NotSupported,
                 "Joining the fast path passes Unix fds, which this connection did not negotiate"
                     .into(),
             ));
         }
         // Member sockets live in a directory only the bus's user can reach (DESIGN 4).
         if peer.creds.uid != Some(self.settings.uid) {
-            return Err((
-                E_ACCESS_DENIED,
+            return Err(DriverError::new(
+                ErrorName::AccessDenied,
                 format!(
                     "The fast path is offered only to connections of the bus's own user (uid {})",
                     self.settings.uid
@@ -167,7 +165,10 @@ impl Bus {
             ));
         }
         let Some(id) = peer.unique.as_deref().and_then(member_of_unique) else {
-            return Err((E_NOT_SUPPORTED, "No member id for this connection".into()));
+            return Err(DriverError::new(
+                ErrorName::NotSupported,
+                "No member id for this connection".into(),
+            ));
         };
         let filter = bpf::compile(id, &peer.rules, &|n: &str| self.fast_id_of_name(n));
         self.effects.push(Effect::FastJoin {
@@ -194,7 +195,7 @@ impl Bus {
             Ok(j) => j,
             Err(e) => {
                 warn!(peer = p.unique.as_deref(), "cannot join the fast path: {e}");
-                let m = DriverMessage::error(serial, "org.freedesktop.DBus.Error.Failed", &e);
+                let m = DriverMessage::error(serial, ErrorName::Failed.as_str(), &e);
                 self.send_from_driver(Some(peer), m);
                 return;
             }

@@ -7,6 +7,7 @@
 pub mod activation;
 mod compose;
 pub mod driver;
+pub mod error;
 pub mod fastpath;
 pub mod matches;
 pub mod names;
@@ -15,6 +16,7 @@ mod routed;
 mod security;
 mod stats;
 
+use crate::bus::error::{DriverError, ErrorName};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
@@ -313,11 +315,7 @@ impl Bus {
 
     /// Whether `name` (unique or well-known) currently designates `peer`.
     fn is_owned_by(&self, name: &str, peer: PeerId) -> bool {
-        if busd_wire::names::is_unique_name(name) {
-            self.unique_names.get(name) == Some(&peer)
-        } else {
-            self.names.primary_owner(name) == Some(peer)
-        }
+        self.owner_of(name) == Some(peer)
     }
 
     /// The connection a name designates.
@@ -409,7 +407,7 @@ impl Bus {
                 self.capture(&view, Some(from), None, &out);
                 if active {
                     if let Err(denied) = self.check_security(&view, Some(from), None, None, false) {
-                        self.error_reply(from, &view, denied.name, &denied.text);
+                        self.error_reply(from, &view, &denied);
                         return;
                     }
                 }
@@ -469,13 +467,13 @@ impl Bus {
                         }
                         r
                     } else {
-                        Err((
-                            "org.freedesktop.DBus.Error.NameHasNoOwner",
+                        Err(DriverError::new(
+                            ErrorName::NameHasNoOwner,
                             format!("Name \"{dest}\" does not exist"),
                         ))
                     };
-                    if let Err((name, text)) = result {
-                        let m = DriverMessage::error(serial, name, &text);
+                    if let Err(e) = result {
+                        let m = DriverMessage::failure(serial, &e);
                         self.send_from_driver(Some(from), m);
                     }
                     return;
@@ -533,23 +531,22 @@ impl Bus {
             Some(recipient),
             requested_reply,
         ) {
-            self.error_reply(from, view, denied.name, &denied.text);
+            self.error_reply(from, view, &denied);
             return;
         }
         if ty == message::METHOD_CALL && !view.no_reply_expected() {
-            if let Err((name, text)) = self.expect_reply(from, recipient, view.serial()) {
-                self.error_reply(from, view, name, &text);
+            if let Err(e) = self.expect_reply(from, recipient, view.serial()) {
+                self.error_reply(from, view, &e);
                 return;
             }
         }
         let recipient_fds = self.peers.get(&recipient).is_some_and(|p| p.unix_fds);
         if view.unix_fds() > 0 && !recipient_fds {
-            self.error_reply(
-                from,
-                view,
-                "org.freedesktop.DBus.Error.NotSupported",
-                "Tried to send message with Unix file descriptors to a client that doesn't support that.",
+            let e = DriverError::new(
+                ErrorName::NotSupported,
+                "Tried to send message with Unix file descriptors to a client that doesn't support that.".into(),
             );
+            self.error_reply(from, view, &e);
             return;
         }
         self.send(recipient, out.clone());
@@ -607,14 +604,14 @@ impl Bus {
             // the error dbus-daemon would have given).
             let refusal = match self.check_security(msg, sender, recipient, Some(r), false) {
                 Err(denied) => Some(denied),
-                Ok(()) if fds && !self.peers[&r].unix_fds => Some(security::Denied {
-                    name: "org.freedesktop.DBus.Error.NotSupported",
-                    text: format!(
+                Ok(()) if fds && !self.peers[&r].unix_fds => Some(DriverError::new(
+                    ErrorName::NotSupported,
+                    format!(
                         "broadcast cannot be delivered to {} ({}) because it does not support receiving Unix fds",
                         self.unique_of(r),
                         self.peers[&r].creds.loginfo()
                     ),
-                }),
+                )),
                 Ok(()) => None,
             };
             if let Some(denied) = refusal {
@@ -670,10 +667,10 @@ impl Bus {
         &mut self,
         addressed: Option<PeerId>,
         in_reply_to: &Message,
-        denied: &security::Denied,
+        denied: &DriverError,
     ) {
         if !self.monitors.is_empty() {
-            let m = DriverMessage::error(in_reply_to.serial(), denied.name, &denied.text);
+            let m = DriverMessage::failure(in_reply_to.serial(), denied);
             let dest = in_reply_to.sender().map(str::to_string);
             self.compose_from_driver_to(addressed, dest.as_deref(), m);
         }
@@ -724,8 +721,8 @@ impl Bus {
         self.send(to, out);
     }
 
-    fn error_reply(&mut self, to: PeerId, call: &Message, name: &str, text: &str) {
-        let m = DriverMessage::error(call.serial(), name, text);
+    fn error_reply(&mut self, to: PeerId, call: &Message, e: &DriverError) {
+        let m = DriverMessage::failure(call.serial(), e);
         self.send_from_driver(Some(to), m);
     }
 
@@ -855,7 +852,7 @@ impl Bus {
         }
         let m = match result {
             Ok(()) => DriverMessage::reply(serial, Vec::new(), ""),
-            Err(e) => DriverMessage::error(serial, "org.freedesktop.DBus.Error.Failed", &e),
+            Err(e) => DriverMessage::error(serial, ErrorName::Failed.as_str(), &e),
         };
         self.send_from_driver(Some(peer), m);
     }

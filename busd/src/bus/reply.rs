@@ -1,11 +1,11 @@
 //! Pending replies: who waits for a reply from whom, the requested-reply rule,
 //! max_replies_per_connection, reply_timeout and NoReply (dbus-daemon's bus/connection.c).
 
+use crate::bus::error::{DriverError, ErrorName};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 use super::{Bus, DriverMessage, PeerId};
 
 /// A method call that expects a reply: (caller, caller's serial).
@@ -26,15 +26,15 @@ impl Bus {
         caller: PeerId,
         replier: PeerId,
         serial: u32,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<(), DriverError> {
         let key = (caller, serial);
         if self
             .pending_replies
             .get(&key)
             .is_some_and(|p| p.replier == replier)
         {
-            return Err((
-                E_ACCESS_DENIED,
+            return Err(DriverError::new(
+                ErrorName::AccessDenied,
                 "Message has the same reply serial as a currently-outstanding existing method call"
                     .into(),
             ));
@@ -46,8 +46,8 @@ impl Bus {
                 peer = self.unique_of(caller),
                 limit, "The maximum number of pending replies has been reached"
             );
-            return Err((
-                E_LIMITS_EXCEEDED,
+            return Err(DriverError::new(
+                ErrorName::LimitsExceeded,
                 "The maximum number of pending replies per connection has been reached".into(),
             ));
         }
@@ -108,7 +108,7 @@ impl Bus {
     }
 
     pub(super) fn no_reply(&mut self, (caller, serial): ReplyKey, text: &str) {
-        let m = DriverMessage::error(serial, "org.freedesktop.DBus.Error.NoReply", text);
+        let m = DriverMessage::error(serial, ErrorName::NoReply.as_str(), text);
         self.send_from_driver(Some(caller), m);
     }
 }

@@ -6,18 +6,9 @@ use busd_policy::eval::has_word_prefix;
 use busd_policy::{MessageFacts, Names, Peer as PolicyPeer};
 use tracing::warn;
 
+use super::error::{DriverError, ErrorName};
 use super::{Bus, Peer, PeerId, DBUS_NAME};
 use busd_wire::message::{self, Message};
-
-pub(super) const E_ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
-pub(super) const E_LIMITS_EXCEEDED: &str = "org.freedesktop.DBus.Error.LimitsExceeded";
-
-/// Why a message may not be delivered: a D-Bus error name and dbus-daemon's text.
-#[derive(Debug)]
-pub(super) struct Denied {
-    pub name: &'static str,
-    pub text: String,
-}
 
 /// The names a connection holds, as the policy sees them.
 struct PeerNames<'a>(&'a Peer);
@@ -76,7 +67,7 @@ impl Bus {
         addressed: Option<PeerId>,
         proposed: Option<PeerId>,
         requested_reply: bool,
-    ) -> Result<(), Denied> {
+    ) -> Result<(), DriverError> {
         let sender_peer = sender.and_then(|s| self.peers.get(&s));
         let proposed_peer = proposed.and_then(|p| self.peers.get(&p));
         let m = facts(msg);
@@ -92,7 +83,7 @@ impl Bus {
             if addressed == proposed {
                 warn!("{text}");
             }
-            Denied { name, text }
+            DriverError::new(name, text)
         };
         if let Some(sp) = sender_peer {
             let receiver = match proposed_peer {
@@ -102,7 +93,7 @@ impl Bus {
             let d = sp.policy.may_send(&m, requested_reply, receiver);
             if !d.allowed {
                 return Err(complain(
-                    E_ACCESS_DENIED,
+                    ErrorName::AccessDenied,
                     "Rejected send message",
                     d.matched_rules,
                 ));
@@ -135,7 +126,7 @@ impl Bus {
                     .may_receive(&m, requested_reply, eavesdropping, from);
                 if !d.allowed {
                     return Err(complain(
-                        E_ACCESS_DENIED,
+                        ErrorName::AccessDenied,
                         "Rejected receive message",
                         d.matched_rules,
                     ));
@@ -146,9 +137,9 @@ impl Bus {
                 .outgoing
                 .over(limits.max_outgoing_bytes, limits.max_outgoing_unix_fds)
             {
-                return Err(Denied {
-                    name: E_LIMITS_EXCEEDED,
-                    text: self.complaint(
+                return Err(DriverError::new(
+                    ErrorName::LimitsExceeded,
+                    self.complaint(
                         msg,
                         "Rejected: destination has a full message queue",
                         0,
@@ -156,7 +147,7 @@ impl Bus {
                         proposed_peer,
                         requested_reply,
                     ),
-                });
+                ));
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 use super::compose;
 use super::driver::{connection_arg, Failure, Reply};
 use super::{Bus, PeerId};
+use crate::bus::error::{DriverError, ErrorName};
 use busd_wire::marshal::{Reader, Writer};
 use busd_wire::message::Message;
 
@@ -103,8 +104,7 @@ pub(super) fn get_connection_stats(
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     let Some(peer) = connection_arg(bus, r, "statistics")? else {
-        return Err((
-            "org.freedesktop.DBus.Error.InvalidArgs",
+        return Err(DriverError::new(ErrorName::InvalidArgs,
             "GetConnectionStats is not meaningful for the message bus \"org.freedesktop.DBus\" itself".into(),
         ));
     };

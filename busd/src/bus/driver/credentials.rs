@@ -2,6 +2,7 @@
 //! GetConnectionCredentials and the LSM look-ups, for a name or the bus itself.
 
 use super::*;
+use crate::bus::error::{DriverError, ErrorName};
 
 /// Resolves the name argument of the GetConnection* methods: None means the bus itself.
 pub(in crate::bus) fn connection_arg(
@@ -14,8 +15,8 @@ pub(in crate::bus) fn connection_arg(
         return Ok(None);
     }
     bus.owner_of(name).map(Some).ok_or_else(|| {
-        (
-            E_NAME_HAS_NO_OWNER,
+        DriverError::new(
+            ErrorName::NameHasNoOwner,
             format!("Could not get {what} of name '{name}': no such name"),
         )
     })
@@ -34,8 +35,8 @@ pub(super) fn get_unix_user(
     let name = read_s(r)?;
     match uid {
         Some(uid) => Ok(Some((compose::body_u(uid), "u"))),
-        None => Err((
-            "org.freedesktop.DBus.Error.Failed",
+        None => Err(DriverError::new(
+            ErrorName::Failed,
             format!("Could not determine UID for '{name}'"),
         )),
     }
@@ -54,8 +55,8 @@ pub(super) fn get_unix_process_id(
     let name = read_s(r)?;
     match pid {
         Some(pid) => Ok(Some((compose::body_u(pid), "u"))),
-        None => Err((
-            "org.freedesktop.DBus.Error.UnixProcessIdUnknown",
+        None => Err(DriverError::new(
+            ErrorName::UnixProcessIdUnknown,
             format!("Could not determine PID for '{name}'"),
         )),
     }
@@ -69,8 +70,8 @@ pub(super) fn get_adt_audit_session_data(
 ) -> Result<Reply, Failure> {
     connection_arg(bus, &mut r.clone(), "audit session data")?;
     let name = read_s(r)?;
-    Err((
-        "org.freedesktop.DBus.Error.AdtAuditDataUnknown",
+    Err(DriverError::new(
+        ErrorName::AdtAuditDataUnknown,
         format!("Could not determine audit session data for '{name}'"),
     ))
 }
@@ -83,8 +84,8 @@ pub(super) fn get_selinux_context(
 ) -> Result<Reply, Failure> {
     connection_arg(bus, &mut r.clone(), "security context")?;
     let name = read_s(r)?;
-    Err((
-        "org.freedesktop.DBus.Error.SELinuxSecurityContextUnknown",
+    Err(DriverError::new(
+        ErrorName::SELinuxSecurityContextUnknown,
         format!("Could not determine security context for '{name}'"),
     ))
 }

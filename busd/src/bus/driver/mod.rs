@@ -1,8 +1,9 @@
 //! The bus driver, `org.freedesktop.DBus`: a table of (interface, member, signature, handler),
 //! with dbus-daemon's path rules, privilege checks and error messages (bus/driver.c).
 
+use crate::bus::error::{DriverError, ErrorName};
 use busd_match::MatchRule;
-use busd_wire::names as valid;
+use busd_wire::names::{self as valid, BusName};
 use tracing::{info, warn};
 
 use busd_wire::marshal::Reader;
@@ -10,7 +11,6 @@ use busd_wire::message::{self, Message};
 
 use super::compose::{self, DriverMessage};
 use super::names::{self as reg, NameEvent};
-use super::security::{E_ACCESS_DENIED, E_LIMITS_EXCEEDED};
 use super::{Bus, Effect, PeerId, DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
 use busd_match::protocol::{self as fastpath, JoinReply};
 
@@ -20,11 +20,8 @@ const PEER: &str = "org.freedesktop.DBus.Peer";
 const MONITORING: &str = "org.freedesktop.DBus.Monitoring";
 const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
 
-const E_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
-const E_NAME_HAS_NO_OWNER: &str = "org.freedesktop.DBus.Error.NameHasNoOwner";
-
 /// An error reply: (D-Bus error name, message).
-pub(super) type Failure = (&'static str, String);
+pub(super) type Failure = DriverError;
 /// A successful reply: (body, signature), or None when the handler already replied.
 pub(super) type Reply = Option<(Vec<u8>, &'static str)>;
 type Handler = fn(&mut Bus, PeerId, &Message, &mut Reader<'_>) -> Result<Reply, Failure>;
@@ -195,12 +192,11 @@ pub(super) fn handle(bus: &mut Bus, from: PeerId, msg: &Message) {
     let member = msg.member().unwrap_or("");
     let is_hello = member == "Hello" && matches!(msg.interface(), None | Some(DBUS_INTERFACE));
     if !(active || is_hello) {
-        bus.error_reply(
-            from,
-            msg,
-            E_ACCESS_DENIED,
-            "Client tried to send a message other than Hello without being registered",
+        let e = DriverError::new(
+            ErrorName::AccessDenied,
+            "Client tried to send a message other than Hello without being registered".into(),
         );
+        bus.error_reply(from, msg, &e);
         return;
     }
     let canonical = msg.path() == Some(DBUS_PATH);
@@ -224,21 +220,17 @@ pub(super) fn handle(bus: &mut Bus, from: PeerId, msg: &Message) {
                 }
             }
             Ok(None) => {}
-            Err((name, text)) => bus.error_reply(from, msg, name, &text),
+            Err(e) => bus.error_reply(from, msg, &e),
         }
         return;
     }
     let name = if found_interface {
-        "org.freedesktop.DBus.Error.UnknownMethod"
+        ErrorName::UnknownMethod
     } else {
-        "org.freedesktop.DBus.Error.UnknownInterface"
+        ErrorName::UnknownInterface
     };
-    bus.error_reply(
-        from,
-        msg,
-        name,
-        &format!("{DBUS_NAME} does not understand message {member}"),
-    );
+    let text = format!("{DBUS_NAME} does not understand message {member}");
+    bus.error_reply(from, msg, &DriverError::new(name, text));
 }
 
 fn call(
@@ -252,8 +244,8 @@ fn call(
         check_privileged(bus, from, msg)?;
     }
     if !(canonical || method.any_path) {
-        return Err((
-            E_ACCESS_DENIED,
+        return Err(DriverError::new(
+            ErrorName::AccessDenied,
             format!(
                 "Method '{}' is only available at the canonical object path '{DBUS_PATH}'",
                 method.name
@@ -261,8 +253,8 @@ fn call(
         ));
     }
     if msg.signature() != method.args {
-        return Err((
-            E_INVALID_ARGS,
+        return Err(DriverError::new(
+            ErrorName::InvalidArgs,
             format!(
                 "Call to {} has wrong args ({}, expected {})\n",
                 method.name,
@@ -278,15 +270,18 @@ fn call(
 }
 
 fn malformed() -> Failure {
-    (E_INVALID_ARGS, "Message has invalid arguments".to_string())
+    DriverError::new(
+        ErrorName::InvalidArgs,
+        "Message has invalid arguments".to_string(),
+    )
 }
 
 /// Parses rule text for AddMatch, RemoveMatch and BecomeMonitor: an over-long rule is
 /// `LimitsExceeded`, any other problem `MatchRuleInvalid` (as dbus-daemon answers).
 fn parse_rule(text: &str) -> Result<MatchRule, Failure> {
     MatchRule::parse(text).map_err(|e| match e {
-        busd_match::Error::TooLong(_) => (E_LIMITS_EXCEEDED, e.to_string()),
-        _ => ("org.freedesktop.DBus.Error.MatchRuleInvalid", e.to_string()),
+        busd_match::Error::TooLong(_) => DriverError::new(ErrorName::LimitsExceeded, e.to_string()),
+        _ => DriverError::new(ErrorName::MatchRuleInvalid, e.to_string()),
     })
 }
 
@@ -301,8 +296,8 @@ fn check_privileged(bus: &Bus, from: PeerId, msg: &Message) -> Result<(), Failur
         .unwrap_or("(inactive)");
     let method = msg.member().unwrap_or("");
     match peer.and_then(|p| p.creds.uid) {
-        None => Err((
-            E_ACCESS_DENIED,
+        None => Err(DriverError::new(
+            ErrorName::AccessDenied,
             format!("rejected attempt to call {method} by connection {name} with unknown uid"),
         )),
         Some(uid) if uid == 0 || uid == bus.settings.uid => Ok(()),
@@ -313,8 +308,8 @@ fn check_privileged(bus: &Bus, from: PeerId, msg: &Message) -> Result<(), Failur
                 uid,
                 "rejected attempt to call a privileged method"
             );
-            Err((
-                E_ACCESS_DENIED,
+            Err(DriverError::new(
+                ErrorName::AccessDenied,
                 format!("rejected attempt to call {method} by connection {name} with uid {uid}"),
             ))
         }
@@ -323,8 +318,8 @@ fn check_privileged(bus: &Bus, from: PeerId, msg: &Message) -> Result<(), Failur
 
 fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
     if bus.peers.get(&from).is_some_and(|p| p.unique.is_some()) {
-        return Err((
-            "org.freedesktop.DBus.Error.Failed",
+        return Err(DriverError::new(
+            ErrorName::Failed,
             "Already handled an Hello message".into(),
         ));
     }
@@ -358,7 +353,7 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
     };
     if let Some((text, limit_name, limit)) = over {
         warn!("{text} ({limit_name}={limit})");
-        return Err((E_LIMITS_EXCEEDED, text));
+        return Err(DriverError::new(ErrorName::LimitsExceeded, text));
     }
     // dbus-daemon numbers connections :1.0, :1.1, ...
     let unique = loop {
@@ -404,21 +399,23 @@ fn request_name(
 ) -> Result<Reply, Failure> {
     let name = read_s(r)?;
     let flags = r.u32().map_err(|_| malformed())?;
-    if !valid::is_valid_bus_name(name) {
-        return Err((
-            E_INVALID_ARGS,
-            format!("Requested bus name \"{name}\" is not valid"),
-        ));
-    }
-    if valid::is_unique_name(name) {
-        return Err((
-            E_INVALID_ARGS,
-            format!("Cannot acquire a service starting with ':' such as \"{name}\""),
-        ));
-    }
+    let name = match BusName::parse(name) {
+        Some(BusName::WellKnown(name)) => name,
+        Some(BusName::Unique(name)) => {
+            return Err(DriverError::new(
+                ErrorName::InvalidArgs,
+                format!("Cannot acquire a service starting with ':' such as \"{name}\""),
+            ))
+        }
+        None => {
+            return Err(DriverError::new(
+                ErrorName::InvalidArgs,
+                format!("Requested bus name \"{name}\" is not valid"),
+            ))
+        }
+    };
     if name == DBUS_NAME {
-        return Err((
-            E_INVALID_ARGS,
+        return Err(DriverError::new(ErrorName::InvalidArgs,
             format!(
                 "Connection \"{}\" is not allowed to own the service \"{DBUS_NAME}\"because it is reserved for D-Bus' use only",
                 peer_name(bus, from)
@@ -426,8 +423,7 @@ fn request_name(
         ));
     }
     if !bus.peers.get(&from).is_some_and(|p| p.policy.may_own(name)) {
-        return Err((
-            E_ACCESS_DENIED,
+        return Err(DriverError::new(ErrorName::AccessDenied,
             format!(
                 "Connection \"{}\" is not allowed to own the service \"{name}\" due to security policies in the configuration file",
                 peer_name(bus, from)
@@ -442,7 +438,7 @@ fn request_name(
             peer_name(bus, from)
         );
         warn!("{text}");
-        return Err((E_LIMITS_EXCEEDED, text));
+        return Err(DriverError::new(ErrorName::LimitsExceeded, text));
     }
     let mut events = Vec::new();
     let code = bus.names.request(name, from, flags, &mut events);
@@ -472,21 +468,24 @@ fn release_name(
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     let name = read_s(r)?;
-    if !valid::is_valid_bus_name(name) {
-        return Err((
-            E_INVALID_ARGS,
-            format!("Given bus name \"{name}\" is not valid"),
-        ));
-    }
-    if valid::is_unique_name(name) {
-        return Err((
-            E_INVALID_ARGS,
-            format!("Cannot release a service starting with ':' such as \"{name}\""),
-        ));
-    }
+    let name = match BusName::parse(name) {
+        Some(BusName::WellKnown(name)) => name,
+        Some(BusName::Unique(name)) => {
+            return Err(DriverError::new(
+                ErrorName::InvalidArgs,
+                format!("Cannot release a service starting with ':' such as \"{name}\""),
+            ))
+        }
+        None => {
+            return Err(DriverError::new(
+                ErrorName::InvalidArgs,
+                format!("Given bus name \"{name}\" is not valid"),
+            ))
+        }
+    };
     if name == DBUS_NAME {
-        return Err((
-            E_INVALID_ARGS,
+        return Err(DriverError::new(
+            ErrorName::InvalidArgs,
             format!("Cannot release the {DBUS_NAME} service because it is owned by the bus"),
         ));
     }
@@ -527,8 +526,8 @@ fn update_activation_environment(
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     if bus.settings.servicehelper.is_some() {
-        return Err((
-            E_ACCESS_DENIED,
+        return Err(DriverError::new(
+            ErrorName::AccessDenied,
             "Cannot change activation environment on a system bus.".into(),
         ));
     }
@@ -592,7 +591,7 @@ fn add_match(
             peer_name(bus, from)
         );
         warn!("{text}");
-        return Err((E_LIMITS_EXCEEDED, text));
+        return Err(DriverError::new(ErrorName::LimitsExceeded, text));
     }
     if let Some(p) = bus.peers.get_mut(&from) {
         p.rules.push(rule.clone());
@@ -612,8 +611,8 @@ fn remove_match(
     let text = read_s(r)?;
     let rule = parse_rule(text)?;
     if !bus.matches.remove(from, &rule) {
-        return Err((
-            "org.freedesktop.DBus.Error.MatchRuleNotFound",
+        return Err(DriverError::new(
+            ErrorName::MatchRuleNotFound,
             "The given match rule wasn't found and can't be removed".into(),
         ));
     }
@@ -638,8 +637,8 @@ fn get_name_owner(
     }
     match bus.owner_of(name) {
         Some(p) => Ok(Some((compose::body_s(bus.unique_of(p)), "s"))),
-        None => Err((
-            E_NAME_HAS_NO_OWNER,
+        None => Err(DriverError::new(
+            ErrorName::NameHasNoOwner,
             format!("Could not get owner of name '{name}': no such name"),
         )),
     }
@@ -668,8 +667,8 @@ fn list_queued_owners(
             .unwrap_or_default()
     };
     if owners.is_empty() {
-        return Err((
-            E_NAME_HAS_NO_OWNER,
+        return Err(DriverError::new(
+            ErrorName::NameHasNoOwner,
             format!("Could not get owners of name '{name}': no such name"),
         ));
     }
@@ -727,8 +726,8 @@ fn become_monitor(
     let texts = r.string_array().map_err(|_| malformed())?;
     let flags = r.u32().map_err(|_| malformed())?;
     if flags != 0 {
-        return Err((
-            E_INVALID_ARGS,
+        return Err(DriverError::new(
+            ErrorName::InvalidArgs,
             "BecomeMonitor does not support any flags yet".into(),
         ));
     }
@@ -805,7 +804,7 @@ pub(super) fn handle_peer_to_peer(bus: &mut Bus, from: PeerId, msg: &Message) {
                 "Method \"{member}\" with signature \"{sig}\" on interface \"{}\" doesn't exist\n",
                 iface.unwrap_or("(null)")
             );
-            bus.error_reply(from, msg, "org.freedesktop.DBus.Error.UnknownMethod", &text);
+            bus.error_reply(from, msg, &DriverError::new(ErrorName::UnknownMethod, text));
         }
     }
 }

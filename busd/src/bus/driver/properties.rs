@@ -3,6 +3,7 @@
 //! driver's method table.
 
 use super::*;
+use crate::bus::error::{DriverError, ErrorName};
 
 /// Properties of `org.freedesktop.DBus`: (name, value as `as`).
 fn property(bus: &Bus, name: &str) -> Option<Vec<&'static str>> {
@@ -29,8 +30,8 @@ fn check_interface(iface: &str) -> Result<(), Failure> {
     if iface == DBUS_INTERFACE {
         Ok(())
     } else {
-        Err((
-            "org.freedesktop.DBus.Error.UnknownInterface",
+        Err(DriverError::new(
+            ErrorName::UnknownInterface,
             format!("Interface \"{iface}\" not found"),
         ))
     }
@@ -46,8 +47,8 @@ pub(super) fn properties_get(
     let name = read_s(r)?;
     check_interface(iface)?;
     let value = property(bus, name).ok_or_else(|| {
-        (
-            "org.freedesktop.DBus.Error.UnknownProperty",
+        DriverError::new(
+            ErrorName::UnknownProperty,
             format!("Property \"{iface}.{name}\" not found"),
         )
     })?;
@@ -87,13 +88,13 @@ pub(super) fn properties_set(
     let name = read_s(r)?;
     check_interface(iface)?;
     if property(bus, name).is_none() {
-        return Err((
-            "org.freedesktop.DBus.Error.UnknownProperty",
+        return Err(DriverError::new(
+            ErrorName::UnknownProperty,
             format!("Property \"{iface}.{name}\" not found"),
         ));
     }
-    Err((
-        "org.freedesktop.DBus.Error.PropertyReadOnly",
+    Err(DriverError::new(
+        ErrorName::PropertyReadOnly,
         format!("Property '{iface}.{name}' cannot be set"),
     ))
 }
