@@ -7,18 +7,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The busd binary under test: `$BUSD` or the workspace's debug build.
+mod busd_build;
+
+/// The busd binary under test: `$BUSD` when set, or else the workspace's busd built from the
+/// current sources (once per test process), so that no test runs a stale `target/debug/busd`.
 pub fn busd_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BUSD") {
-        return PathBuf::from(p);
+    match std::env::var_os("BUSD") {
+        Some(p) => PathBuf::from(p),
+        None => busd_build::program("busd"),
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/busd");
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build -p busd` first (or set BUSD)",
-        p.display()
-    );
-    p
+}
+
+/// Another program of the busd package (busd-top): the one beside `$BUSD` when that is set,
+/// or else built from the current sources along with busd.
+pub fn busd_program(name: &str) -> PathBuf {
+    match std::env::var_os("BUSD") {
+        Some(p) => PathBuf::from(p).with_file_name(name),
+        None => busd_build::program(name),
+    }
 }
 
 /// A running busd, killed when dropped.

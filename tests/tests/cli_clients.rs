@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use busd_tests::{busd_binary, have, run, Busd};
+use busd_tests::{busd_binary, busd_program, have, run, Busd};
 
 /// Starts a long-running client and returns it with a reader of its stdout.
 fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
@@ -332,7 +332,7 @@ fn busd_top_lists_connections_with_their_names_and_processes() {
     }
     let bus = Busd::start();
     let _sink = busd_tests::Sink::start(&bus.address, "org.example.Top");
-    let top = busd_binary().with_file_name("busd-top");
+    let top = busd_program("busd-top");
     let (ok, out, err) = run(Command::new(top)
         .arg(format!("--address={}", bus.address))
         .arg("--once"));

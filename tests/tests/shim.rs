@@ -706,7 +706,7 @@ async fn a_members_own_figures_reach_debug_stats_and_busd_top() {
     assert_eq!(seen["busd.FastPath.BacklogDepth"], 0);
     assert_eq!(seen["busd.FastPath.DroppedSpoofed"], 0);
 
-    let top = busd_tests::busd_binary().with_file_name("busd-top");
+    let top = busd_tests::busd_program("busd-top");
     let (ok, out, err) = busd_tests::run(
         std::process::Command::new(top)
             .arg(format!("--address={}", bus.address))
