@@ -4,16 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The end-to-end tests fail, naming the package, when one of these is missing
+# (REQUIREMENTS in tests/src/lib.rs lists the same).
 need=()
 command -v dbus-send >/dev/null || need+=(dbus-bin)
 command -v dbus-monitor >/dev/null || need+=(dbus-bin)
-command -v dbus-run-session >/dev/null || need+=(dbus-bin)
+command -v dbus-run-session >/dev/null || need+=(dbus-daemon)
 [ -f /usr/share/dbus-1/session.conf ] || need+=(dbus-session-bus-common)
 [ -f /usr/share/dbus-1/system.conf ] || need+=(dbus-system-bus-common)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 [ -d /usr/share/installed-tests/dbus ] || need+=(dbus-tests)
 command -v gdbus >/dev/null || need+=(libglib2.0-bin)
 command -v busctl >/dev/null || need+=(systemd)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v prlimit >/dev/null || need+=(util-linux)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"

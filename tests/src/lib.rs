@@ -7,18 +7,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The busd binary under test: `$BUSD` or the workspace's debug build.
+mod busd_build;
+
+/// The busd binary under test: `$BUSD` when set, or else the workspace's busd built from the
+/// current sources (once per test process), so that no test runs a stale `target/debug/busd`.
 pub fn busd_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("BUSD") {
-        return PathBuf::from(p);
+    match std::env::var_os("BUSD") {
+        Some(p) => PathBuf::from(p),
+        None => busd_build::program("busd"),
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/busd");
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build -p busd` first (or set BUSD)",
-        p.display()
-    );
-    p
+}
+
+/// Another program of the busd package (busd-top): the one beside `$BUSD` when that is set,
+/// or else built from the current sources along with busd.
+pub fn busd_program(name: &str) -> PathBuf {
+    match std::env::var_os("BUSD") {
+        Some(p) => PathBuf::from(p).with_file_name(name),
+        None => busd_build::program(name),
+    }
 }
 
 /// A running busd, killed when dropped.
@@ -112,18 +118,69 @@ pub async fn zbus_connect(bus: &Busd) -> zbus::Connection {
         .expect("connect")
 }
 
-/// Whether a command is installed; says so on stderr when it is not (the README's test
-/// command installs every tool the tests use).
-pub fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
+/// What the tests need from the system, each with the Debian package that provides it
+/// (tests/run-all.sh installs them all): commands found on PATH, files by absolute path,
+/// and python3-dbus (the system interpreter's `dbus` module).
+const REQUIREMENTS: &[(&str, &str)] = &[
+    ("dbus-send", "dbus-bin"),
+    ("dbus-monitor", "dbus-bin"),
+    ("dbus-run-session", "dbus-daemon"),
+    ("dbus-daemon", "dbus-daemon"),
+    ("gdbus", "libglib2.0-bin"),
+    ("busctl", "systemd"),
+    ("systemd-socket-activate", "systemd"),
+    ("systemd-analyze", "systemd"),
+    ("prlimit", "util-linux"),
+    ("python3-dbus", "python3-dbus"),
+    ("/usr/share/dbus-1/system.conf", "dbus-system-bus-common"),
+];
+
+/// Fails the test unless `what` (a command, an absolute path or `python3-dbus`, as listed
+/// in `REQUIREMENTS`) is installed, naming the package to install. A missing tool is a
+/// failure, never a silent pass: the README's test command (tests/run-all.sh) installs them.
+#[track_caller]
+pub fn require(what: &str) {
+    let Some((_, package)) = REQUIREMENTS.iter().find(|(w, _)| *w == what) else {
+        panic!("require({what:?}): unknown; add it and its package to REQUIREMENTS and tests/run-all.sh");
+    };
+    let found = if what == "python3-dbus" {
+        // The system interpreter, as the tests run it (a pyenv one lacks the Debian package).
+        Command::new("/usr/bin/python3")
+            .args(["-c", "import dbus"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    } else if what.starts_with('/') {
+        Path::new(what).exists()
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| is_executable(&dir.join(what)))
+        })
+    };
+    let shown = match what {
+        "python3-dbus" => "python3-dbus (the dbus module of /usr/bin/python3)",
+        _ => what,
+    };
+    assert!(
+        found,
+        "{shown} not found: install package {package} (tests/run-all.sh does)"
+    );
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Fails the test unless it runs as root, saying what for: the project's machines and CI
+/// run the tests as root (tests/run-all.sh needs root to install the packages).
+#[track_caller]
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root {why}: run the tests as root (the project's CI does)"
+    );
 }
 
 /// Runs a client command with a timeout; returns (success, stdout, stderr).
@@ -178,9 +235,10 @@ pub fn write_config(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// dbus-daemon, when installed, as the reference to compare with.
-pub fn dbus_daemon() -> Option<PathBuf> {
-    have("dbus-daemon").then(|| PathBuf::from("dbus-daemon"))
+/// dbus-daemon, the reference to compare with (required: see [`require`]).
+pub fn dbus_daemon() -> PathBuf {
+    require("dbus-daemon");
+    PathBuf::from("dbus-daemon")
 }
 
 /// dbus-send's option naming this bus (it then says Hello, unlike with `--address`).
@@ -235,21 +293,17 @@ where
             .map(|(ok, t)| (ok, t.replace(&bus.address, "ADDRESS")))
             .collect()
     };
+    let reference = dbus_daemon();
     let ours = run_on(Busd::start_with(&args));
-    match dbus_daemon() {
-        Some(reference) => {
-            let theirs = run_on(Busd::start_program(&reference, &args));
-            // Errors must read the same; successful replies carry serials, times and ids
-            // that differ between any two buses.
-            let n = |v: &[(bool, String)]| -> Vec<(bool, String)> {
-                v.iter()
-                    .map(|(ok, t)| (*ok, if *ok { String::new() } else { normalize(t) }))
-                    .collect()
-            };
-            assert_eq!(n(&ours), n(&theirs), "busd and dbus-daemon disagree");
-        }
-        None => eprintln!("dbus-daemon not installed: checked busd alone"),
-    }
+    let theirs = run_on(Busd::start_program(&reference, &args));
+    // Errors must read the same; successful replies carry serials, times and ids that
+    // differ between any two buses.
+    let n = |v: &[(bool, String)]| -> Vec<(bool, String)> {
+        v.iter()
+            .map(|(ok, t)| (*ok, if *ok { String::new() } else { normalize(t) }))
+            .collect()
+    };
+    assert_eq!(n(&ours), n(&theirs), "busd and dbus-daemon disagree");
     ours
 }
 
@@ -285,6 +339,7 @@ pub struct Sink(std::process::Child);
 
 impl Sink {
     pub fn start(address: &str, name: &str) -> Sink {
+        require("python3-dbus");
         let script = format!(
             "import dbus, time\n\
              b = dbus.bus.BusConnection('{address}')\n\

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use busd_tests::{both, dbus_send, have, session_config, write_config, Busd};
+use busd_tests::{both, dbus_send, require, session_config, write_config, Busd};
 use futures_util::StreamExt;
 
 const SERVICE: &str = env!("CARGO_BIN_EXE_busd-test-service");
@@ -82,9 +82,8 @@ fn driver(bus: &Busd, member: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn services_start_on_demand_and_failures_read_as_with_dbus_daemon() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
+    require("dbus-daemon");
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path());
     let env = "org.example.TestService.Env";

@@ -1,13 +1,13 @@
 //! Standard command-line clients against a busd process: dbus-send, dbus-monitor, gdbus,
-//! busctl, python3-dbus and dbus-run-session. Each skips loudly if its tool is missing (the
-//! README's test command installs them).
+//! busctl, python3-dbus and dbus-run-session. Each fails, naming the package, if its tool is
+//! missing (the README's test command installs them).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use busd_tests::{busd_binary, have, run, Busd};
+use busd_tests::{busd_binary, busd_program, require, run, Busd};
 
 /// Starts a long-running client and returns it with a reader of its stdout.
 fn spawn_lines(cmd: &mut Command) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
@@ -46,9 +46,7 @@ fn wait_for(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
 
 #[test]
 fn dbus_send_calls_the_driver() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
     let bus = Busd::start();
     let (ok, out, err) = run(Command::new("dbus-send").args([
         &format!("--bus={}", bus.address),
@@ -75,9 +73,8 @@ fn dbus_send_calls_the_driver() {
 
 #[test]
 fn dbus_monitor_sees_a_signal_from_dbus_send() {
-    if !have("dbus-send") || !have("dbus-monitor") {
-        return;
-    }
+    require("dbus-send");
+    require("dbus-monitor");
     let bus = Busd::start();
     let (mut mon, rx) = spawn_lines(Command::new("dbus-monitor").args(["--address", &bus.address]));
     // dbus-monitor prints its own NameLost/NameOwnerChanged once it became a monitor.
@@ -101,9 +98,7 @@ fn dbus_monitor_sees_a_signal_from_dbus_send() {
 
 #[test]
 fn gdbus_call_emit_and_monitor() {
-    if !have("gdbus") {
-        return;
-    }
+    require("gdbus");
     let bus = Busd::start();
     let (ok, out, err) = run(Command::new("gdbus").args([
         "call",
@@ -159,9 +154,7 @@ fn gdbus_call_emit_and_monitor() {
 
 #[test]
 fn busctl_lists_and_calls() {
-    if !have("busctl") {
-        return;
-    }
+    require("busctl");
     let bus = Busd::start();
     let (ok, out, err) = run(Command::new("busctl").args([
         &format!("--address={}", bus.address),
@@ -186,17 +179,7 @@ fn busctl_lists_and_calls() {
 
 #[test]
 fn python_dbus_owns_a_name_and_answers_a_call() {
-    if !have("python3") {
-        return;
-    }
-    let has_dbus = Command::new("/usr/bin/python3")
-        .args(["-c", "import dbus"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_dbus {
-        eprintln!("SKIPPED: python3-dbus is not installed");
-        return;
-    }
+    require("python3-dbus");
     let bus = Busd::start();
     let script = r#"
 import sys, dbus
@@ -224,9 +207,8 @@ print("groups", sorted(creds["UnixGroupIDs"]) == sorted(set(os.getgroups()) | {o
 
 #[test]
 fn dbus_run_session_uses_busd() {
-    if !have("dbus-run-session") || !have("dbus-send") {
-        return;
-    }
+    require("dbus-run-session");
+    require("dbus-send");
     let (ok, out, err) = run(Command::new("dbus-run-session").args([
         &format!("--dbus-daemon={}", busd_binary().display()),
         "--",
@@ -243,6 +225,7 @@ fn dbus_run_session_uses_busd() {
 
 #[test]
 fn a_malformed_message_disconnects_only_its_sender() {
+    require("dbus-send");
     let mut bus = Busd::start();
     let path = bus
         .address
@@ -271,16 +254,14 @@ fn a_malformed_message_disconnects_only_its_sender() {
         "the bad client got data after its bad message"
     );
     assert!(bus.is_running());
-    if have("dbus-send") {
-        let (ok, _, err) = run(Command::new("dbus-send").args([
-            &format!("--bus={}", bus.address),
-            "--print-reply",
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.GetId",
-        ]));
-        assert!(ok, "other clients keep working: {err}");
-    }
+    let (ok, _, err) = run(Command::new("dbus-send").args([
+        &format!("--bus={}", bus.address),
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus.GetId",
+    ]));
+    assert!(ok, "other clients keep working: {err}");
 }
 
 #[test]
@@ -327,12 +308,10 @@ fn bad_usage_and_bad_config_fail_clearly() {
 
 #[test]
 fn busd_top_lists_connections_with_their_names_and_processes() {
-    if !std::path::Path::new("/usr/bin/python3").exists() {
-        return;
-    }
+    require("python3-dbus");
     let bus = Busd::start();
     let _sink = busd_tests::Sink::start(&bus.address, "org.example.Top");
-    let top = busd_binary().with_file_name("busd-top");
+    let top = busd_program("busd-top");
     let (ok, out, err) = run(Command::new(top)
         .arg(format!("--address={}", bus.address))
         .arg("--once"));

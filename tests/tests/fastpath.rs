@@ -16,7 +16,7 @@ use busd_match::header::{self, Fields, HEADER_LEN};
 use busd_match::protocol::{self, JoinFds, JoinReply};
 use busd_match::table::{self, Table};
 use busd_shim::Counters;
-use busd_tests::{have, zbus_connect, Busd};
+use busd_tests::{require, require_root, zbus_connect, Busd};
 use busd_wire::marshal::Endian;
 use busd_wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
 use futures_util::StreamExt;
@@ -371,9 +371,7 @@ async fn the_daemon_routes_what_members_send_it() {
 
 #[tokio::test]
 async fn monitors_see_direct_traffic_through_the_copies_members_send() {
-    if !have("dbus-monitor") {
-        return;
-    }
+    require("dbus-monitor");
     let bus = Busd::start();
     let a = member(&bus).await;
     let b = member(&bus).await;
@@ -576,10 +574,7 @@ async fn members_cannot_change_the_routing_table() {
 /// directory is 0700. (Needs root, to run the sender as nobody.)
 #[tokio::test]
 async fn other_users_cannot_reach_member_sockets() {
-    if !nix::unistd::getuid().is_root() {
-        eprintln!("skipped: running a process as another user needs root");
-        return;
-    }
+    require_root("to run a sender as another user");
     let bus = Busd::start();
     let a = member(&bus).await;
     for target in [protocol::socket_name(a.id), protocol::inbox_name(a.id)] {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use busd_tests::{busd_binary, dbus_send, have, session_config, write_config, Busd};
+use busd_tests::{busd_binary, dbus_send, require, session_config, write_config, Busd};
 use busd_wire::marshal::Endian;
 use busd_wire::message::{encode, HeaderFields, METHOD_CALL};
 
@@ -104,14 +104,15 @@ fn still_serving(bus: &Busd) {
     assert!(ok, "the bus stopped serving others: {out}");
 }
 
-/// A session bus, when dbus-send is there to check that it keeps serving.
-fn checked_bus() -> Option<Busd> {
-    have("dbus-send").then(Busd::start)
+/// A session bus, with dbus-send to check that it keeps serving.
+fn checked_bus() -> Busd {
+    require("dbus-send");
+    Busd::start()
 }
 
 #[test]
 fn garbage_impossible_lengths_and_lying_fd_counts_disconnect_only_their_sender() {
-    let Some(bus) = checked_bus() else { return };
+    let bus = checked_bus();
     let mut garbage = raw_client(&bus);
     garbage
         .write_all(b"this is not a D-Bus message at all, sorry\r\n")
@@ -160,7 +161,7 @@ fn garbage_impossible_lengths_and_lying_fd_counts_disconnect_only_their_sender()
 
 #[test]
 fn a_client_killed_in_the_middle_of_a_message_harms_nobody() {
-    let Some(bus) = checked_bus() else { return };
+    let bus = checked_bus();
     let mut half = raw_client(&bus);
     let bytes = call_bytes(
         2,
@@ -261,9 +262,8 @@ async fn a_reader_that_never_reads_gets_a_full_queue_not_the_bus() {
 
 #[test]
 fn running_out_of_descriptors_pauses_accepting_and_recovers() {
-    if !(have("dbus-send") && have("prlimit")) {
-        return;
-    }
+    require("dbus-send");
+    require("prlimit");
     let prlimit = Path::new("prlimit");
     let busd = busd_binary();
     let bus = Busd::start_program(
@@ -313,9 +313,8 @@ fn running_out_of_descriptors_pauses_accepting_and_recovers() {
 /// descriptors), and starts services with the limit it was given, as dbus-daemon does.
 #[test]
 fn the_descriptor_limit_is_raised_for_the_bus_and_restored_for_services() {
-    if !(have("dbus-send") && have("prlimit")) {
-        return;
-    }
+    require("dbus-send");
+    require("prlimit");
     let dir = tempfile::tempdir().unwrap();
     let services = dir.path().join("services");
     std::fs::create_dir_all(&services).unwrap();

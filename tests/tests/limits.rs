@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use busd_tests::{both, bus_arg, dbus_send, have, session_config, write_config, Busd, Sink};
+use busd_tests::{both, bus_arg, dbus_send, require, session_config, write_config, Busd, Sink};
 
 fn config_with(limits: &str) -> String {
     session_config("", limits)
@@ -42,9 +42,9 @@ fn auth_line() -> String {
 
 #[test]
 fn the_bus_gives_up_on_replies_after_reply_timeout() {
-    if !(have("dbus-send") && std::path::Path::new("/usr/bin/python3").exists()) {
-        return;
-    }
+    require("dbus-send");
+    require("python3-dbus");
+    require("dbus-daemon");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -74,9 +74,8 @@ fn the_bus_gives_up_on_replies_after_reply_timeout() {
 
 #[test]
 fn a_caller_hears_no_reply_when_the_callee_disconnects() {
-    if !(have("dbus-send") && std::path::Path::new("/usr/bin/python3").exists()) {
-        return;
-    }
+    require("dbus-send");
+    require("python3-dbus");
     let dir = tempfile::tempdir().unwrap();
     let bus = start(dir.path(), "");
     let sink = Sink::start(&bus.address, "org.example.Sink");
@@ -101,9 +100,7 @@ fn a_caller_hears_no_reply_when_the_callee_disconnects() {
 
 #[test]
 fn connections_beyond_max_incomplete_wait_instead_of_failing() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
     let dir = tempfile::tempdir().unwrap();
     let bus = start(
         dir.path(),
@@ -139,9 +136,9 @@ fn connections_beyond_max_incomplete_wait_instead_of_failing() {
 
 #[test]
 fn max_completed_and_per_user_connections_fail_the_next_hello() {
-    if !(have("dbus-send") && std::path::Path::new("/usr/bin/python3").exists()) {
-        return;
-    }
+    require("dbus-send");
+    require("python3-dbus");
+    require("dbus-daemon");
     for limit in ["max_completed_connections", "max_connections_per_user"] {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(

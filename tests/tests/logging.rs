@@ -3,7 +3,9 @@
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-use busd_tests::{busd_binary, dbus_send_at, have, session_config, wait_for_socket, write_config};
+use busd_tests::{
+    busd_binary, dbus_send_at, require, session_config, wait_for_socket, write_config,
+};
 
 /// Runs busd with `flags`, makes it refuse one message, stops it; returns its stderr.
 fn stderr_of_a_denial(flags: &[&str]) -> String {
@@ -49,9 +51,7 @@ fn stderr_of_a_denial(flags: &[&str]) -> String {
 
 #[test]
 fn warnings_go_to_stderr_unless_syslog_only() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
     let err = stderr_of_a_denial(&[]);
     assert!(
         err.contains("Rejected send message, 2 matched rules"),

@@ -1,12 +1,13 @@
-//! Security policy through real clients: the same configuration is given to busd and, when
-//! it is installed, to dbus-daemon, and the clients must see the same outcomes (AccessDenied
-//! exactly where dbus-daemon gives it, with the same text).
+//! Security policy through real clients: the same configuration is given to busd and to
+//! dbus-daemon, and the clients must see the same outcomes (AccessDenied exactly where
+//! dbus-daemon gives it, with the same text).
 
 use std::path::Path;
 use std::process::Command;
 
 use busd_tests::{
-    both, busd_binary, dbus_send, have, run, session_config, write_config, Busd, Sink,
+    both, busd_binary, dbus_send, require, require_root, run, session_config, write_config, Busd,
+    Sink,
 };
 
 /// A session-like bus with a few denials.
@@ -37,9 +38,9 @@ fn gdbus_call(bus: &Busd, method: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn denials_match_dbus_daemon_for_dbus_send_and_gdbus() {
-    if !(have("dbus-send") && have("gdbus")) {
-        return;
-    }
+    require("dbus-send");
+    require("gdbus");
+    require("dbus-daemon");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "restricted.conf", RESTRICTED);
     let outcomes = both(&config, |bus| {
@@ -118,9 +119,9 @@ fn denials_match_dbus_daemon_for_dbus_send_and_gdbus() {
 
 #[test]
 fn receive_rules_refuse_delivery_and_tell_the_sender() {
-    if !(have("dbus-send") && Path::new("/usr/bin/python3").exists()) {
-        return;
-    }
+    require("dbus-send");
+    require("python3-dbus");
+    require("dbus-daemon");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "restricted.conf", RESTRICTED);
     let outcomes = both(&config, |bus| {
@@ -154,9 +155,8 @@ fn receive_rules_refuse_delivery_and_tell_the_sender() {
 
 #[test]
 fn users_the_policy_refuses_cannot_connect() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
+    require("dbus-daemon");
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -187,9 +187,7 @@ fn users_the_policy_refuses_cannot_connect() {
 
 #[test]
 fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
-    if !have("dbus-send") {
-        return;
-    }
+    require("dbus-send");
     let dir = tempfile::tempdir().unwrap();
     let allow_all = session_config("", "");
     let config = write_config(dir.path(), "bus.conf", &allow_all);
@@ -266,11 +264,10 @@ fn reload_keeps_the_old_configuration_when_the_new_one_is_broken() {
 
 #[test]
 fn the_stock_system_configuration_loads_and_is_enforced() {
+    require("/usr/share/dbus-1/system.conf");
+    require("dbus-send");
+    require("dbus-daemon");
     let system_conf = Path::new("/usr/share/dbus-1/system.conf");
-    if !(system_conf.exists() && have("dbus-send")) {
-        eprintln!("SKIPPED: no system.conf");
-        return;
-    }
     // busd --check-config needs no privileges.
     let (ok, out, err) = run(Command::new(busd_binary()).args(["--system", "--check-config"]));
     assert!(ok, "{err}");
@@ -278,10 +275,7 @@ fn the_stock_system_configuration_loads_and_is_enforced() {
         out.contains("bus type: system") && out.contains("default: "),
         "{out}"
     );
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: running the system bus needs root (it switches to <user>)");
-        return;
-    }
+    require_root("to run the system bus, which switches to its <user>");
     let outcomes = both(system_conf, |bus| {
         vec![
             dbus_send(

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use busd_tests::{dbus_daemon, have, zbus_connect, Busd, Echo};
+use busd_tests::{dbus_daemon, require, zbus_connect, Busd, Echo};
 use futures_util::StreamExt;
 use zbus::{fdo, object_server::SignalEmitter, Connection, MatchRule, MessageStream};
 
@@ -144,6 +144,7 @@ async fn calls_replies_errors_and_fds_go_direct_between_members_and_work_with_ev
 
 #[tokio::test]
 async fn broadcasts_reach_members_plain_clients_and_monitors_in_order() {
+    require("dbus-monitor");
     let bus = Busd::start();
     let emitter = shim_service(&bus, "org.example.Ticker").await;
     let member = shim(&bus).await;
@@ -153,13 +154,11 @@ async fn broadcasts_reach_members_plain_clients_and_monitors_in_order() {
     add_match(&plain, rule).await;
     let mut at_member = MessageStream::from(&member);
     let mut at_plain = MessageStream::from(&plain);
-    let monitor = have("dbus-monitor").then(|| {
-        std::process::Command::new("dbus-monitor")
-            .args(["--address", &bus.address, "type='signal',member='Tick'"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    });
+    let mut monitor = std::process::Command::new("dbus-monitor")
+        .args(["--address", &bus.address, "type='signal',member='Tick'"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Let the monitor register before the signals go out.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -195,22 +194,20 @@ async fn broadcasts_reach_members_plain_clients_and_monitors_in_order() {
         direct(&emitter) >= u64::from(N),
         "the member had them directly"
     );
-    if let Some(mut monitor) = monitor {
-        let stdout = monitor.stdout.take().unwrap();
-        let seen = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter(|l| l.contains("member=Tick"))
-                .take(N as usize)
-                .count()
-        });
-        let seen = timeout(seen).await.unwrap().unwrap();
-        monitor.kill().unwrap();
-        let _ = monitor.wait();
-        assert_eq!(seen, N as usize, "dbus-monitor saw every signal");
-    }
+    let stdout = monitor.stdout.take().unwrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("member=Tick"))
+            .take(N as usize)
+            .count()
+    });
+    let seen = timeout(seen).await.unwrap().unwrap();
+    monitor.kill().unwrap();
+    let _ = monitor.wait();
+    assert_eq!(seen, N as usize, "dbus-monitor saw every signal");
 }
 
 #[tokio::test]
@@ -298,52 +295,48 @@ async fn a_name_that_moves_between_members_is_followed() {
 
 #[tokio::test]
 async fn dbus_send_reaches_a_member_and_the_flag_is_harmless_on_dbus_daemon() {
+    require("dbus-send");
+    require("gdbus");
+    let daemon = dbus_daemon();
     let bus = Busd::start();
     let _service = shim_service(&bus, "org.example.Fast").await;
-    if have("dbus-send") {
-        let address = bus.address.clone();
-        // In a thread of its own: the service answers on this runtime meanwhile.
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            let (ok, out, err) = busd_tests::run(std::process::Command::new("dbus-send").args([
-                &format!("--bus={address}"),
-                "--print-reply",
-                "--dest=org.example.Fast",
-                "/echo",
-                "org.example.Echo.Echo",
-                "string:cli",
-            ]));
-            (ok, format!("{out}{err}"))
-        })
-        .await
-        .unwrap();
-        assert!(ok, "{out}");
-        assert!(out.contains("echo: cli"), "{out}");
-    }
-    if have("gdbus") {
-        let address = bus.address.clone();
-        let (ok, out) = tokio::task::spawn_blocking(move || {
-            let (ok, out, err) = busd_tests::run(std::process::Command::new("gdbus").args([
-                "call",
-                "--address",
-                &address,
-                "--dest",
-                "org.example.Fast",
-                "--object-path",
-                "/echo",
-                "--method",
-                "org.example.Echo.Echo",
-                "gdbus",
-            ]));
-            (ok, format!("{out}{err}"))
-        })
-        .await
-        .unwrap();
-        assert!(ok, "{out}");
-        assert!(out.contains("echo: gdbus"), "{out}");
-    }
-    let Some(daemon) = dbus_daemon() else {
-        return;
-    };
+    let address = bus.address.clone();
+    // In a thread of its own: the service answers on this runtime meanwhile.
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = busd_tests::run(std::process::Command::new("dbus-send").args([
+            &format!("--bus={address}"),
+            "--print-reply",
+            "--dest=org.example.Fast",
+            "/echo",
+            "org.example.Echo.Echo",
+            "string:cli",
+        ]));
+        (ok, format!("{out}{err}"))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("echo: cli"), "{out}");
+    let address = bus.address.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = busd_tests::run(std::process::Command::new("gdbus").args([
+            "call",
+            "--address",
+            &address,
+            "--dest",
+            "org.example.Fast",
+            "--object-path",
+            "/echo",
+            "--method",
+            "org.example.Echo.Echo",
+            "gdbus",
+        ]));
+        (ok, format!("{out}{err}"))
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("echo: gdbus"), "{out}");
     let reference = Busd::start_program(&daemon, &["--session"]);
     let service = shim_service(&reference, "org.example.Fast").await;
     let client = shim(&reference).await;
@@ -428,10 +421,8 @@ async fn members_under_a_restrictive_policy_get_dbus_daemons_answers() {
             "Quiet",
         ]
     );
-    if let Some(daemon) = dbus_daemon() {
-        let reference = Busd::start_program(&daemon, &[&arg]);
-        assert_eq!(guarded_scenario(&reference).await.0, ours.0);
-    }
+    let reference = Busd::start_program(&dbus_daemon(), &[&arg]);
+    assert_eq!(guarded_scenario(&reference).await.0, ours.0);
 }
 
 /// What a client sees: a permitted call, a denied one, and which of two signals (the first
@@ -706,7 +697,7 @@ async fn a_members_own_figures_reach_debug_stats_and_busd_top() {
     assert_eq!(seen["busd.FastPath.BacklogDepth"], 0);
     assert_eq!(seen["busd.FastPath.DroppedSpoofed"], 0);
 
-    let top = busd_tests::busd_binary().with_file_name("busd-top");
+    let top = busd_tests::busd_program("busd-top");
     let (ok, out, err) = busd_tests::run(
         std::process::Command::new(top)
             .arg(format!("--address={}", bus.address))
@@ -792,8 +783,6 @@ async fn reply_timeout_ends_calls_between_members_as_dbus_daemon_does() {
     assert_eq!(error, "org.freedesktop.DBus.Error.NoReply");
     assert_eq!(direct, Some(0), "the call went through the daemon");
     assert!(took < Duration::from_secs(3), "{took:?}");
-    if let Some(daemon) = dbus_daemon() {
-        let reference = Busd::start_program(&daemon, &[&arg]);
-        assert_eq!(late_answer(&reference).await.0, error);
-    }
+    let reference = Busd::start_program(&dbus_daemon(), &[&arg]);
+    assert_eq!(late_answer(&reference).await.0, error);
 }

@@ -6,13 +6,12 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use busd_tests::{busd_binary, dbus_send_at, have, wait_for_socket};
+use busd_tests::{busd_binary, dbus_send_at, require, wait_for_socket};
 
 #[test]
 fn takes_its_listening_socket_from_systemd() {
-    if !(have("systemd-socket-activate") && have("dbus-send")) {
-        return;
-    }
+    require("systemd-socket-activate");
+    require("dbus-send");
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("bus");
     // systemd-socket-activate listens, and starts busd with the socket on the first
@@ -90,9 +89,7 @@ fn tells_systemd_when_it_is_ready_reloading_and_stopping() {
 /// reports nothing for them, with ExecStart pointing at the busd under test.
 #[test]
 fn the_shipped_units_pass_systemd_analyze_verify() {
-    if !have("systemd-analyze") {
-        return;
-    }
+    require("systemd-analyze");
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../busd/systemd");
     let dir = tempfile::tempdir().unwrap();
     for unit in ["busd.socket", "busd.service"] {
