@@ -14,6 +14,7 @@ use busd::server::{self, Server, ServerConfig};
 use busd_policy::{CompiledPolicy, Config};
 use busd_wire::address::ListenAddress;
 use busd_wire::sasl::Mechanism;
+use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> ExitCode {
     ensure_standard_fds();
@@ -351,7 +352,14 @@ fn run(options: Options) -> Result<()> {
     } else {
         None
     };
-    Server::new(
+    // SIGHUP, SIGTERM and SIGINT are taken by a thread of their own (blocked everywhere
+    // else, so none interrupts the event loop) and handed to the server as requests.
+    let mut signals = SigSet::empty();
+    for sig in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
+        signals.add(sig);
+    }
+    signals.thread_block()?;
+    let server = Server::new(
         listeners,
         bus,
         server_config,
@@ -359,8 +367,24 @@ fn run(options: Options) -> Result<()> {
         starter_env,
         notifier,
         fast,
-    )?
-    .run()?;
+    )?;
+    let control = server.control();
+    std::thread::Builder::new()
+        .name("busd-signals".into())
+        .spawn(move || loop {
+            match signals.wait() {
+                Ok(Signal::SIGHUP) => control.reload(),
+                Ok(_) => {
+                    control.shutdown();
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("waiting for signals failed: {e}");
+                    return;
+                }
+            }
+        })?;
+    server.run()?;
     Ok(())
 }
 

@@ -9,16 +9,18 @@ pub mod notify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use busd_policy::CompiledPolicy;
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::{debug, info, warn};
 
 use crate::bus::activation::{ChildExit, ServiceEntry};
@@ -45,6 +47,25 @@ pub struct ServerConfig {
 /// Re-reads the configuration (the shell does the file I/O; the bus only gets the result).
 pub type Reloader = Box<dyn FnMut() -> Result<ServerConfig, String>>;
 
+/// What the shell learned while carrying out an effect, told to the bus after the batch.
+enum Feedback {
+    SpawnFailed {
+        child: u64,
+        reason: String,
+    },
+    Joined {
+        peer: PeerId,
+        serial: u32,
+        member: u32,
+        result: Result<crate::bus::fastpath::Joined, String>,
+    },
+    Reloaded {
+        peer: PeerId,
+        serial: u32,
+        result: Result<(), String>,
+    },
+}
+
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
@@ -62,12 +83,13 @@ pub struct Server {
     accept_paused: bool,
     /// accept() is failing (out of descriptors); logged once until it works again.
     accept_failing: bool,
-    /// SIGHUP (reload), SIGTERM and SIGINT (exit), SIGCHLD (a started service ended).
-    signals: SignalFd,
+    /// Reload and shutdown requests from other threads ([`Control`]).
+    control: Control,
     /// Changes in the watched directories.
     inotify: Inotify,
-    /// Processes started for activation, by the bus's child id.
-    children: HashMap<u64, std::process::Child>,
+    /// Processes started for activation, by the bus's child id, with a pidfd each that
+    /// becomes readable when the process ends.
+    children: HashMap<u64, (std::process::Child, OwnedFd)>,
     /// DBUS_STARTER_ADDRESS and friends, given to every started service.
     starter_env: Vec<(String, String)>,
     /// systemd's readiness notifications.
@@ -79,12 +101,48 @@ pub struct Server {
 }
 
 const FIRST_CONN: PeerId = 1024;
-const SIGNALS: Token = Token(FIRST_CONN as usize - 1);
+const CONTROL: Token = Token(FIRST_CONN as usize - 1);
 const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
 /// Set in the token of a fast-path member's inbox (the rest is the connection's id).
 const FAST_INBOX: usize = 1 << 48;
+/// Set in the token of a started process's pidfd (the rest is the bus's child id).
+const CHILD: usize = 1 << 47;
 
-/// The signals busd takes from its signalfd (blocked otherwise, unblocked in children).
+const STOP: u8 = 1;
+const RELOAD: u8 = 2;
+
+/// Asks a running [`Server`] to reload its configuration or to stop, from any thread:
+/// busd's signal thread (SIGHUP, SIGTERM, SIGINT) or a test that embeds a server. The
+/// request is handled between two events, never inside one.
+#[derive(Clone)]
+pub struct Control {
+    waker: Arc<Waker>,
+    requests: Arc<AtomicU8>,
+}
+
+impl Control {
+    /// Stops the server: [`Server::run`] returns.
+    pub fn shutdown(&self) {
+        self.request(STOP);
+    }
+
+    /// Re-reads the configuration (as ReloadConfig does, without a caller to answer).
+    pub fn reload(&self) {
+        self.request(RELOAD);
+    }
+
+    fn request(&self, what: u8) {
+        self.requests.fetch_or(what, Ordering::AcqRel);
+        if let Err(e) = self.waker.wake() {
+            warn!("cannot wake the event loop: {e}");
+        }
+    }
+
+    fn take(&self) -> u8 {
+        self.requests.swap(0, Ordering::AcqRel)
+    }
+}
+
 /// The descriptor limit busd was started with, given back to the services it starts.
 static STARTED_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
@@ -102,7 +160,9 @@ pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
     Ok((hard, hard))
 }
 
-fn handled_signals() -> SigSet {
+/// The signals busd's main thread hands to a [`Control`] (see main.rs), plus SIGCHLD:
+/// whatever of them is blocked here is unblocked in started services.
+pub fn handled_signals() -> SigSet {
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGHUP,
@@ -128,17 +188,10 @@ impl Server {
         fast: Option<fastpath::FastPath>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        // The signals busd acts on are blocked and read from a signalfd in the loop, so a
-        // reload happens between two events, never inside one. Started services get them
-        // unblocked again.
-        let mask = handled_signals();
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        poll.registry().register(
-            &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&signals)),
-            SIGNALS,
-            Interest::READABLE,
-        )?;
+        let control = Control {
+            waker: Arc::new(Waker::new(poll.registry(), CONTROL)?),
+            requests: Arc::new(AtomicU8::new(0)),
+        };
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         poll.registry().register(
             &mut SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(
@@ -164,7 +217,7 @@ impl Server {
             paused: BTreeSet::new(),
             accept_paused: false,
             accept_failing: false,
-            signals,
+            control,
             inotify,
             children: HashMap::new(),
             starter_env,
@@ -178,7 +231,12 @@ impl Server {
         })
     }
 
-    /// Runs until SIGTERM or SIGINT; dropping the server then removes its socket files.
+    /// A handle to stop or reload this server from another thread.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Runs until [`Control::shutdown`]; dropping the server then removes its socket files.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         self.notifier.notify("READY=1");
@@ -193,12 +251,24 @@ impl Server {
             }
             self.bus.set_now(Instant::now());
             for event in events.iter() {
-                if event.token() == SIGNALS {
-                    if self.take_signals() {
-                        info!("exiting on a signal");
+                if event.token() == CONTROL {
+                    let requests = self.control.take();
+                    if requests & STOP != 0 {
+                        info!("exiting on request");
                         self.notifier.notify("STOPPING=1");
                         return Ok(());
                     }
+                    if requests & RELOAD != 0 {
+                        match self.reload() {
+                            Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                            Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
+                        }
+                        self.apply_effects();
+                    }
+                    continue;
+                }
+                if event.token().0 & CHILD != 0 {
+                    self.reap_child((event.token().0 & !CHILD) as u64);
                     continue;
                 }
                 if event.token() == DIR_CHANGES {
@@ -228,25 +298,8 @@ impl Server {
         }
     }
 
-    /// Handles pending signals; returns true when busd should exit.
-    fn take_signals(&mut self) -> bool {
-        let mut exit = false;
-        while let Ok(Some(info)) = self.signals.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGHUP) => match self.reload() {
-                    Ok(()) => info!("configuration reloaded (SIGHUP)"),
-                    Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
-                },
-                Ok(Signal::SIGTERM | Signal::SIGINT) => exit = true,
-                Ok(Signal::SIGCHLD) => self.reap_children(),
-                _ => {}
-            }
-        }
-        exit
-    }
-
     /// Re-reads the configuration and the service files; either all of it applies or none
-    /// of it.
+    /// of it. The caller applies the effects (ActivatableServicesChanged, filters).
     fn reload(&mut self) -> Result<(), String> {
         self.notifier.notify("RELOADING=1");
         let loaded = (self.reloader)();
@@ -260,7 +313,6 @@ impl Server {
         self.bus.set_activatable(cfg.services.clone(), true);
         self.config = cfg;
         self.watch_dirs();
-        self.apply_effects();
         Ok(())
     }
 
@@ -294,15 +346,23 @@ impl Server {
                 Ok(()) => info!("configuration reloaded (a watched directory changed)"),
                 Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
             }
+            self.apply_effects();
         }
     }
 
     /// Starts a service's process as dbus-daemon does: the daemon's environment with the
     /// activation environment over it, the daemon's stdio, no PATH search.
-    fn spawn(&mut self, child: u64, service: &str, argv: &[String], env: &[(String, String)]) {
+    /// Returns why it could not be started.
+    fn spawn(
+        &mut self,
+        child: u64,
+        service: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), String> {
         use std::os::unix::process::CommandExt;
         let Some((program, args)) = argv.split_first() else {
-            return;
+            return Ok(());
         };
         // execve() without a search path, like dbus-daemon: a bare name is relative.
         let program = if program.contains('/') {
@@ -334,37 +394,63 @@ impl Server {
             });
         }
         match cmd.spawn() {
-            Ok(c) => {
+            Ok(mut c) => {
                 debug!(service, pid = c.id(), "started");
-                self.children.insert(child, c);
+                // Its end is seen on a pidfd: no SIGCHLD, so the process's signal mask is
+                // its owner's business (an embedding program, main.rs's signal thread).
+                let watched = pidfd_open(c.id()).and_then(|fd| {
+                    self.poll.registry().register(
+                        &mut SourceFd(&fd.as_raw_fd()),
+                        Token(CHILD | child as usize),
+                        Interest::READABLE,
+                    )?;
+                    Ok(fd)
+                });
+                match watched {
+                    Ok(fd) => {
+                        self.children.insert(child, (c, fd));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        Err(format!("cannot watch the started process: {e}"))
+                    }
+                }
             }
-            Err(e) => {
-                let reason = e
-                    .raw_os_error()
-                    .map(|n| nix::errno::Errno::from_raw(n).desc().to_string())
-                    .unwrap_or_else(|| e.to_string());
-                self.bus.spawn_failed(child, &reason);
-            }
+            Err(e) => Err(e
+                .raw_os_error()
+                .map(|n| nix::errno::Errno::from_raw(n).desc().to_string())
+                .unwrap_or_else(|| e.to_string())),
         }
     }
 
-    /// Collects the exit of every started process that ended.
-    fn reap_children(&mut self) {
+    /// A started process's pidfd became readable: it ended; the bus hears how.
+    fn reap_child(&mut self, id: u64) {
         use std::os::unix::process::ExitStatusExt;
-        let ended: Vec<(u64, std::process::ExitStatus)> = self
-            .children
-            .iter_mut()
-            .filter_map(|(&id, c)| c.try_wait().ok().flatten().map(|s| (id, s)))
-            .collect();
-        for (id, status) in ended {
-            self.children.remove(&id);
-            let how = match (status.code(), status.signal()) {
-                (Some(code), _) => ChildExit::Exited(code),
-                (None, Some(sig)) => ChildExit::Signaled(sig),
-                (None, None) => continue,
-            };
-            self.bus.child_exited(id, how);
+        let Some((c, _)) = self.children.get_mut(&id) else {
+            return;
+        };
+        let status = match c.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => return,
+            Err(e) => {
+                warn!("cannot collect a started process: {e}");
+                return;
+            }
+        };
+        if let Some((_, fd)) = self.children.remove(&id) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
+        let how = match (status.code(), status.signal()) {
+            (Some(code), _) => ChildExit::Exited(code),
+            (None, Some(sig)) => ChildExit::Signaled(sig),
+            (None, None) => return,
+        };
+        self.bus.child_exited(id, how);
         self.apply_effects();
     }
 
@@ -592,50 +678,86 @@ impl Server {
         true
     }
 
+    /// Carries out what the bus asked for, batch after batch: what the shell learns while
+    /// doing so (a start failed, a member's sockets exist, a reload ended) is told to the
+    /// bus after the batch it came from, so the effects it causes never overtake the rest
+    /// of that batch.
     fn apply_effects(&mut self) {
-        let effects: Vec<Effect> = self.bus.take_effects().collect();
-        for effect in effects {
-            match effect {
-                Effect::Send(to, out) => {
-                    tracing::trace!(conn = to, len = out.bytes.len(), "queue");
-                    if let Some(c) = self.conns.get_mut(&to) {
-                        c.queue(out);
-                        self.dirty.push(to);
+        loop {
+            let effects: Vec<Effect> = self.bus.take_effects().collect();
+            if effects.is_empty() {
+                break;
+            }
+            let mut feedback = Vec::new();
+            for effect in effects {
+                match effect {
+                    Effect::Send(to, out) => {
+                        tracing::trace!(conn = to, len = out.bytes.len(), "queue");
+                        if let Some(c) = self.conns.get_mut(&to) {
+                            c.queue(out);
+                            self.dirty.push(to);
+                        }
+                    }
+                    Effect::Disconnect(id) => self.close(id),
+                    Effect::Spawn {
+                        child,
+                        service,
+                        argv,
+                        env,
+                    } => {
+                        if let Err(reason) = self.spawn(child, &service, &argv, &env) {
+                            feedback.push(Feedback::SpawnFailed { child, reason });
+                        }
+                    }
+                    Effect::Kill { child } => {
+                        if let Some((c, _)) = self.children.get_mut(&child) {
+                            let _ = c.kill();
+                        }
+                    }
+                    Effect::FastJoin {
+                        peer,
+                        serial,
+                        member,
+                        filter,
+                    } => {
+                        let result = self.fast_join(peer, member, &filter);
+                        feedback.push(Feedback::Joined {
+                            peer,
+                            serial,
+                            member,
+                            result,
+                        });
+                    }
+                    Effect::FastLeave(peer) => self.fast_leave(peer),
+                    Effect::ReloadConfig { peer, serial } => {
+                        let result = self.reload();
+                        if result.is_ok() {
+                            info!("configuration reloaded");
+                        }
+                        feedback.push(Feedback::Reloaded {
+                            peer,
+                            serial,
+                            result,
+                        });
                     }
                 }
-                Effect::Disconnect(id) => self.close(id),
-                Effect::Spawn {
-                    child,
-                    service,
-                    argv,
-                    env,
-                } => {
-                    self.spawn(child, &service, &argv, &env);
-                    self.apply_effects();
-                }
-                Effect::Kill { child } => {
-                    if let Some(c) = self.children.get_mut(&child) {
-                        let _ = c.kill();
+            }
+            for f in feedback {
+                match f {
+                    Feedback::SpawnFailed { child, reason } => {
+                        self.bus.spawn_failed(child, &reason)
                     }
-                }
-                Effect::FastJoin {
-                    peer,
-                    serial,
-                    member,
-                    filter,
-                } => {
-                    let result = self.fast_join(peer, member, &filter);
-                    self.bus.fast_joined(peer, serial, member, result);
-                    self.apply_effects();
-                }
-                Effect::FastLeave(peer) => self.fast_leave(peer),
-                Effect::ReloadConfig { peer, serial } => {
-                    let result = self.reload();
-                    if result.is_ok() {
-                        info!("configuration reloaded");
-                    }
-                    self.bus.reload_finished(peer, serial, result);
-                    self.apply_effects();
+                    Feedback::Joined {
+                        peer,
+                        serial,
+                        member,
+                        result,
+                    } => self.bus.fast_joined(peer, serial, member, result),
+                    Feedback::Reloaded {
+                        peer,
+                        serial,
+                        result,
+                    } => self.bus.reload_finished(peer, serial, result),
                 }
             }
         }
@@ -806,4 +928,15 @@ impl Server {
             self.apply_effects();
         }
     }
+}
+
+/// A descriptor that becomes readable when process `pid` (our child, not yet reaped) ends.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
