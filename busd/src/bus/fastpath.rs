@@ -170,7 +170,9 @@ impl Bus {
                 "No member id for this connection".into(),
             ));
         };
-        let filter = bpf::compile(id, &peer.rules, &|n: &str| self.fast_id_of_name(n));
+        let filter = bpf::compile(id, self.matches.rules_of(from), &|n: &str| {
+            self.fast_id_of_name(n)
+        });
         self.effects.push(Effect::FastJoin {
             peer: from,
             serial: msg.serial(),
@@ -212,7 +214,12 @@ impl Bus {
         self.fast.table_dirty = true;
         // Its names now designate a member, for `sender=` rules.
         let p = &self.peers[&peer];
-        let names: Vec<String> = p.unique.iter().chain(&p.names).cloned().collect();
+        let names: Vec<String> = p
+            .unique
+            .iter()
+            .chain(self.names.held_by(peer))
+            .cloned()
+            .collect();
         self.fast_names_changed(&names);
         let mut w = compose::writer();
         JoinReply {
@@ -283,7 +290,7 @@ impl Bus {
         self.fast.daemon_dirty = true;
         let mentions = |r: &MatchRule| r.sender.as_ref().is_some_and(|s| names.contains(s));
         for (&peer_id, p) in &self.peers {
-            if p.fast.is_some() && p.rules.iter().any(mentions) {
+            if p.fast.is_some() && self.matches.rules_of(peer_id).iter().any(mentions) {
                 self.fast.dirty_filters.insert(peer_id);
             }
         }
@@ -308,11 +315,11 @@ impl Bus {
             return None;
         }
         let mut rules = Vec::new();
-        for p in self.peers.values() {
+        for (&id, p) in &self.peers {
             match p.fast {
                 Some(f) if f.direct => {}
                 Some(_) => return None,
-                None => rules.extend(p.rules.iter().cloned()),
+                None => rules.extend(self.matches.rules_of(id).iter().cloned()),
             }
         }
         Some(rules)
@@ -333,9 +340,10 @@ impl Bus {
         for &peer in &self.fast.dirty_filters {
             if let Some(p) = self.peers.get(&peer) {
                 if let Some(f) = p.fast {
-                    updates
-                        .filters
-                        .push((peer, bpf::compile(f.id, &p.rules, &resolve)));
+                    updates.filters.push((
+                        peer,
+                        bpf::compile(f.id, self.matches.rules_of(peer), &resolve),
+                    ));
                 }
             }
         }
@@ -368,9 +376,9 @@ impl Bus {
         };
         let observed = !self.monitors.is_empty()
             || self
-                .peers
-                .values()
-                .any(|p| p.rules.iter().any(|r| r.eavesdrop));
+                .matches
+                .by_peer()
+                .any(|(_, rules)| rules.iter().any(|r| r.eavesdrop));
         let mut members = vec![table::Member {
             id: 0,
             direct: true,
@@ -389,9 +397,9 @@ impl Bus {
                 id,
                 direct: f.direct,
                 slot: f.slot,
-                summary: summary(Some(&p.rules)),
+                summary: summary(Some(self.matches.rules_of(peer))),
             });
-            for n in &p.names {
+            for n in self.names.held_by(peer) {
                 if self.names.primary_owner(n) == Some(peer) {
                     names.push((n.clone(), id));
                 }
@@ -432,7 +440,7 @@ impl Bus {
         p.fast_frames += 1;
         let p = &self.peers[&from];
         if forwarded {
-            let origin = msg.sender().and_then(|s| self.unique_names.get(s).copied());
+            let origin = msg.sender().and_then(|s| self.peers.by_unique(s));
             match origin {
                 Some(o) if f.direct && self.fast_of(o).is_some_and(|of| of.direct) => {
                     return self.handle_fast_frame(o, TO_DAEMON, false, msg);

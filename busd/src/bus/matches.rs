@@ -4,6 +4,9 @@
 //! interface, else its member, else the catch-all list. A message looks up its sender's names,
 //! its interface and its member, plus the catch-all list, and runs the exact matcher only on
 //! those rules (dbus-broker indexes the same way).
+//!
+//! It is the one record of each connection's rules ([`MatchRegistry::rules_of`], in the order
+//! they were added), for routing, the fast path's filters, limits and Debug.Stats alike.
 
 use std::collections::HashMap;
 
@@ -26,6 +29,8 @@ pub struct MatchRegistry {
     by_member: HashMap<String, Vec<Entry>>,
     any: Vec<Entry>,
     len: usize,
+    /// Each connection's rules, in the order it added them.
+    by_peer: HashMap<PeerId, Vec<MatchRule>>,
 }
 
 impl MatchRegistry {
@@ -42,6 +47,7 @@ impl MatchRegistry {
     }
 
     pub fn add(&mut self, peer: PeerId, rule: MatchRule) {
+        self.by_peer.entry(peer).or_default().push(rule.clone());
         let entry = Entry { peer, rule };
         match self.map_for(&entry.rule) {
             Some((map, key)) => map.entry(key).or_default().push(entry),
@@ -74,15 +80,36 @@ impl MatchRegistry {
         };
         if removed {
             self.len -= 1;
+            if let Some(rules) = self.by_peer.get_mut(&peer) {
+                if let Some(i) = rules.iter().position(|r| r == rule) {
+                    rules.remove(i);
+                }
+                if rules.is_empty() {
+                    self.by_peer.remove(&peer);
+                }
+            }
         }
         removed
     }
 
-    /// Removes every rule of `peer` (on disconnect); `rules` lists them.
-    pub fn remove_peer<'a>(&mut self, peer: PeerId, rules: impl Iterator<Item = &'a MatchRule>) {
-        for rule in rules {
+    /// Removes every rule of `peer` (it disconnected or became a monitor); returns how many
+    /// it had.
+    pub fn remove_peer(&mut self, peer: PeerId) -> usize {
+        let rules = self.by_peer.get(&peer).cloned().unwrap_or_default();
+        for rule in &rules {
             self.remove(peer, rule);
         }
+        rules.len()
+    }
+
+    /// The rules `peer` added, in order.
+    pub fn rules_of(&self, peer: PeerId) -> &[MatchRule] {
+        self.by_peer.get(&peer).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every connection that has rules, with them.
+    pub fn by_peer(&self) -> impl Iterator<Item = (PeerId, &[MatchRule])> {
+        self.by_peer.iter().map(|(&p, r)| (p, r.as_slice()))
     }
 
     pub fn len(&self) -> usize {
@@ -161,5 +188,30 @@ mod tests {
         assert!(r.remove(1, &rule("member='M'")));
         assert!(!r.remove(1, &rule("member='M'")));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn each_connections_rules_are_kept_in_order_and_leave_with_it() {
+        let mut r = MatchRegistry::default();
+        r.add(1, rule("member='A'"));
+        r.add(2, rule("interface='i.x'"));
+        r.add(1, rule("sender='org.s'"));
+        r.add(1, rule("member='A'"));
+        assert_eq!(
+            r.rules_of(1),
+            [
+                rule("member='A'"),
+                rule("sender='org.s'"),
+                rule("member='A'")
+            ]
+        );
+        assert!(r.remove(1, &rule("member='A'")));
+        assert_eq!(r.rules_of(1), [rule("sender='org.s'"), rule("member='A'")]);
+        // A rule another connection added is not this one's to remove.
+        assert!(!r.remove(1, &rule("interface='i.x'")));
+        assert_eq!(r.remove_peer(1), 2);
+        assert!(r.rules_of(1).is_empty());
+        assert_eq!(hits(&r, &["org.s"], Some("i.x"), Some("A")), vec![2]);
+        assert_eq!((r.len(), r.by_peer().count()), (1, 1));
     }
 }

@@ -11,23 +11,23 @@ pub mod error;
 pub mod fastpath;
 pub mod matches;
 pub mod names;
+mod peers;
 mod reply;
 mod routed;
 mod security;
 mod stats;
 
 use crate::bus::error::{DriverError, ErrorName};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use busd_match::MatchRule;
 use busd_policy::{ClientIdentity, ClientPolicy, CompiledPolicy};
 use tracing::{debug, warn};
 
 use crate::queue::{Charge, Outgoing, QueueLoad};
 use busd_wire::message::{self, Message};
-use reply::{PendingReply, ReplyKey};
+use peers::Peer;
 use routed::Routed;
 
 pub use compose::DriverMessage;
@@ -145,51 +145,13 @@ pub enum Effect {
     FastLeave(PeerId),
 }
 
-#[derive(Debug)]
-struct Peer {
-    unique: Option<String>,
-    creds: Credentials,
-    policy: Rc<ClientPolicy>,
-    outgoing: Rc<QueueLoad>,
-    live: Rc<QueueLoad>,
-    unix_fds: bool,
-    /// Well-known names owned or queued for, in the order they were requested.
-    names: Vec<String>,
-    rules: Vec<MatchRule>,
-    /// Monitor rules, once the peer became a monitor.
-    monitor: Option<Vec<MatchRule>>,
-    /// Replies this peer is waiting for.
-    pending_replies: usize,
-    /// Most match rules and names it ever had at once (Debug.Stats).
-    peak_rules: u32,
-    peak_names: u32,
-    stamp: u64,
-    /// Set while its departure is announced: nothing more is sent to it.
-    closing: bool,
-    /// Joined the fast path.
-    fast: Option<fastpath::FastMember>,
-    /// Frames the daemon took from it on its fast-path inbox.
-    fast_frames: u64,
-}
-
-impl Peer {
-    /// Said Hello (monitors too: they stay complete connections).
-    fn is_active(&self) -> bool {
-        self.unique.is_some() || self.monitor.is_some()
-    }
-}
-
 pub struct Bus {
     settings: BusSettings,
-    peers: HashMap<PeerId, Peer>,
-    unique_names: HashMap<String, PeerId>,
+    peers: peers::PeerRegistry,
     names: names::NameRegistry,
     matches: matches::MatchRegistry,
     monitors: Vec<PeerId>,
-    pending_replies: HashMap<ReplyKey, PendingReply>,
-    /// Deadlines of pending replies in the order they expire (one timeout for all, so
-    /// insertion order); entries whose reply came are skipped when reached.
-    reply_deadlines: VecDeque<(Instant, ReplyKey)>,
+    replies: reply::ReplyRegistry,
     /// One client policy per distinct identity, rebuilt on reload.
     policy_cache: HashMap<ClientIdentity, Rc<ClientPolicy>>,
     /// The time of the event being handled, set by the shell.
@@ -197,7 +159,6 @@ pub struct Bus {
     activation_env: HashMap<String, String>,
     activation: activation::Activation,
     peaks: stats::Peaks,
-    next_unique: u64,
     serial: u32,
     stamp: u64,
     effects: Vec<Effect>,
@@ -210,19 +171,16 @@ impl Bus {
     pub fn new(settings: BusSettings) -> Self {
         Bus {
             settings,
-            peers: HashMap::new(),
-            unique_names: HashMap::new(),
+            peers: peers::PeerRegistry::default(),
             names: names::NameRegistry::default(),
             matches: matches::MatchRegistry::default(),
             monitors: Vec::new(),
-            pending_replies: HashMap::new(),
-            reply_deadlines: VecDeque::new(),
+            replies: reply::ReplyRegistry::default(),
             policy_cache: HashMap::new(),
             now: Instant::now(),
             activation_env: HashMap::new(),
             activation: activation::Activation::default(),
             peaks: stats::Peaks::default(),
-            next_unique: 0,
             serial: 0,
             stamp: 0,
             effects: Vec::new(),
@@ -280,27 +238,10 @@ impl Bus {
     /// An authenticated connection joined (before Hello).
     pub fn connect(&mut self, id: PeerId, creds: Credentials, unix_fds: bool, meters: Meters) {
         let policy = self.client_policy(&creds);
-        self.peers.insert(
-            id,
-            Peer {
-                unique: None,
-                creds,
-                policy,
-                outgoing: meters.outgoing,
-                live: meters.live,
-                unix_fds,
-                names: Vec::new(),
-                rules: Vec::new(),
-                monitor: None,
-                pending_replies: 0,
-                peak_rules: 0,
-                peak_names: 0,
-                stamp: 0,
-                closing: false,
-                fast: None,
-                fast_frames: 0,
-            },
-        );
+        let mut peer = Peer::new(creds, policy, unix_fds);
+        peer.outgoing = meters.outgoing;
+        peer.live = meters.live;
+        self.peers.insert(id, peer);
     }
 
     pub fn peer_count(&self) -> usize {
@@ -321,7 +262,7 @@ impl Bus {
     /// The connection a name designates.
     fn owner_of(&self, name: &str) -> Option<PeerId> {
         if busd_wire::names::is_unique_name(name) {
-            self.unique_names.get(name).copied()
+            self.peers.by_unique(name)
         } else {
             self.names.primary_owner(name)
         }
@@ -360,22 +301,36 @@ impl Bus {
         recipient: Option<PeerId>,
         out: &Outgoing,
     ) {
+        let copies = self.monitor_copies(msg, sender, recipient, out);
+        self.effects.extend(copies);
+    }
+
+    /// The copies of a message that monitors get, to be added to the effects where they
+    /// belong: where dbus-daemon sends them after what the message itself causes
+    /// (activation), they are made first and added after.
+    fn monitor_copies(
+        &self,
+        msg: &Message,
+        sender: Option<PeerId>,
+        recipient: Option<PeerId>,
+        out: &Outgoing,
+    ) -> Vec<Effect> {
         if self.monitors.is_empty() {
-            return;
+            return Vec::new();
         }
-        let mut to = Vec::new();
-        {
-            let routed = Routed::new(self, msg, sender, recipient);
-            for &m in &self.monitors {
-                let rules = self.peers.get(&m).and_then(|p| p.monitor.as_ref());
-                if rules.is_some_and(|rules| rules.iter().any(|r| r.matches(&routed))) {
-                    to.push(m);
-                }
-            }
-        }
-        for m in to {
-            self.send(m, out.clone());
-        }
+        let routed = Routed::new(self, msg, sender, recipient);
+        self.monitors
+            .iter()
+            .filter(|&&m| {
+                self.peers.get(&m).is_some_and(|p| {
+                    !p.closing
+                        && p.monitor
+                            .as_ref()
+                            .is_some_and(|rules| rules.iter().any(|r| r.matches(&routed)))
+                })
+            })
+            .map(|&m| Effect::Send(m, out.clone()))
+            .collect()
     }
 
     /// A complete, valid message arrived from `from`.
@@ -403,10 +358,10 @@ impl Bus {
                 let Some((out, view)) = self.outgoing(msg, from, &sender_name) else {
                     return;
                 };
-                let captured_at = self.effects.len();
-                self.capture(&view, Some(from), None, &out);
+                let copies = self.monitor_copies(&view, Some(from), None, &out);
                 if active {
                     if let Err(denied) = self.check_security(&view, Some(from), None, None, false) {
+                        self.effects.extend(copies);
                         self.error_reply(from, &view, &denied);
                         return;
                     }
@@ -418,10 +373,10 @@ impl Bus {
                     // The failed starts' errors go out before the report itself reaches
                     // monitors, as in dbus-daemon (they are sent in a transaction of their
                     // own).
-                    let captured = self.effects.len() - captured_at;
                     self.handle_activation_failure(from, &view);
-                    self.effects[captured_at..].rotate_left(captured);
+                    self.effects.extend(copies);
                 } else {
+                    self.effects.extend(copies);
                     driver::handle(self, from, &view);
                 }
                 // Eavesdroppers may watch what is sent to the bus.
@@ -452,26 +407,21 @@ impl Bus {
                     };
                     // Monitors see what activation sends (systemd's ActivationRequest) before
                     // the message that caused it, as with dbus-daemon; an error after it.
-                    let captured_at = self.effects.len();
-                    self.capture(&view, Some(from), None, &out);
-                    let captured = self.effects.len() - captured_at;
+                    let copies = self.monitor_copies(&view, Some(from), None, &out);
                     let serial = view.serial();
                     let result = if view.auto_start() {
-                        let r = self.activate(
+                        self.activate(
                             Some(from),
                             activation::Request::Auto { msg: view, out },
                             dest,
-                        );
-                        if r.is_ok() {
-                            self.effects[captured_at..].rotate_left(captured);
-                        }
-                        r
+                        )
                     } else {
                         Err(DriverError::new(
                             ErrorName::NameHasNoOwner,
                             format!("Name \"{dest}\" does not exist"),
                         ))
                     };
+                    self.effects.extend(copies);
                     if let Err(e) = result {
                         let m = DriverMessage::failure(serial, &e);
                         self.send_from_driver(Some(from), m);
@@ -518,11 +468,7 @@ impl Bus {
         // the policy (the session bus lets them through, as dbus-daemon does).
         let mut requested_reply = false;
         if let Some(reply_serial) = view.reply_serial() {
-            let key = (recipient, reply_serial);
-            if self.pending_replies.get(&key).map(|p| p.replier) == Some(from) {
-                requested_reply = true;
-                self.forget_pending_reply(key);
-            }
+            requested_reply = self.replies.take_reply((recipient, reply_serial), from);
         }
         if let Err(denied) = self.check_security(
             view,
@@ -577,7 +523,7 @@ impl Bus {
                 Some(s) => {
                     if let Some(p) = self.peers.get(&s) {
                         sender_names.extend(p.unique.as_deref());
-                        sender_names.extend(p.names.iter().map(String::as_str));
+                        sender_names.extend(self.names.held_by(s).iter().map(String::as_str));
                     }
                 }
             }
@@ -730,13 +676,6 @@ impl Bus {
         for ev in events {
             match ev {
                 names::NameEvent::Lost { peer, name } => {
-                    // An owner that was replaced without DO_NOT_QUEUE waits in the queue:
-                    // the name stays on its list, to be released when it leaves.
-                    if !self.names.is_in_queue(&name, peer) {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.names.retain(|n| n != &name);
-                        }
-                    }
                     if self
                         .peers
                         .get(&peer)
@@ -780,17 +719,10 @@ impl Bus {
 
     /// Releases every name a peer holds, announcing each change.
     fn release_all_names(&mut self, peer: PeerId) {
-        let held = self
-            .peers
-            .get(&peer)
-            .map(|p| p.names.clone())
-            .unwrap_or_default();
+        let held = self.names.held_by(peer).to_vec();
         for name in held {
             let mut events = Vec::new();
             self.names.release(&name, peer, &mut events);
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.names.retain(|n| n != &name);
-            }
             self.emit_name_events(events);
         }
     }
@@ -801,13 +733,12 @@ impl Bus {
             return;
         };
         let unique = peer.unique.clone();
-        let rules = peer.rules.clone();
         if let Some(p) = self.peers.get_mut(&id) {
             p.closing = true;
         }
-        self.matches.remove_peer(id, rules.iter());
+        let had_rules = self.matches.remove_peer(id) > 0;
         self.fast_leave(id);
-        if !rules.is_empty() {
+        if had_rules {
             self.fast_rules_changed(id);
         }
         self.release_all_names(id);
@@ -815,15 +746,9 @@ impl Bus {
             self.monitors.retain(|&m| m != id);
             self.fast_monitors_changed();
         }
-        let mut orphaned: Vec<ReplyKey> = Vec::new();
-        self.pending_replies.retain(|&(caller, serial), p| {
-            if p.replier == id && caller != id {
-                orphaned.push((caller, serial));
-            }
-            caller != id && p.replier != id
-        });
+        let orphaned = self.replies.forget_peer(id);
         if let Some(u) = unique {
-            self.unique_names.remove(&u);
+            self.peers.unname(id);
             self.fast_names_changed(std::slice::from_ref(&u));
             self.send_from_driver(
                 None,
@@ -831,17 +756,13 @@ impl Bus {
             );
         }
         // Callers still waiting for this connection hear that it left without replying.
-        orphaned.sort_unstable();
         for key in orphaned {
-            if let Some(p) = self.peers.get_mut(&key.0) {
-                p.pending_replies = p.pending_replies.saturating_sub(1);
-            }
             self.no_reply(
                 key,
                 "Message recipient disconnected from message bus without replying",
             );
         }
-        self.peers.remove(&id);
+        self.peers.remove(id);
         // Effects queued for a peer that is gone are dropped by the shell.
     }
 

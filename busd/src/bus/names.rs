@@ -1,5 +1,7 @@
 //! The name registry: well-known names, their owner queues and RequestName/ReleaseName with
 //! dbus-daemon's semantics (bus/services.c). Returns change records; the caller emits signals.
+//! It is the one record of who holds which name: the names a connection owns or queues
+//! for are asked of it ([`NameRegistry::held_by`]), never kept beside it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -42,6 +44,27 @@ pub enum NameEvent {
 #[derive(Debug, Default)]
 pub struct NameRegistry {
     names: HashMap<String, VecDeque<Owner>>,
+    /// Per connection, the names it owns or is queued for, in the order it entered each
+    /// queue (its disconnection releases them in that order, as dbus-daemon does).
+    held: HashMap<PeerId, Vec<String>>,
+}
+
+/// `peer` entered `name`'s queue.
+fn joined(held: &mut HashMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
+    let names = held.entry(peer).or_default();
+    if !names.iter().any(|n| n == name) {
+        names.push(name.to_string());
+    }
+}
+
+/// `peer` left `name`'s queue.
+fn left(held: &mut HashMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
+    if let Some(names) = held.get_mut(&peer) {
+        names.retain(|n| n != name);
+        if names.is_empty() {
+            held.remove(&peer);
+        }
+    }
 }
 
 impl NameRegistry {
@@ -56,6 +79,11 @@ impl NameRegistry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.keys().map(String::as_str)
+    }
+
+    /// The names `peer` owns or is queued for, in the order it entered their queues.
+    pub fn held_by(&self, peer: PeerId) -> &[String] {
+        self.held.get(&peer).map_or(&[], Vec::as_slice)
     }
 
     pub fn is_in_queue(&self, name: &str, peer: PeerId) -> bool {
@@ -76,6 +104,7 @@ impl NameRegistry {
         let Some(queue) = self.names.get_mut(name) else {
             self.names
                 .insert(name.to_string(), VecDeque::from([Owner { peer, flags }]));
+            joined(&mut self.held, peer, name);
             events.push(NameEvent::OwnerChanged {
                 name: name.to_string(),
                 old: None,
@@ -98,12 +127,16 @@ impl NameRegistry {
         if do_not_queue && (!allow_replacement || !replace) {
             // It cannot be queued, so it leaves the queue if it was in it.
             queue.retain(|o| o.peer != peer);
+            left(&mut self.held, peer, name);
             return REQUEST_EXISTS;
         }
         if !do_not_queue && (!replace || !allow_replacement) {
             match queue.iter_mut().find(|o| o.peer == peer) {
                 Some(o) => o.flags = flags,
-                None => queue.push_back(Owner { peer, flags }),
+                None => {
+                    queue.push_back(Owner { peer, flags });
+                    joined(&mut self.held, peer, name);
+                }
             }
             return REQUEST_IN_QUEUE;
         }
@@ -111,9 +144,12 @@ impl NameRegistry {
         // removed (if it asked not to be queued) or moved to second place.
         queue.retain(|o| o.peer != peer);
         queue.insert(1, Owner { peer, flags });
+        joined(&mut self.held, peer, name);
         let old = queue.remove(0).expect("queue has a primary owner");
         if old.flags & NAME_FLAG_DO_NOT_QUEUE == 0 {
             queue.insert(1, old);
+        } else {
+            left(&mut self.held, old.peer, name);
         }
         events.push(NameEvent::Lost {
             peer: old.peer,
@@ -140,6 +176,7 @@ impl NameRegistry {
             return RELEASE_NOT_OWNER;
         };
         queue.remove(pos);
+        left(&mut self.held, peer, name);
         if pos == 0 {
             events.push(NameEvent::Lost {
                 peer,
@@ -293,6 +330,39 @@ mod tests {
         req(&mut r, B, 0);
         assert_eq!(req(&mut r, B, NAME_FLAG_DO_NOT_QUEUE).0, REQUEST_EXISTS);
         assert!(!r.is_in_queue("org.x", B));
+    }
+
+    #[test]
+    fn what_each_connection_holds_follows_every_queue_change() {
+        let mut r = NameRegistry::default();
+        let mut ev = Vec::new();
+        r.request("org.y", A, NAME_FLAG_ALLOW_REPLACEMENT, &mut ev);
+        req(&mut r, A, NAME_FLAG_ALLOW_REPLACEMENT);
+        assert_eq!(r.held_by(A), ["org.y", "org.x"]);
+        // Queued, then replacing: B holds the name either way.
+        req(&mut r, B, 0);
+        assert_eq!(r.held_by(B), ["org.x"]);
+        req(&mut r, B, NAME_FLAG_REPLACE_EXISTING);
+        assert_eq!(r.held_by(B), ["org.x"]);
+        // The replaced owner stays queued (it did not ask not to be).
+        assert_eq!(r.held_by(A), ["org.y", "org.x"]);
+        // DO_NOT_QUEUE takes A out of the queue it was in.
+        assert_eq!(req(&mut r, A, NAME_FLAG_DO_NOT_QUEUE).0, REQUEST_EXISTS);
+        assert_eq!(r.held_by(A), ["org.y"]);
+        // An owner replaced after asking not to be queued holds it no more.
+        r.request(
+            "org.y",
+            A,
+            NAME_FLAG_ALLOW_REPLACEMENT | NAME_FLAG_DO_NOT_QUEUE,
+            &mut ev,
+        );
+        r.request("org.y", C, NAME_FLAG_REPLACE_EXISTING, &mut ev);
+        assert!(r.held_by(A).is_empty());
+        assert_eq!(r.held_by(C), ["org.y"]);
+        r.release("org.x", B, &mut ev);
+        r.release("org.y", C, &mut ev);
+        assert!(r.held_by(B).is_empty() && r.held_by(C).is_empty());
+        assert!(r.held.is_empty());
     }
 
     #[test]

@@ -11,22 +11,35 @@ use super::{Bus, Peer, PeerId, DBUS_NAME};
 use busd_wire::message::{self, Message};
 
 /// The names a connection holds, as the policy sees them.
-struct PeerNames<'a>(&'a Peer);
+struct PeerNames<'a> {
+    unique: Option<&'a str>,
+    /// Well-known names it owns or is queued for (the name registry's record).
+    names: &'a [String],
+}
+
+impl<'a> PeerNames<'a> {
+    fn of(bus: &'a Bus, id: PeerId, peer: &'a Peer) -> Self {
+        PeerNames {
+            unique: peer.unique.as_deref(),
+            names: bus.names.held_by(id),
+        }
+    }
+}
 
 impl Names for PeerNames<'_> {
     fn in_queue(&self, name: &str) -> bool {
-        self.0.unique.as_deref() == Some(name) || self.0.names.iter().any(|n| n == name)
+        self.unique == Some(name) || self.names.iter().any(|n| n == name)
     }
 
     fn in_queue_below(&self, prefix: &str) -> bool {
-        self.0.names.iter().any(|n| has_word_prefix(n, prefix))
+        self.names.iter().any(|n| has_word_prefix(n, prefix))
     }
 
     fn for_each_name(&self, f: &mut dyn FnMut(&str)) {
-        if let Some(u) = &self.0.unique {
+        if let Some(u) = self.unique {
             f(u);
         }
-        for n in &self.0.names {
+        for n in self.names {
             f(n);
         }
     }
@@ -86,8 +99,11 @@ impl Bus {
             DriverError::new(name, text)
         };
         if let Some(sp) = sender_peer {
-            let receiver = match proposed_peer {
-                Some(p) => PolicyPeer::Connection(&PeerNames(p)),
+            let names = proposed
+                .zip(proposed_peer)
+                .map(|(id, p)| PeerNames::of(self, id, p));
+            let receiver = match &names {
+                Some(n) => PolicyPeer::Connection(n),
                 None => PolicyPeer::Bus,
             };
             let d = sp.policy.may_send(&m, requested_reply, receiver);
@@ -117,8 +133,11 @@ impl Bus {
             // such message is allowed.
             if rp.unique.is_some() || sender.is_some() {
                 let eavesdropping = addressed != proposed && msg.destination().is_some();
-                let from = match sender_peer {
-                    Some(s) => PolicyPeer::Connection(&PeerNames(s)),
+                let names = sender
+                    .zip(sender_peer)
+                    .map(|(id, s)| PeerNames::of(self, id, s));
+                let from = match &names {
+                    Some(n) => PolicyPeer::Connection(n),
                     None => PolicyPeer::Bus,
                 };
                 let d = rp

@@ -23,11 +23,11 @@ pub(super) struct Peaks {
 impl Bus {
     /// Call after a connection gained a match rule.
     pub(super) fn note_match_rules(&mut self, peer: PeerId) {
-        let total = self.peers.values().map(|p| p.rules.len()).sum::<usize>() as u32;
+        let total = self.matches.len() as u32;
+        let mine = self.matches.rules_of(peer).len() as u32;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        let mine = p.rules.len() as u32;
         p.peak_rules = p.peak_rules.max(mine);
         self.peaks.match_rules = self.peaks.match_rules.max(total);
         self.peaks.match_rules_per_connection = self.peaks.match_rules_per_connection.max(mine);
@@ -36,10 +36,11 @@ impl Bus {
     /// Call after a connection gained a name (its unique name included).
     pub(super) fn note_bus_names(&mut self, peer: PeerId) {
         let total = self.bus_name_count();
+        let held = self.names.held_by(peer).len() as u32;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        let mine = p.names.len() as u32 + u32::from(p.unique.is_some());
+        let mine = held + u32::from(p.unique.is_some());
         p.peak_names = p.peak_names.max(mine);
         self.peaks.bus_names = self.peaks.bus_names.max(total);
         self.peaks.bus_names_per_connection = self.peaks.bus_names_per_connection.max(mine);
@@ -47,7 +48,7 @@ impl Bus {
 
     /// Names with an owner, unique names included (dbus-daemon's registry size).
     fn bus_name_count(&self) -> u32 {
-        (self.unique_names.len() + self.names.names().count()) as u32
+        (self.peers.unique_name_count() + self.names.names().count()) as u32
     }
 }
 
@@ -70,9 +71,9 @@ pub(super) fn get_stats(
 ) -> Result<Reply, Failure> {
     let serial = bus.peaks.stats_serial;
     bus.peaks.stats_serial = serial.wrapping_add(1);
-    let active = bus.peers.values().filter(|p| p.is_active()).count() as u32;
+    let active = bus.peers.active_count() as u32;
     let incomplete = bus.peers.len() as u32 - active;
-    let rules = bus.peers.values().map(|p| p.rules.len()).sum::<usize>() as u32;
+    let rules = bus.matches.len() as u32;
     let mut w = compose::writer();
     let a = w.begin_array(8);
     add_u(&mut w, "Serial", serial);
@@ -116,12 +117,16 @@ pub(super) fn get_connection_stats(
     let mut w = compose::writer();
     let a = w.begin_array(8);
     add_u(&mut w, "Serial", serial);
-    add_u(&mut w, "MatchRules", p.rules.len() as u32);
+    add_u(
+        &mut w,
+        "MatchRules",
+        bus.matches.rules_of(peer).len() as u32,
+    );
     add_u(&mut w, "PeakMatchRules", p.peak_rules);
     add_u(
         &mut w,
         "BusNames",
-        p.names.len() as u32 + u32::from(p.unique.is_some()),
+        bus.names.held_by(peer).len() as u32 + u32::from(p.unique.is_some()),
     );
     add_u(&mut w, "PeakBusNames", p.peak_names);
     w.align(8);
@@ -161,10 +166,11 @@ pub(super) fn get_all_match_rules(
 ) -> Result<Reply, Failure> {
     let mut by_name: Vec<(&str, Vec<String>)> = bus
         .peers
-        .values()
-        .filter_map(|p| {
+        .iter()
+        .filter_map(|(&id, p)| {
             let unique = p.unique.as_deref()?;
-            Some((unique, p.rules.iter().map(ToString::to_string).collect()))
+            let rules = bus.matches.rules_of(id);
+            Some((unique, rules.iter().map(ToString::to_string).collect()))
         })
         .collect();
     by_name.sort();

@@ -604,7 +604,7 @@ fn monitors_see_traffic_and_may_not_send() {
     );
     let sent = drain(&mut b);
     assert_eq!(describe(&sent[0]), "2:return");
-    assert!(!b.unique_names.contains_key(&mon));
+    assert!(b.peers.by_unique(&mon).is_none());
     b.handle_message(1, dcall(3, "ListNames", "", vec![]));
     let sent = drain(&mut b);
     assert_eq!(

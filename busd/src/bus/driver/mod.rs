@@ -327,12 +327,8 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
     // the connection is left as it is, as dbus-daemon does (it may retry, or time out).
     let limits = &bus.settings.limits;
     let uid = bus.peers.get(&from).and_then(|p| p.creds.uid);
-    let completed = bus.peers.values().filter(|p| p.is_active());
-    let (mut total, mut same_user) = (0u64, 0u64);
-    for p in completed {
-        total += 1;
-        same_user += u64::from(uid.is_some() && p.creds.uid == uid);
-    }
+    let total = bus.peers.active_count() as u64;
+    let same_user = uid.map_or(0, |u| bus.peers.active_of_uid(u)) as u64;
     let over = if total >= limits.max_completed_connections {
         Some((
             "The maximum number of active connections has been reached".to_string(),
@@ -355,18 +351,9 @@ fn hello(bus: &mut Bus, from: PeerId, msg: &Message, _: &mut Reader<'_>) -> Resu
         warn!("{text} ({limit_name}={limit})");
         return Err(DriverError::new(ErrorName::LimitsExceeded, text));
     }
-    // dbus-daemon numbers connections :1.0, :1.1, ...
-    let unique = loop {
-        let candidate = format!(":1.{}", bus.next_unique);
-        bus.next_unique += 1;
-        if !bus.unique_names.contains_key(&candidate) {
-            break candidate;
-        }
+    let Some(unique) = bus.peers.register(from) else {
+        return Ok(None);
     };
-    if let Some(p) = bus.peers.get_mut(&from) {
-        p.unique = Some(unique.clone());
-    }
-    bus.unique_names.insert(unique.clone(), from);
     bus.note_bus_names(from);
     // The reply comes first, then the announcements (bus/driver.c, Hello).
     bus.send_from_driver(
@@ -431,7 +418,7 @@ fn request_name(
         ));
     }
     let limit = bus.settings.limits.max_names_per_connection;
-    let held = bus.peers.get(&from).map_or(0, |p| p.names.len()) as u64 + 1;
+    let held = bus.names.held_by(from).len() as u64 + 1;
     if held >= limit && !bus.names.is_in_queue(name, from) {
         let text = format!(
             "Connection \"{}\" is not allowed to own more services (increase limits in configuration file if required; max_names_per_connection={limit})",
@@ -442,15 +429,6 @@ fn request_name(
     }
     let mut events = Vec::new();
     let code = bus.names.request(name, from, flags, &mut events);
-    if let Some(p) = bus.peers.get_mut(&from) {
-        let queued = bus.names.is_in_queue(name, from);
-        let listed = p.names.iter().any(|n| n == name);
-        if queued && !listed {
-            p.names.push(name.to_string());
-        } else if !queued && listed {
-            p.names.retain(|n| n != name);
-        }
-    }
     bus.note_bus_names(from);
     bus.emit_name_events(events);
     if code == reg::REQUEST_PRIMARY_OWNER {
@@ -491,11 +469,6 @@ fn release_name(
     }
     let mut events = Vec::new();
     let code = bus.names.release(name, from, &mut events);
-    if code == reg::RELEASE_RELEASED {
-        if let Some(p) = bus.peers.get_mut(&from) {
-            p.names.retain(|n| n != name);
-        }
-    }
     bus.emit_name_events(events);
     Ok(Some((compose::body_u(code), "u")))
 }
@@ -560,7 +533,7 @@ fn name_has_owner(
 fn list_names(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {
     let mut all: Vec<&str> = vec![DBUS_NAME];
     all.extend(bus.names.names());
-    all.extend(bus.unique_names.keys().map(String::as_str));
+    all.extend(bus.peers.unique_names());
     Ok(Some((compose::body_as(all), "as")))
 }
 
@@ -584,7 +557,7 @@ fn add_match(
     let text = read_s(r)?;
     let rule = parse_rule(text)?;
     let limit = bus.settings.limits.max_match_rules_per_connection;
-    let count = bus.peers.get(&from).map_or(0, |p| p.rules.len()) as u64;
+    let count = bus.matches.rules_of(from).len() as u64;
     if count >= limit {
         let text = format!(
             "Connection \"{}\" is not allowed to add more match rules (increase limits in configuration file if required; max_match_rules_per_connection={limit})",
@@ -593,11 +566,8 @@ fn add_match(
         warn!("{text}");
         return Err(DriverError::new(ErrorName::LimitsExceeded, text));
     }
-    if let Some(p) = bus.peers.get_mut(&from) {
-        p.rules.push(rule.clone());
-    }
-    bus.note_match_rules(from);
     bus.matches.add(from, rule);
+    bus.note_match_rules(from);
     bus.fast_rules_changed(from);
     Ok(Some((Vec::new(), "")))
 }
@@ -615,11 +585,6 @@ fn remove_match(
             ErrorName::MatchRuleNotFound,
             "The given match rule wasn't found and can't be removed".into(),
         ));
-    }
-    if let Some(p) = bus.peers.get_mut(&from) {
-        if let Some(i) = p.rules.iter().position(|x| x == &rule) {
-            p.rules.remove(i);
-        }
     }
     bus.fast_rules_changed(from);
     Ok(Some((Vec::new(), "")))
@@ -655,7 +620,7 @@ fn list_queued_owners(
         return Ok(Some((compose::body_as([DBUS_NAME]), "as")));
     }
     let owners: Vec<String> = if valid::is_unique_name(name) {
-        if bus.unique_names.contains_key(name) {
+        if bus.peers.by_unique(name).is_some() {
             vec![name.to_string()]
         } else {
             Vec::new()
@@ -750,15 +715,10 @@ fn become_monitor(
     info!("Connection {unique} became a monitor.");
     bus.fast_leave(from);
     bus.fast_monitors_changed();
-    let own_rules = bus
-        .peers
-        .get(&from)
-        .map(|p| p.rules.clone())
-        .unwrap_or_default();
-    bus.matches.remove_peer(from, own_rules.iter());
+    bus.matches.remove_peer(from);
     bus.release_all_names(from);
     // Its unique name goes too, as if it had disconnected.
-    bus.unique_names.remove(&unique);
+    bus.peers.unname(from);
     bus.emit_name_events(vec![
         NameEvent::Lost {
             peer: from,
@@ -770,11 +730,10 @@ fn become_monitor(
             new: None,
         },
     ]);
-    bus.pending_replies
-        .retain(|&(caller, _), p| caller != from && p.replier != from);
+    // The calls it made and those it owed a reply to are forgotten (without NoReply, as
+    // busd always did here; their callers' counts go down now).
+    bus.replies.forget_peer(from);
     if let Some(p) = bus.peers.get_mut(&from) {
-        p.rules.clear();
-        p.pending_replies = 0;
         p.monitor = Some(rules);
     }
     bus.monitors.push(from);
