@@ -72,6 +72,8 @@ struct Pending {
     child: Option<u64>,
 }
 
+/// The activation registry: the activatable names and the starts under way, with who
+/// waits for each. The one record of them; the bus asks it and acts on the answers.
 #[derive(Debug, Default)]
 pub(super) struct Activation {
     entries: HashMap<String, ServiceEntry>,
@@ -79,6 +81,143 @@ pub(super) struct Activation {
     /// Messages waiting, over all pending starts (max_pending_service_starts).
     waiting: usize,
     next_child: u64,
+}
+
+impl Activation {
+    fn set_entries(&mut self, entries: Vec<ServiceEntry>) {
+        self.entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+    }
+
+    fn entry(&self, name: &str) -> Option<&ServiceEntry> {
+        self.entries.get(name)
+    }
+
+    /// The activatable names, sorted.
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The earliest time a start under way gives up.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.deadline).min()
+    }
+
+    /// Messages and calls waiting, over every start (max_pending_service_starts).
+    fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Adds `waiter` to the start of `name` under way; gives it back if there is none.
+    fn wait_for(&mut self, name: &str, waiter: Waiter) -> Option<Waiter> {
+        let Some(p) = self.pending.get_mut(name) else {
+            return Some(waiter);
+        };
+        p.waiters.push(waiter);
+        self.waiting += 1;
+        None
+    }
+
+    /// A new start of `name`, with its first waiter.
+    fn begin(
+        &mut self,
+        name: &str,
+        waiter: Waiter,
+        deadline: Instant,
+        entry: Option<&ServiceEntry>,
+    ) {
+        self.waiting += 1;
+        self.pending.insert(
+            name.to_string(),
+            Pending {
+                waiters: vec![waiter],
+                deadline,
+                exec: entry.map(|e| e.exec.clone()),
+                systemd_service: entry.and_then(|e| e.systemd_service.clone()),
+                child: None,
+            },
+        );
+    }
+
+    /// The start of `name` is over (its name appeared, or it failed): who waited.
+    fn finish(&mut self, name: &str) -> Option<Vec<Waiter>> {
+        let p = self.pending.remove(name)?;
+        self.waiting -= p.waiters.len();
+        Some(p.waiters)
+    }
+
+    /// A child id for the process that starts `name`.
+    fn new_child(&mut self, name: &str) -> u64 {
+        self.next_child += 1;
+        let child = self.next_child;
+        if let Some(p) = self.pending.get_mut(name) {
+            p.child = Some(child);
+        }
+        child
+    }
+
+    /// The name process `child` was started for, and its command line.
+    fn started_by(&self, child: u64) -> Option<(String, Option<String>)> {
+        self.pending
+            .iter()
+            .find(|(_, p)| p.child == Some(child))
+            .map(|(n, p)| (n.clone(), p.exec.clone()))
+    }
+
+    /// The other starts under way with the same command line as `name`'s, sorted.
+    fn sharing_exec(&self, name: &str, exec: Option<&str>) -> Vec<String> {
+        let Some(exec) = exec else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(n, p)| *n != name && p.exec.as_deref() == Some(exec))
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The starts waiting for systemd unit `unit`, sorted.
+    fn for_unit(&self, unit: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.systemd_service.as_deref() == Some(unit))
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The starts whose time is up at `now`, with their process if one was started,
+    /// sorted by name.
+    fn expired(&self, now: Instant) -> Vec<(String, Option<u64>)> {
+        let mut late: Vec<(String, Option<u64>)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(n, p)| (n.clone(), p.child))
+            .collect();
+        late.sort_unstable();
+        late
+    }
+
+    /// The StartServiceByName callers waiting for `name`.
+    fn start_callers(&self, name: &str) -> Option<Vec<(PeerId, u32)>> {
+        let p = self.pending.get(name)?;
+        Some(
+            p.waiters
+                .iter()
+                .filter_map(|w| match (&w.request, w.peer) {
+                    (Request::Start { serial }, Some(peer)) => Some((peer, *serial)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
 }
 
 type Failure = DriverError;
@@ -137,7 +276,7 @@ impl Bus {
     /// The `.service` entries the shell found (at start-up and on every reload). When
     /// `announce`, ActivatableServicesChanged is broadcast.
     pub fn set_activatable(&mut self, entries: Vec<ServiceEntry>, announce: bool) {
-        self.activation.entries = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+        self.activation.set_entries(entries);
         if announce {
             self.send_from_driver(
                 None,
@@ -148,14 +287,12 @@ impl Bus {
 
     /// Names ListActivatableNames reports (the bus's own first), sorted.
     pub(super) fn activatable_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.activation.entries.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
+        self.activation.names()
     }
 
     /// The earliest time a pending start gives up.
     pub(super) fn activation_deadline(&self) -> Option<Instant> {
-        self.activation.pending.values().map(|p| p.deadline).min()
+        self.activation.next_deadline()
     }
 
     /// Starts `name` for a message (`auto`: auto-start of `msg`; otherwise
@@ -167,7 +304,7 @@ impl Bus {
         name: &str,
     ) -> Result<(), Failure> {
         let limit = self.settings.limits.max_pending_service_starts;
-        if self.activation.waiting as u64 >= limit {
+        if self.activation.waiting() as u64 >= limit {
             return Err(DriverError::new(ErrorName::LimitsExceeded,
                 format!(
                     "The maximum number of pending activations has been reached, activation of {name} failed (max_pending_service_starts={limit})"
@@ -178,7 +315,7 @@ impl Bus {
             // systemd needs no .service file: it connects by itself, eventually.
             None
         } else {
-            match self.activation.entries.get(name) {
+            match self.activation.entry(name) {
                 Some(e) => Some(e.clone()),
                 None => {
                     return Err(DriverError::new(
@@ -216,22 +353,12 @@ impl Bus {
             peer: from,
             request,
         };
-        self.activation.waiting += 1;
-        if let Some(p) = self.activation.pending.get_mut(name) {
-            p.waiters.push(waiter);
+        let Some(waiter) = self.activation.wait_for(name, waiter) else {
             return Ok(());
-        }
+        };
         let timeout = Duration::from_millis(self.settings.limits.service_start_timeout);
-        self.activation.pending.insert(
-            name.to_string(),
-            Pending {
-                waiters: vec![waiter],
-                deadline: self.now + timeout,
-                exec: entry.as_ref().map(|e| e.exec.clone()),
-                systemd_service: entry.as_ref().and_then(|e| e.systemd_service.clone()),
-                child: None,
-            },
-        );
+        self.activation
+            .begin(name, waiter, self.now + timeout, entry.as_ref());
         let requester = from.map_or_else(|| "(bus)".to_string(), |p| self.describe_peer(p));
         let started = match &entry {
             // systemd itself is missing: wait until it connects.
@@ -243,9 +370,7 @@ impl Bus {
         };
         if let Err(failure) = started {
             // Nothing was started: the caller gets the error, nobody else waits.
-            if let Some(p) = self.activation.pending.remove(name) {
-                self.activation.waiting -= p.waiters.len();
-            }
+            self.activation.finish(name);
             return Err(failure);
         }
         Ok(())
@@ -282,11 +407,7 @@ impl Bus {
             ""
         };
         info!("Activating service name='{name}' requested by {requester}{helper}");
-        self.activation.next_child += 1;
-        let child = self.activation.next_child;
-        if let Some(p) = self.activation.pending.get_mut(name) {
-            p.child = Some(child);
-        }
+        let child = self.activation.new_child(name);
         let env: Vec<(String, String)> = self
             .activation_env
             .iter()
@@ -352,18 +473,10 @@ impl Bus {
     /// `name` got its first owner: StartServiceByName callers hear SUCCESS (dbus-daemon
     /// answers them as the name is created).
     pub(super) fn activation_name_created(&mut self, name: &str) {
-        let Some(p) = self.activation.pending.get(name) else {
+        let Some(answers) = self.activation.start_callers(name) else {
             return;
         };
         info!("Successfully activated service '{name}'");
-        let answers: Vec<(PeerId, u32)> = p
-            .waiters
-            .iter()
-            .filter_map(|w| match (&w.request, w.peer) {
-                (Request::Start { serial }, Some(peer)) => Some((peer, *serial)),
-                _ => None,
-            })
-            .collect();
         for (peer, serial) in answers {
             if self.peers.contains_key(&peer) {
                 self.send_from_driver(
@@ -377,11 +490,10 @@ impl Bus {
     /// `name` was acquired by `owner`: the auto-started messages waiting for it go on, in
     /// order, as if they had just arrived; the start is over.
     pub(super) fn activation_name_acquired(&mut self, name: &str, owner: PeerId) {
-        let Some(p) = self.activation.pending.remove(name) else {
+        let Some(waiters) = self.activation.finish(name) else {
             return;
         };
-        self.activation.waiting -= p.waiters.len();
-        for w in p.waiters {
+        for w in waiters {
             let Request::Auto { msg, out } = w.request else {
                 continue;
             };
@@ -399,13 +511,7 @@ impl Bus {
     /// into the background); anything else fails the start, and every start of the same
     /// command line, as in dbus-daemon.
     pub fn child_exited(&mut self, child: u64, how: ChildExit) {
-        let Some((name, exec)) = self
-            .activation
-            .pending
-            .iter()
-            .find(|(_, p)| p.child == Some(child))
-            .map(|(n, p)| (n.clone(), p.exec.clone()))
-        else {
+        let Some((name, exec)) = self.activation.started_by(child) else {
             return;
         };
         let failure = match how {
@@ -423,13 +529,7 @@ impl Bus {
             ),
         };
         info!("Activated service '{name}' failed: {}", failure.text);
-        let same_exec: Vec<String> = self
-            .activation
-            .pending
-            .iter()
-            .filter(|(n, p)| **n != name && exec.is_some() && p.exec == exec)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let same_exec = self.activation.sharing_exec(&name, exec.as_deref());
         for other in same_exec {
             self.fail_activation(&other, &failure);
         }
@@ -438,13 +538,7 @@ impl Bus {
 
     /// The shell could not start the process at all.
     pub fn spawn_failed(&mut self, child: u64, reason: &str) {
-        let Some(name) = self
-            .activation
-            .pending
-            .iter()
-            .find(|(_, p)| p.child == Some(child))
-            .map(|(n, _)| n.clone())
-        else {
+        let Some((name, _)) = self.activation.started_by(child) else {
             return;
         };
         let text = format!("Failed to execute program {name}: {reason}");
@@ -455,13 +549,7 @@ impl Bus {
     /// systemd reports (ActivationFailure) that it could not start `unit`.
     pub(super) fn systemd_activation_failed(&mut self, unit: &str, error_name: &str, text: &str) {
         info!("Activation via systemd failed for unit '{unit}': {text}");
-        let names: Vec<String> = self
-            .activation
-            .pending
-            .iter()
-            .filter(|(_, p)| p.systemd_service.as_deref() == Some(unit))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let names = self.activation.for_unit(unit);
         // The error name comes from systemd; an invalid one would make an invalid message.
         let error_name = if busd_wire::names::is_valid_interface(error_name) {
             error_name.to_string()
@@ -479,11 +567,10 @@ impl Bus {
 
     /// Every caller waiting for `name` gets the error; the start is over.
     fn fail_activation_owned(&mut self, name: &str, error_name: &str, text: &str) {
-        let Some(p) = self.activation.pending.remove(name) else {
+        let Some(waiters) = self.activation.finish(name) else {
             return;
         };
-        self.activation.waiting -= p.waiters.len();
-        for w in p.waiters {
+        for w in waiters {
             if let Some(peer) = w.peer.filter(|p| self.peers.contains_key(p)) {
                 let m = DriverMessage::error(w.serial(), error_name, text);
                 self.send_from_driver(Some(peer), m);
@@ -493,13 +580,7 @@ impl Bus {
 
     /// Starts that took longer than service_start_timeout fail (their process is killed).
     pub(super) fn expire_activations(&mut self, now: Instant) {
-        let late: Vec<(String, Option<u64>)> = self
-            .activation
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(n, p)| (n.clone(), p.child))
-            .collect();
+        let late = self.activation.expired(now);
         let timeout = self.settings.limits.service_start_timeout;
         for (name, child) in late {
             if let Some(child) = child {
@@ -566,5 +647,82 @@ impl Bus {
         };
         let (unit, code, text) = (unit.to_string(), code.to_string(), text.to_string());
         self.systemd_activation_failed(&unit, &code, &text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, exec: &str, unit: Option<&str>) -> ServiceEntry {
+        ServiceEntry {
+            name: name.into(),
+            exec: exec.into(),
+            user: None,
+            systemd_service: unit.map(Into::into),
+            assumed_apparmor_label: None,
+        }
+    }
+
+    fn start(peer: PeerId, serial: u32) -> Waiter {
+        Waiter {
+            peer: Some(peer),
+            request: Request::Start { serial },
+        }
+    }
+
+    #[test]
+    fn a_start_collects_its_waiters_and_hands_them_over_once() {
+        let mut a = Activation::default();
+        a.set_entries(vec![
+            entry("org.b", "/bin/b", None),
+            entry("org.a", "/bin/a", None),
+        ]);
+        assert_eq!(a.names(), ["org.a", "org.b"]);
+        let t = Instant::now();
+        // No start under way: the waiter comes back.
+        let w = a.wait_for("org.a", start(1, 7)).expect("nothing under way");
+        a.begin("org.a", w, t, a.entries.get("org.a").cloned().as_ref());
+        assert!(a.wait_for("org.a", start(2, 9)).is_none());
+        assert_eq!(a.waiting(), 2);
+        assert_eq!(a.start_callers("org.a"), Some(vec![(1, 7), (2, 9)]));
+        let child = a.new_child("org.a");
+        assert_eq!(
+            a.started_by(child),
+            Some(("org.a".into(), Some("/bin/a".into())))
+        );
+        assert_eq!(a.finish("org.a").map(|w| w.len()), Some(2));
+        assert_eq!((a.waiting(), a.finish("org.a").is_none()), (0, true));
+        assert_eq!(a.started_by(child), None);
+    }
+
+    #[test]
+    fn starts_are_found_by_command_line_unit_and_deadline_in_name_order() {
+        let mut a = Activation::default();
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        let same = entry("org.x", "/bin/shared", Some("x.service"));
+        for (name, deadline) in [("org.z", t + 2 * s), ("org.x", t), ("org.y", t + s)] {
+            let e = ServiceEntry {
+                name: name.into(),
+                ..same.clone()
+            };
+            a.begin(name, start(1, 1), deadline, Some(&e));
+        }
+        assert_eq!(
+            a.sharing_exec("org.x", Some("/bin/shared")),
+            ["org.y", "org.z"]
+        );
+        assert!(a.sharing_exec("org.x", None).is_empty());
+        assert_eq!(a.for_unit("x.service"), ["org.x", "org.y", "org.z"]);
+        assert_eq!(a.next_deadline(), Some(t));
+        let child = a.new_child("org.y");
+        assert_eq!(
+            a.expired(t + s),
+            [
+                ("org.x".to_string(), None),
+                ("org.y".to_string(), Some(child))
+            ]
+        );
     }
 }
