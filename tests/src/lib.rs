@@ -185,27 +185,38 @@ pub fn require_root(why: &str) {
 
 /// Runs a client command with a timeout; returns (success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    run_within(cmd, Duration::from_secs(20))
+}
+
+/// As [`run`], killing the client after `limit` (and saying so in its stderr).
+pub fn run_within(cmd: &mut Command, limit: Duration) -> (bool, String, String) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + limit;
+    let mut killed = false;
     loop {
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
+            killed = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let out = child.wait_with_output().expect("wait client");
+    let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if killed {
+        err.push_str(&format!("\n(killed: still running after {limit:?})"));
+    }
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        err,
     )
 }
 
