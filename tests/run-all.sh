@@ -41,6 +41,8 @@ echo "== build"
 cargo build --workspace --locked
 echo "== tests"
 cargo test --workspace --locked
+echo "== the README's first command, as written"
+bash tests/readme-first-command.sh
 echo "== dbus-compat: dbus's own test suite, busd compared with dbus-daemon"
 bash dbus-compat/run.sh --compare
 echo "== fuzz: every target briefly (fuzz/run.sh; longer runs in docs/reliability.md)"
