@@ -359,6 +359,10 @@ fn run(options: Options) -> Result<()> {
         signals.add(sig);
     }
     signals.thread_block()?;
+    // Started services are reaped by the server; a SIGCHLD ignored by whoever started busd
+    // would make the kernel reap them first and lose their exit status.
+    // SAFETY: setting the default disposition installs no handler.
+    unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) }?;
     let server = Server::new(
         listeners,
         bus,

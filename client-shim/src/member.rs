@@ -1559,17 +1559,10 @@ fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
     fn backlogs() -> Backlogs {
         let words = progress::words_for(4);
-        // SAFETY: a valid name; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"progress".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(raw >= 0);
-        // SAFETY: a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        nix::unistd::ftruncate(&fd, (words * 8) as i64).unwrap();
-        let map = Mapping::open(fd.as_fd(), progress::PREFIX_LEN, true).unwrap();
+        let (_fd, map) = Mapping::create("progress", words * 8, libc::F_SEAL_SHRINK).unwrap();
         progress::init(map.words());
         progress::assign(map.words(), 1, 5);
         Backlogs {

@@ -3,8 +3,13 @@
 //!
 //! Another process may write a shared mapping at any time (the daemon the table, every
 //! member the progress memory), so it is never read as plain memory: only through
-//! [`AtomicU64`], which tolerates concurrent writers. Its size is fixed by seals
-//! (`F_SEAL_SHRINK`, `F_SEAL_GROW`) before anyone else gets it, so no access can fault.
+//! [`AtomicU64`], which tolerates concurrent writers. The daemon seals its size
+//! (`F_SEAL_SHRINK`, `F_SEAL_GROW`) before anyone else gets it, and [`Mapping::open`]
+//! refuses a memfd that could still shrink: a shrunk mapping would fault on access.
+//!
+//! A read-only mapping hands out the same `&[AtomicU64]`: callers only load from it (a
+//! store would fault). Making that a type of its own is left to the fast path's trust work
+//! (issue 17).
 
 use std::ffi::CString;
 use std::io;
@@ -54,9 +59,16 @@ impl Mapping {
         Ok((memfd, map))
     }
 
-    /// Maps all of `fd`, which must hold at least `least` bytes, a multiple of 8; read-only
-    /// unless `writable`.
+    /// Maps all of `fd`, which must hold at least `least` bytes, a multiple of 8, and be
+    /// sealed against shrinking; read-only unless `writable`.
     pub fn open(fd: BorrowedFd<'_>, least: usize, writable: bool) -> io::Result<Mapping> {
+        // SAFETY: F_GET_SEALS takes no argument; the result is checked.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::other(
+                "shared memory that is not sealed against shrinking",
+            ));
+        }
         // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on a descriptor we borrow, into a local; checked.
@@ -133,8 +145,29 @@ mod tests {
     #[test]
     fn too_small_or_odd_sizes_are_refused() {
         assert!(Mapping::create("busd-test", 12, 0).is_err());
-        let (fd, _w) = Mapping::create("busd-test", 64, 0).unwrap();
+        let (fd, _w) = Mapping::create("busd-test", 64, libc::F_SEAL_SHRINK).unwrap();
         assert!(Mapping::open(fd.as_fd(), 128, false).is_err());
         assert!(Mapping::open(fd.as_fd(), 64, false).is_ok());
+    }
+
+    #[test]
+    fn memory_that_could_shrink_under_the_mapping_is_refused() {
+        let (fd, _w) = Mapping::create("busd-test", 64, libc::F_SEAL_GROW).unwrap();
+        assert!(Mapping::open(fd.as_fd(), 64, false).is_err());
+        // Nor a memfd that allows no seals at all.
+        let plain = tempfile_like();
+        assert!(Mapping::open(plain.as_fd(), 8, false).is_err());
+    }
+
+    /// A memfd created without MFD_ALLOW_SEALING (every seal query answers "none").
+    fn tempfile_like() -> OwnedFd {
+        // SAFETY: a valid C string; checked.
+        let raw = unsafe { libc::memfd_create(c"plain".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ftruncate on a descriptor we own.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 64) }, 0);
+        fd
     }
 }

@@ -409,6 +409,7 @@ impl Bus {
                     // the message that caused it, as with dbus-daemon; an error after it.
                     let copies = self.monitor_copies(&view, Some(from), None, &out);
                     let serial = view.serial();
+                    let before_activation = self.effects.len();
                     let result = if view.auto_start() {
                         self.activate(
                             Some(from),
@@ -421,7 +422,15 @@ impl Bus {
                             format!("Name \"{dest}\" does not exist"),
                         ))
                     };
-                    self.effects.extend(copies);
+                    if result.is_ok() {
+                        self.effects.extend(copies);
+                    } else {
+                        // A start that failed after composing something (an
+                        // ActivationRequest for a systemd that could not be started) shows
+                        // the message first, as it would without activation.
+                        self.effects
+                            .splice(before_activation..before_activation, copies);
+                    }
                     if let Err(e) = result {
                         let m = DriverMessage::failure(serial, &e);
                         self.send_from_driver(Some(from), m);

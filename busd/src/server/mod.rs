@@ -88,8 +88,9 @@ pub struct Server {
     /// Changes in the watched directories.
     inotify: Inotify,
     /// Processes started for activation, by the bus's child id, with a pidfd each that
-    /// becomes readable when the process ends.
-    children: HashMap<u64, (std::process::Child, OwnedFd)>,
+    /// becomes readable when the process ends (None where the kernel or a seccomp filter
+    /// refuses pidfd_open: those are polled, see [`CHILD_POLL`]).
+    children: HashMap<u64, (std::process::Child, Option<OwnedFd>)>,
     /// DBUS_STARTER_ADDRESS and friends, given to every started service.
     starter_env: Vec<(String, String)>,
     /// systemd's readiness notifications.
@@ -107,6 +108,9 @@ const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
 const FAST_INBOX: usize = 1 << 48;
 /// Set in the token of a started process's pidfd (the rest is the bus's child id).
 const CHILD: usize = 1 << 47;
+
+/// How often started processes without a pidfd are checked for their end.
+const CHILD_POLL: Duration = Duration::from_millis(100);
 
 const STOP: u8 = 1;
 const RELOAD: u8 = 2;
@@ -260,7 +264,7 @@ impl Server {
                     }
                     if requests & RELOAD != 0 {
                         match self.reload() {
-                            Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                            Ok(()) => info!("configuration reloaded (on request)"),
                             Err(e) => warn!("configuration not reloaded, keeping the old one: {e}"),
                         }
                         self.apply_effects();
@@ -291,6 +295,7 @@ impl Server {
                     self.dirty.push(token);
                 }
             }
+            self.reap_polled_children();
             self.expire();
             self.flush_dirty();
             self.resume_paused();
@@ -394,7 +399,7 @@ impl Server {
             });
         }
         match cmd.spawn() {
-            Ok(mut c) => {
+            Ok(c) => {
                 debug!(service, pid = c.id(), "started");
                 // Its end is seen on a pidfd: no SIGCHLD, so the process's signal mask is
                 // its owner's business (an embedding program, main.rs's signal thread).
@@ -406,17 +411,16 @@ impl Server {
                     )?;
                     Ok(fd)
                 });
-                match watched {
-                    Ok(fd) => {
-                        self.children.insert(child, (c, fd));
-                        Ok(())
-                    }
+                let pidfd = match watched {
+                    Ok(fd) => Some(fd),
                     Err(e) => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        Err(format!("cannot watch the started process: {e}"))
+                        // Older kernels (before 5.3) and some seccomp profiles: poll it.
+                        debug!("no pidfd for a started process ({e}); polling it");
+                        None
                     }
-                }
+                };
+                self.children.insert(child, (c, pidfd));
+                Ok(())
             }
             Err(e) => Err(e
                 .raw_os_error()
@@ -425,33 +429,49 @@ impl Server {
         }
     }
 
-    /// A started process's pidfd became readable: it ended; the bus hears how.
+    /// A started process's pidfd became readable (or, without one, it is polled): if it
+    /// ended, the bus hears how.
     fn reap_child(&mut self, id: u64) {
         use std::os::unix::process::ExitStatusExt;
         let Some((c, _)) = self.children.get_mut(&id) else {
             return;
         };
         let status = match c.try_wait() {
-            Ok(Some(status)) => status,
+            Ok(Some(status)) => Some(status),
             Ok(None) => return,
             Err(e) => {
+                // Someone else reaped it (an embedder's waitpid(-1), SIGCHLD ignored): its
+                // status is lost; the start ends at service_start_timeout.
                 warn!("cannot collect a started process: {e}");
-                return;
+                None
             }
         };
-        if let Some((_, fd)) = self.children.remove(&id) {
+        if let Some((_, Some(fd))) = self.children.remove(&id) {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
         }
-        let how = match (status.code(), status.signal()) {
-            (Some(code), _) => ChildExit::Exited(code),
-            (None, Some(sig)) => ChildExit::Signaled(sig),
-            (None, None) => return,
+        let how = match status.map(|s| (s.code(), s.signal())) {
+            Some((Some(code), _)) => ChildExit::Exited(code),
+            Some((None, Some(sig))) => ChildExit::Signaled(sig),
+            _ => return,
         };
         self.bus.child_exited(id, how);
         self.apply_effects();
+    }
+
+    /// Checks the started processes that have no pidfd.
+    fn reap_polled_children(&mut self) {
+        let polled: Vec<u64> = self
+            .children
+            .iter()
+            .filter(|(_, (_, fd))| fd.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in polled {
+            self.reap_child(id);
+        }
     }
 
     fn incomplete_count(&self) -> u64 {
@@ -483,6 +503,12 @@ impl Server {
             .flat_map(|c| [c.auth_deadline(), c.fds_deadline(fd_timeout)])
             .flatten()
             .chain(self.bus.next_deadline())
+            .chain(
+                self.children
+                    .values()
+                    .any(|(_, fd)| fd.is_none())
+                    .then(|| Instant::now() + CHILD_POLL),
+            )
             .min()
     }
 
