@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use busd_match::header;
 use busd_match::protocol;
@@ -65,6 +66,21 @@ pub enum Sent {
     Done,
     /// Larger than a datagram may be: send it on the stream instead.
     TooLarge,
+}
+
+/// What the member socket gave the read half.
+pub enum Incoming {
+    /// A message for zbus, and its fds.
+    Message(Vec<u8>, Vec<OwnedFd>),
+    /// A broadcast only an AddMatch the bus has not answered yet wants: the read half keeps
+    /// it, and takes no more frames (so nothing overtakes it), until the bus answered.
+    Held(Held),
+}
+
+pub struct Held {
+    checked: Checked,
+    fds: Vec<OwnedFd>,
+    pub since: Instant,
 }
 
 impl Member {
@@ -140,7 +156,12 @@ impl Member {
         let frame = Arc::new(Frame::new(msg, self.id, &self.unique, route.destination()));
         let call =
             (msg.msg_type() == METHOD_CALL && !msg.no_reply_expected()).then(|| msg.serial());
-        self.send_frame(route, &frame, fds, call).await
+        let r = self.send_frame(route, &frame, fds, call).await;
+        if r.is_err() {
+            // It never reached the bus: no answer will come.
+            self.state().rules.not_sent(msg.serial());
+        }
+        r
     }
 
     async fn send_frame(
@@ -236,11 +257,8 @@ impl Member {
 
     /// Waits for the next frame worth handing to zbus: checked (its source address, header
     /// and SENDER agree) and wanted (addressed to this member, or matched by one of its
-    /// rules). Returns the message bytes and fds.
-    pub async fn receive(
-        self: &Arc<Self>,
-        buf: &mut Vec<u8>,
-    ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    /// rules), or one that must wait for the bus's answer to an AddMatch.
+    pub async fn receive(self: &Arc<Self>, buf: &mut Vec<u8>) -> io::Result<Incoming> {
         if buf.is_empty() {
             buf.resize(header::largest_datagram(), 0);
         }
@@ -269,12 +287,7 @@ impl Member {
     }
 
     /// What becomes of a checked frame, by the table and rules as they are now.
-    fn settle(
-        self: &Arc<Self>,
-        c: Checked,
-        fds: Vec<OwnedFd>,
-        frame: &[u8],
-    ) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+    fn settle(self: &Arc<Self>, c: Checked, fds: Vec<OwnedFd>, frame: &[u8]) -> Option<Incoming> {
         let table = self.table_now();
         let want = {
             let mut s = self.state();
@@ -293,7 +306,36 @@ impl Member {
                 self.forward(frame, fds);
                 None
             }
+            Want::Wait => Some(Incoming::Held(Held {
+                checked: c,
+                fds,
+                since: Instant::now(),
+            })),
             Want::Unwanted => {
+                Counters::add(&self.counters.filtered, 1);
+                None
+            }
+        }
+    }
+
+    /// A held broadcast, judged again now that the bus answered (or, `expired`, did not in
+    /// time: an unanswered AddMatch then counts as refused). None when it is dropped;
+    /// [`Incoming::Held`] gives it back while it still waits.
+    pub fn judge_held(self: &Arc<Self>, held: Held, expired: bool) -> Option<Incoming> {
+        let table = self.table_now();
+        let want = {
+            let mut s = self.state();
+            let want = receive::wanted(&held.checked, &table, &s.rules, &self.me());
+            if want == Want::Deliver {
+                self.note_progress(&mut s, held.checked.sender, &table);
+            }
+            want
+        };
+        match want {
+            Want::Deliver => Some(self.delivered(held.checked, held.fds)),
+            Want::Wait if !expired => Some(Incoming::Held(held)),
+            // (A broadcast is never forwarded.)
+            _ => {
                 Counters::add(&self.counters.filtered, 1);
                 None
             }
@@ -302,14 +344,14 @@ impl Member {
 
     /// A frame for the application: its message, and its own fds (the memfd it may have
     /// come in is not the application's).
-    fn delivered(&self, c: Checked, mut fds: Vec<OwnedFd>) -> (Vec<u8>, Vec<OwnedFd>) {
+    fn delivered(&self, c: Checked, mut fds: Vec<OwnedFd>) -> Incoming {
         if c.memfd && !fds.is_empty() {
             fds.remove(0);
         }
         let bytes = c.msg.into_bytes();
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, bytes.len() as u64);
-        (bytes, fds)
+        Incoming::Message(bytes, fds)
     }
 
     /// Drops a frame that is not what a member sends: counted, and said the first time.
@@ -348,8 +390,9 @@ impl Member {
     }
 
     /// A message from the daemon on the stream, as zbus decoded it: a reply ends a call
-    /// waiting for it; a call is remembered, so that its reply goes back the same way.
-    pub fn note_stream_message(&self, msg: &zbus::Message) {
+    /// waiting for it and may answer an AddMatch or RemoveMatch; a call is remembered, so
+    /// that its reply goes back the same way. Returns whether the rules changed.
+    pub fn note_stream_message(&self, msg: &zbus::Message) -> bool {
         use zbus::message::{Flags, Type};
         let h = msg.header();
         let reply_serial = h.reply_serial().map(|s| s.get());
@@ -359,16 +402,24 @@ impl Member {
                 .flags()
                 .contains(Flags::NoReplyExpected);
         if reply_serial.is_none() && !call {
-            return;
+            return false;
         }
         let mut s = self.state();
+        let mut rules_changed = false;
         if let Some(r) = reply_serial {
             s.calls.answered(r);
+            let kind = match msg.message_type() {
+                Type::MethodReturn => busd_wire::message::METHOD_RETURN,
+                Type::Error => busd_wire::message::ERROR,
+                _ => 0,
+            };
+            rules_changed = s.rules.answered(kind, h.sender().map(|s| s.as_str()), r);
         }
         if let (true, Some(sender)) = (call, h.sender()) {
             s.calls
                 .came_via_daemon(sender.as_str(), msg.primary_header().serial_num().get());
         }
+        rules_changed
     }
 
     /// Whether direct calls wait for replies (then the read half watches their callees).

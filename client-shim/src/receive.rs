@@ -61,6 +61,9 @@ pub enum Want {
     Deliver,
     /// For a well-known name this member does not own (any more): the daemon routes it.
     Forward,
+    /// A broadcast only an AddMatch the bus has not answered yet would want: judged again
+    /// once the bus answered.
+    Wait,
     /// A broadcast no rule wants (counted in `filtered`).
     Unwanted,
 }
@@ -112,6 +115,8 @@ pub fn wanted(c: &Checked, table: &Table, rules: &Rules, me: &Me<'_>) -> Want {
             };
             if rules.matches(&info) {
                 Want::Deliver
+            } else if rules.may_match(&info) {
+                Want::Wait
             } else {
                 Want::Unwanted
             }
@@ -180,7 +185,7 @@ mod tests {
     use crate::frame::Frame;
     use crate::route::tests::{message, table};
     use busd_match::header::{self, HEADER_LEN};
-    use busd_wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
+    use busd_wire::message::{encode, HeaderFields, METHOD_CALL, METHOD_RETURN, SIGNAL};
 
     const DIR: &str = "/run/user/1000/busd-test";
 
@@ -204,11 +209,12 @@ mod tests {
         Path::new(DIR).join(id)
     }
 
-    /// The connection's rules.
+    /// Rules the bus accepted.
     fn rules(texts: &[&str]) -> Rules {
         let mut r = Rules::default();
         for (serial, text) in (1..).zip(texts) {
             r.asked(&add_match(serial, text));
+            assert!(r.answered(METHOD_RETURN, Some("org.freedesktop.DBus"), serial));
         }
         r
     }
@@ -286,6 +292,17 @@ mod tests {
         t.names[1].1 = 4;
         let (_, want) = accept(&call, Some(&from("3")), &t, &rules(&[])).unwrap();
         assert_eq!(want, Want::Deliver, "once it owns the name");
+    }
+
+    #[test]
+    fn a_broadcast_only_an_unanswered_add_match_wants_waits_for_the_answer() {
+        let mut r = rules(&[]);
+        r.asked(&add_match(9, "member='Ping'"));
+        let ping = frame(2, SIGNAL, None, "Ping");
+        let (c, want) = accept(&ping, Some(&from("2")), &table(), &r).unwrap();
+        assert_eq!(want, Want::Wait);
+        r.answered(METHOD_RETURN, Some("org.freedesktop.DBus"), 9);
+        assert_eq!(wanted(&c, &table(), &r, &me()), Want::Deliver);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use busd_wire::fds;
 use busd_wire::message::{self as wire, Message};
@@ -29,7 +30,7 @@ use zbus::connection::socket::{ReadHalf, WriteHalf};
 use crate::calls::CALLEE_CHECK;
 use crate::figures::Counters;
 use crate::join;
-use crate::member::{Member, Sent};
+use crate::member::{Held, Incoming, Member, Sent};
 
 #[derive(Clone)]
 enum Phase {
@@ -41,6 +42,11 @@ enum Phase {
     /// Not offered (or refused): the stream carries everything.
     Standard,
 }
+
+/// How long a broadcast waits, at most, for the bus's answer to an AddMatch that would
+/// want it (the D-Bus default reply timeout). The bus answers long before unless it is
+/// gone; past it the AddMatch counts as refused for that broadcast.
+const HOLD_AT_MOST: Duration = Duration::from_secs(25);
 
 struct Shared {
     stream: UnixStream,
@@ -73,6 +79,8 @@ pub fn split(
             started: false,
             chunk: vec![0; 64 * 1024],
             datagram: Vec::new(),
+            held: None,
+            rules_changed: false,
         },
         ShimWrite { shared },
     )
@@ -87,6 +95,11 @@ pub struct ShimRead {
     started: bool,
     chunk: Vec<u8>,
     datagram: Vec<u8>,
+    /// A broadcast waiting for the bus's answer to an AddMatch; no frame is taken while
+    /// one waits.
+    held: Option<Held>,
+    /// The bus answered an AddMatch or RemoveMatch since the held broadcast was judged.
+    rules_changed: bool,
 }
 
 pub struct ShimWrite {
@@ -273,6 +286,24 @@ impl ShimRead {
         };
         shared.phase.send_replace(phase);
     }
+
+    /// The held broadcast, if the bus's answers settled it (or it waited too long): Some
+    /// when it goes to zbus now.
+    fn settle_held(&mut self, m: &Arc<Member>) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        let held = self.held.take()?;
+        let expired = held.since.elapsed() >= HOLD_AT_MOST;
+        if !std::mem::take(&mut self.rules_changed) && !expired {
+            self.held = Some(held);
+            return None;
+        }
+        match m.judge_held(held, expired)? {
+            Incoming::Message(bytes, fds) => Some((bytes, fds)),
+            Incoming::Held(still) => {
+                self.held = Some(still);
+                None
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -290,6 +321,11 @@ impl ReadHalf for ShimRead {
         }
         loop {
             let member = self.shared.joined();
+            if let Some(m) = &member {
+                if let Some((bytes, fds)) = self.settle_held(m) {
+                    return to_zbus(bytes, fds, seq).await;
+                }
+            }
             if let Some((end, fds)) = self.next_stream_message() {
                 let join_serial = match &*self.shared.phase.borrow() {
                     Phase::Joining(s) => Some(*s),
@@ -312,7 +348,7 @@ impl ReadHalf for ShimRead {
                 }
                 let msg = self.stream_to_zbus(end, fds, seq).await?;
                 if let Some(m) = &member {
-                    m.note_stream_message(&msg);
+                    self.rules_changed |= m.note_stream_message(&msg);
                 }
                 return Ok(msg);
             }
@@ -323,6 +359,7 @@ impl ReadHalf for ShimRead {
                 shared,
                 chunk,
                 datagram,
+                held,
                 ..
             } = self;
             let (n, fds) = match &member {
@@ -332,18 +369,25 @@ impl ReadHalf for ShimRead {
                     // replies, their callees are checked now and then (a reply queued
                     // before the callee left is always read before its absence is noticed).
                     let watching = m.calls_waiting();
+                    let hold_ends = held.as_ref().map(|h| h.since + HOLD_AT_MOST);
                     tokio::select! {
                         biased;
                         r = shared.recvmsg(chunk) => r?,
-                        frame = m.receive(datagram) => {
-                            let (bytes, fds) = frame?;
-                            return to_zbus(bytes, fds, seq).await;
+                        incoming = m.receive(datagram), if hold_ends.is_none() => {
+                            match incoming? {
+                                Incoming::Message(bytes, fds) => {
+                                    return to_zbus(bytes, fds, seq).await
+                                }
+                                Incoming::Held(h) => *held = Some(h),
+                            }
+                            continue;
                         }
                         _ = tokio::time::sleep(CALLEE_CHECK), if watching => {
                             m.check_callees();
                             continue;
                         }
                         _ = m.wake.notified(), if !watching => continue,
+                        _ = sleep_until(hold_ends) => continue,
                     }
                 }
             };
@@ -386,6 +430,14 @@ impl ReadHalf for ShimRead {
 
     async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
         self.shared.peer_credentials()
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
