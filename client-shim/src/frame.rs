@@ -2,9 +2,11 @@
 //! header, then the D-Bus message with this member's SENDER, inline or in a sealed memfd.
 //!
 //! Built once per message from the message as parsed: the routing header from its fields,
-//! and a new D-Bus header (SENDER set, fields the bus does not know left out, exactly what
-//! `Message::forwarded` gives) in front of the body, which is not copied: the datagram is
-//! gathered from both ([`Frame::iov`]).
+//! then the message as the application gave it, which is not copied again (the datagram is
+//! gathered from both parts, [`Frame::iov`]). zbus puts the connection's unique name in
+//! SENDER once it knows it, and writes only header fields the bus knows; a message without
+//! that SENDER gets a new D-Bus header in front of its body (SENDER set, unknown fields
+//! left out: exactly what `Message::forwarded` gives).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -57,14 +59,25 @@ impl Frame {
             &msg.args(),
             &mut routing,
         );
-        let stamped = header_with_sender(msg, unique);
-        let body = msg.body();
-        let len = stamped.len() + body.len();
         let message = msg.shared_bytes();
+        // The new header, if one is needed, and where the part of the message that follows
+        // it starts.
+        let (stamped, tail) = if msg.sender() == Some(unique) {
+            (Vec::new(), 0)
+        } else {
+            let body_at = message.len() - msg.body().len();
+            (header_with_sender(msg, unique), body_at)
+        };
+        let len = stamped.len() + message.len() - tail;
         // (A message carrying the most descriptors a datagram can has no room for the
         // memfd: it goes inline while it fits, else on the stream.)
         if len > MEMFD_ABOVE && msg.unix_fds() < SCM_MAX_FD {
-            match sealed::seal(&[&stamped[..], body].concat()) {
+            let sealed = if stamped.is_empty() {
+                sealed::seal(&message)
+            } else {
+                sealed::seal(&[&stamped[..], &message[tail..]].concat())
+            };
+            match sealed {
                 Ok(memfd) => {
                     routing[header::OFF_KIND as usize + 3] |= header::ROUTE_MEMFD;
                     return Frame {
@@ -83,7 +96,7 @@ impl Frame {
         head.extend_from_slice(&stamped);
         Frame {
             head,
-            tail: message.len() - body.len(),
+            tail,
             message,
             len: len as u64,
             memfd: None,
@@ -194,6 +207,32 @@ mod tests {
         assert_eq!(Header::decode(&routed).unwrap().destination, TO_DAEMON);
         assert_eq!(&routed[HEADER_LEN..], &bytes[HEADER_LEN..]);
         assert!(f.fds(&[7]) == [7] && !f.in_memfd());
+    }
+
+    #[test]
+    fn a_message_that_already_names_its_sender_goes_as_it_is() {
+        let bytes = encode(
+            Endian::Little,
+            SIGNAL,
+            0,
+            9,
+            &HeaderFields {
+                path: Some("/p"),
+                interface: Some("org.example.I"),
+                member: Some("Tick"),
+                sender: Some(":1.2"),
+                ..Default::default()
+            },
+            &[],
+        );
+        let msg = Message::parse(bytes.clone(), Vec::new()).unwrap();
+        let f = Frame::new(&msg, 3, ":1.2", 0);
+        assert_eq!(&gathered(&f)[HEADER_LEN..], &bytes[..]);
+        assert_eq!(
+            f.iov()[1].len(),
+            bytes.len(),
+            "the message itself, not a copy"
+        );
     }
 
     #[test]
