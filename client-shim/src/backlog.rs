@@ -635,8 +635,12 @@ mod tests {
                 .await
                 .expect("the second runtime's backlog was never served");
             assert_eq!(b.counters.backlog_depth.load(Ordering::Relaxed), 0);
+            // The first connection, used after its runtime ended: what it cannot send is
+            // given up at once and counted, never left waiting.
+            fill(&a);
+            assert_eq!(a.counters.rejected.load(Ordering::Relaxed), 2);
+            assert_eq!(a.counters.backlog_depth.load(Ordering::Relaxed), 0);
         });
-        drop(a);
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub struct Counters {
     /// Messages that could not go as frames (no memfd could be made for a large one),
     /// sent on the stream connection instead.
     pub via_stream: AtomicU64,
-    /// Messages sent in a sealed memfd (larger than [`crate::frame::MEMFD_ABOVE`]), once
-    /// however many receivers they have.
+    /// Messages sent in a sealed memfd (larger than 32 KiB), once however many receivers
+    /// they have.
     pub large: AtomicU64,
     /// Frames received from other members and handed to zbus.
     pub received: AtomicU64,
@@ -48,8 +48,8 @@ pub struct Counters {
     /// Sends that first waited for a member whose message this one had received to reach
     /// all its receivers (causal order, DESIGN 5.5).
     pub causal_waits: AtomicU64,
-    /// Such waits given up after [`crate::causal::CAUSAL_WAIT`]: that member's send had not
-    /// reached a receiver that long (one that does not read).
+    /// Such waits given up after 200 ms: that member's send had not reached a receiver
+    /// that long (one that does not read).
     pub causal_timeouts: AtomicU64,
     /// Broadcasts sent directly.
     pub fan_outs: AtomicU64,

@@ -19,23 +19,22 @@
 //! everything else goes to the daemon, which keeps names, policy and activation. What the
 //! application sees is the same: senders, destinations, bodies, fds, per-sender order.
 //! `docs/fastpath-protocol.md` describes the protocol.
-
 //!
 //! Layout:
-//! - [`socket`]: the zbus socket halves: Join after Hello, then each message parsed once
+//! - `socket`: the zbus socket halves: Join after Hello, then each message parsed once
 //!   and handed to the member; the stream merged with the member socket.
-//! - [`join`]: the `Join` call and the member made from its answer.
-//! - [`member`]: a joined connection, its one state, sending and receiving.
-//! - [`table`]: the routing table as the member reads it.
-//! - [`route`]: the routing decision, a pure function of message and table.
-//! - [`frame`]: the frame a message travels in (routing header, SENDER, memfd).
-//! - [`fanout`]: `sendmsg`, and broadcasts in one `sendmmsg`.
-//! - [`backlog`]: per-receiver backlogs and each runtime's service that drains them.
-//! - [`causal`]: the progress memory: sends numbered and completed, waits before sending.
-//! - [`calls`]: waiting direct calls (NoReply), calls via the daemon, errors made for zbus.
-//! - [`receive`]: the receive check, a pure function of frame, table and rules.
-//! - [`rules`]: the connection's match rules, as the bus accepted them.
-//! - [`figures`]: what the shim counts, and its publication for the daemon.
+//! - `join`: the `Join` call and the member made from its answer.
+//! - `member`: a joined connection, its one state, sending and receiving.
+//! - `table`: the routing table as the member reads it.
+//! - `route`: the routing decision, a pure function of message and table.
+//! - `frame`: the frame a message travels in (routing header, SENDER, memfd).
+//! - `fanout`: `sendmsg`, and broadcasts in one `sendmmsg`.
+//! - `backlog`: per-receiver backlogs and each runtime's service that drains them.
+//! - `causal`: the progress memory: sends numbered and completed, waits before sending.
+//! - `calls`: waiting direct calls (NoReply), calls via the daemon, errors made for zbus.
+//! - `receive`: the receive check, a pure function of frame, table and rules.
+//! - `rules`: the connection's match rules, as the bus accepted them.
+//! - `figures`: what the shim counts, and its publication for the daemon.
 
 mod backlog;
 mod calls;

@@ -27,6 +27,8 @@ use crate::route::{self, Route};
 use crate::rules::Rules;
 use crate::table::{Cached, TableView};
 
+/// A connection on the fast path (made by `crate::join` from the daemon's answer), shared
+/// by its read and write halves and by the backlog service.
 pub struct Member {
     pub id: u32,
     pub unique: String,
@@ -84,8 +86,8 @@ pub struct Held {
 }
 
 impl Member {
-    /// The connection's state. (A panic while it was held left it as it was: the
-    /// bookkeeping it protects never spans a panic point halfway.)
+    /// The connection's state. A poisoned lock is taken as it is: every update under it is
+    /// a few map and counter operations that leave the state consistent at each step.
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
