@@ -19,13 +19,40 @@
 //! everything else goes to the daemon, which keeps names, policy and activation. What the
 //! application sees is the same: senders, destinations, bodies, fds, per-sender order.
 //! `docs/fastpath-protocol.md` describes the protocol.
+//!
+//! Layout:
+//! - `socket`: the zbus socket halves: Join after Hello, then each message parsed once
+//!   and handed to the member; the stream merged with the member socket.
+//! - `join`: the `Join` call and the member made from its answer.
+//! - `member`: a joined connection, its one state, sending and receiving.
+//! - `table`: the routing table as the member reads it.
+//! - `route`: the routing decision, a pure function of message and table.
+//! - `frame`: the frame a message travels in (routing header, SENDER, memfd).
+//! - `fanout`: `sendmsg`, and broadcasts in one `sendmmsg`.
+//! - `backlog`: per-receiver backlogs and each runtime's service that drains them.
+//! - `causal`: the progress memory: sends numbered and completed, waits before sending.
+//! - `calls`: waiting direct calls (NoReply), calls via the daemon, errors made for zbus.
+//! - `receive`: the receive check, a pure function of frame, table and rules.
+//! - `rules`: the connection's match rules, as the bus accepted them.
+//! - `figures`: what the shim counts, and its publication for the daemon.
 
+mod backlog;
+mod calls;
+mod causal;
+mod fanout;
+mod figures;
+mod frame;
+mod join;
 mod member;
+mod receive;
+mod route;
+mod rules;
 mod socket;
+mod table;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-pub use member::Counters;
+pub use figures::Counters;
 
 /// busd's interface on the bus object.
 pub use busd_match::protocol::INTERFACE as FASTPATH_INTERFACE;
@@ -56,11 +83,8 @@ pub async fn builder(address: &str) -> zbus::Result<zbus::connection::Builder<'s
     stream.set_nonblocking(true)?;
     let stream = tokio::net::UnixStream::from_std(stream)?;
     let counters = Arc::new(Counters::default());
-    let (read, write) = socket::split(stream, Arc::clone(&counters), backlog);
-    registry()
-        .lock()
-        .expect("counters")
-        .push(Arc::downgrade(&counters));
+    figures::register(&counters);
+    let (read, write) = socket::split(stream, counters, backlog);
     let split: zbus::connection::socket::BoxedSplit =
         zbus::connection::socket::Split::new(Box::new(read) as _, Box::new(write) as _);
     Ok(zbus::connection::Builder::socket(split))
@@ -69,21 +93,7 @@ pub async fn builder(address: &str) -> zbus::Result<zbus::connection::Builder<'s
 /// The fast path's figures for a connection this crate built; None for other connections
 /// and for those not on the fast path.
 pub fn stats(conn: &zbus::Connection) -> Option<Arc<Counters>> {
-    let key = (
-        conn.server_guid().as_str().to_string(),
-        conn.unique_name()?.to_string(),
-    );
-    let mut all = registry().lock().expect("counters");
-    // Connections that are gone no longer count.
-    all.retain(|c| c.strong_count() > 0);
-    all.iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .find(|c| c.unique.get() == Some(&key.1) && c.guid.get() == Some(&key.0))
-}
-
-fn registry() -> &'static Mutex<Vec<std::sync::Weak<Counters>>> {
-    static R: OnceLock<Mutex<Vec<std::sync::Weak<Counters>>>> = OnceLock::new();
-    R.get_or_init(Default::default)
+    figures::find(conn.server_guid().as_str(), conn.unique_name()?.as_str())
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -102,7 +112,7 @@ fn fast_target(address: &str, env: Option<&str>) -> Option<(Target, usize)> {
     let rest = address.strip_prefix("unix:")?;
     let mut path = None;
     let mut asked = env == Some("1");
-    let mut backlog = member::DEFAULT_BACKLOG_BYTES;
+    let mut backlog = backlog::DEFAULT_BACKLOG_BYTES;
     for kv in rest.split(',') {
         let (k, v) = kv.split_once('=')?;
         match k {
@@ -159,7 +169,7 @@ mod tests {
         let bound = |a: &str| fast_target(a, None).map(|(_, b)| b);
         assert_eq!(
             bound("unix:path=/b,fastpath=1"),
-            Some(member::DEFAULT_BACKLOG_BYTES)
+            Some(backlog::DEFAULT_BACKLOG_BYTES)
         );
         assert_eq!(
             bound("unix:path=/b,fastpath=1,fastpath_backlog=65536"),

@@ -2,21 +2,22 @@
 //! which, once the connection has joined the fast path, also send and take in datagrams.
 //!
 //! Joining is transparent: when the answer to zbus's Hello comes in, the read half sends
-//! `Join` (its serial comes from zbus's own counter, so it never collides); the write half
-//! holds back whatever zbus sends until the answer is in, and the read half takes the
-//! answer out of the stream. From then on,
-//! the write half routes each message (`Member::send`) and the read half merges the stream
-//! with the member socket. On any error (dbus-daemon answers UnknownInterface) the
+//! `Join`; the write half holds back whatever zbus sends until the answer is in, and the
+//! read half takes the answer out of the stream. From then on, the write half parses each
+//! message once and hands it to the member (`Member::send`), and the read half merges the
+//! stream with the member socket. On any error (dbus-daemon answers UnknownInterface) the
 //! connection simply stays on the stream.
+//!
+//! Messages reach zbus through its own decoder ([`Replay`]), so that they get zbus's
+//! receive sequence: that is zbus's one copy of them. Stream messages go to it straight
+//! from the read buffer, and what the shim needs of them is read off zbus's decoded header.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
-use busd_match::protocol::{self, JoinFds, JoinReply};
-use busd_match::MatchRule;
 use busd_wire::fds;
 use busd_wire::message::{self as wire, Message};
 use nix::sys::socket::{self, MsgFlags};
@@ -26,7 +27,10 @@ use tokio::sync::watch;
 use tracing::debug;
 use zbus::connection::socket::{ReadHalf, WriteHalf};
 
-use crate::member::{Counters, Joining, Member, Sent};
+use crate::calls::CALLEE_CHECK;
+use crate::figures::Counters;
+use crate::join;
+use crate::member::{Held, Incoming, Member, Sent};
 
 #[derive(Clone)]
 enum Phase {
@@ -39,8 +43,10 @@ enum Phase {
     Standard,
 }
 
-/// How often callees of direct calls still waiting for replies are checked.
-const CALLEE_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a broadcast waits, at most, for the bus's answer to an AddMatch that would
+/// want it (the D-Bus default reply timeout). The bus answers long before unless it is
+/// gone; past it the AddMatch counts as refused for that broadcast.
+const HOLD_AT_MOST: Duration = Duration::from_secs(25);
 
 struct Shared {
     stream: UnixStream,
@@ -50,12 +56,6 @@ struct Shared {
     counters: Arc<Counters>,
     /// Bytes one receiver's backlog may hold (`fastpath_backlog=` in the address).
     backlog_bound: usize,
-    /// Rules of this connection, for the exact check of what the kernel filter let in,
-    /// kept from the AddMatch and RemoveMatch calls zbus sends.
-    rules: Mutex<Vec<MatchRule>>,
-    /// Calls that came through the daemon (sender, serial): their replies go back through
-    /// it too, so that its reply bookkeeping (requested replies, NoReply) stays exact.
-    stream_calls: Mutex<std::collections::HashSet<(String, u32)>>,
 }
 
 pub fn split(
@@ -69,18 +69,18 @@ pub fn split(
         phase: watch::channel(Phase::Start).0,
         counters,
         backlog_bound,
-        rules: Mutex::new(Vec::new()),
-        stream_calls: Mutex::new(std::collections::HashSet::new()),
     });
     (
         ShimRead {
             shared: Arc::clone(&shared),
             buf: Vec::new(),
+            pos: 0,
             fds: VecDeque::new(),
             started: false,
             chunk: vec![0; 64 * 1024],
             datagram: Vec::new(),
-            made: VecDeque::new(),
+            held: None,
+            rules_changed: false,
         },
         ShimWrite { shared },
     )
@@ -88,14 +88,18 @@ pub fn split(
 
 pub struct ShimRead {
     shared: Arc<Shared>,
-    /// Stream bytes not yet making a whole message.
+    /// Stream bytes read and not yet handed on: `buf[pos..]`.
     buf: Vec<u8>,
+    pos: usize,
     fds: VecDeque<OwnedFd>,
     started: bool,
     chunk: Vec<u8>,
     datagram: Vec<u8>,
-    /// Errors made here for zbus (NoReply for direct calls whose callee left).
-    made: VecDeque<Vec<u8>>,
+    /// A broadcast waiting for the bus's answer to an AddMatch; no frame is taken while
+    /// one waits.
+    held: Option<Held>,
+    /// The bus answered an AddMatch or RemoveMatch since the held broadcast was judged.
+    rules_changed: bool,
 }
 
 pub struct ShimWrite {
@@ -172,127 +176,133 @@ impl Shared {
 
     /// Sends `Join` on the stream (once, after Hello).
     async fn send_join(&self) -> zbus::Result<()> {
-        let join = zbus::Message::method_call(protocol::PATH, protocol::JOIN)?
-            .destination("org.freedesktop.DBus")?
-            .interface(protocol::INTERFACE)?
-            .build(&())?;
+        let join = join::call()?;
         let serial = join.primary_header().serial_num().get();
         self.phase.send_replace(Phase::Joining(serial));
         self.write_all(join.data(), &[]).await?;
         Ok(())
     }
 
-    /// Keeps the rule list in step with what zbus asks the bus for.
-    fn note_rules(&self, msg: &Message) {
-        if msg.destination() != Some("org.freedesktop.DBus")
-            || msg.interface() != Some("org.freedesktop.DBus")
-        {
-            return;
-        }
-        let add = match msg.member() {
-            Some("AddMatch") => true,
-            Some("RemoveMatch") => false,
-            _ => return,
-        };
-        let Ok(text) = msg.body_reader().string() else {
-            return;
-        };
-        let Ok(rule) = MatchRule::parse(text) else {
-            return;
-        };
-        let mut rules = self.rules.lock().expect("rules lock");
-        if add {
-            rules.push(rule);
-        } else if let Some(i) = rules.iter().position(|r| r == &rule) {
-            rules.remove(i);
-        }
-        if let Phase::Joined(m) = &*self.phase.borrow() {
-            *m.rules.lock().expect("rules lock") = rules.clone();
+    fn joined(&self) -> Option<Arc<Member>> {
+        match &*self.phase.borrow() {
+            Phase::Joined(m) => Some(Arc::clone(m)),
+            _ => None,
         }
     }
 }
 
-/// A finished message handed to zbus's own decoding (so it gets zbus's receive sequence).
+/// A finished message handed to zbus's own decoding (so it gets zbus's receive sequence):
+/// `bytes[pos..end]`. It never waits, so zbus's decoding of it completes in one poll.
 #[derive(Debug)]
 struct Replay {
     bytes: Vec<u8>,
     pos: usize,
+    end: usize,
     fds: Vec<OwnedFd>,
 }
 
 #[async_trait::async_trait]
 impl ReadHalf for Replay {
     async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-        let n = buf.len().min(self.bytes.len() - self.pos);
+        let n = buf.len().min(self.end - self.pos);
         buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
         self.pos += n;
         Ok((n, std::mem::take(&mut self.fds)))
     }
 }
 
+impl Replay {
+    async fn decode(&mut self, seq: u64) -> zbus::Result<zbus::Message> {
+        self.receive_message(seq, &mut Vec::new(), &mut Vec::new())
+            .await
+    }
+}
+
 async fn to_zbus(bytes: Vec<u8>, fds: Vec<OwnedFd>, seq: u64) -> zbus::Result<zbus::Message> {
-    let mut r = Replay { bytes, pos: 0, fds };
-    r.receive_message(seq, &mut Vec::new(), &mut Vec::new())
-        .await
+    let end = bytes.len();
+    Replay {
+        bytes,
+        pos: 0,
+        end,
+        fds,
+    }
+    .decode(seq)
+    .await
 }
 
 impl ShimRead {
-    /// A whole message from the stream buffer, if there is one.
-    fn take_stream_message(&mut self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
-        if self.buf.len() < 16 {
+    /// The next whole message in the stream buffer: where it ends, and its fds.
+    fn next_stream_message(&mut self) -> Option<(usize, Vec<OwnedFd>)> {
+        let rest = &self.buf[self.pos..];
+        if rest.len() < wire::FIXED_HEADER_SIZE {
             return None;
         }
-        let len = wire::total_length(&self.buf[..16]).ok()?;
-        if self.buf.len() < len {
+        let len = wire::total_length(&rest[..wire::FIXED_HEADER_SIZE]).ok()?;
+        if rest.len() < len {
             return None;
         }
-        let rest = self.buf.split_off(len);
-        let bytes = std::mem::replace(&mut self.buf, rest);
-        let n = (wire::declared_unix_fds(&bytes) as usize).min(self.fds.len());
-        let fds = self.fds.drain(..n).collect();
-        Some((bytes, fds))
+        let n = (wire::declared_unix_fds(&rest[..len]) as usize).min(self.fds.len());
+        Some((self.pos + len, self.fds.drain(..n).collect()))
+    }
+
+    /// Hands zbus the stream message `buf[pos..end]` from the buffer itself (lent to
+    /// [`Replay`] and taken back: the decoding never waits, so nothing can cancel it
+    /// halfway).
+    async fn stream_to_zbus(
+        &mut self,
+        end: usize,
+        fds: Vec<OwnedFd>,
+        seq: u64,
+    ) -> zbus::Result<zbus::Message> {
+        let mut r = Replay {
+            bytes: std::mem::take(&mut self.buf),
+            pos: self.pos,
+            end,
+            fds,
+        };
+        let msg = r.decode(seq).await;
+        self.buf = r.bytes;
+        self.pos = end;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        msg
     }
 
     /// The answer to our Join: set up the member, or stay on the stream.
     fn joined(&self, answer: &Message, fds: Vec<OwnedFd>) {
-        let member = (|| -> Result<Member, String> {
-            if answer.msg_type() != wire::METHOD_RETURN {
-                return Err(answer.error_name().unwrap_or("no answer").to_string());
-            }
-            let reply = JoinReply::decode(&mut answer.body_reader())
-                .map_err(|_| format!("an answer of signature {}", answer.signature()))?;
-            let unique = answer.destination().ok_or("no destination")?.to_string();
-            let fds = JoinFds::from_vec(fds).ok_or("the answer carries no sockets")?;
-            let m = Member::new(
-                Joining {
-                    id: reply.member,
-                    unique,
-                    dir: PathBuf::from(reply.directory),
-                    socket: fds.socket,
-                    table: fds.table,
-                    progress: fds.progress,
-                    slot: reply.slot,
-                },
-                Arc::clone(&self.shared.counters),
-                self.shared.backlog_bound,
-            )
-            .map_err(|e| e.to_string())?;
-            *m.rules.lock().expect("rules lock") =
-                self.shared.rules.lock().expect("rules lock").clone();
-            Ok(m)
-        })();
-        let phase = match member {
+        let shared = &self.shared;
+        let phase = match join::answered(answer, fds, &shared.counters, shared.backlog_bound) {
             Ok(m) => {
                 debug!(member = m.id, "joined the fast path");
-                let _ = self.shared.counters.unique.set(m.unique.clone());
-                Phase::Joined(Arc::new(m))
+                let _ = shared.counters.unique.set(m.unique.clone());
+                Phase::Joined(m)
             }
             Err(e) => {
                 debug!("the fast path is not available: {e}");
                 Phase::Standard
             }
         };
-        self.shared.phase.send_replace(phase);
+        shared.phase.send_replace(phase);
+    }
+
+    /// The held broadcast, if the bus's answers settled it (or it waited too long): Some
+    /// when it goes to zbus now.
+    fn settle_held(&mut self, m: &Arc<Member>) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        let held = self.held.take()?;
+        let expired = held.since.elapsed() >= HOLD_AT_MOST;
+        if !std::mem::take(&mut self.rules_changed) && !expired {
+            self.held = Some(held);
+            return None;
+        }
+        match m.judge_held(held, expired)? {
+            Incoming::Message(bytes, fds) => Some((bytes, fds)),
+            Incoming::Held(still) => {
+                self.held = Some(still);
+                None
+            }
+        }
     }
 }
 
@@ -310,85 +320,74 @@ impl ReadHalf for ShimRead {
             self.fds.extend(already_received_fds.drain(..));
         }
         loop {
-            while let Some((bytes, fds)) = self.take_stream_message() {
+            let member = self.shared.joined();
+            if let Some(m) = &member {
+                if let Some((bytes, fds)) = self.settle_held(m) {
+                    return to_zbus(bytes, fds, seq).await;
+                }
+            }
+            if let Some((end, fds)) = self.next_stream_message() {
                 let join_serial = match &*self.shared.phase.borrow() {
                     Phase::Joining(s) => Some(*s),
                     _ => None,
                 };
                 if let Some(serial) = join_serial {
-                    if let Ok(m) = Message::parse(bytes.clone(), Vec::new()) {
-                        if m.reply_serial() == Some(serial) {
-                            self.joined(&m, fds);
+                    // (Once per connection: the messages before Join's answer.)
+                    if let Ok(answer) = Message::parse(self.buf[self.pos..end].to_vec(), Vec::new())
+                    {
+                        if answer.reply_serial() == Some(serial) {
+                            self.pos = end;
+                            self.joined(&answer, fds);
                             continue;
                         }
                     }
                 }
-                let joined = match &*self.shared.phase.borrow() {
-                    Phase::Joined(m) => Some(Arc::clone(m)),
-                    _ => None,
-                };
-                match joined {
-                    Some(m) => {
-                        let call = bytes[1] == wire::METHOD_CALL
-                            && bytes[2] & wire::FLAG_NO_REPLY_EXPECTED == 0;
-                        if call || m.has_pending_calls() {
-                            if let Ok(msg) = Message::parse(bytes.clone(), Vec::new()) {
-                                if let Some(r) = msg.reply_serial() {
-                                    m.note_reply(r);
-                                }
-                                if let (true, Some(sender)) = (call, msg.sender()) {
-                                    let mut calls =
-                                        self.shared.stream_calls.lock().expect("calls lock");
-                                    // Bounded: past this, replies go directly (still
-                                    // delivered; only the daemon's accounting suffers).
-                                    if calls.len() < 65536 {
-                                        calls.insert((sender.to_string(), msg.serial()));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    None => {
-                        if matches!(*self.shared.phase.borrow(), Phase::Start) {
-                            // The first message after authenticating answers Hello.
-                            self.shared.send_join().await?;
-                        }
-                    }
+                if matches!(*self.shared.phase.borrow(), Phase::Start) {
+                    // The first message after authenticating answers Hello.
+                    self.shared.send_join().await?;
                 }
-                return to_zbus(bytes, fds, seq).await;
+                let msg = self.stream_to_zbus(end, fds, seq).await?;
+                if let Some(m) = &member {
+                    self.rules_changed |= m.note_stream_message(&msg);
+                }
+                return Ok(msg);
             }
-            if let Some(error) = self.made.pop_front() {
-                return to_zbus(error, Vec::new(), seq).await;
+            if let Some(made) = member.as_ref().and_then(|m| m.take_made()) {
+                return to_zbus(made, Vec::new(), seq).await;
             }
-            let member = match &*self.shared.phase.borrow() {
-                Phase::Joined(m) => Some(Arc::clone(m)),
-                _ => None,
-            };
-            let (shared, chunk, datagram) = (&self.shared, &mut self.chunk, &mut self.datagram);
-            let (n, fds) = match member {
+            let Self {
+                shared,
+                chunk,
+                datagram,
+                held,
+                ..
+            } = self;
+            let (n, fds) = match &member {
                 None => shared.recvmsg(chunk).await?,
                 Some(m) => {
                     // Whatever is ready to read goes first; while direct calls wait for
                     // replies, their callees are checked now and then (a reply queued
                     // before the callee left is always read before its absence is noticed).
-                    let made = m.take_made();
-                    if !made.is_empty() {
-                        self.made.extend(made);
-                        continue;
-                    }
-                    let watching = m.has_pending_calls();
+                    let watching = m.calls_waiting();
+                    let hold_ends = held.as_ref().map(|h| h.since + HOLD_AT_MOST);
                     tokio::select! {
                         biased;
                         r = shared.recvmsg(chunk) => r?,
-                        frame = m.receive(datagram) => {
-                            let (bytes, fds) = frame?;
-                            return to_zbus(bytes, fds, seq).await;
-                        }
-                        _ = tokio::time::sleep(CALLEE_CHECK), if watching => {
-                            self.made.extend(m.orphaned_calls());
+                        incoming = m.receive(datagram), if hold_ends.is_none() => {
+                            match incoming? {
+                                Incoming::Message(bytes, fds) => {
+                                    return to_zbus(bytes, fds, seq).await
+                                }
+                                Incoming::Held(h) => *held = Some(h),
+                            }
                             continue;
                         }
-                        _ = m.calls_changed.notified(), if !watching => continue,
+                        _ = tokio::time::sleep(CALLEE_CHECK), if watching => {
+                            m.check_callees();
+                            continue;
+                        }
+                        _ = m.wake.notified(), if !watching => continue,
+                        _ = sleep_until(hold_ends) => continue,
                     }
                 }
             };
@@ -398,6 +397,10 @@ impl ReadHalf for ShimRead {
                     "the bus closed the connection",
                 )
                 .into());
+            }
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
             self.fds.extend(fds);
@@ -430,6 +433,14 @@ impl ReadHalf for ShimRead {
     }
 }
 
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[async_trait::async_trait]
 impl WriteHalf for ShimWrite {
     async fn send_message(&mut self, msg: &zbus::Message) -> zbus::Result<()> {
@@ -445,41 +456,21 @@ impl WriteHalf for ShimWrite {
             .await
             .map(|p| p.clone())
             .unwrap_or(Phase::Standard);
-        // Everything that needs the parsed message happens here, before any waiting.
-        let plan = Message::parse(data.to_vec(), Vec::new())
-            .ok()
-            .and_then(|m| {
-                self.shared.note_rules(&m);
-                match &phase {
-                    Phase::Joined(member) => {
-                        let through_daemon = match (m.reply_serial(), m.destination()) {
-                            (Some(r), Some(d)) => self
-                                .shared
-                                .stream_calls
-                                .lock()
-                                .expect("calls lock")
-                                .remove(&(d.to_string(), r)),
-                            _ => false,
-                        };
-                        m.forward(&member.unique)
-                            .map(|m| member.plan(&m, through_daemon))
-                    }
-                    _ => None,
-                }
-            });
-        match (phase, plan) {
-            (Phase::Joined(member), Some(plan)) => match member.send(plan, &raw).await? {
-                Sent::Done => Ok(()),
-                Sent::TooLarge => {
-                    member
-                        .counters
-                        .via_stream
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    crate::member::touched();
-                    Ok(self.shared.write_all(data, &raw).await?)
-                }
-            },
-            _ => Ok(self.shared.write_all(data, &raw).await?),
+        let Phase::Joined(member) = phase else {
+            return Ok(self.shared.write_all(data, &raw).await?);
+        };
+        // Parsed once (one copy of zbus's bytes): the routing, the frame (which shares the
+        // body) and the rule bookkeeping all read this.
+        let Ok(parsed) = Message::parse(data.to_vec(), Vec::new()) else {
+            return Ok(self.shared.write_all(data, &raw).await?);
+        };
+        match member.send(&parsed, &raw).await? {
+            Sent::Done => Ok(()),
+            Sent::TooLarge => {
+                Counters::add(&member.counters.via_stream, 1);
+                member.figures.touched();
+                Ok(self.shared.write_all(data, &raw).await?)
+            }
         }
     }
 

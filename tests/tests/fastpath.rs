@@ -651,6 +651,57 @@ async fn receivers_drop_frames_that_lie_about_their_sender() {
     );
 }
 
+/// The shim wants only what the bus accepted: a rule the bus refused (here past
+/// `max_match_rules_per_connection`) lets nothing through, even a broadcast that reaches
+/// the member's socket (addressed to it in the routing header, which the kernel filter
+/// passes whatever the rules); it is dropped and counted, and accepted rules still work.
+#[tokio::test]
+async fn a_rule_the_bus_refused_lets_no_broadcast_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = busd_tests::write_config(
+        dir.path(),
+        "rules.conf",
+        r#"<busconfig>
+  <include>/usr/share/dbus-1/session.conf</include>
+  <limit name="max_match_rules_per_connection">1</limit>
+</busconfig>"#,
+    );
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    let receiver = shim(&bus, "").await;
+    add_match(&receiver, "type='signal',member='Pong'").await;
+    let refused = zbus::fdo::DBusProxy::new(&receiver)
+        .await
+        .unwrap()
+        .add_match_rule(MatchRule::try_from("type='signal',member='Ping'").unwrap())
+        .await;
+    assert!(
+        matches!(refused, Err(zbus::fdo::Error::LimitsExceeded(_))),
+        "{refused:?}"
+    );
+    let mut signals = MessageStream::from(&receiver);
+    let counters = busd_shim::stats(&receiver).expect("on the fast path");
+    let m = member(&bus).await;
+    let id = member_id(&receiver);
+    m.send_to(id, &m.frame(SIGNAL, id, None, "Ping")).unwrap();
+    m.send_to(id, &m.frame(SIGNAL, id, None, "Pong")).unwrap();
+    let got = timeout(async {
+        loop {
+            let msg = signals.next().await.unwrap().unwrap();
+            match msg.header().member().map(|m| m.to_string()) {
+                Some(name) if name == "Ping" || name == "Pong" => return name,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "Pong", "the refused rule let Ping through");
+    assert_eq!(
+        counters.filtered.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
 fn member_id(conn: &Connection) -> u32 {
     let n: u32 = conn.unique_name().unwrap()[3..].parse().unwrap();
     n + 1
