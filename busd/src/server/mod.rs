@@ -1,6 +1,7 @@
 //! The I/O shell: listening sockets, connections, and the single-threaded event loop that
 //! feeds the bus state machine and carries out its effects.
 
+mod children;
 mod conn;
 pub mod fastpath;
 pub mod identity;
@@ -9,7 +10,6 @@ pub mod notify;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -20,15 +20,16 @@ use busd_policy::CompiledPolicy;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use tracing::{debug, info, warn};
 
-use crate::bus::activation::{ChildExit, ServiceEntry};
+use crate::bus::activation::ServiceEntry;
 use crate::bus::{Bus, Effect, PeerId};
 use busd_wire::sasl::Mechanism;
 
+pub use children::raise_descriptor_limit;
 pub use listen::{bind, Listener};
 
+use children::Children;
 use conn::{Conn, ReadOutcome};
 
 /// What the server needs from the configuration, re-read on ReloadConfig.
@@ -87,12 +88,8 @@ pub struct Server {
     control: Control,
     /// Changes in the watched directories.
     inotify: Inotify,
-    /// Processes started for activation, by the bus's child id, with a pidfd each that
-    /// becomes readable when the process ends (None where the kernel or a seccomp filter
-    /// refuses pidfd_open: those are polled, see [`CHILD_POLL`]).
-    children: HashMap<u64, (std::process::Child, Option<OwnedFd>)>,
-    /// DBUS_STARTER_ADDRESS and friends, given to every started service.
-    starter_env: Vec<(String, String)>,
+    /// Processes started for activation.
+    children: Children,
     /// systemd's readiness notifications.
     notifier: notify::Notifier,
     /// The fast path's sockets and routing table (None with --fastpath=off).
@@ -108,9 +105,6 @@ const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
 const FAST_INBOX: usize = 1 << 48;
 /// Set in the token of a started process's pidfd (the rest is the bus's child id).
 const CHILD: usize = 1 << 47;
-
-/// How often started processes without a pidfd are checked for their end.
-const CHILD_POLL: Duration = Duration::from_millis(100);
 
 const STOP: u8 = 1;
 const RELOAD: u8 = 2;
@@ -145,38 +139,6 @@ impl Control {
     fn take(&self) -> u8 {
         self.requests.swap(0, Ordering::AcqRel)
     }
-}
-
-/// The descriptor limit busd was started with, given back to the services it starts.
-static STARTED_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-
-/// Raises the soft descriptor limit to the hard one: busd waits with epoll (no select()
-/// ceiling), every connection costs a descriptor and a fast-path member three, and a
-/// session's default soft limit (1024) would otherwise cap the bus. Services get the
-/// original limit back (see `spawn`). Returns the limits now in force.
-pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let _ = STARTED_NOFILE.set((soft, hard));
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok((hard, hard))
-}
-
-/// The signals busd's main thread hands to a [`Control`] (see main.rs), plus SIGCHLD:
-/// whatever of them is blocked here is unblocked in started services.
-pub fn handled_signals() -> SigSet {
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGHUP,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGCHLD,
-    ] {
-        mask.add(s);
-    }
-    mask
 }
 
 impl Server {
@@ -223,8 +185,7 @@ impl Server {
             accept_failing: false,
             control,
             inotify,
-            children: HashMap::new(),
-            starter_env,
+            children: Children::new(starter_env, CHILD),
             notifier,
             fast,
             read_buf: vec![0; conn::READ_CHUNK],
@@ -295,7 +256,9 @@ impl Server {
                     self.dirty.push(token);
                 }
             }
-            self.reap_polled_children();
+            for child in self.children.polled() {
+                self.reap_child(child);
+            }
             self.expire();
             self.flush_dirty();
             self.resume_paused();
@@ -355,122 +318,12 @@ impl Server {
         }
     }
 
-    /// Starts a service's process as dbus-daemon does: the daemon's environment with the
-    /// activation environment over it, the daemon's stdio, no PATH search.
-    /// Returns why it could not be started.
-    fn spawn(
-        &mut self,
-        child: u64,
-        service: &str,
-        argv: &[String],
-        env: &[(String, String)],
-    ) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
-        let Some((program, args)) = argv.split_first() else {
-            return Ok(());
-        };
-        // execve() without a search path, like dbus-daemon: a bare name is relative.
-        let program = if program.contains('/') {
-            program.clone()
-        } else {
-            format!("./{program}")
-        };
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args)
-            .envs(env.iter().cloned())
-            .envs(self.starter_env.iter().cloned());
-        let nofile = STARTED_NOFILE.get().copied();
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (sigprocmask, signal, setrlimit).
-        unsafe {
-            cmd.pre_exec(move || {
-                let mask = handled_signals();
-                nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None)?;
-                // dbus-daemon's services start with SIGPIPE ignored.
-                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-                if let Some((soft, hard)) = nofile {
-                    nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        soft,
-                        hard,
-                    )?;
-                }
-                Ok(())
-            });
-        }
-        match cmd.spawn() {
-            Ok(c) => {
-                debug!(service, pid = c.id(), "started");
-                // Its end is seen on a pidfd: no SIGCHLD, so the process's signal mask is
-                // its owner's business (an embedding program, main.rs's signal thread).
-                let watched = pidfd_open(c.id()).and_then(|fd| {
-                    self.poll.registry().register(
-                        &mut SourceFd(&fd.as_raw_fd()),
-                        Token(CHILD | child as usize),
-                        Interest::READABLE,
-                    )?;
-                    Ok(fd)
-                });
-                let pidfd = match watched {
-                    Ok(fd) => Some(fd),
-                    Err(e) => {
-                        // Older kernels (before 5.3) and some seccomp profiles: poll it.
-                        debug!("no pidfd for a started process ({e}); polling it");
-                        None
-                    }
-                };
-                self.children.insert(child, (c, pidfd));
-                Ok(())
-            }
-            Err(e) => Err(e
-                .raw_os_error()
-                .map(|n| nix::errno::Errno::from_raw(n).desc().to_string())
-                .unwrap_or_else(|| e.to_string())),
-        }
-    }
-
-    /// A started process's pidfd became readable (or, without one, it is polled): if it
-    /// ended, the bus hears how.
-    fn reap_child(&mut self, id: u64) {
-        use std::os::unix::process::ExitStatusExt;
-        let Some((c, _)) = self.children.get_mut(&id) else {
-            return;
-        };
-        let status = match c.try_wait() {
-            Ok(Some(status)) => Some(status),
-            Ok(None) => return,
-            Err(e) => {
-                // Someone else reaped it (an embedder's waitpid(-1), SIGCHLD ignored): its
-                // status is lost; the start ends at service_start_timeout.
-                warn!("cannot collect a started process: {e}");
-                None
-            }
-        };
-        if let Some((_, Some(fd))) = self.children.remove(&id) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&fd.as_raw_fd()));
-        }
-        let how = match status.map(|s| (s.code(), s.signal())) {
-            Some((Some(code), _)) => ChildExit::Exited(code),
-            Some((None, Some(sig))) => ChildExit::Signaled(sig),
-            _ => return,
-        };
-        self.bus.child_exited(id, how);
-        self.apply_effects();
-    }
-
-    /// Checks the started processes that have no pidfd.
-    fn reap_polled_children(&mut self) {
-        let polled: Vec<u64> = self
-            .children
-            .iter()
-            .filter(|(_, (_, fd))| fd.is_none())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in polled {
-            self.reap_child(id);
+    /// A started process's pidfd became readable (or it is polled): if it ended, the bus
+    /// hears how.
+    fn reap_child(&mut self, child: u64) {
+        if let Some(how) = self.children.reap(self.poll.registry(), child) {
+            self.bus.child_exited(child, how);
+            self.apply_effects();
         }
     }
 
@@ -503,12 +356,7 @@ impl Server {
             .flat_map(|c| [c.auth_deadline(), c.fds_deadline(fd_timeout)])
             .flatten()
             .chain(self.bus.next_deadline())
-            .chain(
-                self.children
-                    .values()
-                    .any(|(_, fd)| fd.is_none())
-                    .then(|| Instant::now() + CHILD_POLL),
-            )
+            .chain(self.children.next_poll())
             .min()
     }
 
@@ -731,14 +579,15 @@ impl Server {
                         argv,
                         env,
                     } => {
-                        if let Err(reason) = self.spawn(child, &service, &argv, &env) {
+                        let registry = self.poll.registry();
+                        if let Err(reason) =
+                            self.children.spawn(registry, child, &service, &argv, &env)
+                        {
                             feedback.push(Feedback::SpawnFailed { child, reason });
                         }
                     }
                     Effect::Kill { child } => {
-                        if let Some((c, _)) = self.children.get_mut(&child) {
-                            let _ = c.kill();
-                        }
+                        self.children.kill(child);
                     }
                     Effect::FastJoin {
                         peer,
@@ -954,15 +803,4 @@ impl Server {
             self.apply_effects();
         }
     }
-}
-
-/// A descriptor that becomes readable when process `pid` (our child, not yet reaped) ends.
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
