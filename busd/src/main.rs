@@ -226,7 +226,7 @@ fn run(options: Options) -> Result<()> {
         return Ok(());
     }
     if options.introspect {
-        print!("{}", busd::bus::introspection_xml("/org/freedesktop/DBus"));
+        println!("{}", busd::bus::introspection_xml("/org/freedesktop/DBus"));
         return Ok(());
     }
     init_logging(&options);

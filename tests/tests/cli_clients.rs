@@ -323,3 +323,44 @@ fn busd_top_lists_connections_with_their_names_and_processes() {
         .unwrap_or_else(|| panic!("{out}"));
     assert!(line.contains("python3"), "{line}");
 }
+
+/// The driver's introspection data, from `--introspect` and from a live `Introspect` call,
+/// is dbus-daemon 1.14's, but for busd's own fast-path interface (ActivatableServicesChanged
+/// declared, properties before signals).
+#[test]
+fn introspection_is_dbus_daemons_plus_the_fast_path_interface() {
+    require("gdbus");
+    let daemon = busd_tests::dbus_daemon();
+    /// Removes busd's own interface, which dbus-daemon does not have.
+    fn without_fast_path(xml: &str) -> String {
+        let start = xml
+            .find("  <interface name=\"org.freedesktop.busd.FastPath1\">")
+            .expect("busd declares its fast-path interface");
+        let end = start + xml[start..].find("  </interface>\n").unwrap() + "  </interface>\n".len();
+        format!("{}{}", &xml[..start], &xml[end..])
+    }
+    let flag = |program: &std::path::Path| {
+        let out = Command::new(program).arg("--introspect").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(without_fast_path(&flag(&busd_binary())), flag(&daemon));
+    let live = |bus: &Busd| {
+        let (ok, out, err) = run(Command::new("gdbus").args([
+            "introspect",
+            "--xml",
+            "--address",
+            &bus.address,
+            "--dest",
+            "org.freedesktop.DBus",
+            "--object-path",
+            "/org/freedesktop/DBus",
+        ]));
+        assert!(ok, "{err}");
+        out
+    };
+    let ours = live(&Busd::start());
+    assert!(ours.contains("<signal name=\"ActivatableServicesChanged\">"));
+    let theirs = live(&Busd::start_program(&daemon, &["--session"]));
+    assert_eq!(without_fast_path(&ours), theirs);
+}
