@@ -151,6 +151,8 @@ pub struct Bus {
     names: names::NameRegistry,
     matches: matches::MatchRegistry,
     monitors: Vec<PeerId>,
+    /// The monitors' rules, counted in Debug.Stats as dbus-daemon counts them.
+    monitor_rules: usize,
     replies: reply::ReplyRegistry,
     /// One client policy per distinct identity, rebuilt on reload.
     policy_cache: HashMap<ClientIdentity, Rc<ClientPolicy>>,
@@ -175,6 +177,7 @@ impl Bus {
             names: names::NameRegistry::default(),
             matches: matches::MatchRegistry::default(),
             monitors: Vec::new(),
+            monitor_rules: 0,
             replies: reply::ReplyRegistry::default(),
             policy_cache: HashMap::new(),
             now: Instant::now(),
@@ -753,6 +756,8 @@ impl Bus {
         self.release_all_names(id);
         if self.monitors.contains(&id) {
             self.monitors.retain(|&m| m != id);
+            let rules = self.peers.get(&id).and_then(|p| p.monitor.as_ref());
+            self.monitor_rules -= rules.map_or(0, Vec::len);
             self.fast_monitors_changed();
         }
         let orphaned = self.replies.forget_peer(id);

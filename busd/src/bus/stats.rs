@@ -21,10 +21,21 @@ pub(super) struct Peaks {
 }
 
 impl Bus {
-    /// Call after a connection gained a match rule.
+    /// Every match rule on the bus, monitors' included (as dbus-daemon counts them).
+    pub(super) fn match_rule_count(&self) -> usize {
+        self.matches.len() + self.monitor_rules
+    }
+
+    /// A connection's match rules, or its monitor rules.
+    fn rules_of_peer(&self, peer: PeerId) -> usize {
+        let monitor = self.peers.get(&peer).and_then(|p| p.monitor.as_ref());
+        self.matches.rules_of(peer).len() + monitor.map_or(0, Vec::len)
+    }
+
+    /// Call after a connection gained a match rule (or became a monitor).
     pub(super) fn note_match_rules(&mut self, peer: PeerId) {
-        let total = self.matches.len() as u32;
-        let mine = self.matches.rules_of(peer).len() as u32;
+        let total = self.match_rule_count() as u32;
+        let mine = self.rules_of_peer(peer) as u32;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -73,7 +84,7 @@ pub(super) fn get_stats(
     bus.peaks.stats_serial = serial.wrapping_add(1);
     let active = bus.peers.active_count() as u32;
     let incomplete = bus.peers.len() as u32 - active;
-    let rules = bus.matches.len() as u32;
+    let rules = bus.match_rule_count() as u32;
     let mut w = compose::writer();
     let a = w.begin_array(8);
     add_u(&mut w, "Serial", serial);
@@ -117,11 +128,7 @@ pub(super) fn get_connection_stats(
     let mut w = compose::writer();
     let a = w.begin_array(8);
     add_u(&mut w, "Serial", serial);
-    add_u(
-        &mut w,
-        "MatchRules",
-        bus.matches.rules_of(peer).len() as u32,
-    );
+    add_u(&mut w, "MatchRules", bus.rules_of_peer(peer) as u32);
     add_u(&mut w, "PeakMatchRules", p.peak_rules);
     add_u(
         &mut w,

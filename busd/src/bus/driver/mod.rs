@@ -735,10 +735,12 @@ fn become_monitor(
     // The calls it made and those it owed a reply to are forgotten (without NoReply, as
     // busd always did here; their callers' counts go down now).
     bus.replies.forget_peer(from);
+    bus.monitor_rules += rules.len();
     if let Some(p) = bus.peers.get_mut(&from) {
         p.monitor = Some(rules);
     }
     bus.monitors.push(from);
+    bus.note_match_rules(from);
     Ok(None)
 }
 
