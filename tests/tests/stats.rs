@@ -55,7 +55,10 @@ fn rules_with_monitors(bus: &Busd, monitors: usize) -> (u32, u32) {
         let reply = get_stats(bus);
         let rules = stat(&reply, "MatchRules").expect("MatchRules");
         if rules as usize >= monitors || Instant::now() > deadline {
-            return (rules, stat(&reply, "PeakMatchRules").expect("PeakMatchRules"));
+            return (
+                rules,
+                stat(&reply, "PeakMatchRules").expect("PeakMatchRules"),
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -67,6 +70,9 @@ fn monitors_rules_count_in_get_stats_as_with_dbus_daemon() {
     require("dbus-send");
     let ours = rules_with_monitors(&Busd::start(), 2);
     let theirs = rules_with_monitors(&Busd::start_program(&dbus_daemon(), &["--session"]), 2);
-    assert_eq!(ours, theirs, "(MatchRules, PeakMatchRules): busd, dbus-daemon");
+    assert_eq!(
+        ours, theirs,
+        "(MatchRules, PeakMatchRules): busd, dbus-daemon"
+    );
     assert_eq!(ours, (2, 2));
 }

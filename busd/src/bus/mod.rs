@@ -350,10 +350,12 @@ impl Bus {
             return;
         }
         let active = peer.unique.is_some();
-        let sender_name = peer
-            .unique
-            .clone()
-            .unwrap_or_else(|| ":not.active.yet".to_string());
+        let sender_name = match &peer.unique {
+            Some(u) => u.clone(),
+            // Monitors see Hello from the name it is about to give, as dbus-daemon shows it.
+            None if msg.member() == Some("Hello") => self.peers.next_unique(),
+            None => ":not.active.yet".to_string(),
+        };
         let destination = msg.destination().map(str::to_string);
 
         match destination.as_deref() {
@@ -688,15 +690,15 @@ impl Bus {
         for ev in events {
             match ev {
                 names::NameEvent::Lost { peer, name } => {
-                    if self
-                        .peers
-                        .get(&peer)
-                        .is_some_and(|p| p.unique.is_some() && !p.closing)
-                    {
-                        self.send_from_driver(
-                            Some(peer),
-                            DriverMessage::signal("NameLost", compose::body_s(&name), "s"),
-                        );
+                    let Some(p) = self.peers.get(&peer).filter(|p| p.unique.is_some()) else {
+                        continue;
+                    };
+                    let m = DriverMessage::signal("NameLost", compose::body_s(&name), "s");
+                    if p.closing {
+                        // It is leaving: only monitors see it, as with dbus-daemon.
+                        self.compose_from_driver(Some(peer), m);
+                    } else {
+                        self.send_from_driver(Some(peer), m);
                     }
                 }
                 names::NameEvent::Acquired { peer, name } => {
@@ -761,13 +763,20 @@ impl Bus {
             self.fast_monitors_changed();
         }
         let orphaned = self.replies.forget_peer(id);
-        if let Some(u) = unique {
+        // Its unique name, unless it gave it up already by becoming a monitor.
+        if let Some(u) = unique.filter(|u| self.peers.by_unique(u) == Some(id)) {
             self.peers.unname(id);
-            self.fast_names_changed(std::slice::from_ref(&u));
-            self.send_from_driver(
-                None,
-                DriverMessage::signal("NameOwnerChanged", compose::body_sss(&u, &u, ""), "sss"),
-            );
+            self.emit_name_events(vec![
+                names::NameEvent::Lost {
+                    peer: id,
+                    name: u.clone(),
+                },
+                names::NameEvent::OwnerChanged {
+                    name: u,
+                    old: Some(id),
+                    new: None,
+                },
+            ]);
         }
         // Callers still waiting for this connection hear that it left without replying.
         for key in orphaned {

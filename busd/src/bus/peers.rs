@@ -81,13 +81,8 @@ impl PeerRegistry {
     /// them) and counts it as complete. None if `id` is unknown or already has one.
     pub fn register(&mut self, id: PeerId) -> Option<String> {
         let p = self.peers.get_mut(&id).filter(|p| p.unique.is_none())?;
-        let unique = loop {
-            let candidate = format!(":1.{}", self.next_unique);
-            self.next_unique += 1;
-            if !self.by_unique.contains_key(&candidate) {
-                break candidate;
-            }
-        };
+        let (n, unique) = Self::free_name(&self.by_unique, self.next_unique);
+        self.next_unique = n + 1;
         p.unique = Some(unique.clone());
         self.by_unique.insert(unique.clone(), id);
         self.active += 1;
@@ -95,6 +90,20 @@ impl PeerRegistry {
             *self.active_per_uid.entry(uid).or_default() += 1;
         }
         Some(unique)
+    }
+
+    /// The name the next [`PeerRegistry::register`] gives (monitors see a Hello call with
+    /// it as the sender, as dbus-daemon shows them).
+    pub fn next_unique(&self) -> String {
+        Self::free_name(&self.by_unique, self.next_unique).1
+    }
+
+    /// The first `:1.N` from `from` on that designates nobody, with its N.
+    fn free_name(by_unique: &HashMap<String, PeerId>, from: u64) -> (u64, String) {
+        (from..)
+            .map(|n| (n, format!(":1.{n}")))
+            .find(|(_, name)| !by_unique.contains_key(name))
+            .expect("an unused unique name")
     }
 
     /// A connection that became a monitor: its unique name designates nobody any more (it
@@ -235,7 +244,9 @@ mod tests {
         r.insert(10, peer(Some(1000)));
         r.insert(11, peer(Some(1000)));
         r.insert(12, peer(None));
+        assert_eq!(r.next_unique(), ":1.0");
         assert_eq!(r.register(11).as_deref(), Some(":1.0"));
+        assert_eq!(r.next_unique(), ":1.1");
         assert_eq!(r.register(10).as_deref(), Some(":1.1"));
         assert_eq!(r.register(10), None, "a second Hello gets no name");
         assert_eq!(r.by_unique(":1.0"), Some(11));
