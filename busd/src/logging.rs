@@ -11,6 +11,11 @@ use std::sync::Once;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
+/// The target of the info messages dbus-daemon writes to stderr as well as to the system
+/// log (activation: "Activating service name=...", "Successfully activated service ...",
+/// "Activated service ... failed: ..."): `info!(target: JOURNAL, ...)`.
+pub const JOURNAL: &str = "busd::journal";
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
@@ -46,6 +51,8 @@ pub struct Writer;
 /// One formatted event, sent where it belongs when dropped.
 pub struct Line {
     level: Level,
+    /// An info message that stderr shows too ([`JOURNAL`]).
+    journal: bool,
     buf: Vec<u8>,
 }
 
@@ -55,6 +62,7 @@ impl<'a> MakeWriter<'a> for Writer {
     fn make_writer(&'a self) -> Line {
         Line {
             level: Level::INFO,
+            journal: false,
             buf: Vec::new(),
         }
     }
@@ -62,6 +70,7 @@ impl<'a> MakeWriter<'a> for Writer {
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
         Line {
             level: *meta.level(),
+            journal: meta.target() == JOURNAL,
             buf: Vec::new(),
         }
     }
@@ -94,9 +103,10 @@ impl Drop for Line {
         }
         let sink = SINK.load(Ordering::Relaxed);
         // The system log takes the lifecycle and activation messages (info) as well;
-        // stderr stays quiet below warnings unless RUST_LOG asked for more.
+        // stderr stays quiet below warnings, but for what dbus-daemon also writes there
+        // (activation), unless RUST_LOG asked for more.
         let to_stderr = sink != Sink::Syslog as u8
-            && (self.level <= Level::WARN || VERBOSE.load(Ordering::Relaxed));
+            && (self.level <= Level::WARN || self.journal || VERBOSE.load(Ordering::Relaxed));
         if to_stderr {
             let _ = io::stderr().write_all(&self.buf);
         }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::logging::JOURNAL;
+
 use super::compose::{self, DriverMessage};
 use super::{Bus, Effect, PeerId, DBUS_PATH};
 use crate::queue::Outgoing;
@@ -406,7 +408,7 @@ impl Bus {
         } else {
             ""
         };
-        info!("Activating service name='{name}' requested by {requester}{helper}");
+        info!(target: JOURNAL, "Activating service name='{name}' requested by {requester}{helper}");
         let child = self.activation.new_child(name);
         let env: Vec<(String, String)> = self
             .activation_env
@@ -445,15 +447,15 @@ impl Bus {
         };
         match systemd {
             Some(s) => {
-                info!("Activating via systemd: service name='{name}' unit='{unit}' requested by {requester}");
+                info!(target: JOURNAL, "Activating via systemd: service name='{name}' unit='{unit}' requested by {requester}");
                 self.deliver_from_bus(s, &msg, out);
                 Ok(())
             }
             None => {
-                info!("Activating systemd to hand-off: service name='{name}' unit='{unit}' requested by {requester}");
+                info!(target: JOURNAL, "Activating systemd to hand-off: service name='{name}' unit='{unit}' requested by {requester}");
                 self.activate(None, Request::Auto { msg, out }, SYSTEMD_NAME)
                     .inspect_err(|_| {
-                        info!("Failed to activate via systemd: service name='{name}' unit='{unit}'")
+                        info!(target: JOURNAL, "Failed to activate via systemd: service name='{name}' unit='{unit}'")
                     })
             }
         }
@@ -476,7 +478,7 @@ impl Bus {
         let Some(answers) = self.activation.start_callers(name) else {
             return;
         };
-        info!("Successfully activated service '{name}'");
+        info!(target: JOURNAL, "Successfully activated service '{name}'");
         for (peer, serial) in answers {
             if self.peers.contains_key(&peer) {
                 self.send_from_driver(
@@ -528,7 +530,7 @@ impl Bus {
                 format!("Process {name} received signal {sig}"),
             ),
         };
-        info!("Activated service '{name}' failed: {}", failure.text);
+        info!(target: JOURNAL, "Activated service '{name}' failed: {}", failure.text);
         let same_exec = self.activation.sharing_exec(&name, exec.as_deref());
         for other in same_exec {
             self.fail_activation(&other, &failure);
@@ -542,13 +544,13 @@ impl Bus {
             return;
         };
         let text = format!("Failed to execute program {name}: {reason}");
-        info!("Failed to activate service {name}: {text}");
+        info!(target: JOURNAL, "Activated service '{name}' failed: {text}");
         self.fail_activation(&name, &DriverError::new(ErrorName::SpawnExecFailed, text));
     }
 
     /// systemd reports (ActivationFailure) that it could not start `unit`.
     pub(super) fn systemd_activation_failed(&mut self, unit: &str, error_name: &str, text: &str) {
-        info!("Activation via systemd failed for unit '{unit}': {text}");
+        info!(target: JOURNAL, "Activation via systemd failed for unit '{unit}': {text}");
         let names = self.activation.for_unit(unit);
         // The error name comes from systemd; an invalid one would make an invalid message.
         let error_name = if busd_wire::names::is_valid_interface(error_name) {

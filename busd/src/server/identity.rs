@@ -90,6 +90,8 @@ pub fn command_for_pid(pid: u32) -> Option<String> {
             end -= 1;
         }
         text.truncate(end);
+        // Cut between two arguments: no trailing space (dbus-daemon shows none).
+        text.truncate(text.trim_end().len());
     }
     Some(text)
 }
