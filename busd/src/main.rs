@@ -102,7 +102,7 @@ fn load(path: &Path) -> Result<(Config, ServerConfig)> {
         .include_dirs
         .iter()
         .cloned()
-        .chain(service_dirs.into_iter().map(|d| d.path))
+        .chain(service_dirs.iter().map(|d| d.path.clone()))
         .collect();
     let server = ServerConfig {
         mechanisms: mechanisms(&config)?,
@@ -114,6 +114,7 @@ fn load(path: &Path) -> Result<(Config, ServerConfig)> {
             .map(|p| p.display().to_string()),
         services,
         watched_dirs,
+        service_dirs,
     };
     Ok((config, server))
 }

@@ -38,6 +38,7 @@ fn server_config() -> ServerConfig {
         servicehelper: None,
         services: Vec::new(),
         watched_dirs: Vec::new(),
+        service_dirs: Vec::new(),
     }
 }
 

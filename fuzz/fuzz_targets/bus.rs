@@ -254,6 +254,12 @@ fn new_bus() -> Bus {
         systemd_activation: false,
     });
     bus.set_fastpath(true);
+    bus.set_activatable(services(), false);
+    bus
+}
+
+/// What the harness's service directories hold (on every rescan too).
+fn services() -> Vec<ServiceEntry> {
     let entry = |name: &str| ServiceEntry {
         name: name.into(),
         exec: "/nonexistent/service --flag".into(),
@@ -261,14 +267,10 @@ fn new_bus() -> Bus {
         systemd_service: None,
         assumed_apparmor_label: None,
     };
-    bus.set_activatable(
-        vec![
-            entry("org.example.Activatable"),
-            entry("org.example.Broken"),
-        ],
-        false,
-    );
-    bus
+    vec![
+        entry("org.example.Activatable"),
+        entry("org.example.Broken"),
+    ]
 }
 
 struct Harness {
@@ -459,6 +461,7 @@ impl Harness {
                             *fast = false;
                         }
                     }
+                    Effect::RescanServices => self.bus.services_rescanned(services()),
                 }
             }
         }

@@ -192,3 +192,49 @@ async fn reloading_finds_new_services_and_says_so() {
     .await
     .unwrap();
 }
+
+/// A service directory that did not exist when the bus started (a fresh account's
+/// `~/.local/share/dbus-1/services`) is read when a name is asked for that no file
+/// provided, as dbus-daemon does, without a reload; compared with dbus-daemon.
+#[test]
+fn a_service_directory_created_after_start_is_read_when_a_name_is_asked_for() {
+    require("dbus-send");
+    let dir = tempfile::tempdir().unwrap();
+    let later = dir.path().join("created-later");
+    let config = write_config(
+        dir.path(),
+        "late.conf",
+        &session_config("", &format!("<servicedir>{}</servicedir>", later.display())),
+    );
+    let outcomes = both(&config, |bus| {
+        // The directory appears (with its file) only once the bus runs, and goes again
+        // before the other bus starts.
+        std::fs::create_dir(&later).unwrap();
+        std::fs::write(
+            later.join("org.example.Late.service"),
+            format!("[D-BUS Service]\nName=org.example.Late\nExec={SERVICE} org.example.Late\n"),
+        )
+        .unwrap();
+        let started = driver(
+            bus,
+            "StartServiceByName",
+            &["string:org.example.Late", "uint32:0"],
+        );
+        let unknown = driver(
+            bus,
+            "StartServiceByName",
+            &["string:org.example.NotThere", "uint32:0"],
+        );
+        std::fs::remove_dir_all(&later).unwrap();
+        vec![started, unknown]
+    });
+    assert!(outcomes[0].0, "started: {}", outcomes[0].1);
+    assert!(outcomes[0].1.contains("uint32 1"), "{}", outcomes[0].1);
+    assert!(
+        outcomes[1]
+            .1
+            .contains("org.freedesktop.DBus.Error.ServiceUnknown"),
+        "{}",
+        outcomes[1].1
+    );
+}

@@ -83,6 +83,12 @@ pub(super) struct Activation {
     /// Messages waiting, over all pending starts (max_pending_service_starts).
     waiting: usize,
     next_child: u64,
+    /// Requests for names no service file provided, waiting for the shell to read the
+    /// service directories again ([`Effect::RescanServices`]), as dbus-daemon does before
+    /// it says a name is unknown.
+    unknown: Vec<(String, Waiter)>,
+    /// Retrying those after the rescan: a name still missing is unknown.
+    retrying: bool,
 }
 
 impl Activation {
@@ -287,6 +293,26 @@ impl Bus {
         }
     }
 
+    /// The shell read the service directories again ([`Effect::RescanServices`]): the
+    /// requests that waited for it start now, or hear that their name is unknown.
+    pub fn services_rescanned(&mut self, entries: Vec<ServiceEntry>) {
+        self.activation.set_entries(entries);
+        let unknown = std::mem::take(&mut self.activation.unknown);
+        self.activation.retrying = true;
+        for (name, w) in unknown {
+            if w.peer.is_some_and(|p| !self.peers.contains_key(&p)) {
+                continue;
+            }
+            let serial = w.serial();
+            if let Err(e) = self.activate(w.peer, w.request, &name) {
+                if let Some(peer) = w.peer {
+                    self.send_from_driver(Some(peer), DriverMessage::failure(serial, &e));
+                }
+            }
+        }
+        self.activation.retrying = false;
+    }
+
     /// Names ListActivatableNames reports (the bus's own first), sorted.
     pub(super) fn activatable_names(&self) -> Vec<&str> {
         self.activation.names()
@@ -319,6 +345,19 @@ impl Bus {
         } else {
             match self.activation.entry(name) {
                 Some(e) => Some(e.clone()),
+                None if !self.activation.retrying => {
+                    // Read the directories again first (a directory created since, a file
+                    // added a moment ago): dbus-daemon does so before it says "unknown".
+                    if self.activation.unknown.is_empty() {
+                        self.effects.push(Effect::RescanServices);
+                    }
+                    let waiter = Waiter {
+                        peer: from,
+                        request,
+                    };
+                    self.activation.unknown.push((name.to_string(), waiter));
+                    return Ok(());
+                }
                 None => {
                     return Err(DriverError::new(
                         ErrorName::ServiceUnknown,

@@ -143,6 +143,8 @@ pub enum Effect {
     },
     /// Close a member's fast-path sockets (it left the fast path, not the bus).
     FastLeave(PeerId),
+    /// Read the service directories again, then call [`Bus::services_rescanned`].
+    RescanServices,
 }
 
 pub struct Bus {

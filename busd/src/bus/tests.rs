@@ -6,6 +6,8 @@ use busd_wire::marshal::{Endian, Writer};
 use busd_wire::message::{encode, HeaderFields, Message};
 use std::time::Duration;
 
+use activation::ServiceEntry;
+
 /// The stock session bus's policy.
 const SESSION_POLICY: &str = r#"<policy context="default">
     <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
@@ -223,19 +225,33 @@ fn request_name_announces_in_dbus_daemon_order() {
     );
 }
 
+/// Takes the effects; a request to read the service directories again is answered with
+/// `entries` (what the shell would find), and what follows is taken too.
+fn drain_rescanned(bus: &mut Bus, entries: Vec<ServiceEntry>) -> Vec<Sent> {
+    let rescan = bus
+        .take_effects()
+        .any(|e| matches!(e, Effect::RescanServices));
+    assert!(
+        rescan,
+        "an unknown name makes the bus read its directories again"
+    );
+    bus.services_rescanned(entries);
+    drain(bus)
+}
+
 #[test]
 fn unknown_destinations_get_dbus_daemons_errors() {
     let mut b = bus();
     join(&mut b, 1);
     b.handle_message(1, call(5, "org.nobody", "org.x", "M", "", vec![]));
-    let e = drain(&mut b);
+    let e = drain_rescanned(&mut b, Vec::new());
     assert_eq!(
         e[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.ServiceUnknown")
     );
     assert_eq!(e[0].msg.reply_serial(), Some(5));
     b.handle_message(1, call(6, ":1.99", "org.x", "M", "", vec![]));
-    let e = drain(&mut b);
+    let e = drain_rescanned(&mut b, Vec::new());
     assert_eq!(
         e[0].msg.error_name(),
         Some("org.freedesktop.DBus.Error.ServiceUnknown")
@@ -244,6 +260,43 @@ fn unknown_destinations_get_dbus_daemons_errors() {
         e[0].msg.body_reader().string().unwrap(),
         "The name :1.99 was not provided by any .service files"
     );
+}
+
+#[test]
+fn a_service_file_added_after_the_last_reload_is_found_when_asked_for() {
+    let mut b = bus();
+    join(&mut b, 1);
+    let mut body = Writer::new(Endian::Little);
+    body.string("org.example.New");
+    body.u32(0);
+    b.handle_message(
+        1,
+        call(
+            5,
+            DBUS_NAME,
+            DBUS_INTERFACE,
+            "StartServiceByName",
+            "su",
+            body.into_vec(),
+        ),
+    );
+    // The directories are read again before anything is answered; they hold it now.
+    let entry = ServiceEntry {
+        name: "org.example.New".into(),
+        exec: "/usr/bin/example-new".into(),
+        user: None,
+        systemd_service: None,
+        assumed_apparmor_label: None,
+    };
+    let rescan = b
+        .take_effects()
+        .any(|e| matches!(e, Effect::RescanServices));
+    assert!(rescan);
+    b.services_rescanned(vec![entry]);
+    let spawned = b
+        .take_effects()
+        .any(|e| matches!(e, Effect::Spawn { ref service, .. } if service == "org.example.New"));
+    assert!(spawned, "the service is started");
 }
 
 fn reply(serial: u32, reply_serial: u32, dest: &str) -> Message {

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub servicehelper: Option<String>,
     /// The `.service` entries of the configured directories.
     pub services: Vec<ServiceEntry>,
+    /// Those directories, read again when a name is asked for that no file provided.
+    pub service_dirs: Vec<crate::activation::Directory>,
     /// Directories whose changes trigger a reload (configuration and service directories),
     /// as dbus-daemon watches them.
     pub watched_dirs: Vec<std::path::PathBuf>,
@@ -65,6 +67,7 @@ enum Feedback {
         serial: u32,
         result: Result<(), String>,
     },
+    Rescanned(Vec<ServiceEntry>),
 }
 
 pub struct Server {
@@ -604,6 +607,15 @@ impl Server {
                         });
                     }
                     Effect::FastLeave(peer) => self.fast_leave(peer),
+                    Effect::RescanServices => {
+                        let mut warnings = Vec::new();
+                        let entries =
+                            crate::activation::scan(&self.config.service_dirs, &mut warnings);
+                        for w in warnings {
+                            debug!("{w}");
+                        }
+                        feedback.push(Feedback::Rescanned(entries));
+                    }
                     Effect::ReloadConfig { peer, serial } => {
                         let result = self.reload();
                         if result.is_ok() {
@@ -633,6 +645,7 @@ impl Server {
                         serial,
                         result,
                     } => self.bus.reload_finished(peer, serial, result),
+                    Feedback::Rescanned(entries) => self.bus.services_rescanned(entries),
                 }
             }
         }
