@@ -236,33 +236,36 @@ fn run(options: Options) -> Result<()> {
         .context("No configuration file specified.")?;
     let (config, server_config) = load(&path)?;
     choose_log_sink(&options, &config);
-    if options.check_config {
-        print!("{}", describe(&config, &server_config));
-        return Ok(());
-    }
-    let addresses = match &options.address {
-        Some(a) => ListenAddress::parse_list(a)?,
-        None => {
-            let mut all = Vec::new();
-            for l in &config.listen {
-                all.extend(ListenAddress::parse_list(l)?);
-            }
-            all
-        }
+    // Each address with the text it was written as, for error messages.
+    let written: Vec<&String> = match &options.address {
+        Some(a) => vec![a],
+        None => config.listen.iter().collect(),
     };
+    let mut addresses = Vec::new();
+    for text in written {
+        for a in ListenAddress::parse_list(text)? {
+            addresses.push((text.as_str(), a));
+        }
+    }
     if addresses.is_empty() {
         bail!(
             "{}: no <listen> address and no --address given",
             path.display()
         );
     }
+    // Checked only now: a configuration the daemon would refuse (above) fails the check too.
+    if options.check_config {
+        print!("{}", describe(&config, &server_config));
+        return Ok(());
+    }
     match server::raise_descriptor_limit() {
         Ok((soft, _)) => tracing::debug!(soft, "descriptor limit"),
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
     let mut listeners = Vec::new();
-    for a in &addresses {
-        listeners.extend(server::bind(a).with_context(|| format!("Failed to listen on {a:?}"))?);
+    for (text, a) in &addresses {
+        let bound = server::bind(a).with_context(|| format!("Failed to listen on \"{text}\""))?;
+        listeners.extend(bound);
     }
     let guid = cli::new_guid();
     let printed: Vec<String> = listeners

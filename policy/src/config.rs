@@ -23,11 +23,18 @@ pub enum Error {
         line: u32,
         reason: String,
     },
-    #[error("{file}: {source}")]
-    Io {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    /// A file that could not be read, with the system's reason (dbus-daemon's wording).
+    #[error("Failed to open \"{}\": {reason}", file.display())]
+    Io { file: PathBuf, reason: String },
+}
+
+/// The system's words for an I/O error, without Rust's " (os error N)".
+pub fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match (e.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(i)) => text[..i].to_string(),
+        _ => text,
+    }
 }
 
 /// A `<servicedir>` or one of the standard sets, in configuration order.
@@ -141,9 +148,9 @@ impl Config {
     }
 
     fn load_file(&mut self, path: &Path, stack: &[PathBuf]) -> Result<(), Error> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = fs::read_to_string(path).map_err(|e| Error::Io {
             file: path.to_path_buf(),
-            source,
+            reason: os_reason(&e),
         })?;
         self.parse_text(text, path, stack)
     }
@@ -564,6 +571,8 @@ impl Loader<'_> {
                 ));
                 Ok(())
             }
+            // A file that cannot be opened is reported where it was included.
+            Err(e @ Error::Io { .. }) => Err(self.err(pos, e.to_string())),
             Err(e) => Err(e),
         }
     }

@@ -364,3 +364,84 @@ fn introspection_is_dbus_daemons_plus_the_fast_path_interface() {
     let theirs = live(&Busd::start_program(&daemon, &["--session"]));
     assert_eq!(without_fast_path(&ours), theirs);
 }
+
+/// What a person reads when the bus cannot start: each file named once, with the system's
+/// reason once (dbus-daemon's "Failed to open"), a missing include at the line that
+/// includes it, and a listen address as it was written, with the socket that failed.
+#[test]
+fn startup_errors_name_the_file_line_and_address_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = |args: &[&str]| {
+        let out = Command::new(busd_binary())
+            .args(args)
+            .arg("--nofork")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
+    let missing = dir.path().join("none.conf");
+    assert_eq!(
+        fail(&[&format!("--config-file={}", missing.display())]),
+        format!(
+            "busd: Failed to open \"{}\": No such file or directory",
+            missing.display()
+        )
+    );
+    let including = dir.path().join("main.conf");
+    std::fs::write(
+        &including,
+        "<busconfig>\n  <type>session</type>\n  <include>gone.conf</include>\n</busconfig>\n",
+    )
+    .unwrap();
+    assert_eq!(
+        fail(&[&format!("--config-file={}", including.display())]),
+        format!(
+            "busd: {}:3: Failed to open \"{}\": No such file or directory",
+            including.display(),
+            dir.path().join("gone.conf").display()
+        )
+    );
+    let err = fail(&["--session", "--address=unix:tmpdir=/nonexistent/busd-test"]);
+    assert!(
+        err.starts_with(
+            "busd: Failed to listen on \"unix:tmpdir=/nonexistent/busd-test\": \
+             Failed to bind socket \"/nonexistent/busd-test/dbus-"
+        ) && err.ends_with("\": No such file or directory"),
+        "{err}"
+    );
+}
+
+/// `--check-config` refuses what the daemon refuses, with the daemon's message: a
+/// configuration without `<listen>` and one with a tcp address.
+#[test]
+fn check_config_fails_where_the_daemon_would() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, listen) in [
+        ("none.conf", ""),
+        ("tcp.conf", "<listen>tcp:host=localhost,port=0</listen>"),
+    ] {
+        let config = dir.path().join(name);
+        std::fs::write(
+            &config,
+            format!("<busconfig><type>session</type>{listen}</busconfig>"),
+        )
+        .unwrap();
+        let arg = format!("--config-file={}", config.display());
+        let check = Command::new(busd_binary())
+            .args([&arg, "--check-config"])
+            .output()
+            .unwrap();
+        let start = Command::new(busd_binary())
+            .args([&arg, "--nofork"])
+            .output()
+            .unwrap();
+        assert!(!check.status.success(), "{name}: --check-config passed");
+        assert!(!start.status.success(), "{name}: the daemon started");
+        assert_eq!(
+            String::from_utf8_lossy(&check.stderr),
+            String::from_utf8_lossy(&start.stderr),
+            "{name}"
+        );
+    }
+}

@@ -261,7 +261,16 @@ impl FastPath {
         remove_stale(&base);
         let template = base.join(format!("{DIR_PREFIX}{}-XXXXXX", std::process::id()));
         // mkdtemp creates it with mode 0700: only the bus's user reaches member sockets.
-        let dir = nix::unistd::mkdtemp(&template)?;
+        let dir = nix::unistd::mkdtemp(&template).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!(
+                    "cannot create a directory in {}: {}",
+                    base.display(),
+                    e.desc()
+                ),
+            )
+        })?;
         let mut table = SharedTable::new()?;
         table.publish(&Table::default());
         Ok(FastPath {

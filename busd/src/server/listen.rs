@@ -32,6 +32,15 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// dbus-daemon's words for a socket that cannot be bound (the kind kept, for retries).
+fn bind_error(socket: &str, e: io::Error) -> io::Error {
+    let reason = busd_policy::config::os_reason(&e);
+    io::Error::new(
+        e.kind(),
+        format!("Failed to bind socket \"{socket}\": {reason}"),
+    )
+}
+
 fn listen_path(path: &Path) -> io::Result<Listener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     // Like dbus-daemon: a socket left behind by a crashed bus is replaced (anything else at
@@ -40,7 +49,7 @@ fn listen_path(path: &Path) -> io::Result<Listener> {
     if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
-    let std = StdListener::bind(path)?;
+    let std = StdListener::bind(path).map_err(|e| bind_error(&path.display().to_string(), e))?;
     std.set_nonblocking(true)?;
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)) {
         tracing::warn!("Could not set mode 0777 on socket {}: {e}", path.display());
@@ -127,7 +136,8 @@ fn bind_one(addr: &ListenAddress) -> io::Result<Listener> {
         ListenAddress::Path(p) => listen_path(Path::new(p)),
         ListenAddress::Abstract(name) => {
             let sa = SocketAddr::from_abstract_name(name.as_bytes())?;
-            let std = StdListener::bind_addr(&sa)?;
+            let std =
+                StdListener::bind_addr(&sa).map_err(|e| bind_error(&format!("@{name}"), e))?;
             std.set_nonblocking(true)?;
             Ok(Listener {
                 socket: mio::net::UnixListener::from_std(std),
