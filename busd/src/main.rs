@@ -132,8 +132,23 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
         config.bus_type.as_deref().unwrap_or("(unset)")
     );
     if let Some(u) = &config.user {
-        let _ = writeln!(out, "runs as user: {u}");
+        let uid = nix::unistd::User::from_name(u).ok().flatten();
+        let uid = uid.map_or(" (no such user)".to_string(), |user| {
+            format!(" (uid {})", user.uid)
+        });
+        let _ = writeln!(out, "runs as user: {u}{uid}");
     }
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let or_none = |p: Option<String>| p.unwrap_or_else(|| "(none)".into());
+    let _ = writeln!(out, "fork: {}", yes_no(config.fork));
+    let _ = writeln!(out, "syslog: {}", yes_no(config.syslog));
+    let pidfile = config.pidfile.as_ref().map(|p| p.display().to_string());
+    let _ = writeln!(out, "pidfile: {}", or_none(pidfile));
+    let _ = writeln!(
+        out,
+        "servicehelper: {}",
+        or_none(server.servicehelper.clone())
+    );
     let _ = writeln!(out, "listen:");
     for l in &config.listen {
         let _ = writeln!(out, "  {l}");
@@ -142,7 +157,17 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
     let _ = writeln!(out, "auth mechanisms: {}", mechs.join(" "));
     let _ = writeln!(out, "limits:");
     for (name, value) in server.limits.entries() {
-        let _ = writeln!(out, "  {name} = {value}");
+        let unit = if name.ends_with("_timeout") && value.parse::<u64>().is_ok() {
+            " ms"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {name} = {value}{unit}");
+    }
+    let _ = writeln!(out, "service directories searched:");
+    for d in &server.service_dirs {
+        let missing = if d.path.is_dir() { "" } else { " (missing)" };
+        let _ = writeln!(out, "  {}{missing}", d.path.display());
     }
     let _ = writeln!(out, "activatable services: {}", server.services.len());
     for e in &server.services {
@@ -150,6 +175,7 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
     }
     let _ = writeln!(out, "policy (rules per context: send/receive/own/connect):");
     for (ctx, v) in server.policy.describe() {
+        let ctx = name_beside_id(&ctx);
         if v.send + v.receive + v.own + v.connect > 0 {
             let _ = writeln!(
                 out,
@@ -162,6 +188,28 @@ fn describe(config: &Config, server: &ServerConfig) -> String {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// "user 1000" -> "user 1000 (alice)", "group 27" -> "group 27 (sudo)", when known.
+fn name_beside_id(ctx: &str) -> String {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let name = match ctx.split_once(' ') {
+        Some(("user", id)) => id
+            .parse()
+            .ok()
+            .and_then(|id| User::from_uid(Uid::from_raw(id)).ok().flatten())
+            .map(|u| u.name),
+        Some(("group", id)) => id
+            .parse()
+            .ok()
+            .and_then(|id| Group::from_gid(Gid::from_raw(id)).ok().flatten())
+            .map(|g| g.name),
+        _ => None,
+    };
+    match name {
+        Some(n) => format!("{ctx} ({n})"),
+        None => ctx.to_string(),
+    }
 }
 
 fn mechanisms(config: &Config) -> Result<Vec<Mechanism>> {

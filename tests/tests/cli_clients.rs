@@ -445,3 +445,63 @@ fn check_config_fails_where_the_daemon_would() {
         );
     }
 }
+
+/// `--check-config` shows what an administrator checks: where services are looked for,
+/// the process settings, users and groups by name beside their ids, timeouts with units.
+#[test]
+fn check_config_shows_directories_settings_names_and_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir(&services).unwrap();
+    let config = dir.path().join("bus.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <pidfile>{pid}</pidfile>
+  <servicedir>{services}</servicedir>
+  <servicedir>{missing}</servicedir>
+  <limit name="auth_timeout">5000</limit>
+  <policy context="default"><allow send_destination="*"/></policy>
+  <policy user="root"><allow own="*"/></policy>
+  <policy group="root"><allow own="*"/></policy>
+</busconfig>"#,
+            pid = dir.path().join("pid").display(),
+            services = services.display(),
+            missing = dir.path().join("nowhere").display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(busd_binary())
+        .args([
+            &format!("--config-file={}", config.display()),
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "fork: no".to_string(),
+        "syslog: no".to_string(),
+        format!("pidfile: {}", dir.path().join("pid").display()),
+        "servicehelper: (none)".to_string(),
+        "service directories searched:".to_string(),
+        format!("  {}", services.display()),
+        format!("  {} (missing)", dir.path().join("nowhere").display()),
+        "  auth_timeout = 5000 ms".to_string(),
+        "  user 0 (root): 0/0/1/0".to_string(),
+        "  group 0 (root): 0/0/1/0".to_string(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+}
