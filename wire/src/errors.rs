@@ -35,6 +35,41 @@ pub enum ErrorName {
 }
 
 impl ErrorName {
+    /// Every name, in declaration order.
+    pub const ALL: [ErrorName; 28] = {
+        use ErrorName::*;
+        [
+            Failed,
+            NoMemory,
+            ServiceUnknown,
+            NameHasNoOwner,
+            NoReply,
+            AccessDenied,
+            LimitsExceeded,
+            InvalidArgs,
+            UnknownMethod,
+            UnknownInterface,
+            UnknownProperty,
+            PropertyReadOnly,
+            NotSupported,
+            TimedOut,
+            MatchRuleInvalid,
+            MatchRuleNotFound,
+            UnixProcessIdUnknown,
+            AdtAuditDataUnknown,
+            SELinuxSecurityContextUnknown,
+            SpawnExecFailed,
+            SpawnChildExited,
+            SpawnChildSignaled,
+            SpawnFileInvalid,
+            SpawnConfigInvalid,
+            SpawnSetupFailed,
+            SpawnServiceInvalid,
+            SpawnServiceNotFound,
+            SpawnPermissionsInvalid,
+        ]
+    };
+
     /// The name as it travels in an ERROR message's ERROR_NAME field.
     pub const fn as_str(self) -> &'static str {
         use ErrorName::*;
@@ -85,39 +120,14 @@ mod tests {
 
     #[test]
     fn every_name_is_a_valid_error_name() {
-        use ErrorName::*;
-        for n in [
-            Failed,
-            NoMemory,
-            ServiceUnknown,
-            NameHasNoOwner,
-            NoReply,
-            AccessDenied,
-            LimitsExceeded,
-            InvalidArgs,
-            UnknownMethod,
-            UnknownInterface,
-            UnknownProperty,
-            PropertyReadOnly,
-            NotSupported,
-            TimedOut,
-            MatchRuleInvalid,
-            MatchRuleNotFound,
-            UnixProcessIdUnknown,
-            AdtAuditDataUnknown,
-            SELinuxSecurityContextUnknown,
-            SpawnExecFailed,
-            SpawnChildExited,
-            SpawnChildSignaled,
-            SpawnFileInvalid,
-            SpawnConfigInvalid,
-            SpawnSetupFailed,
-            SpawnServiceInvalid,
-            SpawnServiceNotFound,
-            SpawnPermissionsInvalid,
-        ] {
+        for n in ErrorName::ALL {
             assert!(crate::names::is_valid_error_name(n.as_str()), "{n}");
             assert!(n.as_str().starts_with("org.freedesktop.DBus.Error."));
         }
+        // ALL lists each name once.
+        let mut names: Vec<&str> = ErrorName::ALL.iter().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorName::ALL.len());
     }
 }
