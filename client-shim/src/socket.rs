@@ -335,7 +335,11 @@ impl ReadHalf for ShimRead {
                     // (Once per connection: the messages before Join's answer.)
                     if let Ok(answer) = Message::parse(self.buf[self.pos..end].to_vec(), Vec::new())
                     {
-                        if answer.reply_serial() == Some(serial) {
+                        // Only the bus's own answer is believed (DESIGN 5.8): any peer may
+                        // send a reply with a guessed serial, and the bus stamps SENDER.
+                        if answer.reply_serial() == Some(serial)
+                            && answer.sender() == Some("org.freedesktop.DBus")
+                        {
                             self.pos = end;
                             self.joined(&answer, fds);
                             continue;
@@ -490,5 +494,99 @@ impl WriteHalf for ShimWrite {
 
     async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
         self.shared.peer_credentials()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busd_wire::marshal::{Endian, Writer};
+    use busd_wire::message::{encode, HeaderFields, ERROR, METHOD_RETURN};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn from(
+        sender: &str,
+        kind: u8,
+        reply_serial: u32,
+        error: Option<&str>,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let f = HeaderFields {
+            reply_serial: Some(reply_serial),
+            destination: Some(":1.5"),
+            sender: Some(sender),
+            error_name: error,
+            signature: Some(if body.is_empty() { "" } else { "s" }),
+            ..HeaderFields::default()
+        };
+        encode(Endian::Little, kind, 0, 100, &f, body)
+    }
+
+    /// A peer that answers Join with the right serial before the bus does is not believed:
+    /// its message goes to zbus as any other, and the bus's answer decides.
+    #[tokio::test]
+    async fn only_the_buss_answer_to_join_is_believed() {
+        let (ours, mut bus) = UnixStream::pair().unwrap();
+        let (mut read, _write) = split(ours, Arc::default(), 1 << 20);
+        let mut name = Writer::new(Endian::Little);
+        name.string(":1.5");
+        let hello = from(
+            "org.freedesktop.DBus",
+            METHOD_RETURN,
+            1,
+            None,
+            &name.into_vec(),
+        );
+        bus.write_all(&hello).await.unwrap();
+        let got = read
+            .receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(1));
+        // The shim asked to join, with a serial of its own.
+        let mut buf = vec![0u8; 4096];
+        let n = bus.read(&mut buf).await.unwrap();
+        let join = Message::parse(buf[..n].to_vec(), Vec::new()).unwrap();
+        assert_eq!(join.member(), Some("Join"));
+        let serial = join.serial();
+        // A peer answers first; then the bus (dbus-daemon's answer: no such interface).
+        let mut text = Writer::new(Endian::Little);
+        text.string("forged");
+        let forged = from(
+            ":1.9",
+            ERROR,
+            serial,
+            Some("org.example.Forged"),
+            &text.into_vec(),
+        );
+        let mut text = Writer::new(Endian::Little);
+        text.string("no");
+        let real = from(
+            "org.freedesktop.DBus",
+            ERROR,
+            serial,
+            Some("org.freedesktop.DBus.Error.UnknownInterface"),
+            &text.into_vec(),
+        );
+        bus.write_all(&[forged, real].concat()).await.unwrap();
+        let got = read
+            .receive_message(2, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            got.header().sender().map(|s| s.as_str()),
+            Some(":1.9"),
+            "the forged answer goes to zbus, not to the join"
+        );
+        // The bus's answer is taken out of the stream (it refused: the stream carries on),
+        // and what follows it reaches zbus.
+        let after = from("org.freedesktop.DBus", METHOD_RETURN, 77, None, &[]);
+        bus.write_all(&after).await.unwrap();
+        let got = read
+            .receive_message(3, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(77));
+        assert!(matches!(*read.shared.phase.borrow(), Phase::Standard));
     }
 }
