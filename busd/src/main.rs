@@ -393,6 +393,7 @@ fn run(options: Options) -> Result<()> {
             Ok(f) => {
                 bus.set_fastpath(true);
                 bus.set_fast_figures(f.figures());
+                bus.set_fast_pid_namespace(server::fastpath::pid_namespace());
                 Some(f)
             }
             Err(e) => {

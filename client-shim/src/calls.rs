@@ -71,7 +71,7 @@ impl Calls {
         let gone: Vec<u32> = self
             .waiting
             .iter()
-            .filter(|(_, &callee)| table.member(callee).is_none())
+            .filter(|(_, &callee)| table.member(callee).is_none_or(|m| m.departed))
             .map(|(&serial, _)| serial)
             .collect();
         for serial in &gone {

@@ -2,9 +2,8 @@
 //! that goes on past a full receiver (whose frame waits in its backlog) and past one that
 //! left, and the send to the daemon's inbox that waits in the kernel rather than drop.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::path::Path;
 use std::sync::Arc;
 
 use busd_wire::fds;
@@ -107,25 +106,6 @@ pub fn send_to(
     flags: MsgFlags,
 ) -> io::Result<()> {
     fds::send(socket.as_raw_fd(), &frame.iov(), fds, flags, Some(addr))?;
-    Ok(())
-}
-
-/// One sendmsg() of raw bytes (a frame passed on as it came).
-pub fn send_bytes(
-    socket: BorrowedFd<'_>,
-    to: &Path,
-    bytes: &[u8],
-    fds: &[RawFd],
-    flags: MsgFlags,
-) -> io::Result<()> {
-    let addr = UnixAddr::new(to).map_err(io::Error::from)?;
-    fds::send(
-        socket.as_raw_fd(),
-        &[IoSlice::new(bytes)],
-        fds,
-        flags,
-        Some(&addr),
-    )?;
     Ok(())
 }
 

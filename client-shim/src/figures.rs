@@ -35,8 +35,14 @@ pub struct Counters {
     pub malformed: AtomicU64,
     /// Broadcasts the kernel filter let through that no rule of this member matches.
     pub filtered: AtomicU64,
-    /// Messages for a name this member no longer owns, passed on to the daemon.
-    pub forwarded: AtomicU64,
+    /// Messages for a name this member does not own (any more), given back to their
+    /// sender.
+    pub returned: AtomicU64,
+    /// Messages of this member's that a receiver gave back, resent through the daemon.
+    pub resent: AtomicU64,
+    /// Direct frames dropped: the policy does not let their sender reach this member
+    /// directly.
+    pub not_direct: AtomicU64,
     /// Frames that waited in a backlog because their receiver's queue was full.
     pub backlogged: AtomicU64,
     /// Frames a receiver did not get because its backlog was at its bound (signals are
@@ -92,12 +98,14 @@ impl Counters {
             &self.spoofed,
             &self.malformed,
             &self.filtered,
-            &self.forwarded,
+            &self.returned,
             &self.backlogged,
             &self.rejected,
             &self.backlog_depth,
             &self.causal_waits,
             &self.causal_timeouts,
+            &self.resent,
+            &self.not_direct,
         ]
         .map(|c| c.load(Ordering::Relaxed))
     }

@@ -39,6 +39,10 @@ pub struct Frame {
     /// The sealed memfd holding a large message; it travels first, before the message's
     /// own descriptors.
     memfd: Option<Arc<OwnedFd>>,
+    /// For a message in the memfd: the new D-Bus header it got (if any), and where the
+    /// part of `message` after it starts ([`Frame::message_parts`]).
+    lead: Vec<u8>,
+    from: usize,
 }
 
 impl Frame {
@@ -86,6 +90,8 @@ impl Frame {
                         message,
                         len: len as u64,
                         memfd: Some(Arc::new(memfd)),
+                        lead: stamped,
+                        from: tail,
                     };
                 }
                 Err(e) => warn!("cannot put a large message in a memfd: {e}"),
@@ -100,6 +106,31 @@ impl Frame {
             message,
             len: len as u64,
             memfd: None,
+            lead: Vec::new(),
+            from: tail,
+        }
+    }
+
+    /// The message as receivers get it, in two parts (inline or in the memfd).
+    pub fn message_parts(&self) -> [&[u8]; 2] {
+        if self.memfd.is_some() {
+            [&self.lead, &self.message[self.from..]]
+        } else {
+            [&self.head[HEADER_LEN..], &self.message[self.tail..]]
+        }
+    }
+
+    /// A frame as it came, given back to its sender (`bytes` already marked returned),
+    /// with the memfd it came with, if any; `len` is its message's length.
+    pub fn given_back(bytes: Vec<u8>, memfd: Option<OwnedFd>, len: u64) -> Frame {
+        Frame {
+            head: bytes,
+            message: Arc::new(Vec::new()),
+            tail: 0,
+            len,
+            memfd: memfd.map(Arc::new),
+            lead: Vec::new(),
+            from: 0,
         }
     }
 
@@ -113,6 +144,8 @@ impl Frame {
             tail: self.tail,
             len: self.len,
             memfd: self.memfd.clone(),
+            lead: self.lead.clone(),
+            from: self.from,
         }
     }
 
@@ -261,6 +294,7 @@ mod tests {
             assert_eq!(out.sender(), Some(":1.2"));
             assert_eq!(out.body_reader().u32().unwrap(), 42);
             assert_eq!(out.bytes(), &msg.forwarded(":1.2")[..]);
+            assert_eq!(f.message_parts().concat(), out.bytes());
         }
     }
 
@@ -291,6 +325,7 @@ mod tests {
         let checked = check_frame(&datagram, &[memfd], 3, 1 << 27).unwrap();
         assert!(checked.memfd);
         assert_eq!(checked.message, msg.forwarded(":1.2"));
+        assert_eq!(f.message_parts().concat(), checked.message);
         assert_eq!(f.message_len(), checked.message.len() as u64);
         assert_eq!(f.fds(&[7]).len(), 2);
     }

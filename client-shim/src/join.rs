@@ -106,6 +106,8 @@ pub fn member(
         backlog_bound,
         service: Service::current(),
         figures: Arc::new(Publisher::default()),
+        pid_namespace: std::fs::metadata("/proc/self/ns/pid")
+            .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m)),
         wake: Notify::new(),
         state: Mutex::default(),
     });

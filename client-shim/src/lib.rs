@@ -45,6 +45,7 @@ mod frame;
 mod join;
 mod member;
 mod receive;
+mod returns;
 mod route;
 mod rules;
 mod socket;

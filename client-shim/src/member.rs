@@ -1,17 +1,18 @@
 //! A joined connection: its member socket, the shared memory it maps, and its one state;
 //! sending a message (route, frame, deliver) and taking in frames (check, want, hand over).
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use busd_match::header;
+use busd_match::header::{self, TO_DAEMON};
 use busd_match::protocol;
 use busd_match::table::Table;
 use busd_wire::message::{Message, METHOD_CALL};
-use nix::sys::socket::MsgFlags;
+use busd_wire::names;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -19,10 +20,11 @@ use tracing::{debug, warn};
 use crate::backlog::{Backlogs, Delivery, Outgoing, Service};
 use crate::calls::Calls;
 use crate::causal::{Causal, Progress, Sends};
-use crate::fanout::{send_bytes, too_large};
+use crate::fanout::too_large;
 use crate::figures::{Counters, Publisher};
 use crate::frame::Frame;
 use crate::receive::{self, Checked, Me, Refusal, Want};
+use crate::returns::Returnable;
 use crate::route::{self, Route};
 use crate::rules::Rules;
 use crate::table::{Cached, TableView};
@@ -44,6 +46,8 @@ pub struct Member {
     /// The backlog service of the connection's runtime.
     pub(crate) service: Arc<Service>,
     pub(crate) figures: Arc<Publisher>,
+    /// This process's pid namespace, to compare members' pids in ([`receive::attested`]).
+    pub(crate) pid_namespace: u64,
     /// Wakes the read half: a direct call started waiting (its callee is watched), or
     /// messages were made for zbus.
     pub wake: Notify,
@@ -61,6 +65,11 @@ pub(crate) struct State {
     pub backlogs: Backlogs,
     pub sends: Sends,
     pub causal: Causal,
+    /// What receivers may give back ([`Returnable`]).
+    pub returnable: Returnable,
+    /// Messages given back, on their way to the daemon in the order they came back; a
+    /// task sends them while this is not empty.
+    pub resends: VecDeque<Arc<Frame>>,
 }
 
 /// What sending a message came to.
@@ -105,6 +114,7 @@ impl Member {
             id: self.id,
             unique: &self.unique,
             dir: &self.dir,
+            pid_namespace: self.pid_namespace,
         }
     }
 
@@ -156,6 +166,14 @@ impl Member {
             }
         }
         let frame = Arc::new(Frame::new(msg, self.id, &self.unique, route.destination()));
+        if let (Route::Direct { destination, .. }, Some(d)) = (&route, msg.destination()) {
+            if *destination != 0 && !names::is_unique_name(d) {
+                // Before it leaves: its receiver may give it back at once.
+                let mut s = self.state();
+                let digest = s.returnable.digest(&frame.message_parts());
+                s.returnable.sent(*destination, msg.serial(), digest);
+            }
+        }
         let call =
             (msg.msg_type() == METHOD_CALL && !msg.no_reply_expected()).then(|| msg.serial());
         let r = self.send_frame(route, &frame, fds, call).await;
@@ -269,15 +287,26 @@ impl Member {
             let r = self.socket.try_io(Interest::READABLE, || {
                 receive::recv_frame(self.socket.as_fd(), buf)
             });
-            let (n, fds, source) = match r {
+            let d = match r {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            let incoming = match receive::check(&buf[..n], &fds, source.as_deref(), &self.me()) {
-                Ok(checked) => self.settle(checked, fds, &buf[..n]),
+            let frame = &buf[..d.len];
+            let table = self.table_now();
+            let me = self.me();
+            let checked = receive::check(
+                frame,
+                &d.fds,
+                d.source.as_deref(),
+                &me,
+                receive::max_message(&table),
+            )
+            .and_then(|c| receive::attested(&c, d.pid, &table, &me).map(|()| c));
+            let incoming = match checked {
+                Ok(checked) => self.settle(checked, d.fds, frame),
                 Err(why) => {
-                    self.refused(&why, source.as_deref());
+                    self.refused(&why, d.source.as_deref());
                     None
                 }
             };
@@ -304,8 +333,16 @@ impl Member {
         };
         match want {
             Want::Deliver => Some(self.delivered(c, fds)),
-            Want::Forward => {
-                self.forward(frame, fds);
+            Want::Return => {
+                self.give_back(c, frame, fds);
+                None
+            }
+            Want::Resend => {
+                self.resend(c);
+                None
+            }
+            Want::NotDirect => {
+                self.not_direct(c.sender);
                 None
             }
             Want::Wait => Some(Incoming::Held(Held {
@@ -367,28 +404,92 @@ impl Member {
         }
     }
 
-    /// Passes the daemon a frame for a name this member no longer owns; the daemon routes it
-    /// to the owner now (or answers as dbus-daemon would). Sent from a thread of the
-    /// blocking pool, so that it completes even if the receiving future is dropped.
-    fn forward(self: &Arc<Self>, frame: &[u8], fds: Vec<OwnedFd>) {
-        // (A copy: the receive buffer is reused at once.)
-        let mut frame = frame.to_vec();
-        header::mark_forwarded(&mut frame, self.id);
-        Counters::add(&self.counters.forwarded, 1);
-        let member = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            let inbox = member.inbox();
-            if let Err(e) = send_bytes(
-                member.socket.as_fd(),
-                &inbox,
-                &frame,
-                &raw,
-                MsgFlags::empty(),
-            ) {
-                warn!("cannot pass a message on to the daemon: {e}");
+    /// Gives a frame for a name this member does not own back to the member that sent it
+    /// (DESIGN 5.8), which resends it through the daemon as itself. Through that member's
+    /// backlog when its queue is full; a member that does not read its own returns loses
+    /// them (counted in `rejected`), as a reader that does not read loses messages.
+    fn give_back(self: &Arc<Self>, c: Checked, frame: &[u8], mut fds: Vec<OwnedFd>) {
+        let mut bytes = frame.to_vec();
+        header::mark_returned(&mut bytes, self.id, c.sender);
+        // (Only the memfd travels with it: messages with descriptors never come here.)
+        let memfd = if c.memfd && !fds.is_empty() {
+            Some(fds.remove(0))
+        } else {
+            None
+        };
+        let back = Arc::new(Frame::given_back(bytes, memfd, c.msg.bytes().len() as u64));
+        let n = self.begin_send();
+        let mut out = Outgoing::new(&back, &[], n);
+        match self.deliver(c.sender, &mut out) {
+            Ok(Delivery::Sent | Delivery::Queued) => Counters::add(&self.counters.returned, 1),
+            Ok(Delivery::Gone) => debug!(member = c.sender, "gone before it got its message back"),
+            Ok(Delivery::Rejected) => {}
+            Err(e) => warn!(member = c.sender, "cannot give a message back: {e}"),
+        }
+        self.end_send(n);
+    }
+
+    /// A message of this member's that a receiver gave back: resent through the daemon,
+    /// in the order messages came back, if it is exactly one this member sent that
+    /// receiver directly and not given back before; anything else is a lie, dropped and
+    /// counted.
+    fn resend(self: &Arc<Self>, c: Checked) {
+        let serial = c.msg.serial();
+        let start = {
+            let mut s = self.state();
+            let digest = s.returnable.digest(&[c.msg.bytes()]);
+            if !s.returnable.take(c.sender, serial, digest) {
+                drop(s);
+                let why = format!(
+                    "member {} gave back a message this member did not send it",
+                    c.sender
+                );
+                return self.refused(&Refusal::Spoofed(why), Some(&self.path_of(c.sender)));
             }
-        });
+            // The daemon answers it now; its first receiver no longer does.
+            s.calls.forget(serial);
+            let frame = Arc::new(Frame::new(&c.msg, self.id, &self.unique, TO_DAEMON));
+            s.resends.push_back(frame);
+            s.resends.len() == 1
+        };
+        Counters::add(&self.counters.resent, 1);
+        if start {
+            let member = Arc::clone(self);
+            tokio::spawn(async move { member.send_resends().await });
+        }
+    }
+
+    /// Sends the messages given back to the daemon, in order, until none is left.
+    async fn send_resends(self: Arc<Self>) {
+        loop {
+            let Some(frame) = self.state().resends.front().cloned() else {
+                return;
+            };
+            if let Err(e) = self.send_to_daemon(&frame, &frame.fds(&[])).await {
+                warn!("cannot resend a message through the daemon: {e}");
+            }
+            Counters::add(&self.counters.via_daemon, 1);
+            let mut s = self.state();
+            s.resends.pop_front();
+            if s.resends.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// A direct frame from a member that may not reach this one directly.
+    fn not_direct(&self, sender: u32) {
+        if self
+            .counters
+            .not_direct
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            warn!(
+                sender,
+                "dropped a direct frame from a member the policy does not let reach this one directly (counted from now on)"
+            );
+        }
     }
 
     /// A message from the daemon on the stream, as zbus decoded it: a reply ends a call

@@ -4,27 +4,39 @@
 //!
 //! A frame is taken only from a member socket under the exact name the daemon binds, with a
 //! routing header naming that member, and a valid message whose SENDER is that member's
-//! unique name; it is then for this member if addressed to it (or to a name it owns), or,
-//! being a broadcast, if one of its rules matches it exactly (the kernel filter may let a
-//! false positive through).
+//! unique name (or, in a frame a receiver gives back, this member's own); it is then for
+//! this member if the policy lets its sender reach it directly (the table's direct set:
+//! a sender's shim choosing the daemon's way is a courtesy, DESIGN 5.7), and if addressed
+//! to it (or to a name it owns), or, being a broadcast, if one of its rules matches it
+//! exactly (the kernel filter may let a false positive through).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use busd_match::header;
 use busd_match::protocol::{self, FrameError};
 use busd_match::table::Table;
 use busd_match::{Arg, MessageInfo};
 use busd_wire::fds;
-use busd_wire::message::Message;
+use busd_wire::message::{Message, METHOD_CALL};
+use busd_wire::names;
 use nix::sys::socket::{MsgFlags, UnixAddr};
 use tracing::warn;
 
 use crate::rules::Rules;
 
-/// The largest message the fast path takes from a memfd: the D-Bus specification's
-/// maximum (a bus may allow less; the daemon checks its own `max_message_size`).
+/// The largest message the fast path takes when the table does not tell the bus's
+/// `max_message_size`: the D-Bus specification's maximum.
 pub const MAX_MESSAGE: usize = 128 << 20;
+
+/// The largest message this member takes, by the table: the bus's `max_message_size`.
+pub fn max_message(table: &Table) -> usize {
+    match table.max_message {
+        0 => MAX_MESSAGE,
+        n => (n as usize).min(MAX_MESSAGE),
+    }
+}
 
 /// Who this member is, as the check needs it.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +45,8 @@ pub struct Me<'a> {
     pub unique: &'a str,
     /// The directory member sockets are bound in.
     pub dir: &'a Path,
+    /// This process's pid namespace (the inode of `/proc/self/ns/pid`; 0: unknown).
+    pub pid_namespace: u64,
 }
 
 /// A frame that passed the identity and form checks ([`check`]).
@@ -43,6 +57,8 @@ pub struct Checked {
     pub sender: u32,
     /// The message came in a memfd (the first of the datagram's fds).
     pub memfd: bool,
+    /// A receiver gives back a message this member sent it ([`header::ROUTE_RETURNED`]).
+    pub returned: bool,
 }
 
 /// Why a frame is dropped.
@@ -59,8 +75,15 @@ pub enum Refusal {
 pub enum Want {
     /// For the application.
     Deliver,
-    /// For a well-known name this member does not own (any more): the daemon routes it.
-    Forward,
+    /// For a well-known name this member does not own (any more): it goes back to its
+    /// sender, which resends it through the daemon.
+    Return,
+    /// A message of this member's that a receiver gave back: resent through the daemon if
+    /// it is one this member sent that receiver ([`crate::returns`]).
+    Resend,
+    /// Its sender may not reach this member directly (the policy mediates one of them, or
+    /// the bus times calls): dropped and counted, whatever the sender's shim decided.
+    NotDirect,
     /// A broadcast only an AddMatch the bus has not answered yet would want: judged again
     /// once the bus answered.
     Wait,
@@ -70,13 +93,15 @@ pub enum Want {
 
 /// Who sent the frame, and whether it is well formed: its source is a member socket under
 /// the exact name the daemon binds (a look-alike spelling names nobody), its routing header
-/// names that member, its message is valid (inline, or in a memfd sealed as required) and
-/// its SENDER is that member's.
+/// names that member, its message is valid (inline, or in a memfd sealed as required, of
+/// at most `max_message` bytes: the memfd's size is checked before it is read) and its
+/// SENDER is that member's.
 pub fn check(
     frame: &[u8],
     fds: &[OwnedFd],
     source: Option<&Path>,
     me: &Me<'_>,
+    max_message: usize,
 ) -> Result<Checked, Refusal> {
     let Some(sender) = source
         .filter(|p| p.parent() == Some(me.dir))
@@ -84,28 +109,75 @@ pub fn check(
     else {
         return Err(Refusal::Spoofed("not from a member socket".into()));
     };
-    let frame = protocol::check_frame(frame, fds, sender, MAX_MESSAGE).map_err(|e| match e {
+    let frame = protocol::check_frame(frame, fds, sender, max_message).map_err(|e| match e {
         FrameError::Spoofed(_) => Refusal::Spoofed(e.to_string()),
         FrameError::Malformed(_) => Refusal::Malformed(e.to_string()),
     })?;
     let msg =
         Message::parse(frame.message, Vec::new()).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    if msg.sender() != Some(protocol::unique_of_member(sender).as_str()) {
-        return Err(Refusal::Spoofed("its SENDER is another's".into()));
+    let returned = frame.header.routing & header::ROUTE_RETURNED != 0;
+    let author = if returned {
+        me.unique.to_string()
+    } else {
+        protocol::unique_of_member(sender)
+    };
+    if msg.sender() != Some(author.as_str()) {
+        return Err(Refusal::Spoofed(if returned {
+            "it gives back a message that is not this member's".into()
+        } else {
+            "its SENDER is another's".into()
+        }));
     }
     Ok(Checked {
         msg,
         sender,
         memfd: frame.memfd,
+        returned,
     })
+}
+
+/// Whether the kernel's word on who sent a checked frame agrees with the table: the
+/// sending member is listed (present, or among the last to leave: a look-alike of a
+/// member that never was, or left long ago, names nobody), and the process that sent it
+/// (`pid`, from `SCM_CREDENTIALS`) is the one that joined as that member. Pids are
+/// compared only where this process sees them as the daemon does (the same pid
+/// namespace); elsewhere the socket path alone vouches for the sender.
+pub fn attested(c: &Checked, pid: Option<i32>, table: &Table, me: &Me<'_>) -> Result<(), Refusal> {
+    let Some(m) = table.member(c.sender) else {
+        return Err(Refusal::Spoofed(format!(
+            "member {} is not in the routing table",
+            c.sender
+        )));
+    };
+    let comparable =
+        m.pid != 0 && table.pid_namespace != 0 && table.pid_namespace == me.pid_namespace;
+    if comparable && pid != i32::try_from(m.pid).ok() {
+        return Err(Refusal::Spoofed(format!(
+            "sent by process {pid:?}, not member {}'s ({})",
+            c.sender, m.pid
+        )));
+    }
+    Ok(())
 }
 
 /// Whether this member wants a checked message, by the table and rules as they are now.
 pub fn wanted(c: &Checked, table: &Table, rules: &Rules, me: &Me<'_>) -> Want {
+    if c.returned {
+        return Want::Resend;
+    }
+    let direct = |id| table.member(id).is_some_and(|m| m.direct);
+    let timed_call = c.msg.msg_type() == METHOD_CALL && !c.msg.no_reply_expected();
+    if !direct(c.sender) || !direct(me.id) || (timed_call && table.calls_mediated) {
+        return Want::NotDirect;
+    }
     match c.msg.destination() {
         Some(d) if d == me.unique || table.owner(d) == Some(me.id) => Want::Deliver,
-        // The name moved after the sender looked it up.
-        Some(_) => Want::Forward,
+        // A unique name is its member's: no sender's shim sends another's here.
+        Some(d) if names::is_unique_name(d) => Want::Unwanted,
+        // The name moved after the sender looked it up. (A message with descriptors is
+        // never sent directly to a well-known name: they could not be checked on return.)
+        Some(_) if c.msg.unix_fds() == 0 => Want::Return,
+        Some(_) => Want::Unwanted,
         None => {
             let info = Received {
                 msg: &c.msg,
@@ -162,11 +234,17 @@ impl MessageInfo for Received<'_> {
     }
 }
 
-/// One datagram: its length, fds and the sender's bound address.
-pub type Datagram = (usize, Vec<OwnedFd>, Option<PathBuf>);
+/// One datagram: its length, fds, the sender's bound address and its process.
+pub struct Datagram {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    pub source: Option<PathBuf>,
+    pub pid: Option<i32>,
+}
 
 /// Takes one datagram off the socket without waiting. A truncated one (larger than any
-/// member's send buffer allows: not from a member) is dropped.
+/// member's send buffer allows: not from a member) is dropped, and so is one whose
+/// descriptors did not all arrive (more than a datagram carries: not from a member).
 pub fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Datagram> {
     loop {
         let m = fds::recv::<UnixAddr>(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?;
@@ -175,7 +253,16 @@ pub fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Datagram> {
             warn!("dropped a truncated frame from {source:?}");
             continue;
         }
-        return Ok((m.len, m.fds, source));
+        if m.flags.contains(MsgFlags::MSG_CTRUNC) {
+            warn!("dropped a frame from {source:?} whose descriptors did not all arrive");
+            continue;
+        }
+        return Ok(Datagram {
+            len: m.len,
+            fds: m.fds,
+            source,
+            pid: m.pid,
+        });
     }
 }
 
@@ -195,6 +282,7 @@ mod tests {
             id: 4,
             unique: ":1.3",
             dir: Path::new(DIR),
+            pid_namespace: 7,
         }
     }
 
@@ -247,11 +335,14 @@ mod tests {
         table: &Table,
         rules: &Rules,
     ) -> Result<(Checked, Want), Refusal> {
-        let c = check(frame, &[], source, &me())?;
-        assert_eq!(
-            c.msg.sender().unwrap(),
-            protocol::unique_of_member(c.sender)
-        );
+        let c = check(frame, &[], source, &me(), MAX_MESSAGE)?;
+        attested(&c, Some(1000 + c.sender as i32), table, &me())?;
+        if !c.returned {
+            assert_eq!(
+                c.msg.sender().unwrap(),
+                protocol::unique_of_member(c.sender)
+            );
+        }
         let want = wanted(&c, table, rules, &me());
         Ok((c, want))
     }
@@ -281,12 +372,18 @@ mod tests {
     }
 
     #[test]
-    fn a_message_for_a_name_that_moved_goes_to_the_daemon() {
+    fn a_message_for_a_name_that_moved_goes_back_to_its_sender() {
         // org.example.Two is member 2's, not this member's.
         let call = frame(3, METHOD_CALL, Some("org.example.Two"), "Do");
         assert_eq!(
             verdict(&call, Some(&from("3")), &rules(&[])),
-            Ok(Want::Forward)
+            Ok(Want::Return)
+        );
+        // A unique name is only ever its own member's.
+        let other = frame(3, METHOD_CALL, Some(":1.1"), "Do");
+        assert_eq!(
+            verdict(&other, Some(&from("3")), &rules(&[])),
+            Ok(Want::Unwanted)
         );
         let mut t = table();
         t.names[1].1 = 4;
@@ -338,5 +435,94 @@ mod tests {
         let mut bad_message = ping.clone();
         bad_message[HEADER_LEN] = b'x';
         assert!(malformed(&bad_message));
+    }
+
+    /// What member 3 gives back to this member: a frame it had from it, its sender word
+    /// and destination rewritten, the message (this member's own) unchanged.
+    fn given_back(author: &str) -> Vec<u8> {
+        let msg = message(METHOD_CALL, 0, Some("org.example.Two"), "Do");
+        let f = Frame::new(&msg, 4, author, 3);
+        let mut bytes: Vec<u8> = f.iov().iter().flat_map(|s| s.iter().copied()).collect();
+        header::mark_returned(&mut bytes, 3, 4);
+        bytes
+    }
+
+    #[test]
+    fn a_receiver_gives_back_only_this_members_own_messages() {
+        let r = rules(&[]);
+        assert_eq!(
+            verdict(&given_back(":1.3"), Some(&from("3")), &r),
+            Ok(Want::Resend)
+        );
+        // Another member's message, "given back" to make this member speak for it.
+        assert!(spoofed(verdict(&given_back(":1.1"), Some(&from("3")), &r)));
+        // Given back by a socket that is not the one the header names.
+        assert!(spoofed(verdict(&given_back(":1.3"), Some(&from("2")), &r)));
+    }
+
+    #[test]
+    fn receivers_take_direct_frames_only_from_senders_the_policy_lets_reach_them() {
+        let pong = rules(&["member='Pong'"]);
+        // Member 5 is mediated by the policy: whatever its shim does, nothing of it is
+        // taken directly.
+        for f in [
+            frame(5, SIGNAL, None, "Pong"),
+            frame(5, METHOD_CALL, Some(":1.3"), "Do"),
+        ] {
+            assert_eq!(verdict(&f, Some(&from("5")), &pong), Ok(Want::NotDirect));
+        }
+        // A direct member that left: what it sent before is still taken.
+        let last = frame(6, SIGNAL, None, "Pong");
+        assert_eq!(verdict(&last, Some(&from("6")), &pong), Ok(Want::Deliver));
+        // The bus times calls: a call that waits for a reply goes through the daemon.
+        let mut t = table();
+        t.calls_mediated = true;
+        let call = frame(2, METHOD_CALL, Some(":1.3"), "Do");
+        let (_, want) = accept(&call, Some(&from("2")), &t, &pong).unwrap();
+        assert_eq!(want, Want::NotDirect);
+        let signal = frame(2, SIGNAL, Some(":1.3"), "Pong");
+        let (_, want) = accept(&signal, Some(&from("2")), &t, &pong).unwrap();
+        assert_eq!(want, Want::Deliver);
+    }
+
+    #[test]
+    fn the_kernel_must_name_the_process_that_joined_as_the_sender() {
+        let pong = rules(&["member='Pong'"]);
+        let signal = frame(2, SIGNAL, None, "Pong");
+        let c = check(&signal, &[], Some(&from("2")), &me(), MAX_MESSAGE).unwrap();
+        let t = table();
+        assert_eq!(attested(&c, Some(1002), &t, &me()), Ok(()));
+        // Another process with member 2's socket (or its path, once 2 left).
+        assert!(matches!(
+            attested(&c, Some(1003), &t, &me()),
+            Err(Refusal::Spoofed(_))
+        ));
+        assert!(matches!(
+            attested(&c, None, &t, &me()),
+            Err(Refusal::Spoofed(_))
+        ));
+        // Seen from another pid namespace, pids cannot be compared: the path vouches.
+        let elsewhere = Me {
+            pid_namespace: 8,
+            ..me()
+        };
+        assert_eq!(attested(&c, Some(55), &t, &elsewhere), Ok(()));
+        // A member that never was (or left long ago): nobody, whatever the path.
+        let never = frame(9, SIGNAL, None, "Pong");
+        assert!(spoofed(verdict(&never, Some(&from("9")), &pong)));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_bus_allows_is_refused() {
+        let signal = frame(2, SIGNAL, None, "Pong");
+        let len = signal.len() - HEADER_LEN;
+        let mut t = table();
+        t.max_message = len as u32 - 1;
+        assert!(matches!(
+            check(&signal, &[], Some(&from("2")), &me(), max_message(&t)),
+            Err(Refusal::Malformed(_))
+        ));
+        t.max_message = len as u32;
+        assert!(check(&signal, &[], Some(&from("2")), &me(), max_message(&t)).is_ok());
     }
 }

@@ -49,11 +49,16 @@ pub fn plan(msg: &Message, table: &Table, me: u32, reply_via_daemon: bool) -> Ro
         Some(d) => {
             let owner = if busd_wire::names::is_unique_name(d) {
                 protocol::member_of_unique(d)
+            } else if msg.unix_fds() > 0 {
+                // A receiver that no longer owns the name gives a message back, and its
+                // descriptors could not be checked then (crate::returns): the daemon
+                // routes it.
+                None
             } else {
                 table.owner(d)
             };
             match owner.and_then(|id| table.member(id)) {
-                Some(m) if m.direct => Route::Direct {
+                Some(m) if m.reachable() => Route::Direct {
                     members: vec![m.id],
                     destination: m.id,
                     copy_to_daemon: table.observed,
@@ -79,7 +84,7 @@ fn broadcast(msg: &Message, table: &Table) -> Route {
     let members: Vec<u32> = table
         .members
         .iter()
-        .filter(|m| m.id != 0 && m.direct)
+        .filter(|m| m.id != 0 && m.reachable())
         .inspect(|_| direct += 1)
         .filter(|m| m.summary.selects(member, interface, path))
         .map(|m| m.id)
@@ -113,12 +118,15 @@ pub(crate) mod tests {
             direct,
             slot: NO_SLOT,
             summary: Summary::of(&rules),
+            pid: 1000 + id,
+            departed: false,
         }
     }
 
     /// The daemon (0, wanting nothing), members 2 (direct, wants Ping), 3 (direct, wants
-    /// everything), 4 (direct, wants Pong), 5 (mediated by the policy); 2 owns org.example.Two
-    /// and 5 org.example.Five.
+    /// everything), 4 (direct, wants Pong), 5 (mediated by the policy), 6 (left; it wanted
+    /// Ping); 2 owns org.example.Two and 5 org.example.Five. Member N's process is 1000+N,
+    /// in pid namespace 7.
     pub fn table() -> Table {
         Table {
             observed: false,
@@ -129,11 +137,17 @@ pub(crate) mod tests {
                 member(3, true, &["type='signal'"]),
                 member(4, true, &["member='Pong'"]),
                 member(5, false, &["member='Ping'"]),
+                Member {
+                    departed: true,
+                    ..member(6, true, &["member='Ping'"])
+                },
             ],
             names: vec![
                 ("org.example.Five".into(), 5),
                 ("org.example.Two".into(), 2),
             ],
+            max_message: 0,
+            pid_namespace: 7,
         }
     }
 
@@ -188,6 +202,39 @@ pub(crate) mod tests {
         );
     }
 
+    /// A message with descriptors goes straight to a unique name, but to a well-known one
+    /// only through the daemon: its receiver could not give it back checked.
+    #[test]
+    fn messages_with_descriptors_reach_well_known_names_through_the_daemon() {
+        let t = table();
+        let with_fd = |d| {
+            let bytes = encode(
+                Endian::Little,
+                METHOD_CALL,
+                0,
+                7,
+                &HeaderFields {
+                    path: Some("/org/example"),
+                    member: Some("Take"),
+                    destination: Some(d),
+                    signature: Some("h"),
+                    unix_fds: 1,
+                    ..Default::default()
+                },
+                &0u32.to_le_bytes(),
+            );
+            Message::parse(bytes, Vec::new()).unwrap()
+        };
+        assert_eq!(
+            plan(&with_fd(":1.1"), &t, 3, false),
+            direct(&[2], 2, false, 0)
+        );
+        assert_eq!(
+            plan(&with_fd("org.example.Two"), &t, 3, false),
+            Route::Daemon(TO_DAEMON)
+        );
+    }
+
     #[test]
     fn the_daemon_routes_what_cannot_go_direct() {
         let t = table();
@@ -227,6 +274,8 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(plan(&reply, &t, 3, true), Route::Daemon(TO_DAEMON));
         assert_eq!(plan(&reply, &t, 3, false), direct(&[2], 2, false, 0));
+        // A member that left gets nothing directly (the daemon answers for it).
+        assert_eq!(plan(&call(":1.5"), &t, 3, false), Route::Daemon(TO_DAEMON));
         // A sender the policy mediates sends everything through the daemon.
         assert_eq!(plan(&call(":1.1"), &t, 5, false), Route::Daemon(TO_DAEMON));
         assert_eq!(plan(&call(":1.1"), &t, 9, false), Route::Daemon(TO_DAEMON));

@@ -595,8 +595,7 @@ impl Harness {
                     return;
                 };
                 let destination = s.pick(&[0, TO_DAEMON, 1, 2, 3, 4]);
-                let forwarded = s.one_in(4);
-                self.bus.handle_fast_frame(p, destination, forwarded, m);
+                self.bus.handle_fast_frame(p, destination, m);
                 self.settle();
             }
             _ => {

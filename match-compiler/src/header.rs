@@ -14,9 +14,12 @@ pub const VERSION: u8 = 1;
 pub const OFF_MAGIC: u32 = 0;
 /// version << 24 | message type << 16 | D-Bus header flags << 8 | routing flags.
 pub const OFF_KIND: u32 = 4;
-/// Routing flag: a member passes the daemon a frame that reached it for a name it no longer
-/// owns; the message's SENDER is the member that sent it first.
-pub const ROUTE_FORWARDED: u8 = 1;
+/// Routing flag: a receiver gives a direct frame back to the member that sent it, because it
+/// was for a well-known name the receiver does not own (any more). The sender word is the
+/// receiver's, the destination word the member it goes back to, whose own message (SENDER)
+/// it carries unchanged. That member resends it through the daemon as itself, and only if
+/// it is a message it sent that receiver (DESIGN 5.8): nobody speaks for anyone else.
+pub const ROUTE_RETURNED: u8 = 1;
 /// Routing flag: the D-Bus message is not in the frame but in a sealed memfd, the first
 /// descriptor passed with it ([`crate::sealed`]).
 pub const ROUTE_MEMFD: u8 = 2;
@@ -186,12 +189,12 @@ pub fn e_arg_slash_prefix(n: usize) -> ArgKind {
     ArgKind::new(n, "-slash-prefix:")
 }
 
-/// Turns a frame a member received into the one it forwards to the daemon: its own id as
-/// the sender word, [`TO_DAEMON`] as the destination, and [`ROUTE_FORWARDED`].
-pub fn mark_forwarded(frame: &mut [u8], forwarder: u32) {
-    frame[OFF_KIND as usize + 3] |= ROUTE_FORWARDED;
-    frame[OFF_SENDER as usize..][..4].copy_from_slice(&forwarder.to_be_bytes());
-    frame[OFF_DESTINATION as usize..][..4].copy_from_slice(&TO_DAEMON.to_be_bytes());
+/// Turns a frame member `receiver` got from member `to` into the one it gives back to it
+/// ([`ROUTE_RETURNED`]): the receiver's id as the sender word, `to` as the destination.
+pub fn mark_returned(frame: &mut [u8], receiver: u32, to: u32) {
+    frame[OFF_KIND as usize + 3] |= ROUTE_RETURNED;
+    frame[OFF_SENDER as usize..][..4].copy_from_slice(&receiver.to_be_bytes());
+    frame[OFF_DESTINATION as usize..][..4].copy_from_slice(&to.to_be_bytes());
 }
 
 /// The largest datagram a member may send, hence the buffer a receiver needs: a send
@@ -289,7 +292,7 @@ pub struct Header {
     pub version: u8,
     pub msg_type: u8,
     pub flags: u8,
-    /// Routing flags ([`ROUTE_FORWARDED`]).
+    /// Routing flags ([`ROUTE_RETURNED`], [`ROUTE_MEMFD`]).
     pub routing: u8,
     pub sender: u32,
     pub destination: u32,

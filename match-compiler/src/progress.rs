@@ -37,7 +37,7 @@ const FIGURES_AT: usize = 8;
 
 /// What a member's shim counts and publishes in its slot, for the daemon's
 /// `GetConnectionStats` (as `busd.FastPath.<name>`) and busd-top, in this order.
-pub const FIGURES: [&str; 18] = [
+pub const FIGURES: [&str; 20] = [
     // Messages sent straight to other members (each receiver counts).
     "SentDirect",
     // Their bytes.
@@ -62,8 +62,8 @@ pub const FIGURES: [&str; 18] = [
     "DroppedMalformed",
     // Broadcasts the kernel filter let through that no rule of the member matches.
     "DroppedUnwanted",
-    // Messages for a name the member no longer owns, passed on to the daemon.
-    "Forwarded",
+    // Messages for a name the member does not own (any more), given back to their sender.
+    "Returned",
     // Frames that waited in a backlog for a full receiver.
     "Backlogged",
     // Frames a receiver did not get: its backlog was at its bound.
@@ -74,7 +74,12 @@ pub const FIGURES: [&str; 18] = [
     "CausalWaits",
     // Such waits given up after their bound.
     "CausalTimeouts",
+    // Messages of the member's that a receiver gave back, resent through the daemon.
+    "Resent",
+    // Direct frames dropped: the policy does not let their sender reach the member directly.
+    "DroppedNotDirect",
 ];
+const _: () = assert!(FIGURES_AT + FIGURES.len() <= SLOT_WORDS);
 
 /// The memory's size in words for `slots` slots.
 pub fn words_for(slots: u32) -> usize {

@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -23,6 +23,7 @@ const TABLE_OBSERVED: u32 = 1;
 const TABLE_CALLS_MEDIATED: u32 = 2;
 const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
+const MEMBER_DEPARTED: u32 = 4;
 const MEMBER_LEN: usize = 48;
 
 /// One member as the table lists it.
@@ -36,6 +37,20 @@ pub struct Member {
     pub slot: u32,
     /// Its interest summary (only `everything` and `bits` travel; `keys` stay empty).
     pub summary: Summary,
+    /// The process that joined as this member, as the daemon saw it (its pid namespace,
+    /// [`Table::pid_namespace`]); 0 when unknown. A receiver takes a direct frame only
+    /// from that process (DESIGN 5.8).
+    pub pid: u32,
+    /// It left: nobody sends to it any more, but what it sent before still counts as its
+    /// own (the table keeps the last departures for that).
+    pub departed: bool,
+}
+
+impl Member {
+    /// Whether a member may send to it directly now.
+    pub fn reachable(&self) -> bool {
+        self.direct && !self.departed
+    }
 }
 
 /// A decoded table.
@@ -51,6 +66,11 @@ pub struct Table {
     pub members: Vec<Member>,
     /// Well-known names owned by members, sorted by name.
     pub names: Vec<(String, u32)>,
+    /// The bus's `max_message_size`: no member takes a larger message (0: no limit told).
+    pub max_message: u32,
+    /// The daemon's pid namespace (the inode of its `/proc/self/ns/pid`): members' pids are
+    /// as seen from there (0: unknown).
+    pub pid_namespace: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +139,8 @@ impl Table {
             flags |= TABLE_CALLS_MEDIATED;
         }
         put_u32(out, flags);
+        put_u32(out, self.max_message);
+        out.extend_from_slice(&self.pid_namespace.to_le_bytes());
         put_u32(out, self.members.len() as u32);
         for m in &self.members {
             put_u32(out, m.id);
@@ -129,9 +151,12 @@ impl Table {
             if m.summary.everything {
                 flags |= MEMBER_EVERYTHING;
             }
+            if m.departed {
+                flags |= MEMBER_DEPARTED;
+            }
             put_u32(out, flags);
             put_u32(out, m.slot);
-            put_u32(out, 0);
+            put_u32(out, m.pid);
             for w in m.summary.bits {
                 out.extend_from_slice(&w.to_le_bytes());
             }
@@ -150,6 +175,8 @@ impl Table {
         let flags = c.u32()?;
         let observed = flags & TABLE_OBSERVED != 0;
         let calls_mediated = flags & TABLE_CALLS_MEDIATED != 0;
+        let max_message = c.u32()?;
+        let pid_namespace = c.u64()?;
         let n = c.u32()? as usize;
         if n > body.len() / MEMBER_LEN {
             return Err(Error::Truncated);
@@ -159,7 +186,7 @@ impl Table {
             let id = c.u32()?;
             let flags = c.u32()?;
             let slot = c.u32()?;
-            c.u32()?;
+            let pid = c.u32()?;
             let mut bits = [0u64; 4];
             for w in &mut bits {
                 *w = c.u64()?;
@@ -173,6 +200,8 @@ impl Table {
                     keys: Vec::new(),
                     bits,
                 },
+                pid,
+                departed: flags & MEMBER_DEPARTED != 0,
             });
         }
         let n = c.u32()? as usize;
@@ -199,6 +228,8 @@ impl Table {
             calls_mediated,
             members,
             names,
+            max_message,
+            pid_namespace,
         })
     }
 }
@@ -291,6 +322,8 @@ mod tests {
                         everything: true,
                         ..Summary::default()
                     },
+                    pid: 0,
+                    departed: false,
                 },
                 Member {
                     id: 7,
@@ -300,9 +333,13 @@ mod tests {
                         keys: Vec::new(),
                         ..Summary::of(&rules)
                     },
+                    pid: 4242,
+                    departed: true,
                 },
             ],
             names: vec![("a.b".into(), 7), ("org.example.Name".into(), 9)],
+            max_message: 1 << 20,
+            pid_namespace: 0x1234_5678_9abc,
         }
     }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod busd_build;
+pub mod member;
 
 /// The busd binary under test: `$BUSD` when set, or else the workspace's busd built from the
 /// current sources (once per test process), so that no test runs a stale `target/debug/busd`.

@@ -3,241 +3,21 @@
 //! members send it. The members here are zbus connections plus the raw datagram socket the
 //! bus hands them, so that every frame is built by the test.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use busd_match::header::{self, Fields, HEADER_LEN};
-use busd_match::protocol::{self, JoinFds, JoinReply};
-use busd_match::table::{self, Table};
+use busd_match::header::{self, HEADER_LEN};
+use busd_match::protocol;
 use busd_shim::Counters;
+use busd_tests::member::*;
 use busd_tests::{require, require_root, zbus_connect, Busd};
-use busd_wire::marshal::Endian;
-use busd_wire::message::{encode, HeaderFields, METHOD_CALL, SIGNAL};
+use busd_wire::message::{METHOD_CALL, SIGNAL};
 use futures_util::StreamExt;
 use zbus::{Connection, MatchRule, MessageStream};
-
-struct Member {
-    conn: Connection,
-    unique: String,
-    id: u32,
-    dir: PathBuf,
-    socket: UnixDatagram,
-    table: std::fs::File,
-}
-
-async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
-    conn.call_method(
-        Some("org.freedesktop.DBus"),
-        protocol::PATH,
-        Some(protocol::INTERFACE),
-        protocol::JOIN,
-        &(),
-    )
-    .await
-}
-
-async fn member(bus: &Busd) -> Member {
-    let conn = zbus_connect(bus).await;
-    let reply = join(&conn).await.unwrap();
-    // Read as the shim reads it: the named layout, then the fds in their order.
-    let data = reply.data();
-    let parsed = busd_wire::Message::parse(data.bytes().to_vec(), Vec::new()).unwrap();
-    let JoinReply {
-        member: id,
-        directory: dir,
-        ..
-    } = JoinReply::decode(&mut parsed.body_reader()).unwrap();
-    let fds = data
-        .fds()
-        .iter()
-        .map(|f| f.as_fd().try_clone_to_owned().unwrap());
-    let JoinFds { socket, table, .. } = JoinFds::from_vec(fds.collect()).unwrap();
-    let socket = UnixDatagram::from(socket);
-    socket.set_nonblocking(true).unwrap();
-    Member {
-        unique: conn.unique_name().unwrap().to_string(),
-        conn,
-        id,
-        dir: PathBuf::from(dir),
-        socket,
-        table: std::fs::File::from(table),
-    }
-}
-
-impl Member {
-    /// The routing table as published now.
-    fn table(&self) -> Table {
-        for _ in 0..100 {
-            let mut raw = vec![0u8; table::PREFIX_LEN + 64 * 1024];
-            let n = self.table.read_at(&mut raw, 0).unwrap();
-            raw.truncate(n - n % 8);
-            let words: Vec<AtomicU64> = raw
-                .chunks(8)
-                .map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().unwrap())))
-                .collect();
-            let mut body = Vec::new();
-            if let Ok(Some(_)) = table::read(&words, &mut body) {
-                return Table::decode(&body).unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no consistent routing table");
-    }
-
-    /// Waits until the table satisfies `ok` (it is republished after each event).
-    async fn table_until(&self, ok: impl Fn(&Table) -> bool) -> Table {
-        for _ in 0..200 {
-            let t = self.table();
-            if ok(&t) {
-                return t;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the routing table never got there: {:?}", self.table());
-    }
-
-    /// A frame: routing header for `destination` (0: a broadcast), then a
-    /// message that names this member as its SENDER unless `sender` says otherwise.
-    fn frame(&self, kind: u8, destination: u32, dest_name: Option<&str>, member: &str) -> Vec<u8> {
-        self.frame_as(&self.unique, kind, destination, dest_name, member)
-    }
-
-    fn frame_as(
-        &self,
-        sender: &str,
-        kind: u8,
-        destination: u32,
-        dest_name: Option<&str>,
-        member: &str,
-    ) -> Vec<u8> {
-        let (path, iface) = if dest_name == Some("org.freedesktop.DBus") {
-            ("/org/freedesktop/DBus", "org.freedesktop.DBus")
-        } else {
-            ("/org/example", "org.example.Fast")
-        };
-        let f = HeaderFields {
-            path: Some(path),
-            interface: Some(iface),
-            member: Some(member),
-            destination: dest_name,
-            sender: Some(sender),
-            ..Default::default()
-        };
-        let msg = encode(Endian::Little, kind, 0, 77, &f, &[]);
-        let mut out = [0u8; HEADER_LEN];
-        header::encode(
-            &Fields {
-                msg_type: kind,
-                flags: 0,
-                sender: self.id,
-                destination,
-                interface: Some(iface),
-                member: Some(member),
-                path: Some(path),
-            },
-            &[],
-            &mut out,
-        );
-        [&out[..], &msg].concat()
-    }
-
-    fn send_to(&self, member: u32, frame: &[u8]) -> std::io::Result<usize> {
-        self.socket
-            .send_to(frame, self.dir.join(member.to_string()))
-    }
-
-    /// Turns a frame into one whose message is in a memfd (`seal`: sealed as required),
-    /// announcing `len` bytes (None: the message's length); returns the frame and the memfd.
-    fn in_memfd(frame: &[u8], seal: bool, len: Option<u64>) -> (Vec<u8>, OwnedFd) {
-        let message = &frame[HEADER_LEN..];
-        let memfd = if seal {
-            busd_match::sealed::seal(message).unwrap()
-        } else {
-            // SAFETY: a valid name; the result is checked.
-            let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
-            assert!(raw >= 0);
-            // SAFETY: a new descriptor nobody else owns.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-            let mut file = std::fs::File::from(fd);
-            std::io::Write::write_all(&mut file, message).unwrap();
-            file.into()
-        };
-        let mut head = frame[..HEADER_LEN].to_vec();
-        head[header::OFF_KIND as usize + 3] |= header::ROUTE_MEMFD;
-        let len = len.unwrap_or(message.len() as u64);
-        ([&head[..], &len.to_be_bytes()[..]].concat(), memfd)
-    }
-
-    /// Sends a frame with descriptors to `path` in the bus's directory.
-    fn send_with_fds(&self, to: &str, frame: &[u8], fds: &[std::os::fd::RawFd]) {
-        use nix::sys::socket::{MsgFlags, UnixAddr};
-        let addr = UnixAddr::new(&self.dir.join(to)).unwrap();
-        busd_wire::fds::send(
-            self.socket.as_raw_fd(),
-            &[std::io::IoSlice::new(frame)],
-            fds,
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .unwrap();
-    }
-
-    fn send_to_daemon(&self, frame: &[u8]) -> std::io::Result<usize> {
-        self.socket
-            .send_to(frame, self.dir.join(protocol::inbox_name(self.id)))
-    }
-
-    /// The next datagram on this member's socket, waiting up to 5 s.
-    async fn receive(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 65536];
-        for _ in 0..500 {
-            match self.socket.recv(&mut buf) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return buf;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("nothing arrived on member {}'s socket", self.id);
-    }
-
-    /// Bytes waiting in this member's socket queue (SIOCINQ).
-    fn queued(&self) -> usize {
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through the pointer.
-        let r = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::FIONREAD, &mut n) };
-        assert_eq!(r, 0);
-        n as usize
-    }
-}
-
-async fn add_match(conn: &Connection, rule: &str) {
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
-    dbus.add_match_rule(MatchRule::try_from(rule).unwrap())
-        .await
-        .unwrap();
-}
-
-async fn remove_match(conn: &Connection, rule: &str) {
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.unwrap();
-    dbus.remove_match_rule(MatchRule::try_from(rule).unwrap())
-        .await
-        .unwrap();
-}
-
-fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
-    tokio::time::timeout(Duration::from_secs(20), f)
-}
 
 #[tokio::test]
 async fn members_get_a_private_filtered_socket_and_the_routing_table() {
@@ -289,10 +69,11 @@ async fn members_get_a_private_filtered_socket_and_the_routing_table() {
     a.send_to(b.id, &a.frame(SIGNAL, 0, None, "Ping")).unwrap();
     assert_eq!(b.queued(), 0);
 
-    // A member that leaves is gone from the table and from the directory.
+    // A member that leaves is listed as departed, and gone from the directory.
     let (b_id, b_path) = (b.id, b.dir.join(b.id.to_string()));
     drop(b);
-    a.table_until(|t| t.member(b_id).is_none()).await;
+    a.table_until(|t| t.member(b_id).is_none_or(|m| m.departed))
+        .await;
     assert!(!b_path.exists());
 }
 
@@ -415,7 +196,9 @@ async fn a_member_that_sends_under_another_name_is_disconnected() {
     // The daemon closes A's stream, and A is gone from the table.
     let observer = member(&bus).await;
     let a_id = a.id;
-    observer.table_until(|t| t.member(a_id).is_none()).await;
+    observer
+        .table_until(|t| t.member(a_id).is_none_or(|m| m.departed))
+        .await;
     let dbus = zbus::fdo::DBusProxy::new(&other).await.unwrap();
     assert!(!dbus
         .name_has_owner(a.unique.as_str().try_into().unwrap())
@@ -449,7 +232,9 @@ async fn malformed_frames_disconnect_only_their_sender() {
         let a = member(&bus).await;
         a.send_to_daemon(&spoil(good(&a))).unwrap();
         let a_id = a.id;
-        observer.table_until(|t| t.member(a_id).is_none()).await;
+        observer
+            .table_until(|t| t.member(a_id).is_none_or(|m| m.departed))
+            .await;
         assert!(
             !dbus
                 .name_has_owner(a.unique.as_str().try_into().unwrap())
@@ -603,17 +388,6 @@ async fn other_users_cannot_reach_member_sockets() {
     assert_eq!(a.queued(), 0);
 }
 
-/// A zbus connection through busd-shim on the fast path, with `options` added to the
-/// address.
-async fn shim(bus: &Busd, options: &str) -> Connection {
-    busd_shim::builder(&format!("{},fastpath=1{options}", bus.address))
-        .await
-        .unwrap()
-        .build()
-        .await
-        .unwrap()
-}
-
 /// A shim member subscribed to `Ping` (its connection, messages and counters), and a raw
 /// member that sees it subscribed in the table; returns the shim's member id too.
 async fn ping_receiver(bus: &Busd) -> (Connection, MessageStream, Arc<Counters>, Member, u32) {
@@ -700,11 +474,6 @@ async fn a_rule_the_bus_refused_lets_no_broadcast_through() {
         counters.filtered.load(std::sync::atomic::Ordering::Relaxed),
         1
     );
-}
-
-fn member_id(conn: &Connection) -> u32 {
-    let n: u32 = conn.unique_name().unwrap()[3..].parse().unwrap();
-    n + 1
 }
 
 /// An emitter (through busd-shim, with `options` added to its address), a reader (the
@@ -898,5 +667,7 @@ async fn memfd_frames_must_be_sealed_and_of_the_announced_size() {
     );
     let m_id = m.id;
     let watcher = member(&bus).await;
-    watcher.table_until(|t| t.member(m_id).is_none()).await;
+    watcher
+        .table_until(|t| t.member(m_id).is_none_or(|m| m.departed))
+        .await;
 }

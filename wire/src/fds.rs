@@ -21,17 +21,22 @@ pub struct Received<S> {
     pub fds: Vec<OwnedFd>,
     /// The sender's address, for a datagram socket that reports one.
     pub address: Option<S>,
+    /// The sending process's pid as the kernel attests it (`SCM_CREDENTIALS`, on a socket
+    /// with `SO_PASSCRED`), in this process's pid namespace (0: not visible from here).
+    pub pid: Option<i32>,
 }
 
-/// One `recvmsg` into `buf`, with room for [`MAX_FDS_PER_CALL`] fds. `MSG_CMSG_CLOEXEC` is
-/// always added: no descriptor a peer sends leaks into a process the receiver spawns.
+/// One `recvmsg` into `buf`, with room for [`MAX_FDS_PER_CALL`] fds and the sender's
+/// credentials. `MSG_CMSG_CLOEXEC` is always added: no descriptor a peer sends leaks into
+/// a process the receiver spawns. Descriptors that did not fit (`MSG_CTRUNC` in the flags)
+/// were closed by the kernel; the caller decides what the message is worth without them.
 /// `EINTR` is retried; every other error, `EAGAIN` included, is returned.
 pub fn recv<S: SockaddrLike>(
     fd: RawFd,
     buf: &mut [u8],
     flags: MsgFlags,
 ) -> nix::Result<Received<S>> {
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_CALL]);
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_CALL], nix::libc::ucred);
     let mut iov = [IoSliceMut::new(buf)];
     loop {
         match socket::recvmsg::<S>(
@@ -42,12 +47,20 @@ pub fn recv<S: SockaddrLike>(
         ) {
             Ok(m) => {
                 let mut fds = Vec::new();
+                let mut pid = None;
                 if let Ok(cmsgs) = m.cmsgs() {
                     for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            // SAFETY: the kernel has just installed these descriptors in
-                            // this process for us (SCM_RIGHTS); nothing else owns them.
-                            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                        match c {
+                            ControlMessageOwned::ScmRights(raw) => {
+                                // SAFETY: the kernel has just installed these descriptors
+                                // in this process for us (SCM_RIGHTS); nothing else owns
+                                // them.
+                                fds.extend(
+                                    raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
+                                );
+                            }
+                            ControlMessageOwned::ScmCredentials(c) => pid = Some(c.pid()),
+                            _ => {}
                         }
                     }
                 }
@@ -56,6 +69,7 @@ pub fn recv<S: SockaddrLike>(
                     flags: m.flags,
                     fds,
                     address: m.address,
+                    pid,
                 });
             }
             Err(nix::errno::Errno::EINTR) => continue,

@@ -10,7 +10,7 @@
 //! ([`Bus::handle_fast_frame`]).
 
 use crate::bus::error::{DriverError, ErrorName};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 
 use busd_match::bpf::{self, Program};
@@ -52,7 +52,15 @@ pub(super) struct State {
     pub origin: Option<PeerId>,
     /// Where members' own figures are read (the shell's progress memory).
     figures: Option<Figures>,
+    /// The last members to leave, newest last, as the table keeps listing them: a frame
+    /// a member sent before it left is still its own when a receiver reads it later.
+    departed: VecDeque<table::Member>,
+    /// The daemon's pid namespace, for the table ([`Bus::set_fast_pid_namespace`]).
+    pid_namespace: u64,
 }
+
+/// How many departed members the table keeps listing (DESIGN 5.8).
+pub const DEPARTED_KEPT: usize = 256;
 
 /// What a member last published of its figures (`busd_match::progress::FIGURES`), by slot
 /// and member id; None when it has published nothing there.
@@ -96,6 +104,13 @@ impl Bus {
         self.fast.enabled = enabled;
         self.fast.daemon_dirty = enabled;
         self.fast.table_dirty = enabled;
+    }
+
+    /// The daemon's pid namespace (the inode of `/proc/self/ns/pid`), published in the
+    /// table: members' pids there are as this namespace sees them.
+    pub fn set_fast_pid_namespace(&mut self, ns: u64) {
+        self.fast.pid_namespace = ns;
+        self.fast.table_dirty = self.fast.enabled;
     }
 
     /// Where `GetConnectionStats` reads the figures members publish.
@@ -243,6 +258,17 @@ impl Bus {
             return;
         };
         if let Some(f) = p.fast.take() {
+            self.fast.departed.push_back(table::Member {
+                id: f.id,
+                direct: f.direct,
+                slot: busd_match::progress::NO_SLOT,
+                summary: Summary::default(),
+                pid: p.creds.pid.unwrap_or(0),
+                departed: true,
+            });
+            if self.fast.departed.len() > DEPARTED_KEPT {
+                self.fast.departed.pop_front();
+            }
             self.fast.members.remove(&f.id);
             self.fast.dirty_filters.remove(&peer);
             self.fast.table_dirty = true;
@@ -384,7 +410,10 @@ impl Bus {
             direct: true,
             slot: busd_match::progress::NO_SLOT,
             summary: summary(daemon_rules),
+            pid: self.settings.pid,
+            departed: false,
         }];
+        members.extend(self.fast.departed.iter().cloned());
         let mut names = Vec::new();
         for (&id, &peer) in &self.fast.members {
             let Some(p) = self.peers.get(&peer) else {
@@ -398,6 +427,8 @@ impl Bus {
                 direct: f.direct,
                 slot: f.slot,
                 summary: summary(Some(self.matches.rules_of(peer))),
+                pid: p.creds.pid.unwrap_or(0),
+                departed: false,
             });
             for n in self.names.held_by(peer) {
                 if self.names.primary_owner(n) == Some(peer) {
@@ -414,6 +445,8 @@ impl Bus {
             calls_mediated: self.settings.limits.reply_timeout.is_some(),
             members,
             names,
+            max_message: u32::try_from(self.settings.limits.max_message_size).unwrap_or(u32::MAX),
+            pid_namespace: self.fast.pid_namespace,
         }
     }
 
@@ -421,16 +454,10 @@ impl Bus {
     /// 0, a broadcast (direct members had it from the sender); [`TO_DAEMON`], a message for
     /// the daemon to route; another member, a copy of what that member already had, for
     /// monitors and eavesdroppers. The message must name its sender truthfully: a member
-    /// that lies is disconnected. `forwarded`: the member got it directly for a name it no
-    /// longer owns, and passes it on; it is routed as coming from its SENDER, which must be
-    /// a direct member too (they share the bus's user and its trust).
-    pub fn handle_fast_frame(
-        &mut self,
-        from: PeerId,
-        destination: u32,
-        forwarded: bool,
-        msg: Message,
-    ) {
+    /// that lies is disconnected. No routing flag makes the daemon take a message as
+    /// another's (DESIGN 5.8): a member that got a frame for a name it does not own gives
+    /// it back to its sender, which resends it here as itself.
+    pub fn handle_fast_frame(&mut self, from: PeerId, destination: u32, msg: Message) {
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
@@ -439,32 +466,6 @@ impl Bus {
         };
         p.fast_frames += 1;
         let p = &self.peers[&from];
-        if forwarded {
-            let origin = msg.sender().and_then(|s| self.peers.by_unique(s));
-            match origin {
-                Some(o) if f.direct && self.fast_of(o).is_some_and(|of| of.direct) => {
-                    return self.handle_fast_frame(o, TO_DAEMON, false, msg);
-                }
-                // Its sender left meanwhile: as with dbus-daemon, what a connection sent
-                // before leaving is still delivered, but there is no connection to route
-                // it from any more.
-                None => {
-                    tracing::debug!(
-                        sender = msg.sender(),
-                        "forwarded message of a sender that left"
-                    );
-                    return;
-                }
-                Some(_) => {
-                    warn!(
-                        peer = p.unique.as_deref(),
-                        "a fast-path member forwarded a message it cannot have received directly; disconnecting it"
-                    );
-                    self.disconnect(from);
-                    return;
-                }
-            }
-        }
         if msg.sender() != p.unique.as_deref() {
             warn!(
                 peer = p.unique.as_deref(),

@@ -39,8 +39,6 @@ const TABLE_CAPACITY: usize = 4 << 20;
 /// A frame a member sent the daemon.
 pub struct Frame {
     pub destination: u32,
-    /// Passed on by a member that no longer owns the name it was sent to.
-    pub forwarded: bool,
     pub bytes: Vec<u8>,
     pub fds: Vec<OwnedFd>,
 }
@@ -120,8 +118,12 @@ impl SharedTable {
                         everything: true,
                         ..Default::default()
                     },
+                    pid: 0,
+                    departed: false,
                 }],
                 names: Vec::new(),
+                max_message: t.max_message,
+                pid_namespace: t.pid_namespace,
             };
             fallback.encode(&mut self.body);
             let _ = table::publish(self.words(), &self.body);
@@ -226,6 +228,13 @@ fn runtime_base() -> PathBuf {
 
 const DIR_PREFIX: &str = "busd-fastpath-";
 
+/// This process's pid namespace: the inode of `/proc/self/ns/pid` (0 when it cannot be
+/// read). A member compares it with its own before it compares pids (DESIGN 5.8).
+pub fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+}
+
 /// Removes the directories of busd processes that are gone (killed before they could clean
 /// up): `busd-fastpath-PID-XXXXXX` of this user whose PID no longer runs.
 fn remove_stale(base: &Path) {
@@ -308,6 +317,9 @@ impl FastPath {
         let inbox_path = self.dir.join(protocol::inbox_name(id));
         let socket = StdDatagram::bind(&path)?;
         bpf::attach(socket.as_fd(), filter)?;
+        // The kernel tells the member which process sent each datagram (DESIGN 5.8).
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(io::Error::from)?;
         let inbox = StdDatagram::bind(&inbox_path)
             .and_then(|inbox| {
                 inbox.connect(&path)?;
@@ -430,7 +442,6 @@ impl FastPath {
         );
         Received::Frame(Frame {
             destination: frame.header.destination,
-            forwarded: frame.header.routing & header::ROUTE_FORWARDED != 0,
             bytes: frame.message,
             fds,
         })

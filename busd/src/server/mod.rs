@@ -728,8 +728,7 @@ impl Server {
                 fastpath::Received::Frame(f) => {
                     match busd_wire::message::Message::parse(f.bytes, f.fds) {
                         Ok(msg) => {
-                            self.bus
-                                .handle_fast_frame(id, f.destination, f.forwarded, msg);
+                            self.bus.handle_fast_frame(id, f.destination, msg);
                             self.apply_effects();
                         }
                         Err(e) => {

@@ -196,13 +196,37 @@ fn the_table_lists_members_names_and_the_daemons_interest() {
     assert!(t.observed);
     assert!(t.member(0).unwrap().summary.everything);
 
-    // A member that leaves is gone from the table, and its sockets are closed.
+    // A member that leaves is listed as departed (with the process that joined, so that
+    // what it sent before still counts as its own), owns nothing, and its sockets close.
+    let pid = t.member(a).unwrap().pid;
+    assert_ne!(pid, 0);
     b.disconnected(1);
     let effects: Vec<Effect> = b.take_effects().collect();
     assert!(effects.iter().any(|e| matches!(e, Effect::FastLeave(1))));
     let t = b.take_fast_updates().unwrap().table.unwrap();
-    assert!(t.member(a).is_none());
+    let gone = t.member(a).unwrap();
+    assert!(gone.departed && !gone.reachable());
+    assert_eq!(gone.pid, pid);
     assert_eq!(t.owner("org.example.A"), None);
+}
+
+/// The table lists only the last departures: what it keeps does not grow with the
+/// connections a long session saw.
+#[test]
+fn the_table_forgets_departures_past_its_bound() {
+    let mut b = fast_bus();
+    let kept = crate::bus::fastpath::DEPARTED_KEPT as u64;
+    let first = join_fast(&mut b, 1);
+    b.disconnected(1);
+    for peer in 2..kept + 3 {
+        join_fast(&mut b, peer);
+        b.disconnected(peer);
+    }
+    b.take_effects().for_each(drop);
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    assert_eq!(t.members.len(), 1 + kept as usize);
+    assert!(t.member(first).is_none());
+    assert!(t.members.iter().skip(1).all(|m| m.departed));
 }
 
 #[test]
@@ -217,7 +241,7 @@ fn broadcasts_from_members_reach_only_those_off_the_fast_path() {
         add_match(&mut b, peer, "type='signal',member='Ping'");
     }
     become_monitor(&mut b, 4);
-    b.handle_fast_frame(1, 0, false, signal_from(&a, "Ping"));
+    b.handle_fast_frame(1, 0, signal_from(&a, "Ping"));
     let to: Vec<PeerId> = drain(&mut b).iter().map(|s| s.to).collect();
     assert_eq!(
         to,
@@ -254,7 +278,7 @@ fn copies_of_direct_messages_go_to_monitors_only() {
         Vec::new(),
     )
     .unwrap();
-    b.handle_fast_frame(1, member_b, false, m);
+    b.handle_fast_frame(1, member_b, m);
     let sent = drain(&mut b);
     assert_eq!(sent.iter().map(|s| s.to).collect::<Vec<_>>(), [3]);
     assert_eq!(sent[0].msg.member(), Some("Call"));
@@ -265,7 +289,7 @@ fn a_member_that_lies_about_its_name_is_disconnected() {
     let mut b = fast_bus();
     join_fast(&mut b, 1);
     let other = join(&mut b, 2);
-    b.handle_fast_frame(1, 0, false, signal_from(&other, "Ping"));
+    b.handle_fast_frame(1, 0, signal_from(&other, "Ping"));
     let effects: Vec<Effect> = b.take_effects().collect();
     assert!(
         matches!(effects.as_slice(), [Effect::Disconnect(1)]),
@@ -288,51 +312,43 @@ fn a_member_the_policy_mediates_is_not_direct() {
     );
 }
 
+/// What a member passes the daemon is routed as that member's only: a frame carrying
+/// another member's message (as the old "forwarded" frames did) is a lie, whoever the
+/// other is, and its sender is disconnected; the name's owner gets nothing.
 #[test]
-fn a_member_passes_on_what_came_for_a_name_it_no_longer_owns() {
+fn a_member_cannot_pass_on_another_members_message() {
     let mut b = fast_bus();
     join_fast(&mut b, 1);
     let a = b.unique_of(1).to_string();
     join_fast(&mut b, 2);
     let standard = join(&mut b, 3);
+    join_fast(&mut b, 4);
     b.handle_message(
         3,
         dcall(3, "RequestName", "su", su_body("org.example.N", 0)),
     );
     drain(&mut b);
-    // A sent a call to member 2 for org.example.N (its table was stale); 2 passes it on,
-    // and the daemon delivers it to the owner now, as from A.
-    let f = HeaderFields {
-        path: Some("/"),
-        interface: Some("org.x"),
-        member: Some("Call"),
-        sender: Some(&a),
-        destination: Some("org.example.N"),
-        ..Default::default()
-    };
-    let m = Message::parse(
-        encode(Endian::Little, message::METHOD_CALL, 0, 9, &f, &[]),
-        Vec::new(),
-    )
-    .unwrap();
-    b.handle_fast_frame(2, busd_match::header::TO_DAEMON, true, m);
-    let sent = drain(&mut b);
-    assert_eq!(sent.len(), 1, "{}", standard);
-    assert_eq!(sent[0].to, 3);
-    assert_eq!(sent[0].msg.sender(), Some(a.as_str()));
-
-    // A frame "forwarded" under the name of a connection off the fast path is a lie.
-    b.handle_fast_frame(
-        2,
-        busd_match::header::TO_DAEMON,
-        true,
-        signal_from(&standard, "X"),
-    );
-    let effects: Vec<Effect> = b.take_effects().collect();
-    assert!(
-        matches!(effects.as_slice(), [Effect::Disconnect(2)]),
-        "{effects:?}"
-    );
+    for (attacker, victim) in [(2, a.as_str()), (4, standard.as_str())] {
+        let f = HeaderFields {
+            path: Some("/"),
+            interface: Some("org.x"),
+            member: Some("Call"),
+            sender: Some(victim),
+            destination: Some("org.example.N"),
+            ..Default::default()
+        };
+        let m = Message::parse(
+            encode(Endian::Little, message::METHOD_CALL, 0, 9, &f, &[]),
+            Vec::new(),
+        )
+        .unwrap();
+        b.handle_fast_frame(attacker, busd_match::header::TO_DAEMON, m);
+        let effects: Vec<Effect> = b.take_effects().collect();
+        assert!(
+            matches!(effects.as_slice(), [Effect::Disconnect(p)] if *p == attacker),
+            "{victim}: {effects:?}"
+        );
+    }
 }
 
 /// A name changing owner recompiles the filters of the members with a `sender=` rule on

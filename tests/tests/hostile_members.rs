@@ -1,0 +1,486 @@
+//! The fast path's trust model (DESIGN 5.8) against a hostile member: each test is one
+//! attack, carried out as a program that does not use busd-shim would (frames built byte
+//! by byte, sockets bound in the bus's directory, another process holding a member's
+//! socket), against victims that are plain zbus connections on busd-shim. Each attack
+//! worked against busd before the trust model was built (issue 17).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use busd_match::header::{self, ROUTE_RETURNED, TO_DAEMON};
+use busd_match::protocol;
+use busd_tests::member::*;
+use busd_tests::{write_config, zbus_connect, Busd, Echo};
+use busd_wire::message::SIGNAL;
+use futures_util::StreamExt;
+use zbus::fdo::{DBusProxy, RequestNameFlags};
+use zbus::names::BusName;
+use zbus::{Connection, MessageStream};
+
+const VICTIM: &str = "org.example.Victim";
+
+/// The current owner of `name`, asked of the bus by a fresh connection.
+async fn owner(bus: &Busd, name: &str) -> Option<String> {
+    let c = zbus_connect(bus).await;
+    DBusProxy::new(&c)
+        .await
+        .unwrap()
+        .get_name_owner(BusName::try_from(name).unwrap())
+        .await
+        .ok()
+        .map(|o| o.to_string())
+}
+
+/// Whether `conn` is still connected to the bus: a call to the bus answers within 2 s.
+async fn connected(conn: &Connection) -> bool {
+    let call = DBusProxy::new(conn);
+    let answer = async { call.await?.get_id().await };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), answer).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Waits up to 5 s for `conn` to be disconnected.
+async fn disconnected(conn: &Connection) -> bool {
+    for _ in 0..10 {
+        if !connected(conn).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// A zbus connection on busd-shim that owns [`VICTIM`].
+async fn victim(bus: &Busd) -> Connection {
+    let v = shim(bus, "").await;
+    v.request_name(VICTIM).await.unwrap();
+    v
+}
+
+/// The shim's counters of a connection, once it joined the fast path.
+async fn stats(conn: &Connection) -> std::sync::Arc<busd_shim::Counters> {
+    for _ in 0..100 {
+        if let Some(c) = busd_shim::stats(conn) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the connection never joined the fast path");
+}
+
+/// Waits up to 2 s for `counter` to count something.
+async fn counted(counter: &std::sync::atomic::AtomicU64) {
+    for _ in 0..100 {
+        if counter.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A member's socket name in the directory.
+fn path_of(m: &Member, id: u32) -> std::path::PathBuf {
+    m.dir.join(protocol::socket_name(id))
+}
+
+/// The victim's `ReleaseName` of [`VICTIM`], as bytes (SENDER: the victim).
+fn release_victim(victim_name: &str) -> Vec<u8> {
+    call_bytes(
+        victim_name,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "ReleaseName",
+        3,
+        Some(VICTIM),
+    )
+}
+
+/// Item 1: a member passes the daemon a frame carrying the victim's `ReleaseName` (the
+/// old "forwarded" frames). The daemon takes nothing from a member under another's name:
+/// the victim keeps its name, and the liar is disconnected.
+#[tokio::test]
+async fn a_member_cannot_make_the_daemon_act_for_another() {
+    let bus = Busd::start();
+    let v = victim(&bus).await;
+    let attacker = member(&bus).await;
+    let victim_name = v.unique_name().unwrap().to_string();
+    let release = release_victim(&victim_name);
+    let mut frame = frame_for(attacker.id, TO_DAEMON, &release);
+    frame[header::OFF_KIND as usize + 3] |= ROUTE_RETURNED;
+    attacker.send_to_daemon(&frame).unwrap();
+    assert!(
+        disconnected(&attacker.conn).await,
+        "a member that sent under another's name stayed connected"
+    );
+    assert_eq!(owner(&bus, VICTIM).await, Some(victim_name));
+    assert!(connected(&v).await);
+}
+
+/// A shim member subscribed to `Ping` signals, its messages and counters.
+async fn ping_receiver(
+    bus: &Busd,
+) -> (
+    Connection,
+    MessageStream,
+    std::sync::Arc<busd_shim::Counters>,
+) {
+    let receiver = shim(bus, "").await;
+    add_match(&receiver, "type='signal',member='Ping'").await;
+    let signals = MessageStream::from(&receiver);
+    let counters = stats(&receiver).await;
+    (receiver, signals, counters)
+}
+
+/// The next `Ping` the application gets: its path.
+async fn next_ping(signals: &mut MessageStream) -> String {
+    timeout(async {
+        loop {
+            let m = signals.next().await.unwrap().unwrap();
+            if m.header().member().is_some_and(|n| n == "Ping") {
+                return m.header().path().unwrap().to_string();
+            }
+        }
+    })
+    .await
+    .expect("no Ping arrived")
+}
+
+/// A Ping signal from `sender` at `path`.
+fn ping(sender: &str, path: &str) -> Vec<u8> {
+    busd_wire::message::encode(
+        busd_wire::marshal::Endian::Little,
+        SIGNAL,
+        0,
+        5,
+        &busd_wire::message::HeaderFields {
+            path: Some(path),
+            interface: Some("org.example.Fast"),
+            member: Some("Ping"),
+            sender: Some(sender),
+            ..Default::default()
+        },
+        &[],
+    )
+}
+
+/// Item 2: a process of the bus's user that is no member binds look-alikes of a member's
+/// socket name (`02` for member 2) and the name of a member that never was, and sends
+/// frames claiming those members. The receiver's application gets none of them; each is
+/// counted as spoofed.
+#[tokio::test]
+async fn sockets_that_only_look_like_members_get_nothing_through() {
+    let bus = Busd::start();
+    let (receiver, mut signals, counters) = ping_receiver(&bus).await;
+    let m = member(&bus).await;
+    let to = path_of(&m, member_id(&receiver));
+    let never = 4000;
+    for (name, id) in [
+        (format!("0{}", m.id), m.id),
+        (format!("+{}", m.id), m.id),
+        (protocol::socket_name(never), never),
+    ] {
+        let s = UnixDatagram::bind(m.dir.join(&name)).unwrap();
+        let frame = frame_for(id, 0, &ping(&protocol::unique_of_member(id), "/forged"));
+        s.send_to(&frame, &to).unwrap();
+        std::fs::remove_file(m.dir.join(&name)).unwrap();
+    }
+    m.send_to(
+        member_id(&receiver),
+        &frame_for(m.id, 0, &ping(&m.unique, "/honest")),
+    )
+    .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/honest");
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 3);
+}
+
+/// Item 2: another process sends with a member's own socket (it inherited or was passed
+/// the descriptor). The kernel names that process, not the one that joined: nothing gets
+/// through, and it is counted.
+#[tokio::test]
+async fn another_process_with_a_members_socket_gets_nothing_through() {
+    busd_tests::require("python3-dbus");
+    let bus = Busd::start();
+    let (receiver, mut signals, counters) = ping_receiver(&bus).await;
+    let m = member(&bus).await;
+    let frame = frame_for(m.id, 0, &ping(&m.unique, "/other_process"));
+    let to = path_of(&m, member_id(&receiver));
+    // A descriptor of the member's socket the child inherits (no CLOEXEC).
+    // SAFETY: dup of a descriptor this test owns; the copy is closed below.
+    let fd = unsafe { libc::dup(m.socket.as_raw_fd()) };
+    assert!(fd >= 0);
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import os, socket, sys\n\
+             s = socket.socket(fileno=int(sys.argv[1]))\n\
+             s.sendto(bytes.fromhex(sys.argv[2]), sys.argv[3])\n",
+        ])
+        .arg(fd.to_string())
+        .arg(frame.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .arg(&to)
+        .output()
+        .unwrap();
+    // SAFETY: the copy made above, no longer used.
+    unsafe { libc::close(fd) };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.send_to(
+        member_id(&receiver),
+        &frame_for(m.id, 0, &ping(&m.unique, "/honest")),
+    )
+    .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/honest");
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+}
+
+/// A bus whose policy denies `com.example.Secret`: no member may exchange messages
+/// directly (the daemon must see each one).
+fn mediated_bus() -> (tempfile::TempDir, Busd) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "secret.conf",
+        r#"<busconfig>
+  <include>/usr/share/dbus-1/session.conf</include>
+  <policy context="default">
+    <deny send_interface="com.example.Secret"/>
+  </policy>
+</busconfig>"#,
+    );
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    (dir, bus)
+}
+
+/// Item 3: under a policy that denies an interface, the call through the daemon is
+/// refused, and the same call sent straight to the victim's socket is dropped by the
+/// victim's shim (whatever the sender's shim would have done), and counted.
+#[tokio::test]
+async fn receivers_enforce_the_policy_on_direct_frames() {
+    let (_dir, bus) = mediated_bus();
+    let v = shim(&bus, "").await;
+    let counters = stats(&v).await;
+    let mut calls = MessageStream::from(&v);
+    let attacker = member(&bus).await;
+    let secret = |path| {
+        call_bytes(
+            &attacker.unique,
+            v.unique_name().unwrap(),
+            path,
+            "com.example.Secret",
+            "Reveal",
+            9,
+            None,
+        )
+    };
+    // Through the daemon: AccessDenied, as dbus-daemon answers.
+    let refused = attacker
+        .conn
+        .call_method(
+            Some(v.unique_name().unwrap().as_str()),
+            "/daemon",
+            Some("com.example.Secret"),
+            "Reveal",
+            &(),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(zbus::Error::MethodError(n, _, _)) if n.as_str() == "org.freedesktop.DBus.Error.AccessDenied"),
+        "{refused:?}"
+    );
+    let id = member_id(&v);
+    attacker
+        .send_to(id, &frame_for(attacker.id, id, &secret("/direct")))
+        .unwrap();
+    counted(&counters.not_direct).await;
+    // Then something the policy allows, through the daemon: the first call the
+    // application sees. (Nobody answers it: it is not waited for.)
+    let open = attacker.conn.clone();
+    let dest = v.unique_name().unwrap().to_string();
+    let _unanswered = tokio::spawn(async move {
+        open.call_method(
+            Some(dest.as_str()),
+            "/allowed",
+            Some("org.example.Open"),
+            "Hello",
+            &(),
+        )
+        .await
+    });
+    let path = timeout(async {
+        loop {
+            let m = calls.next().await.unwrap().unwrap();
+            if let Some(p) = m.header().path() {
+                if p.as_str() != "/org/freedesktop/DBus" {
+                    return p.to_string();
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        path, "/allowed",
+        "the direct Secret call reached the application"
+    );
+    assert_eq!(counters.not_direct.load(Ordering::Relaxed), 1);
+}
+
+/// Item 5: frames for a name the victim does not own (once with more descriptors than the
+/// bus allows in a message, once without) used to make the victim pass them to the
+/// daemon, which disconnected the victim. Now the victim gives a frame back to its
+/// sender (or drops one it could not give back checked), and stays connected.
+#[tokio::test]
+async fn a_member_cannot_get_another_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "fds.conf",
+        r#"<busconfig>
+  <include>/usr/share/dbus-1/session.conf</include>
+  <limit name="max_message_unix_fds">2</limit>
+</busconfig>"#,
+    );
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    let v = shim(&bus, "").await;
+    let attacker = member(&bus).await;
+    let id = member_id(&v);
+    let mut with_fds = busd_wire::message::encode(
+        busd_wire::marshal::Endian::Little,
+        busd_wire::message::METHOD_CALL,
+        0,
+        11,
+        &busd_wire::message::HeaderFields {
+            path: Some("/p"),
+            interface: Some("org.example.I"),
+            member: Some("Take"),
+            destination: Some("org.example.NotTheVictims"),
+            sender: Some(&attacker.unique),
+            signature: Some("hhh"),
+            unix_fds: 3,
+            ..Default::default()
+        },
+        &[0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0],
+    );
+    let frame = frame_for(attacker.id, id, &with_fds);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = null.as_raw_fd();
+    attacker.send_with_fds(&protocol::socket_name(id), &frame, &[fd, fd, fd]);
+    // Without descriptors: given back to its sender, unchanged but for the routing words.
+    with_fds = call_bytes(
+        &attacker.unique,
+        "org.example.NotTheVictims",
+        "/p",
+        "org.example.I",
+        "Plain",
+        12,
+        None,
+    );
+    attacker
+        .send_to(id, &frame_for(attacker.id, id, &with_fds))
+        .unwrap();
+    let back = attacker.receive().await;
+    let h = header::Header::decode(&back).unwrap();
+    assert_ne!(h.routing & ROUTE_RETURNED, 0);
+    assert_eq!((h.sender, h.destination), (id, attacker.id));
+    assert_eq!(&back[header::HEADER_LEN..], &with_fds[..]);
+    assert!(connected(&v).await, "the victim was disconnected");
+}
+
+/// Item 1, the other way round: a receiver gives the victim a "returned" message it never
+/// sent (its own `ReleaseName`, or a message it did send, a second time). The victim
+/// resends only what it sent that receiver, once; the rest is counted as spoofed.
+#[tokio::test]
+async fn a_receiver_cannot_make_a_sender_say_what_it_did_not() {
+    let bus = Busd::start();
+    let v = victim(&bus).await;
+    let counters = stats(&v).await;
+    let attacker = member(&bus).await;
+    let victim_name = v.unique_name().unwrap().to_string();
+    let id = member_id(&v);
+    let release = release_victim(&victim_name);
+    let mut frame = frame_for(attacker.id, id, &release);
+    header::mark_returned(&mut frame, attacker.id, id);
+    attacker.send_to(id, &frame).unwrap();
+    counted(&counters.spoofed).await;
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.resent.load(Ordering::Relaxed), 0);
+    assert_eq!(owner(&bus, VICTIM).await, Some(victim_name));
+}
+
+/// The honest case the returns exist for: a call sent directly to the member that owned a
+/// name reaches the name's new owner after the first one gave it back, exactly once
+/// (given back twice, the second is refused).
+#[tokio::test]
+async fn a_call_for_a_name_that_moved_reaches_the_new_owner_once() {
+    const NAME: &str = "org.example.Moving";
+    let bus = Busd::start();
+    let caller = shim(&bus, "").await;
+    let counters = stats(&caller).await;
+    let first = member(&bus).await;
+    DBusProxy::new(&first.conn)
+        .await
+        .unwrap()
+        .request_name(
+            NAME.try_into().unwrap(),
+            RequestNameFlags::DoNotQueue.into(),
+        )
+        .await
+        .unwrap();
+    first.table_until(|t| t.owner(NAME) == Some(first.id)).await;
+    // The caller's shim reads the same table: the call goes straight to `first`.
+    let call = {
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            caller
+                .call_method(
+                    Some(NAME),
+                    "/echo",
+                    Some("org.example.Echo"),
+                    "Echo",
+                    &("hi",),
+                )
+                .await
+        })
+    };
+    let frame = first.receive().await;
+    // `first` gives the name up; a zbus service takes it.
+    DBusProxy::new(&first.conn)
+        .await
+        .unwrap()
+        .release_name(NAME.try_into().unwrap())
+        .await
+        .unwrap();
+    let service = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .serve_at("/echo", Echo)
+        .unwrap()
+        .name(NAME)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut back = frame.clone();
+    let caller_id = member_id(&caller);
+    header::mark_returned(&mut back, first.id, caller_id);
+    first.send_to(caller_id, &back).unwrap();
+    let reply = timeout(call).await.unwrap().unwrap().unwrap();
+    let answer: String = reply.body().deserialize().unwrap();
+    assert_eq!(answer, "echo: hi");
+    assert_eq!(
+        reply.header().sender().map(|s| s.to_string()),
+        service.unique_name().map(|s| s.to_string())
+    );
+    // Given back again: refused, counted, not resent.
+    first.send_to(caller_id, &back).unwrap();
+    counted(&counters.spoofed).await;
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.resent.load(Ordering::Relaxed), 1);
+}
