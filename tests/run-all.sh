@@ -19,6 +19,7 @@ command -v busctl >/dev/null || need+=(systemd)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prlimit >/dev/null || need+=(util-linux)
+command -v unshare >/dev/null || need+=(util-linux)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"

@@ -132,6 +132,7 @@ const REQUIREMENTS: &[(&str, &str)] = &[
     ("systemd-socket-activate", "systemd"),
     ("systemd-analyze", "systemd"),
     ("prlimit", "util-linux"),
+    ("unshare", "util-linux"),
     ("python3-dbus", "python3-dbus"),
     ("/usr/share/dbus-1/system.conf", "dbus-system-bus-common"),
 ];

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,10 @@ use busd_match::header::{self, HEADER_LEN};
 use busd_match::protocol;
 use busd_shim::Counters;
 use busd_tests::member::*;
-use busd_tests::{require, require_root, zbus_connect, Busd};
+use busd_tests::{busd_binary, require, require_root, zbus_connect, Busd};
 use busd_wire::message::{METHOD_CALL, SIGNAL};
 use futures_util::StreamExt;
+use nix::fcntl::{Flock, FlockArg};
 use zbus::{Connection, MatchRule, MessageStream};
 
 #[tokio::test]
@@ -259,15 +261,54 @@ async fn fastpath_off_refuses_to_join() {
     }
 }
 
+/// Whether an open file holds the lock of the bus directory `dir`: its busd runs.
+fn lock_held(dir: &Path) -> bool {
+    let file = std::fs::File::open(dir.join("lock")).unwrap();
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_) => false,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => true,
+        Err((_, e)) => panic!("locking {}: {e}", dir.display()),
+    }
+}
+
+/// The flags process `pid` has its descriptor of `path` open with (/proc/PID/fdinfo).
+fn open_flags(pid: u32, path: &Path) -> libc::c_int {
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let e = e.unwrap();
+        if std::fs::read_link(e.path()).is_ok_and(|target| target == path) {
+            let fd = e.file_name().into_string().unwrap();
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+            return libc::c_int::from_str_radix(flags.trim(), 8).unwrap();
+        }
+    }
+    panic!("process {pid} has no descriptor of {}", path.display());
+}
+
+/// The names in a directory, sorted.
+fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn the_directory_goes_with_the_daemon_and_stale_ones_are_swept() {
     let bus = Busd::start();
     let a = member(&bus).await;
     let dir = a.dir.clone();
     let base = dir.parent().unwrap().to_path_buf();
-    // What a busd killed with SIGKILL leaves behind (no such pid runs).
-    let stale = base.join("busd-fastpath-999999999-test00");
+    // What a busd killed with SIGKILL leaves behind: its lock file, which nobody holds.
+    let stale = base.join(format!("busd-fastpath-999999999-s{}", std::process::id()));
     std::fs::create_dir_all(stale.join("inner")).unwrap();
+    std::fs::write(stale.join("lock"), b"").unwrap();
+    // Without a lock file nothing shows that its owner is gone (an older busd's, say; no
+    // such pid runs here).
+    let unproven = base.join(format!("busd-fastpath-999999998-u{}", std::process::id()));
+    std::fs::create_dir_all(unproven.join("inner")).unwrap();
     drop(a);
     drop(bus); // SIGTERM: busd removes its directory as it exits
     assert!(!dir.exists(), "{} is left behind", dir.display());
@@ -277,6 +318,68 @@ async fn the_directory_goes_with_the_daemon_and_stale_ones_are_swept() {
     assert!(
         !stale.exists(),
         "a stale directory survived a new busd's start"
+    );
+    let kept = unproven.join("inner").exists();
+    let _ = std::fs::remove_dir_all(&unproven);
+    assert!(kept, "a directory without a lock file was swept");
+    // The live bus holds its lock, on a descriptor the services it starts do not inherit.
+    assert!(lock_held(&b.dir), "nobody holds {}/lock", b.dir.display());
+    let flags = open_flags(next.pid(), &b.dir.join("lock"));
+    assert_ne!(
+        flags & libc::O_CLOEXEC,
+        0,
+        "the lock is inherited across exec"
+    );
+}
+
+/// Issue 17, item 6: a busd started in another pid namespace, whose /proc does not show
+/// this bus's pid, leaves the bus's directory alone, and the bus goes on taking members.
+/// Killed (it cannot remove its directory), the bus holds its lock no more, and the next
+/// busd sweeps the directory. (Needs root, for the namespaces.)
+#[tokio::test]
+async fn a_busd_in_another_pid_namespace_leaves_a_live_bus_directory_alone() {
+    require_root("to start a busd in new pid and mount namespaces");
+    require("unshare");
+    let mut first = Busd::start();
+    let a = member(&first).await;
+    let before = listing(&a.dir);
+    // unshare ignores SIGTERM; when the test kills it, it passes SIGTERM on to busd.
+    let busd = busd_binary();
+    let unshare = [
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child=SIGTERM",
+        "--",
+        busd.to_str().unwrap(),
+        "--session",
+    ];
+    let elsewhere = Busd::start_program(Path::new("unshare"), &unshare);
+    // Once it has a member its fast path is up: its sweep is over.
+    let c = member(&elsewhere).await;
+    assert_eq!(c.dir.parent(), a.dir.parent());
+    assert_ne!(c.dir, a.dir);
+    assert!(
+        a.dir.exists(),
+        "a busd in another pid namespace removed a live bus's directory"
+    );
+    assert_eq!(listing(&a.dir), before, "the live bus's directory changed");
+    // The bus still takes members, and they reach each other.
+    let b = member(&first).await;
+    assert_eq!(b.dir, a.dir);
+    a.send_to(b.id, &a.frame(METHOD_CALL, b.id, Some(&b.unique), "Call"))
+        .unwrap();
+    let got = b.receive().await;
+    assert_eq!(header::Header::decode(&got).unwrap().destination, b.id);
+
+    let pid = nix::unistd::Pid::from_raw(first.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(first.wait_exit().is_some(), "busd survived SIGKILL");
+    let next = Busd::start();
+    member(&next).await;
+    assert!(
+        !a.dir.exists(),
+        "the directory of a killed busd survived a new busd's start"
     );
 }
 

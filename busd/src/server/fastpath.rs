@@ -7,9 +7,12 @@
 //! duplicate to replace the filter), and `dN`, the daemon's inbox for that member,
 //! `connect()`ed to `N`. Being connected, the inbox takes datagrams from that member only
 //! (the kernel refuses others) and is exempt from the datagram queue limit, so a member
-//! sending to the daemon is held back only by its own send buffer.
+//! sending to the daemon is held back only by its own send buffer. The directory also
+//! holds `lock`, which the daemon keeps locked while it lives: another busd removes a
+//! directory only when that lock is free (its owner has ended).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +28,10 @@ use busd_match::shm::Mapping;
 use busd_match::table::{self, Table};
 use busd_wire::fds;
 use mio::net::UnixDatagram;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::socket::MsgFlags;
+use nix::sys::stat::Mode;
 use tracing::{debug, warn};
 
 use crate::bus::fastpath::Joined;
@@ -205,6 +211,9 @@ impl SharedProgress {
 
 pub struct FastPath {
     dir: PathBuf,
+    /// Held on the directory's [`LOCK`] for the bus's whole life; released (the field
+    /// dropped) only after `drop` has removed the directory.
+    _lock: Flock<File>,
     table: SharedTable,
     progress: SharedProgress,
     members: HashMap<PeerId, Member>,
@@ -235,32 +244,96 @@ pub fn pid_namespace() -> u64 {
     std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
 }
 
-/// Removes the directories of busd processes that are gone (killed before they could clean
-/// up): `busd-fastpath-PID-XXXXXX` of this user whose PID no longer runs.
+/// The file in a bus's directory its busd holds an exclusive `flock` on for as long as it
+/// lives: the lock is the kernel's, on the open file, so it ends with the process whatever
+/// pid namespace that is in, and another busd can tell a live bus's directory from one
+/// left behind. (Never a socket's name: members are decimal numbers, inboxes `dN`.)
+const LOCK: &str = "lock";
+
+/// Where the lock file is created and locked before it is renamed [`LOCK`]: a `lock`
+/// nobody holds is never seen in a live bus's directory.
+const LOCK_NEW: &str = "lock.new";
+
+/// Creates the lock file in `dir`, a directory this process has just made, and locks it.
+/// The descriptor is close-on-exec (std opens every file so): services the bus starts do
+/// not inherit it, and cannot keep the lock after the bus is gone.
+fn lock_directory(dir: &Path) -> io::Result<Flock<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let new = dir.join(LOCK_NEW);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&new)?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
+    std::fs::rename(&new, dir.join(LOCK))?;
+    Ok(lock)
+}
+
+/// Removes the directories of busd processes that ended without removing theirs (killed
+/// with SIGKILL): each `busd-fastpath-*` directory of this user whose lock file nobody
+/// holds. A pid proves nothing (a busd in another pid namespace runs under pids this one
+/// cannot see), and a directory without a lock file (an older busd's, or anything else)
+/// is left alone: nothing shows that its owner is gone.
 fn remove_stale(base: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let uid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+        if !e.file_name().as_bytes().starts_with(DIR_PREFIX.as_bytes()) {
             continue;
-        };
-        let mine = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
-        if mine && !Path::new(&format!("/proc/{pid}")).exists() {
-            debug!(
-                "removing {}, left by busd process {pid}",
-                e.path().display()
-            );
-            let _ = std::fs::remove_dir_all(e.path());
         }
+        let path = e.path();
+        match take_abandoned(&path) {
+            // Held while the directory goes, so that no other busd sweeps it at once.
+            Ok(Some(_lock)) => {
+                debug!(
+                    "removing {}: the busd that made it has ended",
+                    path.display()
+                );
+                // (remove_dir_all removes a symlink found in its place, never follows it.)
+                if let Err(err) = std::fs::remove_dir_all(&path) {
+                    debug!("cannot remove {}: {err}", path.display());
+                }
+            }
+            Ok(None) => debug!("{} is in use: its busd runs", path.display()),
+            Err(err) => debug!("leaving {} alone: {err}", path.display()),
+        }
+    }
+}
+
+/// The lock of the bus directory at `path`, taken, when the busd that made it has
+/// provably ended: `path` is a directory of this user (not a symlink: it is not followed)
+/// whose lock file, a file of this user, nobody holds. None while its busd runs; an error
+/// (why it is not a stale directory) otherwise.
+fn take_abandoned(path: &Path) -> io::Result<Option<Flock<File>>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = dir.metadata()?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(io::Error::other("not a directory of this user"));
+    }
+    // Opened in the directory just checked, not through its path again.
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        LOCK,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat has just returned this descriptor; nothing else owns it.
+    let file = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != uid {
+        return Err(io::Error::other("its lock is not a file of this user"));
+    }
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
     }
 }
 
@@ -280,10 +353,19 @@ impl FastPath {
                 ),
             )
         })?;
+        let lock = lock_directory(&dir).map_err(|e| {
+            // Without its lock file no busd would ever sweep it.
+            let _ = std::fs::remove_dir_all(&dir);
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the lock file in {}: {e}", dir.display()),
+            )
+        })?;
         let mut table = SharedTable::new()?;
         table.publish(&Table::default());
         Ok(FastPath {
             dir,
+            _lock: lock,
             table,
             progress: SharedProgress::new()?,
             members: HashMap::new(),
