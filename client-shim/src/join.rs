@@ -32,6 +32,15 @@ pub fn call() -> zbus::Result<zbus::Message> {
         .build(&())
 }
 
+/// The `Ready` call, sent once the member is set up (no reply is waited for).
+pub fn ready() -> zbus::Result<zbus::Message> {
+    zbus::Message::method_call(protocol::PATH, protocol::READY)?
+        .destination("org.freedesktop.DBus")?
+        .interface(protocol::INTERFACE)?
+        .with_flags(zbus::message::Flags::NoReplyExpected)?
+        .build(&())
+}
+
 /// What the daemon's answer to Join gives.
 pub struct Joining {
     pub id: u32,

@@ -119,6 +119,7 @@ pub(crate) mod tests {
             slot: NO_SLOT,
             summary: Summary::of(&rules),
             pid: 1000 + id,
+            ready: true,
             departed: false,
         }
     }
@@ -276,6 +277,17 @@ pub(crate) mod tests {
         assert_eq!(plan(&reply, &t, 3, false), direct(&[2], 2, false, 0));
         // A member that left gets nothing directly (the daemon answers for it).
         assert_eq!(plan(&call(":1.5"), &t, 3, false), Route::Daemon(TO_DAEMON));
+        // Nor one that has not said it is ready (its set-up may fail).
+        let mut unready = table();
+        unready.members[1].ready = false;
+        assert_eq!(
+            plan(&call(":1.1"), &unready, 3, false),
+            Route::Daemon(TO_DAEMON)
+        );
+        assert_eq!(
+            plan(&message(SIGNAL, 0, None, "Ping"), &unready, 3, false),
+            direct(&[3], 0, false, 1)
+        );
         // A sender the policy mediates sends everything through the daemon.
         assert_eq!(plan(&call(":1.1"), &t, 5, false), Route::Daemon(TO_DAEMON));
         assert_eq!(plan(&call(":1.1"), &t, 9, false), Route::Daemon(TO_DAEMON));

@@ -277,6 +277,19 @@ impl ShimRead {
             Ok(m) => {
                 debug!(member = m.id, "joined the fast path");
                 let _ = shared.counters.unique.set(m.unique.clone());
+                // Set up: others may send to it directly from now on (until the bus has
+                // this, everything for it comes on the stream).
+                match join::ready() {
+                    Ok(ready) => {
+                        let shared = Arc::clone(shared);
+                        tokio::spawn(async move {
+                            if let Err(e) = shared.write_all(ready.data(), &[]).await {
+                                debug!("cannot tell the bus the member is ready: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => debug!("cannot tell the bus the member is ready: {e}"),
+                }
                 Phase::Joined(m)
             }
             Err(e) => {

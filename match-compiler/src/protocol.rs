@@ -11,11 +11,16 @@ use busd_wire::marshal::{Malformed, Reader, Writer};
 use crate::header::{self, Header, HEADER_LEN, TO_DAEMON};
 use crate::sealed;
 
-/// busd's own interface on the driver object, with the one method [`JOIN`].
+/// busd's own interface on the driver object, with the methods [`JOIN`] and [`READY`].
 pub const INTERFACE: &str = "org.freedesktop.busd.FastPath1";
 /// The method a connection calls (after Hello) to join the fast path.
 pub const JOIN: &str = "Join";
-/// The object it is called on.
+/// The method a member calls (after Join's answer, without waiting for a reply) once it
+/// has set up what Join gave it: until then nobody sends to it directly (it is not
+/// *direct* in the table) and everything for it comes on the stream, so that a member
+/// whose set-up failed loses nothing (DESIGN 5.8).
+pub const READY: &str = "Ready";
+/// The object they are called on.
 pub const PATH: &str = "/org/freedesktop/DBus";
 
 /// The answer to `Join` (signature [`JoinReply::SIGNATURE`]). The three descriptors travel

@@ -24,6 +24,7 @@ const TABLE_CALLS_MEDIATED: u32 = 2;
 const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_DEPARTED: u32 = 4;
+const MEMBER_READY: u32 = 8;
 const MEMBER_LEN: usize = 48;
 
 /// One member as the table lists it.
@@ -41,6 +42,9 @@ pub struct Member {
     /// [`Table::pid_namespace`]); 0 when unknown. A receiver takes a direct frame only
     /// from that process (DESIGN 5.8).
     pub pid: u32,
+    /// It set up what Join gave it: until then nobody sends to it directly (it may send
+    /// directly itself).
+    pub ready: bool,
     /// It left: nobody sends to it any more, but what it sent before still counts as its
     /// own (the table keeps the last departures for that).
     pub departed: bool,
@@ -49,7 +53,7 @@ pub struct Member {
 impl Member {
     /// Whether a member may send to it directly now.
     pub fn reachable(&self) -> bool {
-        self.direct && !self.departed
+        self.direct && self.ready && !self.departed
     }
 }
 
@@ -154,6 +158,9 @@ impl Table {
             if m.departed {
                 flags |= MEMBER_DEPARTED;
             }
+            if m.ready {
+                flags |= MEMBER_READY;
+            }
             put_u32(out, flags);
             put_u32(out, m.slot);
             put_u32(out, m.pid);
@@ -201,6 +208,7 @@ impl Table {
                     bits,
                 },
                 pid,
+                ready: flags & MEMBER_READY != 0,
                 departed: flags & MEMBER_DEPARTED != 0,
             });
         }
@@ -323,6 +331,7 @@ mod tests {
                         ..Summary::default()
                     },
                     pid: 0,
+                    ready: true,
                     departed: false,
                 },
                 Member {
@@ -334,6 +343,7 @@ mod tests {
                         ..Summary::of(&rules)
                     },
                     pid: 4242,
+                    ready: false,
                     departed: true,
                 },
             ],

@@ -26,6 +26,8 @@ pub struct Member {
     pub dir: PathBuf,
     pub socket: UnixDatagram,
     pub table: std::fs::File,
+    /// The progress memory, writable as every member gets it.
+    pub progress: std::fs::File,
 }
 
 pub async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
@@ -39,7 +41,27 @@ pub async fn join(conn: &Connection) -> zbus::Result<zbus::Message> {
     .await
 }
 
+/// `Ready`: the member set up what Join gave it (others may now send to it directly).
+pub async fn ready(conn: &Connection) -> zbus::Result<zbus::Message> {
+    conn.call_method(
+        Some("org.freedesktop.DBus"),
+        protocol::PATH,
+        Some(protocol::INTERFACE),
+        protocol::READY,
+        &(),
+    )
+    .await
+}
+
+/// A connection that joined the fast path and said it is ready.
 pub async fn member(bus: &Busd) -> Member {
+    let m = unready_member(bus).await;
+    ready(&m.conn).await.unwrap();
+    m
+}
+
+/// A connection that joined the fast path and did not say it is ready.
+pub async fn unready_member(bus: &Busd) -> Member {
     let conn = zbus_connect(bus).await;
     let reply = join(&conn).await.unwrap();
     // Read as the shim reads it: the named layout, then the fds in their order.
@@ -54,7 +76,11 @@ pub async fn member(bus: &Busd) -> Member {
         .fds()
         .iter()
         .map(|f| f.as_fd().try_clone_to_owned().unwrap());
-    let JoinFds { socket, table, .. } = JoinFds::from_vec(fds.collect()).unwrap();
+    let JoinFds {
+        socket,
+        table,
+        progress,
+    } = JoinFds::from_vec(fds.collect()).unwrap();
     let socket = UnixDatagram::from(socket);
     socket.set_nonblocking(true).unwrap();
     Member {
@@ -64,6 +90,7 @@ pub async fn member(bus: &Busd) -> Member {
         dir: PathBuf::from(dir),
         socket,
         table: std::fs::File::from(table),
+        progress: std::fs::File::from(progress),
     }
 }
 

@@ -484,3 +484,45 @@ async fn a_call_for_a_name_that_moved_reaches_the_new_owner_once() {
     assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
     assert_eq!(counters.resent.load(Ordering::Relaxed), 1);
 }
+
+/// Item 7: a member corrupts the progress memory (every member maps it writable), so
+/// that the next connection's shim cannot set up what Join gave it. That connection stays
+/// on the stream, and loses nothing: it is not direct until it says it is ready, so a
+/// member that joined before sends it everything through the daemon.
+#[tokio::test]
+async fn a_connection_whose_set_up_failed_loses_nothing() {
+    use std::os::unix::fs::FileExt;
+    let bus = Busd::start();
+    let caller = shim(&bus, "").await;
+    stats(&caller).await;
+    let attacker = member(&bus).await;
+    attacker.progress.write_at(&[0xff; 8], 0).unwrap();
+    let victim = shim(&bus, "").await;
+    victim.object_server().at("/echo", Echo).await.unwrap();
+    // A round trip: the answer to Join is in.
+    DBusProxy::new(&victim)
+        .await
+        .unwrap()
+        .get_id()
+        .await
+        .unwrap();
+    assert!(
+        busd_shim::stats(&victim).is_none(),
+        "the shim set up on corrupted memory"
+    );
+    let id = member_id(&victim);
+    let t = attacker.table_until(|t| t.member(id).is_some()).await;
+    assert!(!t.member(id).unwrap().reachable());
+    let reply = timeout(caller.call_method(
+        Some(victim.unique_name().unwrap().as_str()),
+        "/echo",
+        Some("org.example.Echo"),
+        "Echo",
+        &("still there",),
+    ))
+    .await
+    .expect("the call was lost")
+    .unwrap();
+    let answer: String = reply.body().deserialize().unwrap();
+    assert_eq!(answer, "echo: still there");
+}

@@ -34,8 +34,18 @@ pub(super) struct FastMember {
     /// Its policy allows every message it sends and receives, so it may exchange messages
     /// with other direct members without the daemon (DESIGN 5.7).
     pub direct: bool,
+    /// It set up what Join gave it ([`busd_match::protocol::READY`]): until then nobody
+    /// sends to it directly (DESIGN 5.8).
+    pub ready: bool,
     /// Its slot in the progress memory (causal order, DESIGN 5.5).
     pub slot: u32,
+}
+
+impl FastMember {
+    /// Others send to it directly (and the daemon does not).
+    pub fn receives_directly(&self) -> bool {
+        self.direct && self.ready
+    }
 }
 
 #[derive(Debug, Default)]
@@ -217,15 +227,16 @@ impl Bus {
                 return;
             }
         };
-        let direct = p.policy.allows_all_messages();
+        // Nobody sends to it directly until it says it is ready: until then the daemon
+        // delivers everything for it on its stream, and its rules stay in the daemon's
+        // filter. (It may send directly at once.)
         p.fast = Some(FastMember {
             id: member,
-            direct,
+            direct: p.policy.allows_all_messages(),
+            ready: false,
             slot: joined.slot,
         });
         self.fast.members.insert(member, peer);
-        // Its rules leave the daemon's filter for its own.
-        self.fast.daemon_dirty = true;
         self.fast.table_dirty = true;
         // Its names now designate a member, for `sender=` rules.
         let p = &self.peers[&peer];
@@ -252,6 +263,29 @@ impl Bus {
         self.send_from_driver_with_fds(peer, m, fds.into_vec());
     }
 
+    /// `Ready`: the member set up its socket and memory; if the policy allows, others may
+    /// now send to it directly.
+    pub(super) fn fast_ready(&mut self, from: PeerId) -> Result<super::driver::Reply, Failure> {
+        let Some(p) = self.peers.get_mut(&from) else {
+            return Ok(None);
+        };
+        let Some(f) = &mut p.fast else {
+            return Err(DriverError::new(
+                ErrorName::Failed,
+                "This connection has not joined the fast path".into(),
+            ));
+        };
+        if !f.ready {
+            f.ready = true;
+            if f.direct {
+                // Its rules leave the daemon's filter for its own.
+                self.fast.daemon_dirty = true;
+            }
+            self.fast.table_dirty = true;
+        }
+        Ok(Some((Vec::new(), "")))
+    }
+
     /// A member left the fast path (it disconnected, or became a monitor).
     pub(super) fn fast_leave(&mut self, peer: PeerId) {
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -264,6 +298,7 @@ impl Bus {
                 slot: busd_match::progress::NO_SLOT,
                 summary: Summary::default(),
                 pid: p.creds.pid.unwrap_or(0),
+                ready: f.ready,
                 departed: true,
             });
             if self.fast.departed.len() > DEPARTED_KEPT {
@@ -290,8 +325,13 @@ impl Bus {
             return;
         }
         match self.fast_of(peer) {
-            Some(f) if f.direct => {
+            Some(f) if f.receives_directly() => {
                 self.fast.dirty_filters.insert(peer);
+            }
+            Some(f) if f.direct => {
+                // Not ready yet: the daemon delivers for it now, its filter serves later.
+                self.fast.dirty_filters.insert(peer);
+                self.fast.daemon_dirty = true;
             }
             _ => self.fast.daemon_dirty = true,
         }
@@ -343,9 +383,10 @@ impl Bus {
         let mut rules = Vec::new();
         for (&id, p) in &self.peers {
             match p.fast {
-                Some(f) if f.direct => {}
-                Some(_) => return None,
-                None => rules.extend(self.matches.rules_of(id).iter().cloned()),
+                Some(f) if f.receives_directly() => {}
+                Some(f) if !f.direct => return None,
+                // Off the fast path, or joined and not ready yet.
+                _ => rules.extend(self.matches.rules_of(id).iter().cloned()),
             }
         }
         Some(rules)
@@ -411,6 +452,7 @@ impl Bus {
             slot: busd_match::progress::NO_SLOT,
             summary: summary(daemon_rules),
             pid: self.settings.pid,
+            ready: true,
             departed: false,
         }];
         members.extend(self.fast.departed.iter().cloned());
@@ -428,6 +470,7 @@ impl Bus {
                 slot: f.slot,
                 summary: summary(Some(self.matches.rules_of(peer))),
                 pid: p.creds.pid.unwrap_or(0),
+                ready: f.ready,
                 departed: false,
             });
             for n in self.names.held_by(peer) {
@@ -508,6 +551,8 @@ impl Bus {
         self.fast.origin.is_some()
             && self.fast.origin == sender
             && msg.destination().is_none()
-            && self.fast_of(recipient).is_some_and(|f| f.direct)
+            && self
+                .fast_of(recipient)
+                .is_some_and(|f| f.receives_directly())
     }
 }

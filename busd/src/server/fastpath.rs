@@ -125,6 +125,7 @@ impl SharedTable {
                         ..Default::default()
                     },
                     pid: 0,
+                    ready: true,
                     departed: false,
                 }],
                 names: Vec::new(),

@@ -151,10 +151,16 @@ static STATS_METHODS: &[Method] = &[
     ),
 ];
 
-static FASTPATH_METHODS: &[Method] = &[Method {
-    any_path: false,
-    ..m(fastpath::JOIN, "", JoinReply::SIGNATURE, fast_join)
-}];
+static FASTPATH_METHODS: &[Method] = &[
+    Method {
+        any_path: false,
+        ..m(fastpath::JOIN, "", JoinReply::SIGNATURE, fast_join)
+    },
+    Method {
+        any_path: false,
+        ..m(fastpath::READY, "", "", fast_ready)
+    },
+];
 
 static PEER_METHODS: &[Method] = &[
     m("GetMachineId", "", "s", get_machine_id),
@@ -665,6 +671,15 @@ fn fast_join(
     _: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
     bus.fast_join_request(from, msg)
+}
+
+fn fast_ready(
+    bus: &mut Bus,
+    from: PeerId,
+    _: &Message,
+    _: &mut Reader<'_>,
+) -> Result<Reply, Failure> {
+    bus.fast_ready(from)
 }
 
 fn get_id(bus: &mut Bus, _: PeerId, _: &Message, _: &mut Reader<'_>) -> Result<Reply, Failure> {

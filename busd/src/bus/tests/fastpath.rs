@@ -10,23 +10,41 @@ fn fast_bus() -> Bus {
     b
 }
 
-fn join_call(serial: u32) -> Message {
+/// A call of busd's fast-path interface (`Join`, `Ready`).
+fn fast_call(serial: u32, method: &str) -> Message {
     call(
         serial,
         DBUS_NAME,
         busd_match::protocol::INTERFACE,
-        "Join",
+        method,
         "",
         vec![],
     )
+}
+
+fn join_call(serial: u32) -> Message {
+    fast_call(serial, busd_match::protocol::JOIN)
 }
 
 fn dummy_fd() -> std::os::fd::OwnedFd {
     std::fs::File::open("/dev/null").unwrap().into()
 }
 
-/// Hello, then Join, with the shell's part played here; returns the member id.
+fn ready_call(serial: u32) -> Message {
+    fast_call(serial, busd_match::protocol::READY)
+}
+
+/// Hello, Join (with the shell's part played here), then Ready; returns the member id.
 fn join_fast(b: &mut Bus, id: PeerId) -> u32 {
+    let member = join_unready(b, id);
+    b.handle_message(id, ready_call(3));
+    b.take_effects().for_each(drop);
+    member
+}
+
+/// Hello, then Join, with the shell's part played here (the member is not ready: its
+/// set-up could still fail); returns the member id.
+fn join_unready(b: &mut Bus, id: PeerId) -> u32 {
     join(b, id);
     b.handle_message(id, join_call(2));
     let effects: Vec<Effect> = b.take_effects().collect();
@@ -294,6 +312,37 @@ fn a_member_that_lies_about_its_name_is_disconnected() {
     assert!(
         matches!(effects.as_slice(), [Effect::Disconnect(1)]),
         "{effects:?}"
+    );
+}
+
+/// Nobody sends to a member directly until it said it is ready (its set-up may fail):
+/// until then the daemon delivers everything for it, and its rules stay in the daemon's
+/// filter. It may send directly at once.
+#[test]
+fn a_member_receives_directly_only_once_ready() {
+    let mut b = fast_bus();
+    let a = join_unready(&mut b, 1);
+    add_match(&mut b, 1, "type='signal',member='Pong'");
+    let pong = busd_match::header::hash32("Pong");
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    let m = t.member(a).unwrap();
+    assert!(m.direct && !m.ready && !m.reachable());
+    assert!(t.member(0).unwrap().summary.selects(pong, 0, 0));
+    // A broadcast from a direct member reaches it through the daemon.
+    join_fast(&mut b, 2);
+    let b_name = b.unique_of(2).to_string();
+    b.take_fast_updates();
+    b.handle_fast_frame(2, 0, signal_from(&b_name, "Pong"));
+    assert!(drain(&mut b).iter().any(|s| s.to == 1));
+    b.handle_message(1, ready_call(3));
+    drain(&mut b);
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    assert!(t.member(a).unwrap().reachable());
+    assert!(!t.member(0).unwrap().summary.selects(pong, 0, 0));
+    b.handle_fast_frame(2, 0, signal_from(&b_name, "Pong"));
+    assert!(
+        !drain(&mut b).iter().any(|s| s.to == 1),
+        "it had it directly"
     );
 }
 
