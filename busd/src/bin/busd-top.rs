@@ -251,7 +251,12 @@ fn snapshot(c: &mut Client) -> Result<String> {
         if member != 0 {
             // What its shim published (nothing yet right after joining).
             let h = |k: &str| f(k).map_or("-".into(), human);
-            let dropped = ["DroppedSpoofed", "DroppedMalformed", "RejectedFullQueue"]
+            let dropped = [
+                "DroppedSpoofed",
+                "DroppedMalformed",
+                "DroppedNotDirect",
+                "RejectedFullQueue",
+            ]
                 .iter()
                 .map(|k| f(k))
                 .sum::<Option<u32>>();
