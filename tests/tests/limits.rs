@@ -213,3 +213,58 @@ fn fds_without_their_message_are_dropped_after_pending_fd_timeout() {
         started.elapsed()
     );
 }
+
+/// A connection that does not complete (authenticate and say Hello) within auth_timeout
+/// is closed, as dbus-daemon closes it; one that did stays, however long it is idle.
+#[test]
+fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = start(dir.path(), r#"<limit name="auth_timeout">300</limit>"#);
+    let mut done = socket_of(&bus);
+    let hello = busd_wire::message::encode(
+        busd_wire::marshal::Endian::Little,
+        busd_wire::message::METHOD_CALL,
+        0,
+        1,
+        &busd_wire::message::HeaderFields {
+            path: Some("/org/freedesktop/DBus"),
+            interface: Some("org.freedesktop.DBus"),
+            member: Some("Hello"),
+            destination: Some("org.freedesktop.DBus"),
+            ..Default::default()
+        },
+        &[],
+    );
+    done.write_all(format!("{}BEGIN\r\n", auth_line()).as_bytes())
+        .unwrap();
+    done.write_all(&hello).unwrap();
+    let mut slow = socket_of(&bus);
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    slow.read_to_end(&mut all)
+        .expect("busd closes the connection");
+    assert!(all.is_empty(), "{}", String::from_utf8_lossy(&all));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        started.elapsed()
+    );
+    // The one that completed is still there: it has its OK, Hello's answer and
+    // NameAcquired, and then nothing, not an end of file.
+    std::thread::sleep(Duration::from_millis(400));
+    done.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    let err = loop {
+        match done.read(&mut buf) {
+            Ok(0) => panic!("it was closed"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert!(String::from_utf8_lossy(&got).starts_with("OK "));
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "it was closed");
+}

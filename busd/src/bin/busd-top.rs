@@ -257,9 +257,9 @@ fn snapshot(c: &mut Client) -> Result<String> {
                 "DroppedNotDirect",
                 "RejectedFullQueue",
             ]
-                .iter()
-                .map(|k| f(k))
-                .sum::<Option<u32>>();
+            .iter()
+            .map(|k| f(k))
+            .sum::<Option<u32>>();
             fast.push_str(&format!(
                 "{:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}\n",
                 u,

@@ -32,6 +32,8 @@ pub struct Conn {
     auth_deadline: Option<Instant>,
     /// Since when fds have waited for the rest of their message (pending_fd_timeout).
     fds_pending_since: Option<Instant>,
+    /// The shell has a timer for the current `fds_pending_since` ([`Conn::fds_timer`]).
+    fds_timer_armed: bool,
     creds: Credentials,
     meters: Meters,
     unix_fds: bool,
@@ -67,6 +69,7 @@ impl Conn {
             sasl: Some(SaslServer::new(mechanisms.to_vec(), creds.uid, guid, true)),
             auth_deadline: Some(Instant::now() + auth_timeout),
             fds_pending_since: None,
+            fds_timer_armed: false,
             stream,
             creds,
             meters: Meters::default(),
@@ -120,6 +123,17 @@ impl Conn {
         self.fds_pending_since.map(|t| t + timeout)
     }
 
+    /// The fds deadline the shell has no timer for yet (once per pending period).
+    pub fn fds_timer(&mut self, timeout: Duration) -> Option<Instant> {
+        let d = self.fds_deadline(timeout)?;
+        (!std::mem::replace(&mut self.fds_timer_armed, true)).then_some(d)
+    }
+
+    /// Whether a timer at `at` is this connection's authentication or fds deadline now.
+    pub fn deadline_is(&self, at: Instant, fd_timeout: Duration) -> bool {
+        self.auth_deadline == Some(at) || self.fds_deadline(fd_timeout) == Some(at)
+    }
+
     pub fn unix_fds(&self) -> bool {
         self.unix_fds
     }
@@ -158,6 +172,7 @@ impl Conn {
             self.fds_pending_since = None;
         } else if self.fds_pending_since.is_none() {
             self.fds_pending_since = Some(Instant::now());
+            self.fds_timer_armed = false;
         }
         // (Ending at a read that does not fill the buffer, to save the read that finds
         // EAGAIN, is not safe: the kernel stops early at a message with fds, and

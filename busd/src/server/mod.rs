@@ -7,6 +7,7 @@ pub mod fastpath;
 pub mod identity;
 mod listen;
 pub mod notify;
+mod timers;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -93,6 +94,8 @@ pub struct Server {
     inotify: Inotify,
     /// Processes started for activation.
     children: Children,
+    /// Connections' authentication and pending-fds deadlines.
+    timers: timers::Timers,
     /// systemd's readiness notifications.
     notifier: notify::Notifier,
     /// The fast path's sockets and routing table (None with --fastpath=off).
@@ -189,6 +192,7 @@ impl Server {
             control,
             inotify,
             children: Children::new(starter_env, CHILD),
+            timers: timers::Timers::default(),
             notifier,
             fast,
             read_buf: vec![0; conn::READ_CHUNK],
@@ -352,12 +356,16 @@ impl Server {
         Duration::from_millis(self.config.limits.pending_fd_timeout)
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let fd_timeout = self.pending_fd_timeout();
-        self.conns
-            .values()
-            .flat_map(|c| [c.auth_deadline(), c.fds_deadline(fd_timeout)])
-            .flatten()
+        let conns = &self.conns;
+        self.timers
+            .next(|at, id| {
+                conns
+                    .get(&id)
+                    .is_some_and(|c| c.deadline_is(at, fd_timeout))
+            })
+            .into_iter()
             .chain(self.bus.next_deadline())
             .chain(self.children.next_poll())
             .min()
@@ -368,10 +376,13 @@ impl Server {
         let fd_timeout = self.pending_fd_timeout();
         let mut auth_expired = Vec::new();
         let mut fds_expired = Vec::new();
-        for (&id, c) in &self.conns {
-            if c.auth_deadline().is_some_and(|d| d <= now) {
+        for (at, id) in self.timers.expired(now) {
+            let Some(c) = self.conns.get(&id) else {
+                continue;
+            };
+            if c.auth_deadline() == Some(at) {
                 auth_expired.push(id);
-            } else if c.fds_deadline(fd_timeout).is_some_and(|d| d <= now) {
+            } else if c.fds_deadline(fd_timeout) == Some(at) {
                 fds_expired.push(id);
             }
         }
@@ -467,6 +478,9 @@ impl Server {
                 warn!("cannot register a connection: {e}");
                 continue;
             }
+            if let Some(at) = conn.auth_deadline() {
+                self.timers.arm(at, id);
+            }
             self.conns.insert(id, conn);
         }
     }
@@ -482,9 +496,13 @@ impl Server {
                 self.paused.insert(id);
                 return;
             }
+            let fd_timeout = self.pending_fd_timeout();
             let conn = self.conns.get_mut(&id).expect("checked above");
             let was_authenticated = conn.is_authenticated();
             let outcome = conn.read_once(&self.config.limits, &mut self.read_buf);
+            if let Some(at) = conn.fds_timer(fd_timeout) {
+                self.timers.arm(at, id);
+            }
             if !was_authenticated && conn.is_authenticated() && !self.admit(id) {
                 return;
             }
