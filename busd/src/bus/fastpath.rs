@@ -67,7 +67,20 @@ pub(super) struct State {
     departed: VecDeque<table::Member>,
     /// The daemon's pid namespace, for the table ([`Bus::set_fast_pid_namespace`]).
     pid_namespace: u64,
+    /// The daemon's interest as last compiled (its summary in the table).
+    daemon_summary: Summary,
+    /// The daemon's filter accepts everything until its exact program is compiled at
+    /// `daemon_due` (DESIGN 5.6: on a large bus, AddMatch does not recompile every
+    /// rule).
+    daemon_wide: bool,
+    daemon_due: Option<std::time::Instant>,
 }
+
+/// Up to this many match rules on the bus, the daemon's filter is compiled again at each
+/// change; past it, changes widen it to everything at once (the daemon routes exactly
+/// anyway) and it is compiled again at most once per [`DAEMON_COALESCE`].
+pub const DAEMON_EXACT_UP_TO: usize = 512;
+pub const DAEMON_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How many departed members the table keeps listing (DESIGN 5.8).
 pub const DEPARTED_KEPT: usize = 256;
@@ -327,15 +340,69 @@ impl Bus {
         match self.fast_of(peer) {
             Some(f) if f.receives_directly() => {
                 self.fast.dirty_filters.insert(peer);
+                // Its summary.
+                self.fast.table_dirty = true;
             }
             Some(f) if f.direct => {
                 // Not ready yet: the daemon delivers for it now, its filter serves later.
                 self.fast.dirty_filters.insert(peer);
                 self.fast.daemon_dirty = true;
+                self.fast.table_dirty = true;
             }
+            // (The table changes only if the daemon's summary does.)
             _ => self.fast.daemon_dirty = true,
         }
-        self.fast.table_dirty = true;
+    }
+
+    /// When the daemon's filter is due to be compiled exactly again, if it is wide.
+    pub(super) fn fast_deadline(&self) -> Option<std::time::Instant> {
+        self.fast.daemon_due
+    }
+
+    /// Time passed: the daemon's wide filter may be due for its exact program.
+    pub(super) fn fast_expire(&mut self, now: std::time::Instant) {
+        if self.fast.daemon_due.is_some_and(|d| d <= now) {
+            self.fast.daemon_dirty = true;
+        }
+    }
+
+    /// The daemon's filter, compiled exactly or widened (DESIGN 5.6), when its rules
+    /// changed; its summary is kept for the table.
+    fn daemon_filter_update(&mut self) -> Option<Program> {
+        if !std::mem::take(&mut self.fast.daemon_dirty) {
+            return None;
+        }
+        let due = self.fast.daemon_due.is_some_and(|d| d <= self.now);
+        let everything = [MatchRule {
+            eavesdrop: true,
+            ..MatchRule::default()
+        }];
+        let (program, summary) = if due || self.matches.len() <= DAEMON_EXACT_UP_TO {
+            self.fast.daemon_due = None;
+            self.fast.daemon_wide = false;
+            let rules = self.daemon_rules();
+            let resolve = |n: &str| self.fast_id_of_name(n);
+            let program =
+                bpf::compile(TO_DAEMON, rules.as_deref().unwrap_or(&everything), &resolve);
+            (program, fast_summary(rules.as_deref()))
+        } else {
+            self.fast
+                .daemon_due
+                .get_or_insert(self.now + DAEMON_COALESCE);
+            if self.fast.daemon_wide {
+                return None;
+            }
+            self.fast.daemon_wide = true;
+            (
+                bpf::compile(TO_DAEMON, &everything, &|_: &str| None),
+                fast_summary(None),
+            )
+        };
+        if summary != self.fast.daemon_summary {
+            self.fast.daemon_summary = summary;
+            self.fast.table_dirty = true;
+        }
+        Some(program)
     }
 
     /// Monitors came or went: they make the daemon want everything.
@@ -402,7 +469,10 @@ impl Bus {
         if !(s.daemon_dirty || s.table_dirty || !s.dirty_filters.is_empty()) {
             return None;
         }
-        let mut updates = FastUpdates::default();
+        let mut updates = FastUpdates {
+            daemon_filter: self.daemon_filter_update(),
+            ..FastUpdates::default()
+        };
         let resolve = |n: &str| self.fast_id_of_name(n);
         for &peer in &self.fast.dirty_filters {
             if let Some(p) = self.peers.get(&peer) {
@@ -414,43 +484,25 @@ impl Bus {
                 }
             }
         }
-        let daemon_rules = self.daemon_rules();
-        if self.fast.daemon_dirty {
-            let everything = [MatchRule {
-                eavesdrop: true,
-                ..MatchRule::default()
-            }];
-            let rules = daemon_rules.as_deref().unwrap_or(&everything);
-            updates.daemon_filter = Some(bpf::compile(TO_DAEMON, rules, &resolve));
-        }
         if self.fast.table_dirty {
-            updates.table = Some(self.fast_table(daemon_rules.as_deref()));
+            updates.table = Some(self.fast_table());
         }
         self.fast.dirty_filters.clear();
-        self.fast.daemon_dirty = false;
         self.fast.table_dirty = false;
-        Some(updates)
+        let nothing = updates.filters.is_empty()
+            && updates.daemon_filter.is_none()
+            && updates.table.is_none();
+        (!nothing).then_some(updates)
     }
 
-    fn fast_table(&self, daemon_rules: Option<&[MatchRule]>) -> Table {
-        let summary = |rules: Option<&[MatchRule]>| {
-            let mut s = rules.map(Summary::of).unwrap_or(Summary {
-                everything: true,
-                ..Summary::default()
-            });
-            s.keys.clear();
-            s
-        };
-        let observed = !self.monitors.is_empty()
-            || self
-                .matches
-                .by_peer()
-                .any(|(_, rules)| rules.iter().any(|r| r.eavesdrop));
+    fn fast_table(&self) -> Table {
+        let summary = |rules| fast_summary(Some(rules));
+        let observed = !self.monitors.is_empty() || self.matches.any_eavesdropping();
         let mut members = vec![table::Member {
             id: 0,
             direct: true,
             slot: busd_match::progress::NO_SLOT,
-            summary: summary(daemon_rules),
+            summary: self.fast.daemon_summary.clone(),
             pid: self.settings.pid,
             ready: true,
             departed: false,
@@ -468,7 +520,7 @@ impl Bus {
                 id,
                 direct: f.direct,
                 slot: f.slot,
-                summary: summary(Some(self.matches.rules_of(peer))),
+                summary: summary(self.matches.rules_of(peer)),
                 pid: p.creds.pid.unwrap_or(0),
                 ready: f.ready,
                 departed: false,
@@ -555,4 +607,14 @@ impl Bus {
                 .fast_of(recipient)
                 .is_some_and(|f| f.receives_directly())
     }
+}
+
+/// The summary the table publishes for these rules (None: everything).
+fn fast_summary(rules: Option<&[MatchRule]>) -> Summary {
+    let mut s = rules.map(Summary::of).unwrap_or(Summary {
+        everything: true,
+        ..Summary::default()
+    });
+    s.keys.clear();
+    s
 }

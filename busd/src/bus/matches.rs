@@ -29,6 +29,8 @@ pub struct MatchRegistry {
     by_member: HashMap<String, Vec<Entry>>,
     any: Vec<Entry>,
     len: usize,
+    /// How many of the rules have `eavesdrop=true`.
+    eavesdropping: usize,
     /// Each connection's rules, in the order it added them.
     by_peer: HashMap<PeerId, Vec<MatchRule>>,
 }
@@ -48,6 +50,7 @@ impl MatchRegistry {
 
     pub fn add(&mut self, peer: PeerId, rule: MatchRule) {
         self.by_peer.entry(peer).or_default().push(rule.clone());
+        self.eavesdropping += usize::from(rule.eavesdrop);
         let entry = Entry { peer, rule };
         match self.map_for(&entry.rule) {
             Some((map, key)) => map.entry(key).or_default().push(entry),
@@ -80,6 +83,7 @@ impl MatchRegistry {
         };
         if removed {
             self.len -= 1;
+            self.eavesdropping -= usize::from(rule.eavesdrop);
             if let Some(rules) = self.by_peer.get_mut(&peer) {
                 if let Some(i) = rules.iter().position(|r| r == rule) {
                     rules.remove(i);
@@ -118,6 +122,11 @@ impl MatchRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether some rule has `eavesdrop=true` (without looking at every rule).
+    pub fn any_eavesdropping(&self) -> bool {
+        self.eavesdropping > 0
     }
 
     /// Calls `f` for every rule that may match a message with these properties.
@@ -175,6 +184,19 @@ mod tests {
             vec![1, 2, 3, 4]
         );
         assert_eq!(hits(&r, &[":1.0"], Some("i.x"), None), vec![2, 4]);
+    }
+
+    #[test]
+    fn eavesdropping_rules_are_counted_as_they_come_and_go() {
+        let mut r = MatchRegistry::default();
+        r.add(1, rule("member='M'"));
+        assert!(!r.any_eavesdropping());
+        r.add(1, rule("eavesdrop=true"));
+        r.add(2, rule("eavesdrop=true,member='M'"));
+        r.remove(1, &rule("eavesdrop=true"));
+        assert!(r.any_eavesdropping());
+        r.remove_peer(2);
+        assert!(!r.any_eavesdropping());
     }
 
     #[test]

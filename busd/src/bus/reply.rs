@@ -212,16 +212,21 @@ impl Bus {
 
     /// When the next pending reply or service start times out, if any does.
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (self.replies.next_deadline(), self.activation_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.replies.next_deadline(),
+            self.activation_deadline(),
+            self.fast_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Gives up on replies whose time is up: the caller gets NoReply from the bus.
     pub fn expire(&mut self, now: Instant) {
         self.now = now;
         self.expire_activations(now);
+        self.fast_expire(now);
         while let Some(key) = self.replies.take_expired(now) {
             self.no_reply(
                 key,

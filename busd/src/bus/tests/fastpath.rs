@@ -507,3 +507,48 @@ fn connection_stats_carry_what_a_member_published() {
     let stats = connection_stats(&mut b, 1, &plain);
     assert!(stats.iter().all(|(k, _)| !k.starts_with("busd.FastPath.")));
 }
+
+/// On a bus with many rules, an AddMatch does not compile the daemon's filter from every
+/// rule again (that made a login storm quadratic, DESIGN 5.6): the filter and the daemon's
+/// summary widen to everything at once, which is correct (the daemon routes exactly), and
+/// the exact program comes once, after the changes settle.
+#[test]
+fn a_large_bus_widens_the_daemons_filter_and_compiles_it_once_later() {
+    use crate::bus::fastpath::{DAEMON_COALESCE, DAEMON_EXACT_UP_TO};
+    let mut b = fast_bus();
+    join_fast(&mut b, 1);
+    // (Standard connections, each within max_match_rules_per_connection.)
+    for peer in 2..12 {
+        join(&mut b, peer);
+    }
+    b.take_fast_updates();
+    let t0 = std::time::Instant::now();
+    b.set_now(t0);
+    for i in 0..DAEMON_EXACT_UP_TO {
+        let peer = 2 + (i % 10) as PeerId;
+        add_match(&mut b, peer, &format!("type='signal',member='M{i}'"));
+    }
+    let u = b.take_fast_updates().unwrap();
+    assert!(u.daemon_filter.is_some());
+    let exact = u.table.unwrap().member(0).unwrap().summary.clone();
+    assert!(!exact.everything);
+    // Past the bound: wide at once, and the table says so.
+    add_match(&mut b, 2, "type='signal',member='Late'");
+    let u = b.take_fast_updates().unwrap();
+    assert!(u.daemon_filter.is_some());
+    assert!(u.table.unwrap().member(0).unwrap().summary.everything);
+    assert_eq!(b.next_deadline(), Some(t0 + DAEMON_COALESCE));
+    // More changes meanwhile cost nothing.
+    for i in 0..100 {
+        add_match(&mut b, 3, &format!("type='signal',member='More{i}'"));
+        assert!(b.take_fast_updates().is_none());
+    }
+    // Then one exact compile, which knows every rule.
+    b.expire(t0 + DAEMON_COALESCE);
+    let u = b.take_fast_updates().unwrap();
+    assert!(u.daemon_filter.is_some());
+    let s = u.table.unwrap().member(0).unwrap().summary.clone();
+    assert!(!s.everything);
+    assert!(s.selects(0, busd_match::header::hash32("Late"), 0));
+    assert_eq!(b.next_deadline(), None);
+}
