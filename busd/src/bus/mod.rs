@@ -533,22 +533,42 @@ impl Bus {
         recipients.clear();
         {
             let routed = Routed::new(self, msg, sender, recipient);
-            let mut sender_names: Vec<&str> = Vec::with_capacity(4);
-            match sender {
-                None => sender_names.push(DBUS_NAME),
-                Some(s) => {
-                    if let Some(p) = self.peers.get(&s) {
-                        sender_names.extend(p.unique.as_deref());
-                        sender_names.extend(self.names.held_by(s).iter().map(String::as_str));
-                    }
+            let names_of = |peer: PeerId| {
+                let mut names: Vec<&str> = Vec::with_capacity(4);
+                if let Some(p) = self.peers.get(&peer) {
+                    names.extend(p.unique.as_deref());
+                    names.extend(self.names.held_by(peer).iter().map(String::as_str));
                 }
-            }
-            self.matches
-                .candidates(&sender_names, msg.interface(), msg.member(), |e| {
-                    if Some(e.peer) != recipient && e.rule.matches(&routed) {
-                        recipients.push(e.peer);
-                    }
-                });
+                names
+            };
+            let senders = match sender {
+                None => vec![DBUS_NAME],
+                Some(s) => names_of(s),
+            };
+            let destinations = match recipient {
+                Some(r) => names_of(r),
+                None => msg.destination().into_iter().collect(),
+            };
+            let arg0 = match self.matches.wants_arg0() {
+                true => match busd_match::MessageInfo::arg(&routed, 0) {
+                    busd_match::Arg::Str(s) => Some(s),
+                    _ => None,
+                },
+                false => None,
+            };
+            let lookup = matches::Lookup {
+                senders: &senders,
+                interface: msg.interface(),
+                member: msg.member(),
+                path: msg.path(),
+                destinations: &destinations,
+                arg0,
+            };
+            self.matches.candidates(&lookup, |e| {
+                if Some(e.peer) != recipient && e.rule.matches(&routed) {
+                    recipients.push(e.peer);
+                }
+            });
         }
         let fds = msg.unix_fds() > 0;
         for &r in &recipients {
