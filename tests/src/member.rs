@@ -272,10 +272,12 @@ pub fn timeout<F: std::future::Future>(f: F) -> tokio::time::Timeout<F> {
 /// A zbus connection through busd-shim on the fast path, with `options` added to the
 /// address.
 pub async fn shim(bus: &Busd, options: &str) -> Connection {
+    shim_builder(bus, options).await.build().await.unwrap()
+}
+
+/// The builder of such a connection, to add to it (names, served objects).
+pub async fn shim_builder(bus: &Busd, options: &str) -> zbus::connection::Builder<'static> {
     busd_shim::builder(&format!("{},fastpath=1{options}", bus.address))
-        .await
-        .unwrap()
-        .build()
         .await
         .unwrap()
 }
