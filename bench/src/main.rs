@@ -22,7 +22,7 @@
 //! under `systemd-socket-activate`, in a private mount namespace whose
 //! `/run/systemd/journal/socket` discards what it gets (the launcher aborts without one).
 //!
-//!   busd-bench [--busd=PATH] [--rounds=N] [--quick] [--json=FILE] [--plots=DIR] [--only=TEXT]
+//!   busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use zbus::{connection, interface, Connection, MatchRule, MessageStream};
+
+mod scale;
 
 struct Server;
 
@@ -162,28 +164,54 @@ impl Daemon {
         })
     }
 
-    /// CPU time the daemon and its descendants have used, in nanoseconds (dbus-broker's
-    /// work happens in a child of its launcher).
-    fn cpu_ns(&self) -> u64 {
-        fn tree(pid: u32) -> u64 {
-            let own = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+    /// Resident memory of the daemon and its descendants, in bytes.
+    fn rss_bytes(&self) -> u64 {
+        self.tree()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+            * 1024
+    }
+
+    /// The daemon's process and its descendants (dbus-broker's work happens in a child of
+    /// its launcher).
+    fn tree(&self) -> Vec<u32> {
+        let mut out = vec![self.child.id()];
+        let mut i = 0;
+        while i < out.len() {
+            let pid = out[i];
+            i += 1;
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-                .flat_map(|c| {
-                    c.split_whitespace()
-                        .filter_map(|p| p.parse().ok())
-                        .collect::<Vec<u32>>()
-                })
-                .collect();
-            own + children.into_iter().map(tree).sum::<u64>()
+            {
+                if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                    out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+                }
+            }
         }
-        tree(self.child.id())
+        out
+    }
+
+    /// CPU time the daemon and its descendants have used, in nanoseconds (dbus-broker's
+    /// work happens in a child of its launcher).
+    fn cpu_ns(&self) -> u64 {
+        self.tree()
+            .into_iter()
+            .filter_map(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     }
 }
 
@@ -213,6 +241,9 @@ struct Measure {
     p99_us: f64,
     cpu_ns_per_op: f64,
     lost: u64,
+    /// Daemon memory (RSS) the operation's state costs, in bytes (scale scenarios; 0:
+    /// not measured).
+    rss_per_op: f64,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -273,6 +304,7 @@ async fn time_calls(
         p99_us: percentile(&lat, 0.99),
         cpu_ns_per_op: cpu as f64 / calls as f64,
         lost: 0,
+        rss_per_op: 0.0,
     })
 }
 
@@ -425,6 +457,7 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
         p99_us: percentile(&lat, 0.99),
         cpu_ns_per_op: cpu as f64 / delivered.max(1) as f64,
         lost: expected.saturating_sub(delivered) + unexpected,
+        rss_per_op: 0.0,
     })
 }
 
@@ -514,6 +547,7 @@ fn summarize(mut lat: Vec<u64>, rate: f64, cpu_ns: u64, ops: usize, lost: u64) -
         p99_us: percentile(&lat, 0.99),
         cpu_ns_per_op: cpu_ns as f64 / ops.max(1) as f64,
         lost,
+        rss_per_op: 0.0,
     }
 }
 
@@ -669,6 +703,12 @@ enum Scenario {
     FanOut(Fan),
     Connect,
     NameChurn,
+    /// Method calls beside this many idle connections (`--scale`).
+    Idle(usize),
+    /// Signals to one subscriber beside this many rules of a shape that never matches.
+    Unrelated(usize, scale::Shape),
+    /// This many clients connecting and adding [`scale::RULES_EACH`] rules each.
+    Storm(usize),
 }
 
 impl Scenario {
@@ -678,6 +718,14 @@ impl Scenario {
             Scenario::FanOut(f) => f.name(),
             Scenario::Connect => "connection (auth, Hello, close)".into(),
             Scenario::NameChurn => "name churn (RequestName + ReleaseName)".into(),
+            Scenario::Idle(n) => format!("method call beside {n} idle connections"),
+            Scenario::Unrelated(n, shape) => {
+                format!("signal to 1 beside {n} rules: {}", shape.name())
+            }
+            Scenario::Storm(n) => format!(
+                "login storm: {n} clients x {} rules (rate: clients/s)",
+                scale::RULES_EACH
+            ),
         }
     }
 
@@ -687,6 +735,40 @@ impl Scenario {
             Scenario::FanOut(f) => fan_out(daemon, f, f.signals(quick)).await,
             Scenario::Connect => connect_rate(daemon, if quick { 100 } else { 1000 }).await,
             Scenario::NameChurn => name_churn(daemon, if quick { 200 } else { 2000 }).await,
+            Scenario::Idle(n) => {
+                let rss0 = daemon.rss_bytes();
+                let (_idle, _) = scale::clients(&daemon.address, n, 0, scale::Shape::Member)?;
+                let rss = daemon.rss_bytes().saturating_sub(rss0);
+                let m = round_trip(daemon, if quick { 500 } else { 5000 }).await?;
+                Ok(Measure {
+                    rss_per_op: rss as f64 / n.max(1) as f64,
+                    ..m
+                })
+            }
+            Scenario::Unrelated(n, shape) => {
+                let clients = n.div_ceil(scale::RULES_EACH);
+                let (_others, _) =
+                    scale::clients(&daemon.address, clients, scale::RULES_EACH, shape)?;
+                // Measured once the bus settled: busd compiles its fast-path filter from
+                // every rule once, after the changes stop (counted in the storm scenario).
+                tokio::time::sleep(scale::settle(n)).await;
+                fan_out(daemon, Fan::all(1, 64), if quick { 2000 } else { 20000 }).await
+            }
+            Scenario::Storm(n) => {
+                let (cpu0, rss0) = (daemon.cpu_ns(), daemon.rss_bytes());
+                let (_clients, took) =
+                    scale::clients(&daemon.address, n, scale::RULES_EACH, scale::Shape::Arg0)?;
+                // The daemon's CPU until it settled (busd's deferred filter compile).
+                tokio::time::sleep(scale::settle(n * scale::RULES_EACH)).await;
+                let cpu = daemon.cpu_ns() - cpu0;
+                let rss = daemon.rss_bytes().saturating_sub(rss0);
+                Ok(Measure {
+                    rate: n as f64 / took.as_secs_f64(),
+                    cpu_ns_per_op: cpu as f64 / n as f64,
+                    rss_per_op: rss as f64 / (n * scale::RULES_EACH) as f64,
+                    ..Measure::default()
+                })
+            }
         }
     }
 
@@ -737,8 +819,8 @@ impl Results {
     fn markdown(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        out.push_str("| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | lost | rate vs dbus-daemon | rate vs dbus-broker |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | daemon RSS per op (B) | lost | rate vs dbus-daemon | rate vs dbus-broker |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
         let base = self.column("dbus-daemon");
         let broker = self.column(BROKER);
         for (s, scenario) in self.scenarios.iter().enumerate() {
@@ -748,7 +830,7 @@ impl Results {
                 if let Some(e) = self.failures[s][c].first() {
                     let _ = writeln!(
                         out,
-                        "| {} | {column} | failed in {} of {} rounds: {} | | | | | | |",
+                        "| {} | {column} | failed in {} of {} rounds: {} | | | | | | | |",
                         scenario.name(),
                         self.failures[s][c].len(),
                         self.failures[s][c].len() + self.results[s][c].len(),
@@ -766,7 +848,7 @@ impl Results {
                 let floor = column.starts_with("floor");
                 let _ = writeln!(
                     out,
-                    "| {} | {column} | {rate:.0} | {:.0} | {:.0} | {} | {lost} | {} | {} |",
+                    "| {} | {column} | {rate:.0} | {:.0} | {:.0} | {} | {} | {lost} | {} | {} |",
                     scenario.name(),
                     med(|m| m.p50_us),
                     med(|m| m.p99_us),
@@ -774,6 +856,10 @@ impl Results {
                         "-".into()
                     } else {
                         format!("{:.1}", med(|m| m.cpu_ns_per_op) / 1000.0)
+                    },
+                    match med(|m| m.rss_per_op) {
+                        0.0 => "-".into(),
+                        b => format!("{b:.0}"),
                     },
                     ratio(base_rate),
                     ratio(broker_rate),
@@ -846,6 +932,7 @@ async fn main() -> Result<()> {
     let (mut rounds, mut quick) = (3usize, false);
     let (mut json, mut plots) = (None, None);
     let mut only: Option<String> = None;
+    let mut scaled = false;
     for arg in std::env::args().skip(1) {
         if let Some(v) = arg.strip_prefix("--busd=") {
             busd = v.to_string();
@@ -855,12 +942,14 @@ async fn main() -> Result<()> {
             json = Some(v.to_string());
         } else if let Some(v) = arg.strip_prefix("--plots=") {
             plots = Some(v.to_string());
+        } else if arg == "--scale" {
+            scaled = true;
         } else if let Some(v) = arg.strip_prefix("--only=") {
             only = Some(v.to_string());
         } else if arg == "--quick" {
             quick = true;
         } else {
-            bail!("usage: busd-bench [--busd=PATH] [--rounds=N] [--quick] [--json=FILE] [--plots=DIR] [--only=TEXT]");
+            bail!("usage: busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT]");
         }
     }
     if cpus() < 2 {
@@ -908,6 +997,21 @@ async fn main() -> Result<()> {
     }));
     scenarios.push(Scenario::Connect);
     scenarios.push(Scenario::NameChurn);
+    if scaled {
+        // Only the scale scenarios: each costs seconds per daemon.
+        scale::raise_descriptor_limit();
+        scenarios.clear();
+        // The empty bus first: what the others are compared with.
+        scenarios.push(Scenario::Idle(0));
+        scenarios.push(Scenario::Unrelated(0, scale::Shape::Member));
+        for n in [1000, 10000] {
+            scenarios.push(Scenario::Idle(n));
+            for shape in scale::Shape::ALL {
+                scenarios.push(Scenario::Unrelated(n, shape));
+            }
+            scenarios.push(Scenario::Storm(n));
+        }
+    }
     if let Some(only) = &only {
         scenarios.retain(|s| s.name().contains(only.as_str()));
     }

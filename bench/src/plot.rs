@@ -47,7 +47,58 @@ pub fn all(r: &Results, dir: &Path) -> Result<()> {
         SeriesLabelPosition::LowerLeft,
         &lines(r, fan(Some(10), None), |m| m.rate, true),
     )?;
-    Ok(())
+    scale(r, dir)
+}
+
+/// The scale scenarios' plots (when the run had them): daemon CPU per method call against
+/// idle connections, and per signal against unrelated rules (the worst shape at each
+/// point).
+fn scale(r: &Results, dir: &Path) -> Result<()> {
+    let cpu = |m: &super::Measure| m.cpu_ns_per_op / 1000.0;
+    let idle = lines(
+        r,
+        |s| match s {
+            Scenario::Idle(n) => Some(*n as f64),
+            _ => None,
+        },
+        cpu,
+        false,
+    );
+    chart(
+        &dir.join("scale-idle.svg"),
+        "Method calls beside idle connections: daemon CPU per call",
+        ("idle connections", "daemon CPU per call (us)"),
+        SeriesLabelPosition::UpperLeft,
+        &idle,
+    )?;
+    let rules: Vec<Line> = lines(
+        r,
+        |s| match s {
+            Scenario::Unrelated(n, _) => Some(*n as f64),
+            _ => None,
+        },
+        cpu,
+        false,
+    )
+    .into_iter()
+    .map(|(name, points)| {
+        let mut worst: Vec<(f64, f64)> = Vec::new();
+        for (x, y) in points {
+            match worst.last_mut() {
+                Some(last) if last.0 == x => last.1 = last.1.max(y),
+                _ => worst.push((x, y)),
+            }
+        }
+        (name, worst)
+    })
+    .collect();
+    chart(
+        &dir.join("scale-rules.svg"),
+        "Signals beside unrelated rules: daemon CPU per signal (worst shape)",
+        ("unrelated rules", "daemon CPU per signal (us)"),
+        SeriesLabelPosition::UpperLeft,
+        &rules,
+    )
 }
 
 /// For each column with results, the median of `value` at every scenario `x` selects.
@@ -83,6 +134,10 @@ fn chart(
     legend: SeriesLabelPosition,
     lines: &[Line],
 ) -> Result<()> {
+    if lines.is_empty() {
+        // Nothing measured for it in this run (a --scale run has no fan-out).
+        return Ok(());
+    }
     let pts = || lines.iter().flat_map(|l| l.1.iter());
     let (x0, x1) = bounds(pts().map(|p| p.0));
     let (y0, y1) = bounds(pts().map(|p| p.1));

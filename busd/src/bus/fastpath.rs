@@ -78,7 +78,8 @@ pub(super) struct State {
 
 /// Up to this many match rules on the bus, the daemon's filter is compiled again at each
 /// change; past it, changes widen it to everything at once (the daemon routes exactly
-/// anyway) and it is compiled again at most once per [`DAEMON_COALESCE`].
+/// anyway) and it is compiled again at most once per [`DAEMON_COALESCE`] (or 20 us per
+/// rule on the bus, if longer).
 pub const DAEMON_EXACT_UP_TO: usize = 512;
 pub const DAEMON_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -386,9 +387,11 @@ impl Bus {
                 bpf::compile(TO_DAEMON, rules.as_deref().unwrap_or(&everything), &resolve);
             (program, fast_summary(rules.as_deref()))
         } else {
-            self.fast
-                .daemon_due
-                .get_or_insert(self.now + DAEMON_COALESCE);
+            // (A compile costs about a microsecond per rule: at most a few percent of
+            // the daemon's time however large the bus.)
+            let rules = u32::try_from(self.matches.len()).unwrap_or(u32::MAX);
+            let delay = DAEMON_COALESCE.max(std::time::Duration::from_micros(20) * rules);
+            self.fast.daemon_due.get_or_insert(self.now + delay);
             if self.fast.daemon_wide {
                 return None;
             }

@@ -148,6 +148,15 @@ impl Conn {
     pub fn read_once(&mut self, limits: &busd_policy::Limits, buf: &mut [u8]) -> ReadOutcome {
         let r = fds::recv::<()>(self.stream.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT);
         let (n, fds) = match r {
+            // The kernel could not give this process every descriptor that came (it is
+            // out of them): the message cannot be delivered whole, and the stream cannot
+            // go on without it. dbus-daemon disconnects too; the log says whose fault.
+            Ok(r) if r.flags.contains(MsgFlags::MSG_CTRUNC) => {
+                return ReadOutcome::Invalid(
+                    "descriptors sent with a message were lost: the bus is out of file descriptors"
+                        .into(),
+                );
+            }
             Ok(r) => (r.len, r.fds),
             Err(nix::errno::Errno::EAGAIN) => return ReadOutcome::Drained,
             Err(e) => {

@@ -9,7 +9,7 @@
 //! "load a register, mask, compare" that falls through to the next block on the first
 //! mismatch and accepts at its end; reject at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::header::{
     self, bloom_positions, hash32, E_PATH_PREFIX, MAX_ARGS, OFF_ARG0, OFF_BLOOM, OFF_DESTINATION,
@@ -329,6 +329,10 @@ fn emit_children(node: &Node, slots: &HashMap<u32, u32>, out: &mut Vec<Insn>) ->
 /// Emits the program for `blocks` (alternatives, each a conjunction), or None if it would
 /// not fit.
 fn emit(member: u32, blocks: &[Vec<Test>]) -> Option<Vec<Insn>> {
+    // Every block takes at least one instruction: more cannot fit (and are not looked at).
+    if blocks.len() > MAX_INSNS {
+        return None;
+    }
     let mut p = vec![
         // Frames that are not busd frames are dropped.
         insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, OFF_MAGIC),
@@ -404,12 +408,15 @@ fn whole_words(block: &[Test]) -> Vec<Test> {
 /// whatever one of its rules may match. When the rules do not fit, tests are dropped (bloom
 /// tests first, then everything: the filter then accepts all broadcasts) and `widened` says so.
 pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Program {
+    // (Distinct blocks kept in order, found again by hash: the daemon compiles the rules of
+    // a whole session, and a linear search per rule made that quadratic.)
     let mut blocks: Vec<Vec<Test>> = Vec::new();
+    let mut seen: HashSet<Vec<Test>> = HashSet::new();
     for r in rules {
         if let Some(alts) = rule_alternatives(r, resolver) {
             for mut a in alts {
                 a.dedup();
-                if !blocks.contains(&a) {
+                if seen.insert(a.clone()) {
                     blocks.push(a);
                 }
             }
@@ -427,9 +434,10 @@ pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Pro
     let steps: [Widening; 2] = [densest_bloom_word, whole_words];
     for widen in steps {
         let mut narrow: Vec<Vec<Test>> = Vec::new();
+        let mut seen: HashSet<Vec<Test>> = HashSet::new();
         for b in &blocks {
             let kept = widen(b);
-            if !narrow.contains(&kept) {
+            if seen.insert(kept.clone()) {
                 narrow.push(kept);
             }
         }

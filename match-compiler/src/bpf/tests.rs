@@ -235,3 +235,17 @@ proptest! {
         }
     }
 }
+
+/// The daemon compiles the rules of a whole session: 50,000 distinct rules (far more than
+/// a program holds) widen to accepting every broadcast, and the compile is linear (it used
+/// to compare each rule with every earlier one, and did not finish at this size).
+#[test]
+fn a_session_of_rules_widens_to_every_broadcast_in_linear_time() {
+    let texts: Vec<String> = (0..50_000)
+        .map(|i| format!("type='signal',interface='org.x',member='M{i}'"))
+        .collect();
+    let rules: Vec<MatchRule> = texts.iter().map(|t| MatchRule::parse(t).unwrap()).collect();
+    let p = compile(7, &rules, &resolver);
+    assert!(p.widened);
+    assert!(accepts(&p, &signal("org.y", "Other", "/")));
+}
