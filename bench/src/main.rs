@@ -709,6 +709,8 @@ enum Scenario {
     Unrelated(usize, scale::Shape),
     /// This many clients connecting and adding [`scale::RULES_EACH`] rules each.
     Storm(usize),
+    /// This many zbus clients connecting and staying (on the fast path: joining it).
+    Members(usize),
 }
 
 impl Scenario {
@@ -726,6 +728,9 @@ impl Scenario {
                 "login storm: {n} clients x {} rules (rate: clients/s)",
                 scale::RULES_EACH
             ),
+            Scenario::Members(n) => {
+                format!("{n} zbus clients connecting and staying (rate: clients/s)")
+            }
         }
     }
 
@@ -753,6 +758,20 @@ impl Scenario {
                 // every rule once, after the changes stop (counted in the storm scenario).
                 tokio::time::sleep(scale::settle(n)).await;
                 fan_out(daemon, Fan::all(1, 64), if quick { 2000 } else { 20000 }).await
+            }
+            Scenario::Members(n) => {
+                let (cpu0, start) = (daemon.cpu_ns(), Instant::now());
+                let mut clients = Vec::with_capacity(n);
+                for _ in 0..n {
+                    clients.push(connect(daemon).await?);
+                }
+                let took = start.elapsed();
+                tokio::time::sleep(scale::settle(n)).await;
+                Ok(Measure {
+                    rate: n as f64 / took.as_secs_f64(),
+                    cpu_ns_per_op: (daemon.cpu_ns() - cpu0) as f64 / n as f64,
+                    ..Measure::default()
+                })
             }
             Scenario::Storm(n) => {
                 let (cpu0, rss0) = (daemon.cpu_ns(), daemon.rss_bytes());
@@ -1011,6 +1030,7 @@ async fn main() -> Result<()> {
             }
             scenarios.push(Scenario::Storm(n));
         }
+        scenarios.push(Scenario::Members(1000));
     }
     if let Some(only) = &only {
         scenarios.retain(|s| s.name().contains(only.as_str()));

@@ -74,7 +74,7 @@ impl Frame {
         };
         let len = stamped.len() + message.len() - tail;
         // (A message carrying the most descriptors a datagram can has no room for the
-        // memfd: it goes inline while it fits, else on the stream.)
+        // memfd: it goes inline up to MAX_INLINE, else on the stream.)
         if len > MEMFD_ABOVE && msg.unix_fds() < SCM_MAX_FD {
             let sealed = if stamped.is_empty() {
                 sealed::seal(&message)
@@ -169,6 +169,12 @@ impl Frame {
 
     pub fn in_memfd(&self) -> bool {
         self.memfd.is_some()
+    }
+
+    /// Too large to go as a datagram ([`header::MAX_INLINE`]): no memfd could carry it
+    /// (the message has the most descriptors a datagram can, or none could be made).
+    pub fn too_large_inline(&self) -> bool {
+        self.memfd.is_none() && self.size() > header::MAX_INLINE
     }
 
     /// The descriptors that travel with the frame: the memfd first, then the message's.
@@ -298,10 +304,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn large_messages_travel_in_a_sealed_memfd_that_receivers_accept() {
+    /// A signal with a string of `len` bytes, declaring `unix_fds` descriptors.
+    fn big(len: usize, unix_fds: u32) -> Message {
         let mut body = Writer::new(Endian::Little);
-        body.string(&"x".repeat(MEMFD_ABOVE));
+        body.string(&"x".repeat(len));
         let bytes = encode(
             Endian::Little,
             SIGNAL,
@@ -312,11 +318,17 @@ mod tests {
                 interface: Some("org.example.I"),
                 member: Some("Big"),
                 signature: Some("s"),
+                unix_fds,
                 ..Default::default()
             },
             &body.into_vec(),
         );
-        let msg = Message::parse(bytes, Vec::new()).unwrap();
+        Message::parse(bytes, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn large_messages_travel_in_a_sealed_memfd_that_receivers_accept() {
+        let msg = big(MEMFD_ABOVE, 0);
         let f = Frame::new(&msg, 3, ":1.2", 0);
         assert!(f.in_memfd());
         let datagram = gathered(&f);
@@ -328,5 +340,15 @@ mod tests {
         assert_eq!(f.message_parts().concat(), checked.message);
         assert_eq!(f.message_len(), checked.message.len() as u64);
         assert_eq!(f.fds(&[7]).len(), 2);
+    }
+
+    /// A message no memfd can carry (it has the most descriptors a datagram can) goes
+    /// inline only up to MAX_INLINE, so that receivers need no larger buffer.
+    #[test]
+    fn a_large_message_without_room_for_a_memfd_does_not_go_as_a_datagram() {
+        let big = |len| Frame::new(&big(len, SCM_MAX_FD), 3, ":1.2", 0);
+        assert!(!big(MEMFD_ABOVE + 1).too_large_inline());
+        let f = big(header::MAX_INLINE);
+        assert!(!f.in_memfd() && f.too_large_inline());
     }
 }

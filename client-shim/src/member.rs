@@ -153,6 +153,10 @@ impl Member {
             }
         };
         let route = route::plan(msg, &table, self.id, reply_via_daemon);
+        let frame = Arc::new(Frame::new(msg, self.id, &self.unique, route.destination()));
+        if frame.too_large_inline() {
+            return Ok(Sent::TooLarge);
+        }
         if let Route::Direct {
             members,
             destination: 0,
@@ -165,7 +169,6 @@ impl Member {
                 Counters::add(&self.counters.fan_outs, 1);
             }
         }
-        let frame = Arc::new(Frame::new(msg, self.id, &self.unique, route.destination()));
         if let (Route::Direct { destination, .. }, Some(d)) = (&route, msg.destination()) {
             if *destination != 0 && !names::is_unique_name(d) {
                 // Before it leaves: its receiver may give it back at once.
@@ -280,7 +283,7 @@ impl Member {
     /// rules), or one that must wait for the bus's answer to an AddMatch.
     pub async fn receive(self: &Arc<Self>, buf: &mut Vec<u8>) -> io::Result<Incoming> {
         if buf.is_empty() {
-            buf.resize(header::largest_datagram(), 0);
+            buf.resize(header::MAX_INLINE, 0);
         }
         loop {
             self.socket.readable().await?;

@@ -197,6 +197,12 @@ pub fn mark_returned(frame: &mut [u8], receiver: u32, to: u32) {
     frame[OFF_DESTINATION as usize..][..4].copy_from_slice(&to.to_be_bytes());
 }
 
+/// The largest frame a member sends with its message inline: a larger message travels in
+/// a sealed memfd (or, when none can be made, on the member's stream connection). So a
+/// member's receive buffer is this big, not [`largest_datagram`] (which with a raised
+/// `wmem_max` is megabytes per connection); a larger datagram is not a member's frame.
+pub const MAX_INLINE: usize = 64 * 1024;
+
 /// The largest datagram a member may send, hence the buffer a receiver needs: a send
 /// buffer holds at most twice `net.core.wmem_max` (the kernel doubles what is asked).
 pub fn largest_datagram() -> usize {
