@@ -424,10 +424,11 @@ impl Bus {
         }
         self.fast.table_dirty = true;
         self.fast.daemon_dirty = true;
-        let mentions = |r: &MatchRule| r.sender.as_ref().is_some_and(|s| names.contains(s));
-        for (&peer_id, p) in &self.peers {
-            if p.fast.is_some() && self.matches.rules_of(peer_id).iter().any(mentions) {
-                self.fast.dirty_filters.insert(peer_id);
+        for name in names {
+            for peer in self.matches.mentioning(name) {
+                if self.peers.get(&peer).is_some_and(|p| p.fast.is_some()) {
+                    self.fast.dirty_filters.insert(peer);
+                }
             }
         }
     }

@@ -69,6 +69,9 @@ pub struct MatchRegistry {
     by_arg0: usize,
     /// Each connection's rules, in the order it added them.
     by_peer: HashMap<PeerId, Vec<MatchRule>>,
+    /// For each name `sender=` rules mention, the connections with such rules (and how
+    /// many each has): whose fast-path filter changes when that name changes owner.
+    mentions: HashMap<String, HashMap<PeerId, u32>>,
 }
 
 /// The keys `rule` may be filed under, with their values.
@@ -127,6 +130,14 @@ impl MatchRegistry {
     pub fn add(&mut self, peer: PeerId, rule: MatchRule) {
         self.by_peer.entry(peer).or_default().push(rule.clone());
         self.eavesdropping += usize::from(rule.eavesdrop);
+        if let Some(sender) = &rule.sender {
+            *self
+                .mentions
+                .entry(sender.clone())
+                .or_default()
+                .entry(peer)
+                .or_default() += 1;
+        }
         let place = self.place(&rule);
         let entry = Entry { peer, rule };
         match place {
@@ -176,6 +187,19 @@ impl MatchRegistry {
         }
         self.len -= 1;
         self.eavesdropping -= usize::from(rule.eavesdrop);
+        if let Some(sender) = &rule.sender {
+            if let Some(peers) = self.mentions.get_mut(sender) {
+                if let Some(n) = peers.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        peers.remove(&peer);
+                    }
+                }
+                if peers.is_empty() {
+                    self.mentions.remove(sender);
+                }
+            }
+        }
         if let Some(rules) = self.by_peer.get_mut(&peer) {
             if let Some(i) = rules.iter().position(|r| r == rule) {
                 rules.remove(i);
@@ -213,6 +237,15 @@ impl MatchRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The connections with a `sender=` rule naming `name` (without looking at every
+    /// rule).
+    pub fn mentioning(&self, name: &str) -> impl Iterator<Item = PeerId> + '_ {
+        self.mentions
+            .get(name)
+            .into_iter()
+            .flat_map(|peers| peers.keys().copied())
     }
 
     /// Whether some rule has `eavesdrop=true` (without looking at every rule).
@@ -314,6 +347,26 @@ mod tests {
         assert!(r.any_eavesdropping());
         r.remove_peer(2);
         assert!(!r.any_eavesdropping());
+    }
+
+    #[test]
+    fn connections_are_found_by_the_sender_names_their_rules_mention() {
+        let mut r = MatchRegistry::default();
+        r.add(1, rule("sender='org.a',member='X'"));
+        r.add(1, rule("sender='org.a'"));
+        r.add(2, rule("sender='org.b'"));
+        r.add(3, rule("member='X'"));
+        let mentioning = |r: &MatchRegistry, n| {
+            let mut v: Vec<PeerId> = r.mentioning(n).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(mentioning(&r, "org.a"), vec![1]);
+        r.remove(1, &rule("sender='org.a'"));
+        assert_eq!(mentioning(&r, "org.a"), vec![1]);
+        r.remove_peer(1);
+        assert!(mentioning(&r, "org.a").is_empty());
+        assert_eq!(mentioning(&r, "org.b"), vec![2]);
     }
 
     #[test]
