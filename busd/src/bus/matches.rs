@@ -64,9 +64,9 @@ pub struct MatchRegistry {
     len: usize,
     /// How many of the rules have `eavesdrop=true`.
     eavesdropping: usize,
-    /// How many rules are filed under arg0 or arg0namespace (a message's arg0 is read only
-    /// when some are).
-    by_arg0: usize,
+    /// How many rules are filed under each key (a message's arg0 is read, and its
+    /// recipient's names gathered, only when some rules need them).
+    filed: [usize; KEYS],
     /// Each connection's rules, in the order it added them.
     by_peer: HashMap<PeerId, Vec<MatchRule>>,
     /// For each name `sender=` rules mention, the connections with such rules (and how
@@ -142,9 +142,7 @@ impl MatchRegistry {
         let entry = Entry { peer, rule };
         match place {
             Some((key, value)) => {
-                if matches!(key, Key::Arg0 | Key::Arg0Namespace) {
-                    self.by_arg0 += 1;
-                }
+                self.filed[key as usize] += 1;
                 self.buckets[key as usize]
                     .entry(value)
                     .or_default()
@@ -182,8 +180,8 @@ impl MatchRegistry {
         let Some(key) = removed else {
             return false;
         };
-        if matches!(key, Some(Key::Arg0 | Key::Arg0Namespace)) {
-            self.by_arg0 -= 1;
+        if let Some(key) = key {
+            self.filed[key as usize] -= 1;
         }
         self.len -= 1;
         self.eavesdropping -= usize::from(rule.eavesdrop);
@@ -256,7 +254,13 @@ impl MatchRegistry {
     /// Whether some rule is filed under the first argument: only then does a lookup need
     /// it (reading it parses the body).
     pub fn wants_arg0(&self) -> bool {
-        self.by_arg0 > 0
+        self.filed[Key::Arg0 as usize] + self.filed[Key::Arg0Namespace as usize] > 0
+    }
+
+    /// Whether some rule is filed under a destination: only then does a lookup need the
+    /// recipient's names.
+    pub fn wants_destinations(&self) -> bool {
+        self.filed[Key::Destination as usize] > 0
     }
 
     /// Calls `f` for every rule that may match a message with these properties (each rule

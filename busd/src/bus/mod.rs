@@ -545,9 +545,10 @@ impl Bus {
                 None => vec![DBUS_NAME],
                 Some(s) => names_of(s),
             };
-            let destinations = match recipient {
-                Some(r) => names_of(r),
-                None => msg.destination().into_iter().collect(),
+            let destinations = match (self.matches.wants_destinations(), recipient) {
+                (false, _) => Vec::new(),
+                (true, Some(r)) => names_of(r),
+                (true, None) => msg.destination().into_iter().collect(),
             };
             let arg0 = match self.matches.wants_arg0() {
                 true => match busd_match::MessageInfo::arg(&routed, 0) {
