@@ -3,7 +3,9 @@
 //!
 //! Joining is transparent: when the answer to zbus's Hello comes in, the read half sends
 //! `Join`; the write half holds back whatever zbus sends until the answer is in, and the
-//! read half takes the answer out of the stream. From then on, the write half parses each
+//! read half takes the answer out of the stream and holds back Hello's answer (and anything
+//! else before it) until then, so that a connection zbus has built is already set up. From
+//! then on, the write half parses each
 //! message once and hands it to the member (`Member::send`), and the read half merges the
 //! stream with the member socket. On any error (dbus-daemon answers UnknownInterface) the
 //! connection simply stays on the stream.
@@ -81,6 +83,7 @@ pub fn split(
             datagram: Vec::new(),
             held: None,
             rules_changed: false,
+            early: VecDeque::new(),
         },
         ShimWrite { shared },
     )
@@ -100,6 +103,10 @@ pub struct ShimRead {
     held: Option<Held>,
     /// The bus answered an AddMatch or RemoveMatch since the held broadcast was judged.
     rules_changed: bool,
+    /// Stream messages that came before the answer to Join (Hello's answer first): zbus
+    /// gets them once the connection is set up, so that a built connection is already on
+    /// the fast path (or known not to be).
+    early: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
 }
 
 pub struct ShimWrite {
@@ -333,6 +340,15 @@ impl ReadHalf for ShimRead {
             self.fds.extend(already_received_fds.drain(..));
         }
         loop {
+            let joining = matches!(
+                *self.shared.phase.borrow(),
+                Phase::Start | Phase::Joining(_)
+            );
+            if !joining {
+                if let Some((bytes, fds)) = self.early.pop_front() {
+                    return to_zbus(bytes, fds, seq).await;
+                }
+            }
             let member = self.shared.joined();
             if let Some(m) = &member {
                 if let Some((bytes, fds)) = self.settle_held(m) {
@@ -362,6 +378,12 @@ impl ReadHalf for ShimRead {
                 if matches!(*self.shared.phase.borrow(), Phase::Start) {
                     // The first message after authenticating answers Hello.
                     self.shared.send_join().await?;
+                }
+                if joining {
+                    self.early
+                        .push_back((self.buf[self.pos..end].to_vec(), fds));
+                    self.pos = end;
+                    continue;
                 }
                 let msg = self.stream_to_zbus(end, fds, seq).await?;
                 if let Some(m) = &member {
@@ -551,43 +573,55 @@ mod tests {
             &name.into_vec(),
         );
         bus.write_all(&hello).await.unwrap();
-        let got = read
-            .receive_message(1, &mut Vec::new(), &mut Vec::new())
-            .await
-            .unwrap();
-        assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(1));
-        // The shim asked to join, with a serial of its own.
-        let mut buf = vec![0u8; 4096];
-        let n = bus.read(&mut buf).await.unwrap();
-        let join = Message::parse(buf[..n].to_vec(), Vec::new()).unwrap();
-        assert_eq!(join.member(), Some("Join"));
-        let serial = join.serial();
-        // A peer answers first; then the bus (dbus-daemon's answer: no such interface).
-        let mut text = Writer::new(Endian::Little);
-        text.string("forged");
-        let forged = from(
-            ":1.9",
-            ERROR,
-            serial,
-            Some("org.example.Forged"),
-            &text.into_vec(),
-        );
-        let mut text = Writer::new(Endian::Little);
-        text.string("no");
-        let real = from(
-            "org.freedesktop.DBus",
-            ERROR,
-            serial,
-            Some("org.freedesktop.DBus.Error.UnknownInterface"),
-            &text.into_vec(),
-        );
-        bus.write_all(&[forged, real].concat()).await.unwrap();
-        let got = read
-            .receive_message(2, &mut Vec::new(), &mut Vec::new())
-            .await
-            .unwrap();
+        // Hello's answer reaches zbus once the bus has answered Join, and only the bus's
+        // answer counts: a peer's, with the right serial and first, is one more message.
+        let receiving = async {
+            let mut got = Vec::new();
+            for seq in 1..=2 {
+                got.push(
+                    read.receive_message(seq, &mut Vec::new(), &mut Vec::new())
+                        .await
+                        .unwrap(),
+                );
+                assert!(
+                    matches!(*read.shared.phase.borrow(), Phase::Standard),
+                    "nothing reaches zbus before the bus has answered Join"
+                );
+            }
+            got
+        };
+        let answering = async {
+            // The shim asked to join, with a serial of its own.
+            let mut buf = vec![0u8; 4096];
+            let n = bus.read(&mut buf).await.unwrap();
+            let join = Message::parse(buf[..n].to_vec(), Vec::new()).unwrap();
+            assert_eq!(join.member(), Some("Join"));
+            let serial = join.serial();
+            // A peer answers first; then the bus (dbus-daemon's answer: no such interface).
+            let mut text = Writer::new(Endian::Little);
+            text.string("forged");
+            let forged = from(
+                ":1.9",
+                ERROR,
+                serial,
+                Some("org.example.Forged"),
+                &text.into_vec(),
+            );
+            let mut text = Writer::new(Endian::Little);
+            text.string("no");
+            let real = from(
+                "org.freedesktop.DBus",
+                ERROR,
+                serial,
+                Some("org.freedesktop.DBus.Error.UnknownInterface"),
+                &text.into_vec(),
+            );
+            bus.write_all(&[forged, real].concat()).await.unwrap();
+        };
+        let (got, ()) = tokio::join!(receiving, answering);
+        assert_eq!(got[0].header().reply_serial().map(|s| s.get()), Some(1));
         assert_eq!(
-            got.header().sender().map(|s| s.as_str()),
+            got[1].header().sender().map(|s| s.as_str()),
             Some(":1.9"),
             "the forged answer goes to zbus, not to the join"
         );
