@@ -23,6 +23,10 @@
 //! `/run/systemd/journal/socket` discards what it gets (the launcher aborts without one).
 //!
 //!   busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT]
+//!              [--daemon=COLUMN]...
+//!
+//! `--daemon=` (repeated) keeps only those columns, e.g. `--daemon='busd, fast path'` to
+//! profile one daemon.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +75,18 @@ struct Daemon {
     _dir: tempfile::TempDir,
 }
 
+/// Where each daemon gets a directory of its own for its socket (and busd its fast-path
+/// sockets): `$XDG_RUNTIME_DIR` when set, else `/dev/shm`: a tmpfs, as a desktop's
+/// `/run/user/UID` is (on a disk file system, creating and removing sockets costs several
+/// times more, which no session bus pays).
+fn runtime_base() -> std::path::PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .or_else(|| Some(std::path::PathBuf::from("/dev/shm")).filter(|d| d.is_dir()))
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// CPUs online. (Not `available_parallelism`: that follows this process's affinity, which
 /// is one CPU once the bench pinned itself, and a daemon forked from it would then be pinned
 /// to the clients' CPU.)
@@ -94,12 +110,16 @@ impl Daemon {
     fn start(program: &str, fast: bool) -> Result<Daemon> {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("busd-bench-")
+            .tempdir_in(runtime_base())?;
         let sock = dir.path().join("bus");
         if program == BROKER {
             return Self::start_broker(dir, sock);
         }
         let mut cmd = Command::new(program);
+        // (busd makes its fast-path directory there.)
+        cmd.env("XDG_RUNTIME_DIR", dir.path());
         cmd.args(["--session", "--nofork", "--print-address"])
             .arg(format!("--address=unix:path={}", sock.display()))
             .stdout(Stdio::piped())
@@ -940,6 +960,8 @@ fn provenance() -> String {
     )
 }
 
+const USAGE: &str = "busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT] [--daemon=COLUMN]...";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let mut busd = std::env::current_exe()?
@@ -951,6 +973,7 @@ async fn main() -> Result<()> {
     let (mut rounds, mut quick) = (3usize, false);
     let (mut json, mut plots) = (None, None);
     let mut only: Option<String> = None;
+    let mut columns: Option<Vec<String>> = None;
     let mut scaled = false;
     for arg in std::env::args().skip(1) {
         if let Some(v) = arg.strip_prefix("--busd=") {
@@ -965,10 +988,12 @@ async fn main() -> Result<()> {
             scaled = true;
         } else if let Some(v) = arg.strip_prefix("--only=") {
             only = Some(v.to_string());
+        } else if let Some(v) = arg.strip_prefix("--daemon=") {
+            columns.get_or_insert_with(Vec::new).push(v.to_string());
         } else if arg == "--quick" {
             quick = true;
         } else {
-            bail!("usage: busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT]");
+            bail!("usage: {USAGE}");
         }
     }
     if cpus() < 2 {
@@ -991,6 +1016,12 @@ async fn main() -> Result<()> {
     }
     daemons.push(("busd", busd.clone(), false));
     daemons.push(("busd, fast path", busd, true));
+    if let Some(keep) = &columns {
+        daemons.retain(|(name, _, _)| keep.iter().any(|k| k == name));
+        if daemons.is_empty() {
+            bail!("--daemon= names none of: dbus-daemon, dbus-daemon (A/A control), {BROKER}, busd, busd, fast path");
+        }
+    }
 
     let mut scenarios = vec![Scenario::RoundTrip];
     for subs in [1usize, 10, 50, 200] {

@@ -162,24 +162,37 @@ impl Publisher {
 /// unique name. Process-wide because `stats` may be asked from anywhere; it holds only weak
 /// references (a connection that is gone is dropped from it) and serves nothing, so no
 /// runtime's end can leave anything behind in it.
-fn registry() -> &'static Mutex<Vec<Weak<Counters>>> {
-    static R: OnceLock<Mutex<Vec<Weak<Counters>>>> = OnceLock::new();
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
     R.get_or_init(Default::default)
+}
+
+#[derive(Default)]
+struct Registry {
+    all: Vec<Weak<Counters>>,
+    /// How many were left at the last sweep of those that are gone.
+    swept: usize,
 }
 
 /// A new connection's counters, found again by [`find`].
 pub fn register(counters: &Arc<Counters>) {
-    let mut all = registry().lock().unwrap_or_else(PoisonError::into_inner);
-    all.retain(|c| c.strong_count() > 0);
-    all.push(Arc::downgrade(counters));
+    let mut r = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    // Connections that are gone are swept out once the list has doubled since the last
+    // sweep: a process that opens many connections pays O(1) for each, not O(all).
+    if r.all.len() >= 2 * r.swept.max(16) {
+        r.all.retain(|c| c.strong_count() > 0);
+        r.swept = r.all.len();
+    }
+    r.all.push(Arc::downgrade(counters));
 }
 
 /// The counters of the connection with this bus GUID and unique name.
 pub fn find(guid: &str, unique: &str) -> Option<Arc<Counters>> {
-    let mut all = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut r = registry().lock().unwrap_or_else(PoisonError::into_inner);
     // Connections that are gone no longer count.
-    all.retain(|c| c.strong_count() > 0);
-    all.iter().filter_map(Weak::upgrade).find(|c| {
+    r.all.retain(|c| c.strong_count() > 0);
+    r.swept = r.all.len();
+    r.all.iter().filter_map(Weak::upgrade).find(|c| {
         c.unique.get().map(String::as_str) == Some(unique)
             && c.guid.get().map(String::as_str) == Some(guid)
     })

@@ -282,11 +282,13 @@ impl Member {
     /// and SENDER agree) and wanted (addressed to this member, or matched by one of its
     /// rules), or one that must wait for the bus's answer to an AddMatch.
     pub async fn receive(self: &Arc<Self>, buf: &mut Vec<u8>) -> io::Result<Incoming> {
-        if buf.is_empty() {
-            buf.resize(header::MAX_INLINE, 0);
-        }
         loop {
             self.socket.readable().await?;
+            // (Only once something comes: a member that never receives a datagram never
+            // has the buffer.)
+            if buf.is_empty() {
+                buf.resize(header::MAX_INLINE, 0);
+            }
             let r = self.socket.try_io(Interest::READABLE, || {
                 receive::recv_frame(self.socket.as_fd(), buf)
             });

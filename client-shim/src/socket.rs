@@ -50,6 +50,10 @@ enum Phase {
 /// gone; past it the AddMatch counts as refused for that broadcast.
 const HOLD_AT_MOST: Duration = Duration::from_secs(25);
 
+/// Bytes of the stream one read takes: at first, and at most.
+const CHUNK_FIRST: usize = 4096;
+const CHUNK_MOST: usize = 64 * 1024;
+
 struct Shared {
     stream: UnixStream,
     /// Whole messages go out one at a time (Join is written by the read half).
@@ -79,7 +83,7 @@ pub fn split(
             pos: 0,
             fds: VecDeque::new(),
             started: false,
-            chunk: vec![0; 64 * 1024],
+            chunk: vec![0; CHUNK_FIRST],
             datagram: Vec::new(),
             held: None,
             rules_changed: false,
@@ -96,6 +100,9 @@ pub struct ShimRead {
     pos: usize,
     fds: VecDeque<OwnedFd>,
     started: bool,
+    /// What one read of the stream takes: small at first (most connections only ever get
+    /// small messages, and zeroing 64 KiB per connection was a fifth of a client's cost of
+    /// connecting), doubled up to [`CHUNK_MOST`] whenever a read fills it.
     chunk: Vec<u8>,
     datagram: Vec<u8>,
     /// A broadcast waiting for the bus's answer to an AddMatch; no frame is taken while
@@ -442,6 +449,9 @@ impl ReadHalf for ShimRead {
                 self.pos = 0;
             }
             self.buf.extend_from_slice(&self.chunk[..n]);
+            if n == self.chunk.len() && n < CHUNK_MOST {
+                self.chunk.resize(n * 2, 0);
+            }
             self.fds.extend(fds);
         }
     }

@@ -12,6 +12,7 @@
 use crate::bus::error::{DriverError, ErrorName};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use busd_match::bpf::{self, Program};
 use busd_match::header::TO_DAEMON;
@@ -56,7 +57,12 @@ pub(super) struct State {
     dirty_filters: BTreeSet<PeerId>,
     /// The daemon's own filter (attached to every member's inbox) must be recompiled.
     daemon_dirty: bool,
+    /// The table must be published now (before whatever the event sends goes out).
     table_dirty: bool,
+    /// The table changed in a way that may wait (a member gone): it is published with the
+    /// next urgent change, or at `table_due` at the latest.
+    table_later: bool,
+    table_due: Option<std::time::Instant>,
     /// The member whose frame is being routed: its broadcast already reached the direct
     /// members, so the daemon delivers it only to the others.
     pub origin: Option<PeerId>,
@@ -64,7 +70,11 @@ pub(super) struct State {
     figures: Option<Figures>,
     /// The last members to leave, newest last, as the table keeps listing them: a frame
     /// a member sent before it left is still its own when a receiver reads it later.
-    departed: VecDeque<table::Member>,
+    departed: VecDeque<u32>,
+    /// The routing table, changed in place by each event (a join, Ready, a departure, a
+    /// member's rules, a name) rather than rebuilt from every member and name (DESIGN 8);
+    /// the bus-wide fields are set when it is published.
+    table: Arc<Table>,
     /// The daemon's pid namespace, for the table ([`Bus::set_fast_pid_namespace`]).
     pid_namespace: u64,
     /// The daemon's interest as last compiled (its summary in the table).
@@ -82,6 +92,13 @@ pub(super) struct State {
 /// rule on the bus, if longer).
 pub const DAEMON_EXACT_UP_TO: usize = 512;
 pub const DAEMON_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a change of the table that may wait (a member gone) waits at most for an
+/// urgent one to be published with. Meanwhile others send to the departed member into a
+/// socket that is gone (nothing is lost: nobody would read it), and a storm of departures
+/// (a session ending) publishes the table, which is linear in members, at most once per
+/// this time rather than once per departure.
+pub const TABLE_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How many departed members the table keeps listing (DESIGN 5.8).
 pub const DEPARTED_KEPT: usize = 256;
@@ -119,7 +136,74 @@ pub struct FastUpdates {
     pub filters: Vec<(PeerId, Program)>,
     /// The daemon's filter, for every member's inbox (compiled as member [`TO_DAEMON`]).
     pub daemon_filter: Option<Program>,
-    pub table: Option<Table>,
+    pub table: Option<Arc<Table>>,
+}
+
+/// When a change of the table is published.
+#[derive(Clone, Copy)]
+enum Publish {
+    /// Before what the event sends goes out.
+    Now,
+    /// With the next change published now, or after [`TABLE_COALESCE`].
+    Later,
+}
+
+impl State {
+    fn table(&mut self) -> &mut Table {
+        self.table_dirty = true;
+        Arc::make_mut(&mut self.table)
+    }
+
+    /// The table, for a change that may wait ([`TABLE_COALESCE`]).
+    fn table_later(&mut self) -> &mut Table {
+        self.table_later = true;
+        Arc::make_mut(&mut self.table)
+    }
+
+    /// The table's entry for member `id`, to change it (published now or later).
+    fn listed(&mut self, id: u32, when: Publish) -> Option<&mut table::Member> {
+        let i = self
+            .table
+            .members
+            .binary_search_by_key(&id, |m| m.id)
+            .ok()?;
+        let table = match when {
+            Publish::Now => self.table(),
+            Publish::Later => self.table_later(),
+        };
+        Some(&mut table.members[i])
+    }
+
+    /// Lists `m` (in place of any entry with its id).
+    fn list(&mut self, m: table::Member) {
+        let members = &mut self.table().members;
+        match members.binary_search_by_key(&m.id, |x| x.id) {
+            Ok(i) => members[i] = m,
+            Err(i) => members.insert(i, m),
+        }
+    }
+
+    fn unlist(&mut self, id: u32) {
+        if let Ok(i) = self.table.members.binary_search_by_key(&id, |m| m.id) {
+            self.table_later().members.remove(i);
+        }
+    }
+
+    /// Records that member `owner` (None: no member) owns the well-known name `name` now.
+    fn name_owned(&mut self, name: &str, owner: Option<u32>) {
+        let at = self
+            .table
+            .names
+            .binary_search_by(|(n, _)| n.as_str().cmp(name));
+        match (at, owner) {
+            (Ok(i), Some(id)) if self.table.names[i].1 != id => self.table().names[i].1 = id,
+            (Ok(i), None) => {
+                self.table().names.remove(i);
+            }
+            (Err(i), Some(id)) => self.table().names.insert(i, (name.to_string(), id)),
+            _ => {}
+        }
+    }
 }
 
 impl Bus {
@@ -251,7 +335,16 @@ impl Bus {
             slot: joined.slot,
         });
         self.fast.members.insert(member, peer);
-        self.fast.table_dirty = true;
+        let entry = table::Member {
+            id: member,
+            direct: p.policy.allows_all_messages(),
+            slot: joined.slot,
+            summary: fast_summary(Some(self.matches.rules_of(peer))),
+            pid: p.creds.pid.unwrap_or(0),
+            ready: false,
+            departed: false,
+        };
+        self.fast.list(entry);
         // Its names now designate a member, for `sender=` rules.
         let p = &self.peers[&peer];
         let names: Vec<String> = p
@@ -291,11 +384,16 @@ impl Bus {
         };
         if !f.ready {
             f.ready = true;
-            if f.direct {
+            let (id, direct) = (f.id, f.direct);
+            if direct && !self.matches.rules_of(from).is_empty() {
                 // Its rules leave the daemon's filter for its own.
                 self.fast.daemon_dirty = true;
             }
-            self.fast.table_dirty = true;
+            // (Published at once: a service that has just started is called directly from
+            // its first call, and its first replies go directly.)
+            if let Some(m) = self.fast.listed(id, Publish::Now) {
+                m.ready = true;
+            }
         }
         Ok(Some((Vec::new(), "")))
     }
@@ -306,21 +404,26 @@ impl Bus {
             return;
         };
         if let Some(f) = p.fast.take() {
-            self.fast.departed.push_back(table::Member {
-                id: f.id,
-                direct: f.direct,
-                slot: busd_match::progress::NO_SLOT,
-                summary: Summary::default(),
-                pid: p.creds.pid.unwrap_or(0),
-                ready: f.ready,
-                departed: true,
-            });
+            if let Some(m) = self.fast.listed(f.id, Publish::Later) {
+                m.departed = true;
+                m.slot = busd_match::progress::NO_SLOT;
+                m.summary = Summary::default();
+            }
+            self.fast.departed.push_back(f.id);
             if self.fast.departed.len() > DEPARTED_KEPT {
-                self.fast.departed.pop_front();
+                if let Some(gone) = self.fast.departed.pop_front() {
+                    self.fast.unlist(gone);
+                }
+            }
+            // Its names are no member's now (their release, which may follow, finds them
+            // gone or passes them on).
+            for name in self.names.held_by(peer) {
+                if self.fast.table.owner(name) == Some(f.id) {
+                    self.fast.name_owned(name, None);
+                }
             }
             self.fast.members.remove(&f.id);
             self.fast.dirty_filters.remove(&peer);
-            self.fast.table_dirty = true;
             self.effects.push(Effect::FastLeave(peer));
         }
     }
@@ -338,32 +441,42 @@ impl Bus {
         if !self.fast.enabled {
             return;
         }
-        match self.fast_of(peer) {
-            Some(f) if f.receives_directly() => {
-                self.fast.dirty_filters.insert(peer);
-                // Its summary.
-                self.fast.table_dirty = true;
-            }
-            Some(f) if f.direct => {
-                // Not ready yet: the daemon delivers for it now, its filter serves later.
-                self.fast.dirty_filters.insert(peer);
-                self.fast.daemon_dirty = true;
-                self.fast.table_dirty = true;
-            }
+        let Some(f) = self.fast_of(peer) else {
             // (The table changes only if the daemon's summary does.)
-            _ => self.fast.daemon_dirty = true,
+            self.fast.daemon_dirty = true;
+            return;
+        };
+        // Its summary, from its rules only.
+        let summary = fast_summary(Some(self.matches.rules_of(peer)));
+        if let Some(m) = self.fast.listed(f.id, Publish::Now) {
+            m.summary = summary;
+        }
+        if f.direct {
+            self.fast.dirty_filters.insert(peer);
+        }
+        if !f.receives_directly() {
+            // The daemon delivers for it (until it is ready, or always when it may not go
+            // direct); its own filter serves later.
+            self.fast.daemon_dirty = true;
         }
     }
 
     /// When the daemon's filter is due to be compiled exactly again, if it is wide.
     pub(super) fn fast_deadline(&self) -> Option<std::time::Instant> {
-        self.fast.daemon_due
+        [self.fast.daemon_due, self.fast.table_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Time passed: the daemon's wide filter may be due for its exact program.
+    /// Time passed: the daemon's wide filter may be due for its exact program, and changes
+    /// of the table that waited for publication.
     pub(super) fn fast_expire(&mut self, now: std::time::Instant) {
         if self.fast.daemon_due.is_some_and(|d| d <= now) {
             self.fast.daemon_dirty = true;
+        }
+        if self.fast.table_due.is_some_and(|d| d <= now) {
+            self.fast.table_dirty = true;
         }
     }
 
@@ -419,15 +532,31 @@ impl Bus {
     /// only those: every zbus client has `sender='org.freedesktop.DBus'` rules, and
     /// recompiling everyone's filter on every name change made joining quadratic).
     pub(super) fn fast_names_changed(&mut self, names: &[String]) {
-        if !self.fast.enabled || self.fast.members.is_empty() {
+        if !self.fast.enabled {
             return;
         }
-        self.fast.table_dirty = true;
-        self.fast.daemon_dirty = true;
         for name in names {
+            if !name.starts_with(':') {
+                let owner = self
+                    .names
+                    .primary_owner(name)
+                    .and_then(|p| self.fast_of(p))
+                    .map(|f| f.id);
+                self.fast.name_owned(name, owner);
+            }
+            if self.fast.members.is_empty() {
+                continue;
+            }
             for peer in self.matches.mentioning(name) {
-                if self.peers.get(&peer).is_some_and(|p| p.fast.is_some()) {
-                    self.fast.dirty_filters.insert(peer);
+                match self.peers.get(&peer).and_then(|p| p.fast) {
+                    Some(f) => {
+                        self.fast.dirty_filters.insert(peer);
+                        if !f.receives_directly() {
+                            self.fast.daemon_dirty = true;
+                        }
+                    }
+                    // A rule the daemon's filter holds names it.
+                    None => self.fast.daemon_dirty = true,
                 }
             }
         }
@@ -438,6 +567,9 @@ impl Bus {
         for p in self.peers.values_mut() {
             if let Some(f) = &mut p.fast {
                 f.direct = p.policy.allows_all_messages();
+                if let Some(m) = self.fast.listed(f.id, Publish::Now) {
+                    m.direct = f.direct;
+                }
             }
         }
         self.fast.daemon_dirty = self.fast.enabled;
@@ -470,6 +602,9 @@ impl Bus {
             return None;
         }
         let s = &mut self.fast;
+        if s.table_later && !s.table_dirty && s.table_due.is_none() {
+            s.table_due = Some(self.now + TABLE_COALESCE);
+        }
         if !(s.daemon_dirty || s.table_dirty || !s.dirty_filters.is_empty()) {
             return None;
         }
@@ -490,6 +625,8 @@ impl Bus {
         }
         if self.fast.table_dirty {
             updates.table = Some(self.fast_table());
+            self.fast.table_later = false;
+            self.fast.table_due = None;
         }
         self.fast.dirty_filters.clear();
         self.fast.table_dirty = false;
@@ -499,10 +636,11 @@ impl Bus {
         (!nothing).then_some(updates)
     }
 
-    fn fast_table(&self) -> Table {
-        let summary = |rules| fast_summary(Some(rules));
+    /// The table to publish: the one kept up to date, with the bus-wide fields and the
+    /// daemon's own entry as they are now.
+    fn fast_table(&mut self) -> Arc<Table> {
         let observed = !self.monitors.is_empty() || self.matches.any_eavesdropping();
-        let mut members = vec![table::Member {
+        let daemon = table::Member {
             id: 0,
             direct: true,
             slot: busd_match::progress::NO_SLOT,
@@ -510,21 +648,43 @@ impl Bus {
             pid: self.settings.pid,
             ready: true,
             departed: false,
-        }];
-        members.extend(self.fast.departed.iter().cloned());
+        };
+        // dbus-daemon ends calls unanswered after reply_timeout: only the daemon can keep
+        // that time, so calls go through it when the limit is set.
+        let calls_mediated = self.settings.limits.reply_timeout.is_some();
+        let max_message = u32::try_from(self.settings.limits.max_message_size).unwrap_or(u32::MAX);
+        let pid_namespace = self.fast.pid_namespace;
+        let t = &self.fast.table;
+        let same = t.observed == observed
+            && t.calls_mediated == calls_mediated
+            && t.max_message == max_message
+            && t.pid_namespace == pid_namespace
+            && t.members.first() == Some(&daemon);
+        if !same {
+            let t = self.fast.table();
+            t.observed = observed;
+            t.calls_mediated = calls_mediated;
+            t.max_message = max_message;
+            t.pid_namespace = pid_namespace;
+            self.fast.list(daemon);
+        }
+        Arc::clone(&self.fast.table)
+    }
+
+    /// The table's members and names built from scratch from every member (what the kept
+    /// table must always say), with the departed members' ids: for tests.
+    #[cfg(test)]
+    pub(super) fn fast_table_rebuilt(&self) -> (Vec<table::Member>, Vec<(String, u32)>, Vec<u32>) {
+        let mut members = Vec::new();
         let mut names = Vec::new();
         for (&id, &peer) in &self.fast.members {
-            let Some(p) = self.peers.get(&peer) else {
-                continue;
-            };
-            let Some(f) = p.fast else {
-                continue;
-            };
+            let p = &self.peers[&peer];
+            let f = p.fast.expect("a member");
             members.push(table::Member {
                 id,
                 direct: f.direct,
                 slot: f.slot,
-                summary: summary(self.matches.rules_of(peer)),
+                summary: fast_summary(Some(self.matches.rules_of(peer))),
                 pid: p.creds.pid.unwrap_or(0),
                 ready: f.ready,
                 departed: false,
@@ -537,16 +697,15 @@ impl Bus {
         }
         members.sort_unstable_by_key(|m| m.id);
         names.sort_unstable();
-        Table {
-            observed,
-            // dbus-daemon ends calls unanswered after reply_timeout: only the daemon can
-            // keep that time, so calls go through it when the limit is set.
-            calls_mediated: self.settings.limits.reply_timeout.is_some(),
-            members,
-            names,
-            max_message: u32::try_from(self.settings.limits.max_message_size).unwrap_or(u32::MAX),
-            pid_namespace: self.fast.pid_namespace,
-        }
+        let mut departed: Vec<u32> = self.fast.departed.iter().copied().collect();
+        departed.sort_unstable();
+        (members, names, departed)
+    }
+
+    /// The table as kept (and published next).
+    #[cfg(test)]
+    pub(super) fn fast_table_kept(&mut self) -> Arc<Table> {
+        self.fast_table()
     }
 
     /// A frame a member sent the daemon on its inbox. `destination` is the routing header's:

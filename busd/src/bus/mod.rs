@@ -773,11 +773,12 @@ impl Bus {
         if let Some(p) = self.peers.get_mut(&id) {
             p.closing = true;
         }
-        let had_rules = self.matches.remove_peer(id) > 0;
-        self.fast_leave(id);
-        if had_rules {
+        // (Its rules go while it is still a member: the daemon's filter is compiled again
+        // only if it held them.)
+        if self.matches.remove_peer(id) > 0 {
             self.fast_rules_changed(id);
         }
+        self.fast_leave(id);
         self.release_all_names(id);
         if self.monitors.contains(&id) {
             self.monitors.retain(|&m| m != id);

@@ -66,6 +66,11 @@ struct Member {
     /// The filter attached to it.
     filter: Program,
     inbox: UnixDatagram,
+    /// The daemon's filter is on its inbox: attached at its first broadcast, not at Join
+    /// (most members never broadcast, and each attach costs the kernel a verification and
+    /// a JIT compilation; until then the daemon's routing, which is exact, drops what it
+    /// does not want).
+    inbox_filtered: bool,
 }
 
 /// A memfd of fixed size mapped writable here, sealed with `seals` once mapped.
@@ -407,9 +412,6 @@ impl FastPath {
             .and_then(|inbox| {
                 inbox.connect(&path)?;
                 inbox.set_nonblocking(true)?;
-                if !self.daemon_filter.insns.is_empty() {
-                    bpf::attach(inbox.as_fd(), &self.daemon_filter)?;
-                }
                 Ok(inbox)
             })
             .inspect_err(|_| {
@@ -433,6 +435,7 @@ impl FastPath {
             socket: kept,
             filter: filter.clone(),
             inbox: UnixDatagram::from_std(inbox),
+            inbox_filtered: false,
         };
         self.members.insert(peer, member);
         let m = self.members.get_mut(&peer).expect("just inserted");
@@ -472,7 +475,7 @@ impl FastPath {
             insns = prog.insns.len(),
             "replacing the daemon's filter"
         );
-        for m in self.members.values() {
+        for m in self.members.values().filter(|m| m.inbox_filtered) {
             if let Err(e) = bpf::attach(m.inbox.as_fd(), &prog) {
                 warn!(member = m.id, "cannot replace the daemon's filter: {e}");
             }
@@ -486,7 +489,7 @@ impl FastPath {
 
     /// Reads one frame from a member's inbox.
     pub fn receive(&mut self, peer: PeerId, max_message: usize, max_fds: usize) -> Received {
-        let Some(m) = self.members.get(&peer) else {
+        let Some(m) = self.members.get_mut(&peer) else {
             return Received::Drained;
         };
         if self.buf.is_empty() {
@@ -513,6 +516,16 @@ impl FastPath {
         };
         if frame.memfd {
             fds.remove(0);
+        }
+        if frame.header.destination == 0 && !m.inbox_filtered {
+            // Its first broadcast: from now on the kernel drops those the daemon does not
+            // want (an empty program is the "nothing compiled yet" state: no filter).
+            m.inbox_filtered = true;
+            if !self.daemon_filter.insns.is_empty() {
+                if let Err(e) = bpf::attach(m.inbox.as_fd(), &self.daemon_filter) {
+                    warn!(member = m.id, "cannot attach the daemon's filter: {e}");
+                }
+            }
         }
         if fds.len() > max_fds {
             return Received::Invalid("a message exceeds max_message_unix_fds".into());
