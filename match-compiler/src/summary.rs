@@ -53,7 +53,7 @@ fn key_of(rule: &MatchRule) -> Option<Key> {
 }
 
 impl Summary {
-    pub fn of(rules: &[MatchRule]) -> Summary {
+    pub fn of<'a>(rules: impl IntoIterator<Item = &'a MatchRule>) -> Summary {
         let mut s = Summary::default();
         for r in rules {
             match key_of(r) {

@@ -339,7 +339,7 @@ impl Bus {
             id: member,
             direct: p.policy.allows_all_messages(),
             slot: joined.slot,
-            summary: fast_summary(Some(self.matches.rules_of(peer))),
+            summary: fast_summary(self.matches.rules_of(peer)),
             pid: p.creds.pid.unwrap_or(0),
             ready: false,
             departed: false,
@@ -447,7 +447,7 @@ impl Bus {
             return;
         };
         // Its summary, from its rules only.
-        let summary = fast_summary(Some(self.matches.rules_of(peer)));
+        let summary = fast_summary(self.matches.rules_of(peer));
         if let Some(m) = self.fast.listed(f.id, Publish::Now) {
             m.summary = summary;
         }
@@ -483,9 +483,12 @@ impl Bus {
     /// The daemon's filter, compiled exactly or widened (DESIGN 5.6), when its rules
     /// changed; its summary is kept for the table.
     fn daemon_filter_update(&mut self) -> Option<Program> {
-        if !std::mem::take(&mut self.fast.daemon_dirty) {
+        if !self.fast.daemon_dirty || self.fast.members.is_empty() {
+            // (Nobody reads its summary or sends to its inboxes: compiled when the first
+            // member joins.)
             return None;
         }
+        self.fast.daemon_dirty = false;
         let due = self.fast.daemon_due.is_some_and(|d| d <= self.now);
         let everything = [MatchRule {
             eavesdrop: true,
@@ -494,11 +497,17 @@ impl Bus {
         let (program, summary) = if due || self.matches.len() <= DAEMON_EXACT_UP_TO {
             self.fast.daemon_due = None;
             self.fast.daemon_wide = false;
-            let rules = self.daemon_rules();
             let resolve = |n: &str| self.fast_id_of_name(n);
-            let program =
-                bpf::compile(TO_DAEMON, rules.as_deref().unwrap_or(&everything), &resolve);
-            (program, fast_summary(rules.as_deref()))
+            match self.daemon_rules() {
+                Some(rules) => (
+                    bpf::compile(TO_DAEMON, rules.iter().copied(), &resolve),
+                    fast_summary(rules),
+                ),
+                None => (
+                    bpf::compile(TO_DAEMON, &everything, &resolve),
+                    everything_summary(),
+                ),
+            }
         } else {
             // (A compile costs about a microsecond per rule: at most a few percent of
             // the daemon's time however large the bus.)
@@ -511,7 +520,7 @@ impl Bus {
             self.fast.daemon_wide = true;
             (
                 bpf::compile(TO_DAEMON, &everything, &|_: &str| None),
-                fast_summary(None),
+                everything_summary(),
             )
         };
         if summary != self.fast.daemon_summary {
@@ -579,20 +588,23 @@ impl Bus {
     /// Rules the daemon answers for: those of connections off the fast path, and of members
     /// that may not go direct. None: it wants everything (monitors, or an indirect member
     /// whose every message passes through it).
-    fn daemon_rules(&self) -> Option<Vec<MatchRule>> {
+    fn daemon_rules(&self) -> Option<Vec<&MatchRule>> {
         if !self.monitors.is_empty() {
             return None;
         }
-        let mut rules = Vec::new();
-        for (&id, p) in &self.peers {
-            match p.fast {
-                Some(f) if f.receives_directly() => {}
-                Some(f) if !f.direct => return None,
-                // Off the fast path, or joined and not ready yet.
-                _ => rules.extend(self.matches.rules_of(id).iter().cloned()),
-            }
+        let mediated = |p: &PeerId| self.fast_of(*p).is_some_and(|f| !f.direct);
+        if self.fast.members.values().any(mediated) {
+            return None;
         }
-        Some(rules)
+        // Of connections off the fast path, and members not ready yet.
+        let theirs = |p: PeerId| !self.fast_of(p).is_some_and(|f| f.receives_directly());
+        Some(
+            self.matches
+                .by_peer()
+                .filter(|&(p, _)| theirs(p))
+                .flat_map(|(_, rules)| rules)
+                .collect(),
+        )
     }
 
     /// What changed since the last call, for the shell to apply (nothing when the fast path
@@ -684,7 +696,7 @@ impl Bus {
                 id,
                 direct: f.direct,
                 slot: f.slot,
-                summary: fast_summary(Some(self.matches.rules_of(peer))),
+                summary: fast_summary(self.matches.rules_of(peer)),
                 pid: p.creds.pid.unwrap_or(0),
                 ready: f.ready,
                 departed: false,
@@ -773,11 +785,16 @@ impl Bus {
 }
 
 /// The summary the table publishes for these rules (None: everything).
-fn fast_summary(rules: Option<&[MatchRule]>) -> Summary {
-    let mut s = rules.map(Summary::of).unwrap_or(Summary {
-        everything: true,
-        ..Summary::default()
-    });
+fn fast_summary<'a>(rules: impl IntoIterator<Item = &'a MatchRule>) -> Summary {
+    let mut s = Summary::of(rules);
     s.keys.clear();
     s
+}
+
+/// The summary of a member that wants everything.
+fn everything_summary() -> Summary {
+    Summary {
+        everything: true,
+        ..Summary::default()
+    }
 }

@@ -407,12 +407,18 @@ fn whole_words(block: &[Test]) -> Vec<Test> {
 /// Compiles the rules of `member` into a filter that accepts whatever is addressed to it and
 /// whatever one of its rules may match. When the rules do not fit, tests are dropped (bloom
 /// tests first, then everything: the filter then accepts all broadcasts) and `widened` says so.
-pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Program {
+pub fn compile<'a>(
+    member: u32,
+    rules: impl IntoIterator<Item = &'a MatchRule>,
+    resolver: &dyn Resolver,
+) -> Program {
     // (Distinct blocks kept in order, found again by hash: the daemon compiles the rules of
     // a whole session, and a linear search per rule made that quadratic.)
     let mut blocks: Vec<Vec<Test>> = Vec::new();
     let mut seen: HashSet<Vec<Test>> = HashSet::new();
+    let mut eavesdrops = false;
     for r in rules {
+        eavesdrops |= r.eavesdrop;
         if let Some(alts) = rule_alternatives(r, resolver) {
             for mut a in alts {
                 a.dedup();
@@ -449,7 +455,6 @@ pub fn compile(member: u32, rules: &[MatchRule], resolver: &dyn Resolver) -> Pro
         }
     }
     // Last resort: accept every broadcast, and everything when a rule eavesdrops.
-    let eavesdrops = rules.iter().any(|r| r.eavesdrop);
     let all = if eavesdrops {
         vec![Vec::new()]
     } else {

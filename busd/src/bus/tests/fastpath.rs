@@ -554,6 +554,38 @@ fn a_large_bus_widens_the_daemons_filter_and_compiles_it_once_later() {
     assert_eq!(b.next_deadline(), None);
 }
 
+/// While nobody is on the fast path, the daemon's filter is not compiled at all (a login
+/// storm of standard clients paid for compiles nobody used); the first member to join gets
+/// it, knowing every rule added before.
+#[test]
+fn the_daemons_filter_waits_for_the_first_member() {
+    let mut b = fast_bus();
+    b.take_fast_updates();
+    for peer in 1..4 {
+        join(&mut b, peer);
+        add_match(
+            &mut b,
+            peer,
+            &format!("type='signal',member='Before{peer}'"),
+        );
+        assert!(
+            b.take_fast_updates()
+                .is_none_or(|u| u.daemon_filter.is_none()),
+            "compiled with no member"
+        );
+    }
+    let a = join_fast(&mut b, 9);
+    let u = b.take_fast_updates().unwrap();
+    assert!(u.daemon_filter.is_some());
+    let t = u.table.unwrap();
+    assert_eq!(t.member(a).map(|m| m.ready), Some(true));
+    let daemon = &t.member(0).unwrap().summary;
+    for peer in 1..4 {
+        let member = busd_match::header::hash32(&format!("Before{peer}"));
+        assert!(daemon.selects(member, 0, 0), "the rule of {peer}");
+    }
+}
+
 /// What busd does to the fast path's state in one step of [`the_kept_table_is_the_table_rebuilt_from_scratch`].
 #[derive(Debug, Clone)]
 enum Step {
