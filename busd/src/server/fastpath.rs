@@ -95,6 +95,9 @@ impl SharedMemory {
 struct SharedTable {
     shm: SharedMemory,
     body: Vec<u8>,
+    /// The memfd opened again read-only, once: each member gets a duplicate (a path
+    /// lookup in /proc per join cost more than the rest of handing the table out).
+    read_only: OwnedFd,
 }
 
 impl SharedTable {
@@ -104,9 +107,13 @@ impl SharedTable {
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_FUTURE_WRITE | libc::F_SEAL_SEAL;
         let len = table::words_for(TABLE_CAPACITY) * 8;
+        let shm = SharedMemory::new("busd-routing-table", len, seals)?;
+        let path = format!("/proc/self/fd/{}", shm.memfd.as_raw_fd());
+        let read_only = std::fs::File::open(path)?.into();
         Ok(SharedTable {
-            shm: SharedMemory::new("busd-routing-table", len, seals)?,
+            shm,
             body: Vec::new(),
+            read_only,
         })
     }
 
@@ -142,10 +149,10 @@ impl SharedTable {
         }
     }
 
-    /// A new read-only descriptor of the table, for a member.
+    /// A read-only descriptor of the table, for a member (all share one open file
+    /// description: members only map it, and its seals refuse writable mappings).
     fn read_only(&self) -> io::Result<OwnedFd> {
-        let path = format!("/proc/self/fd/{}", self.shm.memfd.as_raw_fd());
-        Ok(std::fs::File::open(path)?.into())
+        self.read_only.try_clone()
     }
 }
 
