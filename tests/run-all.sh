@@ -20,6 +20,7 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v useradd >/dev/null || need+=(passwd)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"

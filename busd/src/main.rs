@@ -215,7 +215,9 @@ fn name_beside_id(ctx: &str) -> String {
 fn mechanisms(config: &Config) -> Result<Vec<Mechanism>> {
     let mut out = Vec::new();
     if config.auth.is_empty() {
+        // dbus-daemon's own list, in its order.
         out.push(Mechanism::External);
+        out.push(Mechanism::CookieSha1);
         if config.allow_anonymous {
             out.push(Mechanism::Anonymous);
         }

@@ -2,17 +2,35 @@
 //! arbitrary pieces (as the socket delivers it), it must give the same replies and outcome;
 //! it never authenticates anyone as a uid other than the peer's.
 #![no_main]
-use busd_wire::sasl::{Identity, Mechanism, SaslServer};
+use busd_wire::sasl::{Cookies, Identity, Mechanism, SaslServer};
 use libfuzzer_sys::fuzz_target;
 
 const PEER_UID: u32 = 1000;
 const GUID: &str = "0123456789abcdef0123456789abcdef";
 
-/// The first byte says what the server offers (bit 0: ANONYMOUS, bit 1: fd passing) and
+/// The bus's keyring for DBUS_COOKIE_SHA1: one cookie, one challenge, so that a run is
+/// repeatable (and the fuzzer can find the proof: it is SHA-1 of `5e:<anything>:c0ffee`).
+struct FixedKeyring;
+
+impl Cookies for FixedKeyring {
+    fn own_user(&self, user: &str) -> Option<u32> {
+        (user == "1000").then_some(PEER_UID)
+    }
+    fn cookie(&mut self) -> Result<(String, u32, String), String> {
+        Ok(("org_freedesktop_general".into(), 1, "c0ffee".into()))
+    }
+    fn challenge(&mut self) -> String {
+        "5e".into()
+    }
+}
+
+/// The first byte says what the server offers (bit 0: ANONYMOUS, bit 1: fd passing, bit 2:
+/// DBUS_COOKIE_SHA1) and
 /// the second how the client's bytes are cut into reads (every 1 to 16 bytes); the rest is
 /// what the client writes.
 struct Input<'a> {
     anonymous: bool,
+    cookies: bool,
     can_pass_fds: bool,
     stride: usize,
     bytes: &'a [u8],
@@ -28,10 +46,14 @@ struct Outcome {
 
 fn server(input: &Input) -> SaslServer {
     let mut mechanisms = vec![Mechanism::External];
+    if input.cookies {
+        mechanisms.push(Mechanism::CookieSha1);
+    }
     if input.anonymous {
         mechanisms.push(Mechanism::Anonymous);
     }
     SaslServer::new(mechanisms, Some(PEER_UID), GUID, input.can_pass_fds)
+        .with_cookies(Box::new(FixedKeyring))
 }
 
 /// Feeds `bytes` in reads ending at `cuts`, keeping unconsumed bytes as the connection does.
@@ -74,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let input = Input {
         anonymous: offer & 1 != 0,
+        cookies: offer & 4 != 0,
         can_pass_fds: offer & 2 != 0,
         stride: usize::from(cut % 16) + 1,
         bytes,

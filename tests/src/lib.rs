@@ -134,6 +134,7 @@ const REQUIREMENTS: &[(&str, &str)] = &[
     ("prlimit", "util-linux"),
     ("unshare", "util-linux"),
     ("python3-dbus", "python3-dbus"),
+    ("useradd", "passwd"),
     ("/usr/share/dbus-1/system.conf", "dbus-system-bus-common"),
 ];
 

@@ -2,6 +2,8 @@
 //! with dbus-daemon's replies to every out-of-place command.
 //!
 //! A parser with no I/O: [`SaslServer::feed`] takes bytes and appends replies to a buffer.
+//! `DBUS_COOKIE_SHA1` reads its keyring and randomness through [`Cookies`], which the
+//! daemon implements.
 
 /// Longest command line accepted (dbus-daemon uses the same bound).
 pub const MAX_LINE: usize = 16 * 1024;
@@ -12,6 +14,7 @@ pub const MAX_REJECTIONS: u32 = 6;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     External,
+    CookieSha1,
     Anonymous,
 }
 
@@ -19,6 +22,7 @@ impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::External => "EXTERNAL",
+            Mechanism::CookieSha1 => "DBUS_COOKIE_SHA1",
             Mechanism::Anonymous => "ANONYMOUS",
         }
     }
@@ -26,20 +30,47 @@ impl Mechanism {
     pub fn from_name(s: &str) -> Option<Self> {
         match s {
             "EXTERNAL" => Some(Mechanism::External),
+            "DBUS_COOKIE_SHA1" => Some(Mechanism::CookieSha1),
             "ANONYMOUS" => Some(Mechanism::Anonymous),
             _ => None,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// Expecting the credentials nul byte.
     Start,
     WaitingForAuth,
+    /// EXTERNAL without an initial response: its identity comes in DATA.
     WaitingForData,
+    /// DBUS_COOKIE_SHA1 sent its challenge: the client's answer comes in DATA.
+    WaitingForCookieAnswer(Challenge),
     WaitingForBegin,
     Done,
+}
+
+/// A DBUS_COOKIE_SHA1 challenge sent and what its answer must prove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    uid: u32,
+    /// The server's challenge (hex) and the cookie's secret (hex, as the keyring has it).
+    server: String,
+    cookie: String,
+}
+
+/// What `DBUS_COOKIE_SHA1` needs from outside (specification, "DBUS_COOKIE_SHA1"): the
+/// keyring in the home directory of the server's own user (it can read no other user's,
+/// so no other user can authenticate this way) and random bytes.
+pub trait Cookies {
+    /// The uid `user` (a decimal uid or a user name, as the client sent it) designates, if
+    /// it is the server's own user.
+    fn own_user(&self, user: &str) -> Option<u32>;
+    /// A current cookie of the keyring, made (and stored) if none is recent enough:
+    /// (context, id, secret in hex); Err says why there is none.
+    fn cookie(&mut self) -> Result<(String, u32, String), String>;
+    /// 16 random bytes, hex-encoded: the server's challenge.
+    fn challenge(&mut self) -> String;
 }
 
 /// Why the connection must be closed.
@@ -82,6 +113,13 @@ pub struct SaslServer {
     unix_fd_negotiated: bool,
     rejections: u32,
     identity: Option<Identity>,
+    cookies: Option<Box<dyn Cookies + Send>>,
+}
+
+impl std::fmt::Debug for dyn Cookies + Send {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cookies")
+    }
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
@@ -92,6 +130,34 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether the client's answer (`<client challenge> <sha1 hex>`) proves it read the cookie:
+/// the hash is SHA-1 of `<server challenge>:<client challenge>:<cookie>`.
+fn cookie_answer_proves(c: &Challenge, answer: &[u8]) -> bool {
+    let Ok(answer) = std::str::from_utf8(answer) else {
+        return false;
+    };
+    let Some((client, hash)) = answer.split_once(' ') else {
+        return false;
+    };
+    if client.is_empty() || hash.is_empty() {
+        return false;
+    }
+    let expected = sha1_smol::Sha1::from(format!("{}:{client}:{}", c.server, c.cookie))
+        .digest()
+        .to_string();
+    // (Compared in full whatever differs first: the time says nothing of the cookie.)
+    expected.len() == hash.len()
+        && expected
+            .bytes()
+            .zip(hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
+            == 0
 }
 
 impl SaslServer {
@@ -112,7 +178,15 @@ impl SaslServer {
             unix_fd_negotiated: false,
             rejections: 0,
             identity: None,
+            cookies: None,
         }
+    }
+
+    /// Where DBUS_COOKIE_SHA1 (when offered) finds its keyring; without it the mechanism
+    /// refuses everyone.
+    pub fn with_cookies(mut self, cookies: Box<dyn Cookies + Send>) -> Self {
+        self.cookies = Some(cookies);
+        self
     }
 
     pub fn identity(&self) -> Option<Identity> {
@@ -207,12 +281,39 @@ impl SaslServer {
         }
     }
 
+    /// DBUS_COOKIE_SHA1's first step: `user` (hex-decoded) claims an identity; the answer
+    /// is `DATA` with the keyring's context, a cookie's id and a challenge.
+    fn cookie_challenge(&mut self, user: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let Some(cookies) = self.cookies.as_mut() else {
+            return self.reject(out);
+        };
+        let Some(uid) = std::str::from_utf8(user)
+            .ok()
+            .and_then(|u| cookies.own_user(u))
+        else {
+            return self.reject(out);
+        };
+        let (context, id, cookie) = match cookies.cookie() {
+            Ok(c) => c,
+            Err(_) => return self.reject(out),
+        };
+        let server = cookies.challenge();
+        let data = format!("{context} {id} {server}");
+        out.extend_from_slice(format!("DATA {}\r\n", hex_encode(data.as_bytes())).as_bytes());
+        self.state = State::WaitingForCookieAnswer(Challenge {
+            uid,
+            server,
+            cookie,
+        });
+        Ok(())
+    }
+
     fn command(&mut self, line: &str, out: &mut Vec<u8>) -> Result<(), Error> {
         let (cmd, arg) = match line.split_once(' ') {
             Some((c, a)) => (c, a),
             None => (line, ""),
         };
-        match (self.state, cmd) {
+        match (&self.state, cmd) {
             (State::WaitingForAuth, "AUTH") => {
                 if arg.is_empty() {
                     return self.reject(out);
@@ -244,11 +345,15 @@ impl SaslServer {
                         self.ok(Identity::Anonymous, out);
                         Ok(())
                     }
+                    // (dbus-daemon rejects it without the user in the initial response.)
+                    (Mechanism::CookieSha1, None) => self.reject(out),
+                    (Mechanism::CookieSha1, Some(user)) => self.cookie_challenge(&user, out),
                 }
             }
-            (State::WaitingForAuth, "BEGIN") | (State::WaitingForData, "BEGIN") => {
-                Err(Error::EarlyBegin)
-            }
+            (
+                State::WaitingForAuth | State::WaitingForData | State::WaitingForCookieAnswer(_),
+                "BEGIN",
+            ) => Err(Error::EarlyBegin),
             (State::WaitingForAuth, "DATA" | "CANCEL") => {
                 Self::error(out, "Not currently in an auth conversation");
                 Ok(())
@@ -257,8 +362,29 @@ impl SaslServer {
                 Self::error(out, "Need to authenticate first");
                 Ok(())
             }
-            (_, "ERROR") | (State::WaitingForData | State::WaitingForBegin, "CANCEL") => {
-                self.reject(out)
+            (_, "ERROR")
+            | (
+                State::WaitingForData | State::WaitingForCookieAnswer(_) | State::WaitingForBegin,
+                "CANCEL",
+            ) => self.reject(out),
+            (State::WaitingForCookieAnswer(_), "DATA") => {
+                let State::WaitingForCookieAnswer(c) =
+                    std::mem::replace(&mut self.state, State::WaitingForAuth)
+                else {
+                    unreachable!("matched just above");
+                };
+                match hex_decode(arg) {
+                    Some(answer) if cookie_answer_proves(&c, &answer) => {
+                        self.ok(Identity::Uid(c.uid), out);
+                        Ok(())
+                    }
+                    Some(_) => self.reject(out),
+                    None => {
+                        self.state = State::WaitingForCookieAnswer(c);
+                        Self::error(out, "Invalid hex encoding");
+                        Ok(())
+                    }
+                }
             }
             (State::WaitingForData, "DATA") => match hex_decode(arg) {
                 Some(r) => self.external(&r, out),
@@ -284,7 +410,10 @@ impl SaslServer {
                 Self::error(out, &format!("Sent {cmd} while expecting BEGIN"));
                 Ok(())
             }
-            (State::WaitingForData, "AUTH" | "NEGOTIATE_UNIX_FD") => {
+            (
+                State::WaitingForData | State::WaitingForCookieAnswer(_),
+                "AUTH" | "NEGOTIATE_UNIX_FD",
+            ) => {
                 Self::error(out, &format!("Sent {cmd} while expecting DATA"));
                 Ok(())
             }
@@ -424,5 +553,134 @@ mod tests {
     fn first_byte_must_be_nul() {
         let mut s = server(vec![Mechanism::External]);
         assert_eq!(talk(&mut s, "AUTH\r\n").0, Err(Error::NoNulByte));
+    }
+
+    /// A keyring of one cookie, for the protocol's tests (the daemon's real one is tested
+    /// with its files in busd).
+    struct OneCookie;
+
+    impl Cookies for OneCookie {
+        fn own_user(&self, user: &str) -> Option<u32> {
+            (user == "1000" || user == "alice").then_some(1000)
+        }
+        fn cookie(&mut self) -> Result<(String, u32, String), String> {
+            Ok(("org_freedesktop_general".into(), 7, "c0ffee".into()))
+        }
+        fn challenge(&mut self) -> String {
+            "5e4e5e4e".into()
+        }
+    }
+
+    fn hex(s: &str) -> String {
+        hex_encode(s.as_bytes())
+    }
+
+    fn cookie_server() -> SaslServer {
+        server(vec![Mechanism::External, Mechanism::CookieSha1]).with_cookies(Box::new(OneCookie))
+    }
+
+    #[test]
+    fn cookie_sha1_challenges_and_accepts_the_proof_of_the_cookie() {
+        for user in ["1000", "alice"] {
+            let mut s = cookie_server();
+            let (_, out) = talk(
+                &mut s,
+                &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex(user)),
+            );
+            assert_eq!(
+                out,
+                format!("DATA {}\r\n", hex("org_freedesktop_general 7 5e4e5e4e"))
+            );
+            let proof = sha1_smol::Sha1::from("5e4e5e4e:cl13nt:c0ffee")
+                .digest()
+                .to_string();
+            let (r, out) = talk(
+                &mut s,
+                &format!("DATA {}\r\nBEGIN\r\n", hex(&format!("cl13nt {proof}"))),
+            );
+            assert_eq!(out, OK);
+            assert!(r.unwrap().done);
+            assert_eq!(s.identity(), Some(Identity::Uid(1000)));
+        }
+    }
+
+    #[test]
+    fn cookie_sha1_rejects_wrong_proofs_other_users_and_a_missing_user() {
+        let rejected = "REJECTED EXTERNAL DBUS_COOKIE_SHA1\r\n";
+        let wrong = [
+            // Another cookie.
+            format!(
+                "cl13nt {}",
+                sha1_smol::Sha1::from("5e4e5e4e:cl13nt:bad").digest()
+            ),
+            // No client challenge, or no hash.
+            format!(" {}", sha1_smol::Sha1::from("5e4e5e4e::c0ffee").digest()),
+            "cl13nt".to_string(),
+            "cl13nt ".to_string(),
+        ];
+        for answer in wrong {
+            let mut s = cookie_server();
+            assert!(talk(
+                &mut s,
+                &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1000"))
+            )
+            .1
+            .starts_with("DATA "));
+            let (_, out) = talk(&mut s, &format!("DATA {}\r\n", hex(&answer)));
+            assert_eq!(out, rejected, "{answer:?}");
+            assert_eq!(s.identity(), None);
+        }
+        let mut s = cookie_server();
+        assert_eq!(
+            talk(
+                &mut s,
+                &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1001"))
+            )
+            .1,
+            rejected
+        );
+        assert_eq!(talk(&mut s, "AUTH DBUS_COOKIE_SHA1\r\n").1, rejected);
+        // Not offered, or offered without a keyring: refused.
+        let mut s = server(vec![Mechanism::External]).with_cookies(Box::new(OneCookie));
+        assert_eq!(
+            talk(
+                &mut s,
+                &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1000"))
+            )
+            .1,
+            "REJECTED EXTERNAL\r\n"
+        );
+        let mut s = server(vec![Mechanism::CookieSha1]);
+        assert_eq!(
+            talk(
+                &mut s,
+                &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1000"))
+            )
+            .1,
+            "REJECTED DBUS_COOKIE_SHA1\r\n"
+        );
+    }
+
+    #[test]
+    fn cookie_sha1_answers_out_of_place_commands_as_dbus_daemon() {
+        let mut s = cookie_server();
+        assert!(talk(
+            &mut s,
+            &format!("\0AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1000"))
+        )
+        .1
+        .starts_with("DATA "));
+        let (_, out) = talk(&mut s, "DATA zz\r\nAUTH EXTERNAL\r\nCANCEL\r\n");
+        assert_eq!(
+            out,
+            "ERROR \"Invalid hex encoding\"\r\nERROR \"Sent AUTH while expecting DATA\"\r\nREJECTED EXTERNAL DBUS_COOKIE_SHA1\r\n"
+        );
+        assert!(talk(
+            &mut s,
+            &format!("AUTH DBUS_COOKIE_SHA1 {}\r\n", hex("1000"))
+        )
+        .1
+        .starts_with("DATA "));
+        assert_eq!(talk(&mut s, "BEGIN\r\n").0, Err(Error::EarlyBegin));
     }
 }

@@ -47,6 +47,17 @@ pub struct Conn {
     pub watching_writable: bool,
 }
 
+/// The authentication conversation of a new connection; DBUS_COOKIE_SHA1, when offered,
+/// uses the keyring of the bus's own user.
+fn sasl_server(mechanisms: &[Mechanism], uid: Option<u32>, guid: &str) -> SaslServer {
+    let sasl = SaslServer::new(mechanisms.to_vec(), uid, guid, true);
+    if mechanisms.contains(&Mechanism::CookieSha1) {
+        sasl.with_cookies(Box::new(super::keyring::Keyring::of_this_user()))
+    } else {
+        sasl
+    }
+}
+
 impl Conn {
     pub fn new(
         stream: UnixStream,
@@ -66,7 +77,7 @@ impl Conn {
             command: super::identity::command_for_pid(pid),
         };
         Ok(Conn {
-            sasl: Some(SaslServer::new(mechanisms.to_vec(), creds.uid, guid, true)),
+            sasl: Some(sasl_server(mechanisms, creds.uid, guid)),
             auth_deadline: Some(Instant::now() + auth_timeout),
             fds_pending_since: None,
             fds_timer_armed: false,

@@ -5,6 +5,7 @@ mod children;
 mod conn;
 pub mod fastpath;
 pub mod identity;
+mod keyring;
 mod listen;
 pub mod notify;
 mod timers;
