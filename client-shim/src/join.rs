@@ -79,6 +79,16 @@ pub fn answered(
     member(j, Arc::clone(counters), backlog_bound).map_err(|e| e.to_string())
 }
 
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`; 0 if unknown), read
+/// once: a process never changes its own.
+fn own_pid_namespace() -> u64 {
+    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid")
+            .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m))
+    })
+}
+
 /// Sets up the member: its socket registered with the current runtime (the connection's),
 /// the table and progress memory mapped, its figures published from a task of that runtime.
 pub fn member(
@@ -115,8 +125,7 @@ pub fn member(
         backlog_bound,
         service: Service::current(),
         figures: Arc::new(Publisher::default()),
-        pid_namespace: std::fs::metadata("/proc/self/ns/pid")
-            .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m)),
+        pid_namespace: own_pid_namespace(),
         wake: Notify::new(),
         state: Mutex::default(),
     });

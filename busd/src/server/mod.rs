@@ -87,6 +87,9 @@ pub struct Server {
     paused: BTreeSet<PeerId>,
     /// Listeners are not accepted from while max_incomplete_connections are authenticating.
     accept_paused: bool,
+    /// Connections still authenticating (counted as they come and go: an accept must not
+    /// look at every connection of the bus).
+    incomplete: u64,
     /// accept() is failing (out of descriptors); logged once until it works again.
     accept_failing: bool,
     /// Reload and shutdown requests from other threads ([`Control`]).
@@ -189,6 +192,7 @@ impl Server {
             dirty: Vec::new(),
             paused: BTreeSet::new(),
             accept_paused: false,
+            incomplete: 0,
             accept_failing: false,
             control,
             inotify,
@@ -336,7 +340,11 @@ impl Server {
     }
 
     fn incomplete_count(&self) -> u64 {
-        self.conns.values().filter(|c| !c.is_complete()).count() as u64
+        debug_assert_eq!(
+            self.incomplete,
+            self.conns.values().filter(|c| !c.is_complete()).count() as u64
+        );
+        self.incomplete
     }
 
     /// Accepts again once fewer than max_incomplete_connections are authenticating, or
@@ -482,6 +490,7 @@ impl Server {
             if let Some(at) = conn.auth_deadline() {
                 self.timers.arm(at, id);
             }
+            self.incomplete += u64::from(!conn.is_complete());
             self.conns.insert(id, conn);
         }
     }
@@ -519,6 +528,7 @@ impl Server {
             if let Some(conn) = self.conns.get_mut(&id) {
                 if !conn.is_complete() && self.bus.is_active(id) {
                     conn.completed();
+                    self.incomplete -= 1;
                 }
             }
             match outcome {
@@ -814,6 +824,7 @@ impl Server {
     fn close_quietly(&mut self, id: PeerId) {
         self.paused.remove(&id);
         if let Some(mut c) = self.conns.remove(&id) {
+            self.incomplete -= u64::from(!c.is_complete());
             let _ = c.flush();
             let _ = self.poll.registry().deregister(c.source());
         }
@@ -824,6 +835,7 @@ impl Server {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
+        self.incomplete -= u64::from(!c.is_complete());
         // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
         let _ = c.flush();
         let _ = self.poll.registry().deregister(c.source());
