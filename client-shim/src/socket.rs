@@ -457,9 +457,15 @@ impl ReadHalf for ShimRead {
     }
 
     /// Used by zbus for the authentication only: the bus's GUID (in its `OK` line) is
-    /// noted, so that figures are told apart between buses.
+    /// noted, so that figures are told apart between buses. Descriptors are kept here, not
+    /// handed to zbus: none belongs to the authentication, and what zbus reads past it
+    /// (Hello's answer and, as Join follows Hello at once, Join's with its three
+    /// descriptors) comes back as the bytes of the first `receive_message`, while zbus
+    /// hands its descriptors over only later.
     async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-        let r = self.shared.recvmsg(buf).await?;
+        let (n, fds) = self.shared.recvmsg(buf).await?;
+        self.fds.extend(fds);
+        let r = (n, Vec::new());
         if self.shared.counters.guid.get().is_none() {
             let text = String::from_utf8_lossy(&buf[..r.0]);
             if let Some(guid) = text
@@ -480,6 +486,19 @@ impl ReadHalf for ShimRead {
     async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
         self.shared.peer_credentials()
     }
+}
+
+/// Whether these handshake bytes end with `BEGIN` and then a whole `Hello` call.
+fn ends_with_hello(buffer: &[u8]) -> bool {
+    const BEGIN: &[u8] = b"BEGIN\r\n";
+    let Some(at) = buffer.windows(BEGIN.len()).rposition(|w| w == BEGIN) else {
+        return false;
+    };
+    let rest = &buffer[at + BEGIN.len()..];
+    !rest.is_empty()
+        && Message::parse(rest.to_vec(), Vec::new()).is_ok_and(|m| {
+            m.member() == Some("Hello") && m.destination() == Some("org.freedesktop.DBus")
+        })
 }
 
 /// Sleeps until `at`, or forever without it.
@@ -523,9 +542,19 @@ impl WriteHalf for ShimWrite {
         }
     }
 
+    /// Used by zbus for the authentication only; it writes `BEGIN` and its `Hello` at once,
+    /// and `Join` follows them at once: its answer then comes right after Hello's, one
+    /// round trip sooner than if Join waited for Hello's answer.
     async fn sendmsg(&mut self, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        self.shared.sendmsg(buffer, &raw).await
+        let written = self.shared.sendmsg(buffer, &raw).await?;
+        if written == buffer.len()
+            && matches!(*self.shared.phase.borrow(), Phase::Start)
+            && ends_with_hello(buffer)
+        {
+            self.shared.send_join().await.map_err(io::Error::other)?;
+        }
+        Ok(written)
     }
 
     async fn close(&mut self) -> io::Result<()> {
@@ -645,5 +674,67 @@ mod tests {
             .unwrap();
         assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(77));
         assert!(matches!(*read.shared.phase.borrow(), Phase::Standard));
+    }
+
+    /// zbus writes BEGIN and its Hello at once; Join follows them at once, before Hello's
+    /// answer (one round trip less per connection). Other handshake writes send nothing.
+    #[tokio::test]
+    async fn join_follows_begin_and_hello_at_once() {
+        let (ours, mut bus) = UnixStream::pair().unwrap();
+        let (_read, mut write) = split(ours, Arc::default(), 1 << 20);
+        let f = HeaderFields {
+            path: Some("/org/freedesktop/DBus"),
+            interface: Some("org.freedesktop.DBus"),
+            member: Some("Hello"),
+            destination: Some("org.freedesktop.DBus"),
+            ..HeaderFields::default()
+        };
+        let hello = encode(
+            Endian::Little,
+            busd_wire::message::METHOD_CALL,
+            0,
+            1,
+            &f,
+            &[],
+        );
+        let auth = b"\0AUTH EXTERNAL 30\r\n".to_vec();
+        assert_eq!(write.sendmsg(&auth, &[]).await.unwrap(), auth.len());
+        assert!(matches!(*write.shared.phase.borrow(), Phase::Start));
+        let begin = [b"NEGOTIATE_UNIX_FD\r\nBEGIN\r\n".to_vec(), hello.clone()].concat();
+        assert_eq!(write.sendmsg(&begin, &[]).await.unwrap(), begin.len());
+        assert!(matches!(*write.shared.phase.borrow(), Phase::Joining(_)));
+        let mut got = vec![0u8; auth.len() + begin.len()];
+        bus.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [auth, begin].concat());
+        let mut buf = vec![0u8; 4096];
+        let n = bus.read(&mut buf).await.unwrap();
+        let join = Message::parse(buf[..n].to_vec(), Vec::new()).unwrap();
+        assert_eq!(join.member(), Some("Join"));
+    }
+
+    /// Descriptors that arrive while zbus authenticates (Join's, when its answer comes in
+    /// the same read as the last authentication line) stay with the shim, which gets the
+    /// bytes back from zbus without them.
+    #[tokio::test]
+    async fn descriptors_read_during_authentication_stay_with_the_shim() {
+        let (ours, bus) = UnixStream::pair().unwrap();
+        let (mut read, _write) = split(ours, Arc::default(), 1 << 20);
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        let iov = [io::IoSlice::new(
+            b"OK 0123456789abcdef0123456789abcdef\r\nrest",
+        )];
+        fds::send::<()>(
+            bus.as_raw_fd(),
+            &iov,
+            &[fd.as_raw_fd()],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 256];
+        let (n, given) = ReadHalf::recvmsg(&mut read, &mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"OK 0123456789abcdef0123456789abcdef\r\nrest");
+        assert!(given.is_empty(), "zbus gets no descriptor");
+        assert_eq!(read.fds.len(), 1, "the shim keeps it");
     }
 }
