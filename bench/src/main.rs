@@ -786,6 +786,17 @@ impl Scenario {
                     clients.push(connect(daemon).await?);
                 }
                 let took = start.elapsed();
+                if daemon.fast {
+                    // (A join that failed would leave a client on the standard path, and
+                    // flatter the figure.)
+                    let standard = clients
+                        .iter()
+                        .filter(|c| busd_shim::stats(c).is_none())
+                        .count();
+                    if standard > 0 {
+                        bail!("{standard} of {n} clients did not join the fast path");
+                    }
+                }
                 tokio::time::sleep(scale::settle(n)).await;
                 Ok(Measure {
                     rate: n as f64 / took.as_secs_f64(),

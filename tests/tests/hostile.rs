@@ -378,3 +378,74 @@ fn the_descriptor_limit_is_raised_for_the_bus_and_restored_for_services() {
     );
     assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "256");
 }
+
+/// A client that writes its last message and hangs up at once is seen leaving: the bus
+/// hears of the bytes and the hang-up in one readiness event, and must read on to the end
+/// (busd reads a quiet connection only up to a short read; stopping there left such a
+/// client, and the name it took, on the bus for good: nothing is written to it that
+/// could fail, and no event comes again).
+#[tokio::test]
+async fn a_client_that_writes_and_hangs_up_at_once_is_seen_leaving() {
+    use futures_util::StreamExt;
+    let bus = Busd::start();
+    let watcher = busd_tests::zbus_connect(&bus).await;
+    let dbus = zbus::fdo::DBusProxy::new(&watcher).await.unwrap();
+    let mut changes = dbus.receive_name_owner_changed().await.unwrap();
+    let pid = nix::unistd::Pid::from_raw(bus.pid() as i32);
+    for round in 0..5 {
+        let name = format!("org.example.Brief{round}");
+        let mut s = raw_client(&bus);
+        let mut body = busd_wire::marshal::Writer::new(Endian::Little);
+        body.string(&name);
+        body.u32(0);
+        s.write_all(&call_with_body(
+            2,
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "RequestName",
+            0,
+            Some("su"),
+            &body.into_vec(),
+        ))
+        .unwrap();
+        loop {
+            let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
+                .await
+                .expect("the name is taken")
+                .unwrap();
+            if change.args().unwrap().name().as_str() == name {
+                break;
+            }
+        }
+        // A last signal, and gone: the bus, stopped meanwhile, learns of both at once.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let f = HeaderFields {
+            path: Some("/org/example"),
+            interface: Some("org.example.Brief"),
+            member: Some("Bye"),
+            ..Default::default()
+        };
+        s.write_all(&encode(
+            Endian::Little,
+            busd_wire::message::SIGNAL,
+            0,
+            3,
+            &f,
+            &[],
+        ))
+        .unwrap();
+        drop(s);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        loop {
+            let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: {name} kept by a client that left"))
+                .unwrap();
+            let a = change.args().unwrap();
+            if a.name().as_str() == name && a.new_owner().is_none() {
+                break;
+            }
+        }
+    }
+}

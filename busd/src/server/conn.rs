@@ -20,6 +20,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 pub enum ReadOutcome {
     /// Read something; there may be more.
     More,
+    /// Read less than asked, without descriptors: the kernel had no more then, unless
+    /// the peer hung up too (see [`crate::server`]'s `Until`).
+    Short,
     /// Nothing more to read for now.
     Drained,
     Closed,
@@ -178,6 +181,9 @@ impl Conn {
         if n == 0 && fds.is_empty() {
             return ReadOutcome::Closed;
         }
+        // (The kernel ends a read early after a message with descriptors, so only a short
+        // read without them says the queue was empty.)
+        let short = n < buf.len() && fds.is_empty();
         self.infds.extend(fds);
         self.inbuf.extend_from_slice(&buf[..n]);
         if let Err(why) = self.process(limits) {
@@ -194,12 +200,11 @@ impl Conn {
             self.fds_pending_since = Some(Instant::now());
             self.fds_timer_armed = false;
         }
-        // (Ending at a read that does not fill the buffer, to save the read that finds
-        // EAGAIN, is not safe: the kernel stops early at a message with fds, and
-        // dbus's /activation/forking test, whose service writes from a process and
-        // then from its fork, hung in 3 of 4 runs with that shortcut. So reading goes
-        // on until EAGAIN, as an edge-triggered poll requires.)
-        ReadOutcome::More
+        if short {
+            ReadOutcome::Short
+        } else {
+            ReadOutcome::More
+        }
     }
 
     fn process(&mut self, limits: &busd_policy::Limits) -> Result<(), String> {

@@ -151,6 +151,22 @@ impl Control {
     }
 }
 
+/// How far a connection is read when it is readable (the poll is edge-triggered: what is
+/// not read now is announced again only when more comes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Up to a read shorter than asked without descriptors: the kernel had nothing more
+    /// (a stream read stops early only after descriptors, or, with `SO_PASSCRED`, which
+    /// busd does not set on clients, at another writer's bytes). Saves the read that
+    /// would find EAGAIN: a system call per message on a quiet connection.
+    ShortRead,
+    /// Until EAGAIN or the end: when the event also said the peer hung up (announced with
+    /// the bytes it wrote last; after them only a read sees the end, and no event would
+    /// come again: dbus's /activation/forking test hung on exactly that), and when reading
+    /// resumes after a pause.
+    Exhausted,
+}
+
 impl Server {
     /// `starter_env`: what started services find in DBUS_STARTER_ADDRESS,
     /// DBUS_STARTER_BUS_TYPE and DBUS_SESSION_BUS_ADDRESS/DBUS_SYSTEM_BUS_ADDRESS.
@@ -261,8 +277,10 @@ impl Server {
                     self.accept(token as usize);
                     continue;
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read(token);
+                if event.is_read_closed() || event.is_error() {
+                    self.read(token, Until::Exhausted);
+                } else if event.is_readable() {
+                    self.read(token, Until::ShortRead);
                 }
                 if event.is_writable() {
                     self.dirty.push(token);
@@ -424,7 +442,7 @@ impl Server {
             .collect();
         for id in ready {
             self.paused.remove(&id);
-            self.read(id);
+            self.read(id, Until::Exhausted);
             self.read_frames(id);
         }
         self.flush_dirty();
@@ -495,7 +513,7 @@ impl Server {
         }
     }
 
-    fn read(&mut self, id: PeerId) {
+    fn read(&mut self, id: PeerId, until: Until) {
         loop {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
@@ -533,6 +551,8 @@ impl Server {
             }
             match outcome {
                 ReadOutcome::More => {}
+                ReadOutcome::Short if until == Until::ShortRead => return,
+                ReadOutcome::Short => {}
                 ReadOutcome::Drained => return,
                 ReadOutcome::Closed => return self.close(id),
                 ReadOutcome::Invalid(why) => {
@@ -813,7 +833,7 @@ impl Server {
                     debug!(conn = id, "write failed: {e}");
                     // The peer hung up: first take in whatever it sent before it left (its
                     // last messages must still be routed), then close.
-                    self.read(id);
+                    self.read(id, Until::Exhausted);
                     self.close(id);
                 }
             }
