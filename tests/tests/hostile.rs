@@ -54,6 +54,23 @@ fn call_with_body(
     encode(Endian::Little, METHOD_CALL, 0, serial, &f, body)
 }
 
+/// RequestName(name, 0) to the bus.
+fn request_name(serial: u32, name: &str) -> Vec<u8> {
+    let mut body = busd_wire::marshal::Writer::new(Endian::Little);
+    body.string(name);
+    body.u32(0);
+    call_with_body(
+        serial,
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        "RequestName",
+        0,
+        Some("su"),
+        &body.into_vec(),
+    )
+}
+
 /// A raw client that authenticated (with fd passing) and said Hello.
 fn raw_client(bus: &Busd) -> UnixStream {
     let mut s = UnixStream::connect(socket_path(bus)).unwrap();
@@ -187,20 +204,9 @@ async fn a_reader_that_never_reads_gets_a_full_queue_not_the_bus() {
     let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
     // The sleeper takes a name, then never reads again.
     let sleeper = raw_client(&bus);
-    let mut body = busd_wire::marshal::Writer::new(Endian::Little);
-    body.string("org.example.Sleepy");
-    body.u32(0);
-    let request = call_with_body(
-        2,
-        "org.freedesktop.DBus",
-        "/org/freedesktop/DBus",
-        "org.freedesktop.DBus",
-        "RequestName",
-        0,
-        Some("su"),
-        &body.into_vec(),
-    );
-    (&sleeper).write_all(&request).unwrap();
+    (&sleeper)
+        .write_all(&request_name(2, "org.example.Sleepy"))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     tokio::time::timeout(Duration::from_secs(30), async {
         let conn = zbus::connection::Builder::address(bus.address.as_str())
@@ -395,20 +401,7 @@ async fn a_client_that_writes_and_hangs_up_at_once_is_seen_leaving() {
     for round in 0..5 {
         let name = format!("org.example.Brief{round}");
         let mut s = raw_client(&bus);
-        let mut body = busd_wire::marshal::Writer::new(Endian::Little);
-        body.string(&name);
-        body.u32(0);
-        s.write_all(&call_with_body(
-            2,
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "RequestName",
-            0,
-            Some("su"),
-            &body.into_vec(),
-        ))
-        .unwrap();
+        s.write_all(&request_name(2, &name)).unwrap();
         loop {
             let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
                 .await
