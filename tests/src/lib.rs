@@ -382,6 +382,34 @@ impl Drop for Sink {
     }
 }
 
+/// A `dbus-monitor` watching a bus, killed when dropped.
+pub struct Monitor(Child);
+
+impl Monitor {
+    pub fn start(bus: &Busd) -> Monitor {
+        require("dbus-monitor");
+        Monitor(
+            Command::new("dbus-monitor")
+                .args(["--address", &bus.address])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dbus-monitor"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The service the zbus tests talk to: an echo, an error, a write through a passed fd, and
 /// a signal.
 pub struct Echo;
