@@ -21,6 +21,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
+command -v tmux >/dev/null || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -103,16 +103,7 @@ async fn connection_stats_count_what_a_connection_sent_and_received() {
         .await
         .unwrap();
     for _ in 0..10 {
-        talker
-            .call_method(
-                Some("org.freedesktop.DBus"),
-                "/org/freedesktop/DBus",
-                Some("org.freedesktop.DBus"),
-                "GetId",
-                &(),
-            )
-            .await
-            .unwrap();
+        busd_tests::get_id(&talker).await.unwrap();
     }
     let after = stats_call(&asker, "GetConnectionStats", Some(&name))
         .await
