@@ -223,13 +223,16 @@ fn help_shows_the_keys() {
     top.wait_for("the help again", |s| s.contains("sort by messages"));
 }
 
-/// `q` quits at once, with status 0, and gives the terminal back.
+/// `q` quits at once, with status 0, and gives the terminal back; also typed right after
+/// the Esc that leaves the filter (which a terminal sends as one Alt+q).
 #[test]
 fn q_quits() {
     let bus = Busd::start();
     let top = start_top("quit", &bus);
     top.wait_for("the table", |s| s.contains("NAME "));
-    top.keys(&["q"]);
+    top.keys(&["/", "x"]);
+    top.wait_for("the filter", |s| s.contains("filter: x"));
+    top.keys(&["Escape", "q"]);
     let screen = top.wait_for("busd-top to end", |s| s.contains("busd-top exited: "));
     assert!(screen.contains("busd-top exited: 0"), "{screen}");
     assert!(
@@ -373,4 +376,40 @@ fn against_dbus_daemon_what_it_cannot_know_shows_a_dash() {
         !out.contains("monitors:"),
         "dbus-daemon does not say: {out}"
     );
+}
+
+/// Fast-path members get a section of their own under the table, with their shim's
+/// figures; the screen keeps its shape.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_path_members_have_a_section_of_their_own() {
+    let bus = Busd::start();
+    let member = busd_shim::builder(&format!("{},fastpath=1", bus.address))
+        .await
+        .unwrap()
+        .name("org.example.Fast")
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let unique = member.unique_name().unwrap().to_string();
+    let top = start_top("fast", &bus);
+    let screen = top.wait_for("the fast-path section", |s| {
+        s.contains("fast path (as each member's shim counts)")
+    });
+    let lines: Vec<&str> = screen.lines().collect();
+    assert_eq!(lines.len(), 24, "{screen}");
+    let title = lines
+        .iter()
+        .position(|l| l.starts_with("fast path"))
+        .unwrap();
+    assert!(lines[title + 1].starts_with("NAME "), "{screen}");
+    assert!(
+        lines[title + 2].starts_with(&format!("{unique} ")),
+        "{screen}"
+    );
+    assert!(
+        row_of(&screen, "org.example.Fast").is_some_and(|r| r.starts_with(&unique)),
+        "{screen}"
+    );
+    assert!(lines[23].starts_with("unix:path="), "{screen}");
 }

@@ -85,6 +85,12 @@ impl App {
             self.quit = true;
             return;
         }
+        if k.modifiers.contains(KeyModifiers::ALT) {
+            // A terminal sends Esc and a key typed right after it as one Alt+key.
+            self.key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+            self.key(KeyEvent::new(k.code, k.modifiers - KeyModifiers::ALT));
+            return;
+        }
         match self.mode {
             Mode::Help => self.mode = Mode::Normal,
             Mode::Filter => match k.code {
@@ -308,5 +314,14 @@ mod tests {
         press(&mut app, KeyCode::Char('/'));
         app.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
         assert!(app.quit);
+        // Esc then q, typed fast: the filter closes and busd-top quits.
+        let mut app = App::new();
+        press(&mut app, KeyCode::Char('/'));
+        press(&mut app, KeyCode::Char('x'));
+        app.key(KeyEvent::new(KeyCode::Char('q'), KeyModifiers::ALT));
+        assert_eq!(
+            (app.filter.as_str(), app.mode, app.quit),
+            ("", Mode::Normal, true)
+        );
     }
 }
