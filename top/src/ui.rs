@@ -218,13 +218,15 @@ fn draw(f: &mut Frame, app: &App, view: &View, address: &str, interval: Duration
     ])
     .areas(area);
     f.render_widget(Paragraph::new(view.summary()), top);
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let shown = if app.filter.is_empty() {
-        format!("{} connections", rows.len())
+        format!("{} connection{}", rows.len(), plural(rows.len()))
     } else {
         format!(
-            "{} of {} connections match \"{}\"",
+            "{} of {} connection{} match \"{}\"",
             rows.len(),
             view.rows.len(),
+            plural(view.rows.len()),
             app.filter
         )
     };
