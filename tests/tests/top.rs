@@ -10,6 +10,8 @@ use busd_tests::{busd_program, require, run, Busd, Monitor};
 /// also when the test fails.
 struct Pane {
     server: String,
+    /// The server's socket, which kill-server leaves behind.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Pane {
@@ -17,8 +19,9 @@ impl Pane {
     /// `busd-top exited: STATUS` and stays, so that what it printed can be read.
     fn start(test: &str, args: &[&str]) -> Pane {
         require("tmux");
-        let pane = Pane {
+        let mut pane = Pane {
             server: format!("busd-top-{}-{test}", std::process::id()),
+            socket: None,
         };
         let (ok, _, err) = run(pane
             .tmux(&[
@@ -33,6 +36,9 @@ impl Pane {
             ])
             .arg(pane.shell(args)));
         assert!(ok, "tmux: {err}");
+        let (ok, socket, err) = run(&mut pane.tmux(&["display-message", "-p", "#{socket_path}"]));
+        assert!(ok, "tmux: {err}");
+        pane.socket = Some(socket.trim().into());
         pane
     }
 
@@ -85,6 +91,9 @@ impl Pane {
 impl Drop for Pane {
     fn drop(&mut self) {
         let _ = self.tmux(&["kill-server"]).output();
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
