@@ -22,6 +22,7 @@ command -v prlimit >/dev/null || need+=(util-linux)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v useradd >/dev/null || need+=(passwd)
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || need+=(python3-dbus)
+command -v tmux >/dev/null || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -13,7 +13,8 @@ use busd_wire::message::Message;
 
 /// Bytes and fds currently counted against one connection. Shared between the I/O shell,
 /// which updates it as messages are queued and written, and the bus, which reads it to
-/// apply `max_outgoing_*` and `max_incoming_*`.
+/// apply `max_outgoing_*` and `max_incoming_*`. It also keeps how many messages and bytes
+/// it ever counted, for Debug.Stats (two additions per message).
 #[derive(Debug, Default)]
 pub struct QueueLoad {
     messages: Cell<u64>,
@@ -21,6 +22,8 @@ pub struct QueueLoad {
     fds: Cell<u64>,
     peak_bytes: Cell<u64>,
     peak_fds: Cell<u64>,
+    total_messages: Cell<u64>,
+    total_bytes: Cell<u64>,
 }
 
 impl QueueLoad {
@@ -41,11 +44,18 @@ impl QueueLoad {
         (self.peak_bytes.get(), self.peak_fds.get())
     }
 
+    /// Messages and bytes ever counted, given back or not (Debug.Stats).
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total_messages.get(), self.total_bytes.get())
+    }
+
     /// Counts one message of `bytes` bytes and `fds` fds.
     pub fn add(&self, bytes: u64, fds: u64) {
         self.messages.set(self.messages.get() + 1);
         self.bytes.set(self.bytes.get() + bytes);
         self.fds.set(self.fds.get() + fds);
+        self.total_messages.set(self.total_messages.get() + 1);
+        self.total_bytes.set(self.total_bytes.get() + bytes);
         self.peak_bytes
             .set(self.peak_bytes.get().max(self.bytes.get()));
         self.peak_fds.set(self.peak_fds.get().max(self.fds.get()));
@@ -133,5 +143,14 @@ mod tests {
         assert!(load.over(99, 10) && load.over(1000, 1) && !load.over(100, 2));
         drop(copy);
         assert_eq!((load.bytes(), load.fds()), (0, 0));
+    }
+
+    #[test]
+    fn totals_keep_what_was_given_back() {
+        let load = Rc::new(QueueLoad::default());
+        drop(Charge::new(&load, 100, 2));
+        let _held = Charge::new(&load, 20, 0);
+        assert_eq!(load.messages(), 1);
+        assert_eq!(load.totals(), (2, 120));
     }
 }

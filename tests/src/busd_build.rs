@@ -1,9 +1,10 @@
-//! The busd package's programs built from the current sources, for the end-to-end tests.
+//! The programs of the busd and busd-top packages built from the current sources, for the
+//! end-to-end tests.
 //!
 //! `cargo test -p busd-tests` builds busd's library for the tests, not its programs, so a
 //! `target/debug/busd` left by an earlier build could be tested instead of the sources at
-//! hand. Each test process therefore runs `cargo build -p busd --bins` once (a no-op when
-//! that build is up to date) and takes the programs' paths from cargo's own report of what
+//! hand. Each test process therefore runs `cargo build -p busd -p busd-top --bins` once (a
+//! no-op when that build is up to date) and takes the programs' paths from cargo's own report of what
 //! it built, so that `CARGO_TARGET_DIR` or a configured target directory is followed rather
 //! than guessed.
 
@@ -12,20 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// The path of the busd package's program `name`, built from the current sources.
+/// The path of the program `name` (of the busd or busd-top package), built from the
+/// current sources.
 pub(crate) fn program(name: &str) -> PathBuf {
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(build);
     match built.get(name) {
         Some(path) => path.clone(),
         None => panic!(
-            "building the busd package made no program {name} (it made {:?})",
+            "building busd and busd-top made no program {name} (it made {:?})",
             built.keys().collect::<Vec<_>>()
         ),
     }
 }
 
-/// Runs `cargo build -p busd --bins` on this workspace; cargo's progress and errors go to
+/// Runs `cargo build -p busd -p busd-top --bins` on this workspace; cargo's progress and errors go to
 /// the test's stderr. Returns each program's path, from the `compiler-artifact` messages of
 /// `--message-format=json`.
 fn build() -> HashMap<String, PathBuf> {
@@ -33,7 +35,7 @@ fn build() -> HashMap<String, PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-p", "busd", "--bins"])
+    cmd.args(["build", "-p", "busd", "-p", "busd-top", "--bins"])
         .arg("--message-format=json-render-diagnostics")
         .arg("--manifest-path")
         .arg(&manifest);

@@ -19,8 +19,8 @@ pub fn busd_binary() -> PathBuf {
     }
 }
 
-/// Another program of the busd package (busd-top): the one beside `$BUSD` when that is set,
-/// or else built from the current sources along with busd.
+/// Another program of the workspace (busd-top, its own package): the one beside `$BUSD`
+/// when that is set, or else built from the current sources along with busd.
 pub fn busd_program(name: &str) -> PathBuf {
     match std::env::var_os("BUSD") {
         Some(p) => PathBuf::from(p).with_file_name(name),
@@ -48,10 +48,25 @@ impl Busd {
     /// Starts another bus daemon (dbus-daemon, to compare) the same way.
     pub fn start_program(program: &Path, args: &[&str]) -> Busd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("bus");
+        let sock = format!("unix:path={}", dir.path().join("bus").display());
+        Self::start_listening(program, args, &sock, dir)
+    }
+
+    /// Starts busd listening on `address` (`unix:abstract=...`, say).
+    pub fn start_at(address: &str) -> Busd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_listening(&busd_binary(), &["--session"], address, dir)
+    }
+
+    fn start_listening(
+        program: &Path,
+        args: &[&str],
+        address: &str,
+        dir: tempfile::TempDir,
+    ) -> Busd {
         let mut child = Command::new(program)
             .args(args)
-            .arg(format!("--address=unix:path={}", sock.display()))
+            .arg(format!("--address={address}"))
             .arg("--print-address")
             .arg("--nofork")
             .stdout(Stdio::piped())
@@ -62,7 +77,7 @@ impl Busd {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read address");
-        assert!(line.starts_with("unix:path="), "busd printed {line:?}");
+        assert!(line.starts_with("unix:"), "busd printed {line:?}");
         Busd {
             child,
             address: line.trim().to_string(),
@@ -119,6 +134,20 @@ pub async fn zbus_connect(bus: &Busd) -> zbus::Connection {
         .expect("connect")
 }
 
+/// A round trip through the bus: the driver's `GetId`.
+pub async fn get_id(c: &zbus::Connection) -> zbus::Result<String> {
+    c.call_method(
+        Some("org.freedesktop.DBus"),
+        "/org/freedesktop/DBus",
+        Some("org.freedesktop.DBus"),
+        "GetId",
+        &(),
+    )
+    .await?
+    .body()
+    .deserialize()
+}
+
 /// What the tests need from the system, each with the Debian package that provides it
 /// (tests/run-all.sh installs them all): commands found on PATH, files by absolute path,
 /// and python3-dbus (the system interpreter's `dbus` module).
@@ -135,6 +164,7 @@ const REQUIREMENTS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("python3-dbus", "python3-dbus"),
     ("useradd", "passwd"),
+    ("tmux", "tmux"),
     ("/usr/share/dbus-1/system.conf", "dbus-system-bus-common"),
 ];
 
@@ -377,6 +407,34 @@ impl Sink {
 }
 
 impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `dbus-monitor` watching a bus, killed when dropped.
+pub struct Monitor(Child);
+
+impl Monitor {
+    pub fn start(bus: &Busd) -> Monitor {
+        require("dbus-monitor");
+        Monitor(
+            Command::new("dbus-monitor")
+                .args(["--address", &bus.address])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dbus-monitor"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Monitor {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();

@@ -92,6 +92,15 @@ impl<'a> Reader<'a> {
         Ok(self.endian.u32(self.take(4)?))
     }
 
+    pub fn u64(&mut self) -> Result<u64> {
+        self.align(8)?;
+        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| Malformed)?;
+        Ok(match self.endian {
+            Endian::Little => u64::from_le_bytes(b),
+            Endian::Big => u64::from_be_bytes(b),
+        })
+    }
+
     pub fn bool(&mut self) -> Result<bool> {
         match self.u32()? {
             0 => Ok(false),
@@ -275,6 +284,15 @@ impl Writer {
         self.buf.extend_from_slice(&b);
     }
 
+    pub fn u64(&mut self, v: u64) {
+        self.align(8);
+        let b = match self.endian {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        };
+        self.buf.extend_from_slice(&b);
+    }
+
     pub fn bool(&mut self, v: bool) {
         self.u32(v as u32);
     }
@@ -340,6 +358,7 @@ mod tests {
             }
             w.end_array(d);
             w.u32(99);
+            w.u64(0x0102_0304_0506_0708);
             let buf = w.into_vec();
             let mut r = Reader::new(&buf, endian, 0);
             assert_eq!(r.u8().unwrap(), 7);
@@ -347,6 +366,7 @@ mod tests {
             assert_eq!(r.string_array().unwrap(), vec!["a", "bc"]);
             assert_eq!(r.string_dict().unwrap(), vec![("K", "V"), ("K2", "V2")]);
             assert_eq!(r.u32().unwrap(), 99);
+            assert_eq!(r.u64().unwrap(), 0x0102_0304_0506_0708);
             assert!(r.at_end());
         }
     }

@@ -1,5 +1,6 @@
 //! `org.freedesktop.DBus.Debug.Stats` (dbus-daemon's bus/stats.c): counts and peaks of
-//! connections, names, match rules and queues, and every connection's match rules.
+//! connections, names, match rules and queues, and every connection's match rules; and
+//! busd's own `busd.` keys: the fast path, cumulative traffic per connection, and monitors.
 
 use super::compose;
 use super::driver::{connection_arg, Failure, Reply};
@@ -61,6 +62,14 @@ impl Bus {
     fn bus_name_count(&self) -> u32 {
         (self.peers.unique_name_count() + self.names.names().count()) as u32
     }
+
+    /// The monitor that had the unique name `name` before it became one.
+    fn monitor_named(&self, name: &str) -> Option<PeerId> {
+        self.monitors
+            .iter()
+            .copied()
+            .find(|m| self.peers.get(m).and_then(|p| p.unique.as_deref()) == Some(name))
+    }
 }
 
 fn add_u(w: &mut Writer, key: &str, value: u32) {
@@ -68,6 +77,13 @@ fn add_u(w: &mut Writer, key: &str, value: u32) {
     w.string(key);
     w.signature(b"u");
     w.u32(value);
+}
+
+fn add_t(w: &mut Writer, key: &str, value: u64) {
+    w.align(8);
+    w.string(key);
+    w.signature(b"t");
+    w.u64(value);
 }
 
 fn clamp(v: u64) -> u32 {
@@ -105,6 +121,16 @@ pub(super) fn get_stats(
         "PeakBusNamesPerConnection",
         bus.peaks.bus_names_per_connection,
     );
+    // Monitors by the unique names they had: no name designates a monitor any more, so
+    // ListNames does not show them (as with dbus-daemon).
+    w.align(8);
+    w.string("busd.Monitors");
+    w.signature(b"as");
+    w.string_array(
+        bus.monitors
+            .iter()
+            .filter_map(|m| bus.peers.get(m).and_then(|p| p.unique.as_deref())),
+    );
     w.end_array(a);
     Ok(Some((w.into_vec(), "a{sv}")))
 }
@@ -115,10 +141,17 @@ pub(super) fn get_connection_stats(
     _: &Message,
     r: &mut Reader<'_>,
 ) -> Result<Reply, Failure> {
-    let Some(peer) = connection_arg(bus, r, "statistics")? else {
-        return Err(DriverError::new(ErrorName::InvalidArgs,
+    let asked = r.clone();
+    let peer = match connection_arg(bus, r, "statistics") {
+        Ok(Some(peer)) => peer,
+        Ok(None) => return Err(DriverError::new(ErrorName::InvalidArgs,
             "GetConnectionStats is not meaningful for the message bus \"org.freedesktop.DBus\" itself".into(),
-        ));
+        )),
+        // busd answers for a monitor too, by the unique name it had (busd.Monitors).
+        Err(e) => match asked.clone().string().ok().and_then(|n| bus.monitor_named(n)) {
+            Some(monitor) => monitor,
+            None => return Err(e),
+        },
     };
     let serial = bus.peaks.connection_stats_serial;
     bus.peaks.connection_stats_serial = serial.wrapping_add(1);
@@ -157,6 +190,22 @@ pub(super) fn get_connection_stats(
     // the daemon took from it on its inbox.
     add_u(&mut w, "busd.FastPathMember", p.fast.map_or(0, |f| f.id));
     add_u(&mut w, "busd.FastPathFrames", clamp(p.fast_frames));
+    // Every message (and its bytes) the bus took from the connection, and queued for it,
+    // since it connected: the queue meters' totals.
+    let (sent_messages, sent_bytes) = live.totals();
+    let (received_messages, received_bytes) = out.totals();
+    add_t(&mut w, "busd.SentMessages", sent_messages);
+    add_t(&mut w, "busd.SentBytes", sent_bytes);
+    add_t(&mut w, "busd.ReceivedMessages", received_messages);
+    add_t(&mut w, "busd.ReceivedBytes", received_bytes);
+    add_u(&mut w, "busd.Monitor", u32::from(p.monitor.is_some()));
+    // GetConnectionCredentials' figures, which it cannot give for a monitor.
+    if let Some(pid) = p.creds.pid {
+        add_u(&mut w, "busd.ProcessID", pid);
+    }
+    if let Some(uid) = p.creds.uid {
+        add_u(&mut w, "busd.UnixUserID", uid);
+    }
     // What the member's shim counts and publishes (docs/fastpath-protocol.md).
     for (name, value) in bus.fast_figures(peer) {
         add_u(&mut w, &format!("busd.FastPath.{name}"), clamp(value));

@@ -636,16 +636,13 @@ fn wrong_signature_and_unknown_methods() {
     );
 }
 
-#[test]
-fn monitors_see_traffic_and_may_not_send() {
-    let mut b = bus();
-    join(&mut b, 1);
-    let mon = join(&mut b, 2);
+/// `peer` asks to become a monitor of everything.
+fn become_monitor(b: &mut Bus, peer: PeerId) {
     let mut w = Writer::new(Endian::Little);
     w.string_array([]);
     w.u32(0);
     b.handle_message(
-        2,
+        peer,
         call(
             2,
             DBUS_NAME,
@@ -655,6 +652,14 @@ fn monitors_see_traffic_and_may_not_send() {
             w.into_vec(),
         ),
     );
+}
+
+#[test]
+fn monitors_see_traffic_and_may_not_send() {
+    let mut b = bus();
+    join(&mut b, 1);
+    let mon = join(&mut b, 2);
+    become_monitor(&mut b, 2);
     let sent = drain(&mut b);
     assert_eq!(describe(&sent[0]), "2:return");
     assert!(b.peers.by_unique(&mon).is_none());
@@ -852,6 +857,7 @@ fn starts_time_out_and_are_bounded() {
 }
 
 mod fastpath;
+mod stats;
 
 /// Found by the `bus` fuzz target: whatever flags two owners used and in whichever order
 /// they leave, the name goes with the last of them.
