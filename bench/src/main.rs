@@ -1003,8 +1003,13 @@ async fn main() -> Result<()> {
             columns.get_or_insert_with(Vec::new).push(v.to_string());
         } else if arg == "--quick" {
             quick = true;
+        } else if arg == "--help" || arg == "-h" {
+            println!("usage: {USAGE}");
+            return Ok(());
         } else {
-            bail!("usage: {USAGE}");
+            // (A usage error is one line, not an error with a backtrace.)
+            eprintln!("busd-bench: unknown argument {arg:?}\nusage: {USAGE}");
+            std::process::exit(2);
         }
     }
     if cpus() < 2 {
