@@ -10,8 +10,10 @@
 //! receive nothing); connection rate (connect, authenticate, Hello, close); name churn
 //! (RequestName and ReleaseName with a NameOwnerChanged watcher). Each reports the rate,
 //! latency p50/p99 (timestamps in the bodies), the daemon's CPU time per operation
-//! (/proc/PID/schedstat of the daemon and its descendants, around the measured phase only)
-//! and losses (a run that loses a message fails). Floors: zbus peer to peer over a
+//! (/proc/PID/schedstat of the daemon and its descendants, around the measured phase only),
+//! the total CPU time per operation (the daemon's plus this process's, where every client
+//! runs: what the operation costs the machine, the fast path's work in its clients
+//! included) and losses (a run that loses a message fails). Floors: zbus peer to peer over a
 //! socketpair and a bare AF_UNIX ping-pong for calls; bare AF_UNIX streams for fan-out.
 //!
 //! Method: the daemon is pinned to CPU 1, every client to CPU 0; each scenario starts a
@@ -218,6 +220,14 @@ impl Daemon {
         out
     }
 
+    /// The daemon's and the clients' CPU time now.
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            daemon: self.cpu_ns(),
+            clients: process_cpu_ns(),
+        }
+    }
+
     /// CPU time the daemon and its descendants have used, in nanoseconds (dbus-broker's
     /// work happens in a child of its launcher).
     fn cpu_ns(&self) -> u64 {
@@ -233,6 +243,47 @@ impl Daemon {
             })
             .sum()
     }
+}
+
+/// CPU time, in nanoseconds: the daemon's (with its descendants), and this process's,
+/// where every client of every scenario runs (the fast path's work included: it moves
+/// work from the daemon into the clients, so only the sum says what an operation costs
+/// the machine).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    daemon: u64,
+    clients: u64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            daemon: self.daemon.saturating_sub(earlier.daemon),
+            clients: self.clients.saturating_sub(earlier.clients),
+        }
+    }
+}
+
+impl Cpu {
+    /// This process's CPU time only (the floors, which have no daemon).
+    fn clients_only() -> Cpu {
+        Cpu {
+            daemon: 0,
+            clients: process_cpu_ns(),
+        }
+    }
+}
+
+/// CPU time of this process, all its threads.
+fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Drop for Daemon {
@@ -260,6 +311,8 @@ struct Measure {
     p50_us: f64,
     p99_us: f64,
     cpu_ns_per_op: f64,
+    /// The daemon's and every client's CPU per operation ([`Cpu`]).
+    total_cpu_ns_per_op: f64,
     lost: u64,
     /// Daemon memory (RSS) the operation's state costs, in bytes (scale scenarios; 0:
     /// not measured).
@@ -283,16 +336,16 @@ async fn round_trip(daemon: &Daemon, calls: usize) -> Result<Measure> {
         .build()
         .await?;
     let client = connect(daemon).await?;
-    time_calls(&client, Some("org.bench.Server"), calls, || daemon.cpu_ns()).await
+    time_calls(&client, Some("org.bench.Server"), calls, || daemon.cpu()).await
 }
 
-/// Times `calls` sequential 64-byte Echo calls after a warm-up; `cpu_ns` reads the daemon's
-/// CPU time (0 without one).
+/// Times `calls` sequential 64-byte Echo calls after a warm-up; `cpu` reads the CPU time
+/// ([`Cpu::clients_only`] without a daemon).
 async fn time_calls(
     client: &Connection,
     destination: Option<&str>,
     calls: usize,
-    cpu_ns: impl Fn() -> u64,
+    cpu: impl Fn() -> Cpu,
 ) -> Result<Measure> {
     let payload = vec![0u8; 64];
     let call = || {
@@ -307,7 +360,7 @@ async fn time_calls(
     for _ in 0..200 {
         call().await?; // warm-up
     }
-    let cpu0 = cpu_ns();
+    let cpu0 = cpu();
     let start = Instant::now();
     let mut lat = Vec::with_capacity(calls);
     for _ in 0..calls {
@@ -316,16 +369,8 @@ async fn time_calls(
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_ns() - cpu0;
-    lat.sort_unstable();
-    Ok(Measure {
-        rate: calls as f64 / elapsed,
-        p50_us: percentile(&lat, 0.5),
-        p99_us: percentile(&lat, 0.99),
-        cpu_ns_per_op: cpu as f64 / calls as f64,
-        lost: 0,
-        rss_per_op: 0.0,
-    })
+    let used = cpu() - cpu0;
+    Ok(summarize(lat, calls as f64 / elapsed, used, calls, 0))
 }
 
 /// The floor: the same calls between two zbus connections over a socketpair, no bus.
@@ -342,7 +387,7 @@ async fn peer_to_peer(calls: usize) -> Result<Measure> {
     };
     let client = async { connection::Builder::unix_stream(b).p2p().build().await };
     let (server, client) = tokio::try_join!(server, client)?;
-    let m = time_calls(&client, None, calls, || 0).await;
+    let m = time_calls(&client, None, calls, Cpu::clients_only).await;
     drop(server);
     m
 }
@@ -432,7 +477,7 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
     }
     let emitter = connect(daemon).await?;
     let data = vec![0xabu8; payload];
-    let cpu0 = daemon.cpu_ns();
+    let cpu0 = daemon.cpu();
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < signals {
@@ -454,7 +499,7 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = daemon.cpu_ns() - cpu0;
+    let cpu = daemon.cpu() - cpu0;
     tick(&emitter, STOP, 0, &[]).await?;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -469,16 +514,14 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
     if unexpected > 0 {
         eprintln!("{unexpected} signals reached subscribers without a matching rule");
     }
-    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
-    lat.sort_unstable();
-    Ok(Measure {
-        rate: delivered as f64 / elapsed,
-        p50_us: percentile(&lat, 0.5),
-        p99_us: percentile(&lat, 0.99),
-        cpu_ns_per_op: cpu as f64 / delivered.max(1) as f64,
-        lost: expected.saturating_sub(delivered) + unexpected,
-        rss_per_op: 0.0,
-    })
+    let lat = std::mem::take(&mut *latencies.lock().unwrap());
+    Ok(summarize(
+        lat,
+        delivered as f64 / elapsed,
+        cpu,
+        delivered as usize,
+        expected.saturating_sub(delivered) + unexpected,
+    ))
 }
 
 /// Connection rate: connect (authentication, Hello; Join on the fast path), then close.
@@ -486,7 +529,7 @@ async fn connect_rate(daemon: &Daemon, connections: usize) -> Result<Measure> {
     for _ in 0..20 {
         drop(connect(daemon).await?); // warm-up
     }
-    let cpu0 = daemon.cpu_ns();
+    let cpu0 = daemon.cpu();
     let start = Instant::now();
     let mut lat = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -499,7 +542,7 @@ async fn connect_rate(daemon: &Daemon, connections: usize) -> Result<Measure> {
     Ok(summarize(
         lat,
         connections as f64 / elapsed,
-        daemon.cpu_ns() - cpu0,
+        daemon.cpu() - cpu0,
         connections,
         0,
     ))
@@ -539,7 +582,7 @@ async fn name_churn(daemon: &Daemon, churns: usize) -> Result<Measure> {
         churn().await?; // warm-up
     }
     let expected_before = 40;
-    let cpu0 = daemon.cpu_ns();
+    let cpu0 = daemon.cpu();
     let start = Instant::now();
     let mut lat = Vec::with_capacity(churns);
     for _ in 0..churns {
@@ -548,7 +591,7 @@ async fn name_churn(daemon: &Daemon, churns: usize) -> Result<Measure> {
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = daemon.cpu_ns() - cpu0;
+    let cpu = daemon.cpu() - cpu0;
     let expected = expected_before + 2 * churns as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -559,13 +602,15 @@ async fn name_churn(daemon: &Daemon, churns: usize) -> Result<Measure> {
     Ok(summarize(lat, churns as f64 / elapsed, cpu, churns, lost))
 }
 
-fn summarize(mut lat: Vec<u64>, rate: f64, cpu_ns: u64, ops: usize, lost: u64) -> Measure {
+fn summarize(mut lat: Vec<u64>, rate: f64, cpu: Cpu, ops: usize, lost: u64) -> Measure {
     lat.sort_unstable();
+    let ops = ops.max(1) as f64;
     Measure {
         rate,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
-        cpu_ns_per_op: cpu_ns as f64 / ops.max(1) as f64,
+        cpu_ns_per_op: cpu.daemon as f64 / ops,
+        total_cpu_ns_per_op: (cpu.daemon + cpu.clients) as f64 / ops,
         lost,
         rss_per_op: 0.0,
     }
@@ -590,7 +635,7 @@ fn bare_ping_pong(calls: usize) -> Result<Measure> {
         a.write_all(&buf)?;
         a.read_exact(&mut buf)?;
     }
-    let start = Instant::now();
+    let (cpu0, start) = (Cpu::clients_only(), Instant::now());
     for _ in 0..calls {
         let t = Instant::now();
         a.write_all(&buf)?;
@@ -598,9 +643,10 @@ fn bare_ping_pong(calls: usize) -> Result<Measure> {
         lat.push(t.elapsed().as_nanos() as u64);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = Cpu::clients_only() - cpu0;
     drop(a);
     let _ = echo.join();
-    Ok(summarize(lat, calls as f64 / elapsed, 0, calls, 0))
+    Ok(summarize(lat, calls as f64 / elapsed, cpu, calls, 0))
 }
 
 /// The bare floor for fan-out: the emitter writes each signal (sequence, timestamp,
@@ -631,7 +677,7 @@ fn bare_fan_out(fan: Fan, signals: u64) -> Result<Measure> {
         }));
     }
     let mut frame = vec![0xabu8; 16 + fan.payload];
-    let start = Instant::now();
+    let (cpu0, start) = (Cpu::clients_only(), Instant::now());
     let mut seq = 0u64;
     while seq < signals {
         for _ in 0..fan.window.min(signals - seq) {
@@ -652,6 +698,7 @@ fn bare_fan_out(fan: Fan, signals: u64) -> Result<Measure> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = Cpu::clients_only() - cpu0;
     drop(writers);
     let mut lat = Vec::new();
     for r in readers {
@@ -661,7 +708,7 @@ fn bare_fan_out(fan: Fan, signals: u64) -> Result<Measure> {
     Ok(summarize(
         lat,
         delivered as f64 / elapsed,
-        0,
+        cpu,
         delivered,
         (signals * fan.subscribers as u64).saturating_sub(delivered as u64),
     ))
@@ -780,7 +827,7 @@ impl Scenario {
                 fan_out(daemon, Fan::all(1, 64), if quick { 2000 } else { 20000 }).await
             }
             Scenario::Members(n) => {
-                let (cpu0, start) = (daemon.cpu_ns(), Instant::now());
+                let (cpu0, start) = (daemon.cpu(), Instant::now());
                 let mut clients = Vec::with_capacity(n);
                 for _ in 0..n {
                     clients.push(connect(daemon).await?);
@@ -798,25 +845,25 @@ impl Scenario {
                     }
                 }
                 tokio::time::sleep(scale::settle(n)).await;
-                Ok(Measure {
-                    rate: n as f64 / took.as_secs_f64(),
-                    cpu_ns_per_op: (daemon.cpu_ns() - cpu0) as f64 / n as f64,
-                    ..Measure::default()
-                })
+                Ok(summarize(
+                    Vec::new(),
+                    n as f64 / took.as_secs_f64(),
+                    daemon.cpu() - cpu0,
+                    n,
+                    0,
+                ))
             }
             Scenario::Storm(n) => {
-                let (cpu0, rss0) = (daemon.cpu_ns(), daemon.rss_bytes());
+                let (cpu0, rss0) = (daemon.cpu(), daemon.rss_bytes());
                 let (_clients, took) =
                     scale::clients(&daemon.address, n, scale::RULES_EACH, scale::Shape::Arg0)?;
                 // The daemon's CPU until it settled (busd's deferred filter compile).
                 tokio::time::sleep(scale::settle(n * scale::RULES_EACH)).await;
-                let cpu = daemon.cpu_ns() - cpu0;
+                let cpu = daemon.cpu() - cpu0;
                 let rss = daemon.rss_bytes().saturating_sub(rss0);
                 Ok(Measure {
-                    rate: n as f64 / took.as_secs_f64(),
-                    cpu_ns_per_op: cpu as f64 / n as f64,
                     rss_per_op: rss as f64 / (n * scale::RULES_EACH) as f64,
-                    ..Measure::default()
+                    ..summarize(Vec::new(), n as f64 / took.as_secs_f64(), cpu, n, 0)
                 })
             }
         }
@@ -869,8 +916,8 @@ impl Results {
     fn markdown(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        out.push_str("| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | daemon RSS per op (B) | lost | rate vs dbus-daemon | rate vs dbus-broker |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| scenario | daemon | rate (/s) | p50 (us) | p99 (us) | daemon CPU per op (us) | total CPU per op (us) | daemon RSS per op (B) | lost | rate vs dbus-daemon | rate vs dbus-broker |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         let base = self.column("dbus-daemon");
         let broker = self.column(BROKER);
         for (s, scenario) in self.scenarios.iter().enumerate() {
@@ -880,7 +927,7 @@ impl Results {
                 if let Some(e) = self.failures[s][c].first() {
                     let _ = writeln!(
                         out,
-                        "| {} | {column} | failed in {} of {} rounds: {} | | | | | | | |",
+                        "| {} | {column} | failed in {} of {} rounds: {} | | | | | | | | |",
                         scenario.name(),
                         self.failures[s][c].len(),
                         self.failures[s][c].len() + self.results[s][c].len(),
@@ -898,7 +945,7 @@ impl Results {
                 let floor = column.starts_with("floor");
                 let _ = writeln!(
                     out,
-                    "| {} | {column} | {rate:.0} | {:.0} | {:.0} | {} | {} | {lost} | {} | {} |",
+                    "| {} | {column} | {rate:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {lost} | {} | {} |",
                     scenario.name(),
                     med(|m| m.p50_us),
                     med(|m| m.p99_us),
@@ -907,6 +954,7 @@ impl Results {
                     } else {
                         format!("{:.1}", med(|m| m.cpu_ns_per_op) / 1000.0)
                     },
+                    med(|m| m.total_cpu_ns_per_op) / 1000.0,
                     match med(|m| m.rss_per_op) {
                         0.0 => "-".into(),
                         b => format!("{b:.0}"),
@@ -927,13 +975,14 @@ impl Results {
                 for (round, m) in self.results[s][c].iter().enumerate() {
                     let _ = writeln!(
                         out,
-                        r#"{{"scenario":"{}","daemon":"{}","round":{round},"rate":{:.1},"p50_us":{:.1},"p99_us":{:.1},"cpu_us_per_op":{:.3},"lost":{}}}"#,
+                        r#"{{"scenario":"{}","daemon":"{}","round":{round},"rate":{:.1},"p50_us":{:.1},"p99_us":{:.1},"cpu_us_per_op":{:.3},"total_cpu_us_per_op":{:.3},"lost":{}}}"#,
                         scenario.name(),
                         column,
                         m.rate,
                         m.p50_us,
                         m.p99_us,
                         m.cpu_ns_per_op / 1000.0,
+                        m.total_cpu_ns_per_op / 1000.0,
                         m.lost
                     );
                 }
