@@ -442,3 +442,37 @@ async fn a_client_that_writes_and_hangs_up_at_once_is_seen_leaving() {
         }
     }
 }
+
+/// A client that sends authentication commands and never reads the answers is
+/// disconnected once they pass 16 KiB (as libdbus bounds them), instead of making the
+/// bus keep them for the whole auth_timeout.
+#[test]
+fn a_client_that_never_reads_its_authentication_replies_is_disconnected() {
+    let bus = Busd::start();
+    let mut s = UnixStream::connect(socket_path(&bus)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\0").unwrap();
+    // 40,000 unknown commands: 120 KB in, 1 MB of `ERROR "Unknown command"` out, far more
+    // than the socket buffers hold.
+    let lines = "X\r\n".repeat(40_000);
+    // (The bus may close while they are still being written.)
+    let _ = s.write_all(lines.as_bytes());
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("still connected after {} bytes of replies: {e}", got.len()),
+    }
+    // What the kernel buffered for the client, and at most 16 KiB more.
+    assert!(got.len() < 512 * 1024, "{} bytes of replies", got.len());
+    // The bus serves others.
+    let (ok, out) = dbus_send(
+        &bus,
+        &[
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
+        ],
+    );
+    assert!(ok, "{out}");
+}

@@ -29,6 +29,9 @@ pub enum ReadOutcome {
     Invalid(String),
 }
 
+/// Bytes of authentication replies a client may leave unread (libdbus's bound).
+const MAX_AUTH_OUTPUT: usize = 16 * 1024;
+
 pub struct Conn {
     stream: UnixStream,
     sasl: Option<SaslServer>,
@@ -213,6 +216,12 @@ impl Conn {
                 .feed(&self.inbuf, &mut self.auth_out)
                 .map_err(|e| e.to_string())?;
             self.inbuf.drain(..progress.consumed);
+            // A client that keeps typing commands and never reads the answers would make
+            // them pile up here for the whole auth_timeout: past what any honest
+            // conversation needs, it is disconnected (as libdbus's MAX_BUFFER does).
+            if self.auth_out.len() > MAX_AUTH_OUTPUT {
+                return Err("authentication replies not read by the client".into());
+            }
             if !progress.done {
                 return Ok(());
             }
