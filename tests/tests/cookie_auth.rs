@@ -3,9 +3,9 @@
 //! with the keyring in the home directory of the bus's user, which busd reads and fills as
 //! they do; a client that cannot read that keyring gets nowhere, whatever it claims.
 //!
-//! The bus and its clients run as a user of their own (made here, with a temporary home
-//! directory: libdbus and busd find the keyring through the user database), so that the
-//! tests touch no real keyring. Needs root.
+//! The bus and its clients run as a user of their own (made here), with a temporary home
+//! directory in `$HOME` that is not the user database's: libdbus, GDBus and busd all take
+//! `$HOME` when a process runs as itself, and the tests touch no real keyring. Needs root.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -15,7 +15,8 @@ use busd_tests::{busd_binary, require, require_root, run, write_config};
 
 const USER: &str = "busd-cookie-test";
 
-/// The test user (made if missing), with its home directory moved to `home`.
+/// The test user (made if missing), owning `home`; its home directory in the user database
+/// is one that does not exist.
 fn user_with_home(home: &Path) -> (u32, u32) {
     require("useradd");
     if nix::unistd::User::from_name(USER).unwrap().is_none() {
@@ -28,7 +29,8 @@ fn user_with_home(home: &Path) -> (u32, u32) {
         ]));
         assert!(ok, "useradd: {out}{err}");
     }
-    let (ok, out, err) = run(Command::new("usermod").arg("--home").arg(home).arg(USER));
+    let (ok, out, err) =
+        run(Command::new("usermod").args(["--home", "/nonexistent/busd-cookie-test", USER]));
     assert!(ok, "usermod: {out}{err}");
     let u = nix::unistd::User::from_name(USER).unwrap().unwrap();
     nix::unistd::chown(home, Some(u.uid), Some(u.gid)).unwrap();

@@ -56,8 +56,8 @@ pub fn parse(text: &str, now: u64) -> Vec<Cookie> {
             && secret.len() % 2 == 0
             && secret.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex
-            || created + KEEP_FOR < now
-            || created > now + MAX_TIME_TRAVEL
+            || created.saturating_add(KEEP_FOR) < now
+            || created > now.saturating_add(MAX_TIME_TRAVEL)
             || out.iter().any(|c| c.id == id)
         {
             continue;
@@ -75,7 +75,7 @@ pub fn parse(text: &str, now: u64) -> Vec<Cookie> {
 pub fn recent(cookies: &[Cookie], now: u64) -> Option<&Cookie> {
     cookies
         .iter()
-        .filter(|c| c.created + USE_FOR >= now)
+        .filter(|c| c.created.saturating_add(USE_FOR) >= now)
         .max_by_key(|c| c.created)
 }
 
@@ -114,7 +114,7 @@ fn now() -> u64 {
 }
 
 /// The keyring of the user the bus runs as.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Keyring {
     uid: u32,
     /// The user's name, which a client may send instead of its uid.
@@ -124,16 +124,27 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// The keyring of the bus's own user, in the home directory the user database gives it
-    /// (as libdbus finds it).
+    /// The keyring of the bus's own user, in its home directory as libdbus finds it:
+    /// `$HOME` when the process runs as itself (real and effective uid the same), else the
+    /// user database's (GDBus follows `$HOME` too). Looked up once per process: the user
+    /// database may be a network service, and connections must not wait for it.
     pub fn of_this_user() -> Keyring {
-        let uid = nix::unistd::geteuid();
-        let user = nix::unistd::User::from_uid(uid).ok().flatten();
-        Keyring {
-            uid: uid.as_raw(),
-            name: user.as_ref().map(|u| u.name.clone()),
-            dir: user.map(|u| u.dir.join(".dbus-keyrings")),
-        }
+        static THIS: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
+        THIS.get_or_init(|| {
+            let uid = nix::unistd::geteuid();
+            let user = nix::unistd::User::from_uid(uid).ok().flatten();
+            let env_home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty() && nix::unistd::getuid() == uid)
+                .map(PathBuf::from);
+            Keyring {
+                uid: uid.as_raw(),
+                name: user.as_ref().map(|u| u.name.clone()),
+                dir: env_home
+                    .or(user.map(|u| u.dir))
+                    .map(|home| home.join(".dbus-keyrings")),
+            }
+        })
+        .clone()
     }
 
     /// A keyring in `dir`, for tests.
@@ -281,6 +292,11 @@ impl Cookies for Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_creation_time_at_the_end_of_time_is_only_a_cookie_from_the_future() {
+        assert_eq!(parse(&format!("1 {} 00ff\n", u64::MAX), 1_000), []);
+    }
 
     #[test]
     fn cookies_expire_and_bad_lines_are_skipped() {
