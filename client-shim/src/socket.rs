@@ -353,7 +353,13 @@ impl ReadHalf for ShimRead {
             );
             if !joining {
                 if let Some((bytes, fds)) = self.early.pop_front() {
-                    return to_zbus(bytes, fds, seq).await;
+                    // (As any stream message: a call that came through the daemon is
+                    // answered through it.)
+                    let msg = to_zbus(bytes, fds, seq).await?;
+                    if let Some(m) = self.shared.joined() {
+                        self.rules_changed |= m.note_stream_message(&msg);
+                    }
+                    return Ok(msg);
                 }
             }
             let member = self.shared.joined();

@@ -190,17 +190,23 @@ impl State {
     }
 
     /// Records that member `owner` (None: no member) owns the well-known name `name` now.
-    fn name_owned(&mut self, name: &str, owner: Option<u32>) {
+    fn name_owned(&mut self, name: &str, owner: Option<u32>, when: Publish) {
         let at = self
             .table
             .names
             .binary_search_by(|(n, _)| n.as_str().cmp(name));
-        match (at, owner) {
-            (Ok(i), Some(id)) if self.table.names[i].1 != id => self.table().names[i].1 = id,
-            (Ok(i), None) => {
-                self.table().names.remove(i);
+        fn table(s: &mut State, when: Publish) -> &mut Table {
+            match when {
+                Publish::Now => s.table(),
+                Publish::Later => s.table_later(),
             }
-            (Err(i), Some(id)) => self.table().names.insert(i, (name.to_string(), id)),
+        }
+        match (at, owner) {
+            (Ok(i), Some(id)) if self.table.names[i].1 != id => table(self, when).names[i].1 = id,
+            (Ok(i), None) => {
+                table(self, when).names.remove(i);
+            }
+            (Err(i), Some(id)) => table(self, when).names.insert(i, (name.to_string(), id)),
             _ => {}
         }
     }
@@ -419,7 +425,9 @@ impl Bus {
             // gone or passes them on).
             for name in self.names.held_by(peer) {
                 if self.fast.table.owner(name) == Some(f.id) {
-                    self.fast.name_owned(name, None);
+                    // (Later: a sender that still finds it there gets ENOENT and sends
+                    // through the daemon, which answers as dbus-daemon would.)
+                    self.fast.name_owned(name, None, Publish::Later);
                 }
             }
             self.fast.members.remove(&f.id);
@@ -448,7 +456,15 @@ impl Bus {
         };
         // Its summary, from its rules only.
         let summary = fast_summary(self.matches.rules_of(peer));
-        if let Some(m) = self.fast.listed(f.id, Publish::Now) {
+        // A member leaving loses its rules first: that waits for its departure's
+        // publication (others sending it less meanwhile changes nothing).
+        let closing = self.peers.get(&peer).is_some_and(|p| p.closing);
+        let when = if closing {
+            Publish::Later
+        } else {
+            Publish::Now
+        };
+        if let Some(m) = self.fast.listed(f.id, when) {
             m.summary = summary;
         }
         if f.direct {
@@ -551,7 +567,7 @@ impl Bus {
                     .primary_owner(name)
                     .and_then(|p| self.fast_of(p))
                     .map(|f| f.id);
-                self.fast.name_owned(name, owner);
+                self.fast.name_owned(name, owner, Publish::Now);
             }
             if self.fast.members.is_empty() {
                 continue;
@@ -573,9 +589,19 @@ impl Bus {
 
     /// The policy was reloaded: who may go direct may have changed.
     pub(super) fn fast_policy_changed(&mut self) {
-        for p in self.peers.values_mut() {
+        let members: Vec<PeerId> = self.fast.members.values().copied().collect();
+        for peer in members {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
             if let Some(f) = &mut p.fast {
-                f.direct = p.policy.allows_all_messages();
+                let direct = p.policy.allows_all_messages();
+                if direct != f.direct {
+                    // Its filter was left as it was when it last went direct (or at Join):
+                    // senders follow its summary now, so the filter must say the same.
+                    self.fast.dirty_filters.insert(peer);
+                }
+                f.direct = direct;
                 if let Some(m) = self.fast.listed(f.id, Publish::Now) {
                     m.direct = f.direct;
                 }

@@ -179,10 +179,6 @@ impl PeerRegistry {
         self.peers.keys()
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
-        self.peers.values_mut()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
         self.peers.iter()
     }

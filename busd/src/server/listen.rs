@@ -1,6 +1,7 @@
 //! Listening sockets for the configured addresses.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,24 @@ fn systemd_listeners() -> io::Result<Vec<Listener>> {
         )
         .map_err(io::Error::from)?;
         std.set_nonblocking(true)?;
+        // A socket unit's PassCredentials=yes (or PassPidFD) is inherited by every accepted
+        // connection, and with it the kernel ends a read at each change of writer: busd
+        // reads a connection only up to a short read (server::Until), which then would
+        // not mean the queue is empty. busd never reads credentials from messages.
+        nix::sys::socket::setsockopt(&std, nix::sys::socket::sockopt::PassCred, &false)
+            .map_err(io::Error::from)?;
+        let off: libc::c_int = 0;
+        // SAFETY: setsockopt reads an int from a local; a kernel without SO_PASSPIDFD
+        // refuses it (ENOPROTOOPT), and then nothing sets it either.
+        unsafe {
+            libc::setsockopt(
+                std.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSPIDFD,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         let local = std.local_addr()?;
         let address = match (local.as_pathname(), local.as_abstract_name()) {
             (Some(p), _) => BoundAddress::Path(p.to_string_lossy().into_owned()),

@@ -221,6 +221,12 @@ fn the_table_lists_members_names_and_the_daemons_interest() {
     b.disconnected(1);
     let effects: Vec<Effect> = b.take_effects().collect();
     assert!(effects.iter().any(|e| matches!(e, Effect::FastLeave(1))));
+    // (Published with the next urgent change, or TABLE_COALESCE later: a session ending
+    // does not republish the table once per member.)
+    assert!(b.take_fast_updates().is_none_or(|u| u.table.is_none()));
+    let due = b.next_deadline().expect("the departure's publication");
+    assert!(due <= b.now + crate::bus::fastpath::TABLE_COALESCE);
+    b.expire(due);
     let t = b.take_fast_updates().unwrap().table.unwrap();
     let gone = t.member(a).unwrap();
     assert!(gone.departed && !gone.reachable());
@@ -584,6 +590,30 @@ fn the_daemons_filter_waits_for_the_first_member() {
         let member = busd_match::header::hash32(&format!("Before{peer}"));
         assert!(daemon.selects(member, 0, 0), "the rule of {peer}");
     }
+}
+
+/// A member the policy mediated at Join, which then added rules, gets a filter compiled
+/// from them when a reload lets it go direct: senders follow its summary from then on,
+/// and a filter still as it was at Join would drop what its later rules match.
+#[test]
+fn a_reload_that_lets_a_member_go_direct_recompiles_its_filter() {
+    let mediated = r#"<policy context="default">
+    <allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/><allow own="*"/>
+    <deny send_interface="org.example.Secret"/>
+</policy>"#;
+    let mut b = bus_with(mediated, busd_policy::Limits::default());
+    b.set_fastpath(true);
+    let a = join_fast(&mut b, 1);
+    add_match(&mut b, 1, "type='signal',member='Later'");
+    b.take_fast_updates();
+    b.reconfigure(
+        busd_policy::Limits::default(),
+        compile(SESSION_POLICY),
+        None,
+    );
+    let u = b.take_fast_updates().unwrap();
+    assert!(u.table.unwrap().member(a).unwrap().direct);
+    assert_eq!(u.filters.iter().map(|f| f.0).collect::<Vec<_>>(), [1]);
 }
 
 /// What busd does to the fast path's state in one step of [`the_kept_table_is_the_table_rebuilt_from_scratch`].
