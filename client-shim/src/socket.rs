@@ -50,6 +50,12 @@ enum Phase {
 /// gone; past it the AddMatch counts as refused for that broadcast.
 const HOLD_AT_MOST: Duration = Duration::from_secs(25);
 
+/// How long the shim waits for the bus's answer to Join (the D-Bus default reply
+/// timeout): the bus always answers (dbus-daemon with an error), but a peer in between
+/// that does not must not keep zbus from ever getting Hello's answer. Past it the
+/// connection stays on the stream.
+const JOIN_AT_MOST: Duration = Duration::from_secs(25);
+
 /// Bytes of the stream one read takes: at first, and at most.
 const CHUNK_FIRST: usize = 4096;
 const CHUNK_MOST: usize = 64 * 1024;
@@ -88,6 +94,7 @@ pub fn split(
             held: None,
             rules_changed: false,
             early: VecDeque::new(),
+            join_deadline: None,
         },
         ShimWrite { shared },
     )
@@ -114,6 +121,8 @@ pub struct ShimRead {
     /// gets them once the connection is set up, so that a built connection is already on
     /// the fast path (or known not to be).
     early: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// When waiting for Join's answer ends ([`JOIN_AT_MOST`] after it was first awaited).
+    join_deadline: Option<tokio::time::Instant>,
 }
 
 pub struct ShimWrite {
@@ -351,6 +360,10 @@ impl ReadHalf for ShimRead {
                 *self.shared.phase.borrow(),
                 Phase::Start | Phase::Joining(_)
             );
+            if joining && matches!(*self.shared.phase.borrow(), Phase::Joining(_)) {
+                self.join_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + JOIN_AT_MOST);
+            }
             if !joining {
                 if let Some((bytes, fds)) = self.early.pop_front() {
                     // (As any stream message: a call that came through the daemon is
@@ -412,10 +425,21 @@ impl ReadHalf for ShimRead {
                 chunk,
                 datagram,
                 held,
+                join_deadline,
                 ..
             } = self;
             let (n, fds) = match &member {
-                None => shared.recvmsg(chunk).await?,
+                None => match join_deadline.filter(|_| joining) {
+                    Some(deadline) => tokio::select! {
+                        r = shared.recvmsg(chunk) => r?,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            debug!("the bus did not answer Join: the connection stays on the stream");
+                            shared.phase.send_replace(Phase::Standard);
+                            continue;
+                        }
+                    },
+                    None => shared.recvmsg(chunk).await?,
+                },
                 Some(m) => {
                     // Whatever is ready to read goes first; while direct calls wait for
                     // replies, their callees are checked now and then (a reply queued
@@ -742,5 +766,46 @@ mod tests {
         assert_eq!(&buf[..n], b"OK 0123456789abcdef0123456789abcdef\r\nrest");
         assert!(given.is_empty(), "zbus gets no descriptor");
         assert_eq!(read.fds.len(), 1, "the shim keeps it");
+    }
+
+    /// A bus (or anything in between) that never answers Join does not keep zbus from
+    /// Hello's answer: past JOIN_AT_MOST the connection stays on the stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_join_never_answered_leaves_the_connection_on_the_stream() {
+        let (ours, mut bus) = UnixStream::pair().unwrap();
+        let (mut read, _write) = split(ours, Arc::default(), 1 << 20);
+        let mut name = Writer::new(Endian::Little);
+        name.string(":1.5");
+        let hello = from(
+            "org.freedesktop.DBus",
+            METHOD_RETURN,
+            1,
+            None,
+            &name.into_vec(),
+        );
+        bus.write_all(&hello).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let got = tokio::time::timeout(
+            2 * JOIN_AT_MOST,
+            read.receive_message(1, &mut Vec::new(), &mut Vec::new()),
+        )
+        .await
+        .expect("Hello's answer, once waiting for Join's has ended")
+        .unwrap();
+        assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(1));
+        assert!(started.elapsed() >= JOIN_AT_MOST);
+        assert!(matches!(*read.shared.phase.borrow(), Phase::Standard));
+        // The Join was sent, and what comes next reaches zbus.
+        let mut buf = vec![0u8; 4096];
+        let n = bus.read(&mut buf).await.unwrap();
+        let join = Message::parse(buf[..n].to_vec(), Vec::new()).unwrap();
+        assert_eq!(join.member(), Some("Join"));
+        let after = from("org.freedesktop.DBus", METHOD_RETURN, 77, None, &[]);
+        bus.write_all(&after).await.unwrap();
+        let got = read
+            .receive_message(2, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(got.header().reply_serial().map(|s| s.get()), Some(77));
     }
 }
