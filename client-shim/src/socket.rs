@@ -626,12 +626,10 @@ mod tests {
         encode(Endian::Little, kind, 0, 100, &f, body)
     }
 
-    /// A peer that answers Join with the right serial before the bus does is not believed:
-    /// its message goes to zbus as any other, and the bus's answer decides.
-    #[tokio::test]
-    async fn only_the_buss_answer_to_join_is_believed() {
+    /// A shim's read half and the bus's end of its stream, Hello's answer (`:1.5`) written.
+    async fn answered_hello() -> (ShimRead, UnixStream) {
         let (ours, mut bus) = UnixStream::pair().unwrap();
-        let (mut read, _write) = split(ours, Arc::default(), 1 << 20);
+        let (read, _write) = split(ours, Arc::default(), 1 << 20);
         let mut name = Writer::new(Endian::Little);
         name.string(":1.5");
         let hello = from(
@@ -642,6 +640,14 @@ mod tests {
             &name.into_vec(),
         );
         bus.write_all(&hello).await.unwrap();
+        (read, bus)
+    }
+
+    /// A peer that answers Join with the right serial before the bus does is not believed:
+    /// its message goes to zbus as any other, and the bus's answer decides.
+    #[tokio::test]
+    async fn only_the_buss_answer_to_join_is_believed() {
+        let (mut read, mut bus) = answered_hello().await;
         // Hello's answer reaches zbus once the bus has answered Join, and only the bus's
         // answer counts: a peer's, with the right serial and first, is one more message.
         let receiving = async {
@@ -772,18 +778,7 @@ mod tests {
     /// Hello's answer: past JOIN_AT_MOST the connection stays on the stream.
     #[tokio::test(start_paused = true)]
     async fn a_join_never_answered_leaves_the_connection_on_the_stream() {
-        let (ours, mut bus) = UnixStream::pair().unwrap();
-        let (mut read, _write) = split(ours, Arc::default(), 1 << 20);
-        let mut name = Writer::new(Endian::Little);
-        name.string(":1.5");
-        let hello = from(
-            "org.freedesktop.DBus",
-            METHOD_RETURN,
-            1,
-            None,
-            &name.into_vec(),
-        );
-        bus.write_all(&hello).await.unwrap();
+        let (mut read, mut bus) = answered_hello().await;
         let started = tokio::time::Instant::now();
         let got = tokio::time::timeout(
             2 * JOIN_AT_MOST,
