@@ -7,9 +7,9 @@ const STATS: &str = "org.freedesktop.DBus.Debug.Stats";
 
 /// The unsigned figures (`u` and `t`) and the string lists (`as`) of an `a{sv}` answer.
 #[derive(Debug, Default)]
-struct Figures {
-    numbers: HashMap<String, u64>,
-    lists: HashMap<String, Vec<String>>,
+pub(super) struct Figures {
+    pub numbers: HashMap<String, u64>,
+    pub lists: HashMap<String, Vec<String>>,
 }
 
 impl Figures {
@@ -56,7 +56,7 @@ fn ask(b: &mut Bus, asker: PeerId, iface: &str, member: &str, arg: Option<&str>)
     drain(b).into_iter().find(|s| s.to == asker).unwrap().msg
 }
 
-fn connection_stats(b: &mut Bus, asker: PeerId, of: &str) -> Figures {
+pub(super) fn connection_stats(b: &mut Bus, asker: PeerId, of: &str) -> Figures {
     Figures::of(&ask(b, asker, STATS, "GetConnectionStats", Some(of)))
 }
 
