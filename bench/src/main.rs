@@ -28,7 +28,8 @@
 //!              [--daemon=COLUMN]...
 //!
 //! `--daemon=` (repeated) keeps only those columns, e.g. `--daemon='busd, fast path'` to
-//! profile one daemon.
+//! profile one daemon; the floors run only when one of them names `floor`. `--only=TEXT`
+//! keeps the scenarios whose name contains TEXT, or, when TEXT ends with `$`, is the rest.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1033,7 +1034,7 @@ async fn main() -> Result<()> {
     let (mut rounds, mut quick) = (3usize, false);
     let (mut json, mut plots) = (None, None);
     let mut only: Option<String> = None;
-    let mut columns: Option<Vec<String>> = None;
+    let mut keep: Option<Vec<String>> = None;
     let mut scaled = false;
     for arg in std::env::args().skip(1) {
         if let Some(v) = arg.strip_prefix("--busd=") {
@@ -1049,7 +1050,7 @@ async fn main() -> Result<()> {
         } else if let Some(v) = arg.strip_prefix("--only=") {
             only = Some(v.to_string());
         } else if let Some(v) = arg.strip_prefix("--daemon=") {
-            columns.get_or_insert_with(Vec::new).push(v.to_string());
+            keep.get_or_insert_with(Vec::new).push(v.to_string());
         } else if arg == "--quick" {
             quick = true;
         } else if arg == "--help" || arg == "-h" {
@@ -1081,7 +1082,7 @@ async fn main() -> Result<()> {
     }
     daemons.push(("busd", busd.clone(), false));
     daemons.push(("busd, fast path", busd, true));
-    if let Some(keep) = &columns {
+    if let Some(keep) = &keep {
         daemons.retain(|(name, _, _)| keep.iter().any(|k| k == name));
         if daemons.is_empty() {
             bail!("--daemon= names none of: dbus-daemon, dbus-daemon (A/A control), {BROKER}, busd, busd, fast path");
@@ -1129,7 +1130,10 @@ async fn main() -> Result<()> {
         scenarios.push(Scenario::Members(1000));
     }
     if let Some(only) = &only {
-        scenarios.retain(|s| s.name().contains(only.as_str()));
+        match only.strip_suffix('$') {
+            Some(exact) => scenarios.retain(|s| s.name() == exact),
+            None => scenarios.retain(|s| s.name().contains(only.as_str())),
+        }
     }
 
     let floor_names = [
@@ -1165,7 +1169,15 @@ async fn main() -> Result<()> {
                 }
                 r.results[s][d].push(m);
             }
-            for (name, m) in scenario.floors(quick).await? {
+            let floors = match &keep {
+                Some(keep) => keep.iter().any(|k| k.starts_with("floor")),
+                None => true,
+            };
+            for (name, m) in if floors {
+                scenario.floors(quick).await?
+            } else {
+                Vec::new()
+            } {
                 let c = r.column(name).expect("a floor column");
                 r.results[s][c].push(m);
             }
