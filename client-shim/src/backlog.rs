@@ -155,7 +155,7 @@ impl Member {
         if self.state().backlogs.has(receiver) {
             return self.queue(receiver, out);
         }
-        let addr = UnixAddr::new(&self.path_of(receiver)).map_err(io::Error::from)?;
+        let addr = self.address_of(receiver)?;
         match send_to(
             self.socket.as_fd(),
             &addr,

@@ -37,8 +37,8 @@ impl Member {
         }
         let addrs = now
             .iter()
-            .map(|&m| UnixAddr::new(&self.path_of(m)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|&m| self.address_of(m))
+            .collect::<io::Result<Vec<_>>>()?;
         let mut i = 0;
         while i < addrs.len() {
             match send_batch(self.socket.as_fd(), &addrs[i..], out.frame, &out.raw) {

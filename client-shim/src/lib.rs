@@ -37,6 +37,7 @@
 //! - `figures`: what the shim counts, and its publication for the daemon.
 
 mod backlog;
+mod batch;
 mod calls;
 mod causal;
 mod fanout;

@@ -13,11 +13,13 @@ use busd_match::protocol;
 use busd_match::table::Table;
 use busd_wire::message::{Message, METHOD_CALL};
 use busd_wire::names;
+use nix::sys::socket::UnixAddr;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::backlog::{Backlogs, Delivery, Outgoing, Service};
+use crate::batch::Batch;
 use crate::calls::Calls;
 use crate::causal::{Causal, Progress, Sends};
 use crate::fanout::too_large;
@@ -103,6 +105,23 @@ impl Member {
 
     pub(crate) fn path_of(&self, member: u32) -> PathBuf {
         self.dir.join(protocol::socket_name(member))
+    }
+
+    /// The address of member `member`'s socket, made without allocating (a broadcast
+    /// needs one per receiver per message).
+    pub(crate) fn address_of(&self, member: u32) -> io::Result<UnixAddr> {
+        use std::io::Write;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.dir.as_os_str().as_bytes();
+        // sun_path's size: a longer path is refused by UnixAddr::new as it would be here.
+        let mut path = [0u8; 108];
+        let mut w = &mut path[..];
+        w.write_all(dir)
+            .and_then(|()| write!(w, "/{member}"))
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        let len = 108 - w.len();
+        debug_assert_eq!(&path[..len], self.path_of(member).as_os_str().as_bytes());
+        UnixAddr::new(std::ffi::OsStr::from_bytes(&path[..len])).map_err(io::Error::from)
     }
 
     pub(crate) fn inbox(&self) -> PathBuf {
@@ -281,43 +300,42 @@ impl Member {
     /// Waits for the next frame worth handing to zbus: checked (its source address, header
     /// and SENDER agree) and wanted (addressed to this member, or matched by one of its
     /// rules), or one that must wait for the bus's answer to an AddMatch.
-    pub async fn receive(self: &Arc<Self>, buf: &mut Vec<u8>) -> io::Result<Incoming> {
+    pub async fn receive(self: &Arc<Self>, batch: &mut Batch) -> io::Result<Incoming> {
         loop {
-            self.socket.readable().await?;
-            // (Only once something comes: a member that never receives a datagram never
-            // has the buffer.)
-            if buf.is_empty() {
-                buf.resize(header::MAX_INLINE, 0);
-            }
-            let r = self.socket.try_io(Interest::READABLE, || {
-                receive::recv_frame(self.socket.as_fd(), buf)
-            });
-            let d = match r {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            let frame = &buf[..d.len];
-            let table = self.table_now();
-            let me = self.me();
-            let checked = receive::check(
-                frame,
-                &d.fds,
-                d.source.as_deref(),
-                &me,
-                receive::max_message(&table),
-            )
-            .and_then(|c| receive::attested(&c, d.pid, &table, &me).map(|()| c));
-            let incoming = match checked {
-                Ok(checked) => self.settle(checked, d.fds, frame),
-                Err(why) => {
-                    self.refused(&why, d.source.as_deref());
-                    None
+            // (The datagrams of the last call first: they stay in the batch if the wait
+            // is cancelled, and none is taken while a broadcast is held.)
+            while let Some(d) = batch.next() {
+                let table = self.table_now();
+                let me = self.me();
+                let checked =
+                    receive::check(d.frame, &d.fds, d.source, &me, receive::max_message(&table))
+                        .and_then(|c| receive::attested(&c, d.pid, &table, &me).map(|()| c));
+                let incoming = match checked {
+                    Ok(checked) => self.settle(checked, d.fds, d.frame),
+                    Err(why) => {
+                        self.refused(&why, d.source);
+                        None
+                    }
+                };
+                self.figures.touched();
+                if let Some(incoming) = incoming {
+                    return Ok(incoming);
                 }
-            };
-            self.figures.touched();
-            if let Some(incoming) = incoming {
-                return Ok(incoming);
+            }
+            self.socket.readable().await?;
+            let r = self.socket.try_io(Interest::READABLE, || {
+                match batch.fill(self.socket.as_fd()) {
+                    // The call found the queue empty: tokio forgets the readiness now,
+                    // rather than after one more call (a datagram that came since raised
+                    // an event of its own, which it keeps).
+                    Ok(true) => Err(io::ErrorKind::WouldBlock.into()),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
+            match r {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
             }
         }
     }

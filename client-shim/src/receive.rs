@@ -10,19 +10,15 @@
 //! to it (or to a name it owns), or, being a broadcast, if one of its rules matches it
 //! exactly (the kernel filter may let a false positive through).
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use busd_match::header;
 use busd_match::protocol::{self, FrameError};
 use busd_match::table::Table;
 use busd_match::{Arg, MessageInfo};
-use busd_wire::fds;
 use busd_wire::message::{Message, METHOD_CALL};
 use busd_wire::names;
-use nix::sys::socket::{MsgFlags, UnixAddr};
-use tracing::warn;
 
 use crate::rules::Rules;
 
@@ -116,12 +112,12 @@ pub fn check(
     let msg =
         Message::parse(frame.message, Vec::new()).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let returned = frame.header.routing & header::ROUTE_RETURNED != 0;
-    let author = if returned {
-        me.unique.to_string()
+    let authentic = if returned {
+        msg.sender() == Some(me.unique)
     } else {
-        protocol::unique_of_member(sender)
+        msg.sender().and_then(protocol::member_of_unique) == Some(sender)
     };
-    if msg.sender() != Some(author.as_str()) {
+    if !authentic {
         return Err(Refusal::Spoofed(if returned {
             "it gives back a message that is not this member's".into()
         } else {
@@ -234,38 +230,6 @@ impl MessageInfo for Received<'_> {
     }
 }
 
-/// One datagram: its length, fds, the sender's bound address and its process.
-pub struct Datagram {
-    pub len: usize,
-    pub fds: Vec<OwnedFd>,
-    pub source: Option<PathBuf>,
-    pub pid: Option<i32>,
-}
-
-/// Takes one datagram off the socket without waiting. A truncated one (larger than any
-/// member's send buffer allows: not from a member) is dropped, and so is one whose
-/// descriptors did not all arrive (more than a datagram carries: not from a member).
-pub fn recv_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Datagram> {
-    loop {
-        let m = fds::recv::<UnixAddr>(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?;
-        let source = m.address.and_then(|a| a.path().map(Path::to_path_buf));
-        if m.flags.contains(MsgFlags::MSG_TRUNC) {
-            warn!("dropped a truncated frame from {source:?}");
-            continue;
-        }
-        if m.flags.contains(MsgFlags::MSG_CTRUNC) {
-            warn!("dropped a frame from {source:?} whose descriptors did not all arrive");
-            continue;
-        }
-        return Ok(Datagram {
-            len: m.len,
-            fds: m.fds,
-            source,
-            pid: m.pid,
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +237,7 @@ mod tests {
     use crate::route::tests::{message, table};
     use busd_match::header::{self, HEADER_LEN};
     use busd_wire::message::{encode, HeaderFields, METHOD_CALL, METHOD_RETURN, SIGNAL};
+    use std::path::PathBuf;
 
     const DIR: &str = "/run/user/1000/busd-test";
 

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tracing::debug;
 use zbus::connection::socket::{ReadHalf, WriteHalf};
 
+use crate::batch::Batch;
 use crate::calls::CALLEE_CHECK;
 use crate::figures::Counters;
 use crate::join;
@@ -90,7 +91,7 @@ pub fn split(
             fds: VecDeque::new(),
             started: false,
             chunk: vec![0; CHUNK_FIRST],
-            datagram: Vec::new(),
+            batch: Batch::default(),
             held: None,
             rules_changed: false,
             early: VecDeque::new(),
@@ -111,7 +112,8 @@ pub struct ShimRead {
     /// small messages, and zeroing 64 KiB per connection was a fifth of a client's cost of
     /// connecting), doubled up to [`CHUNK_MOST`] whenever a read fills it.
     chunk: Vec<u8>,
-    datagram: Vec<u8>,
+    /// Datagrams taken off the member socket and not yet handed on.
+    batch: Batch,
     /// A broadcast waiting for the bus's answer to an AddMatch; no frame is taken while
     /// one waits.
     held: Option<Held>,
@@ -423,7 +425,7 @@ impl ReadHalf for ShimRead {
             let Self {
                 shared,
                 chunk,
-                datagram,
+                batch,
                 held,
                 join_deadline,
                 ..
@@ -449,7 +451,7 @@ impl ReadHalf for ShimRead {
                     tokio::select! {
                         biased;
                         r = shared.recvmsg(chunk) => r?,
-                        incoming = m.receive(datagram), if hold_ends.is_none() => {
+                        incoming = m.receive(batch), if hold_ends.is_none() => {
                             match incoming? {
                                 Incoming::Message(bytes, fds) => {
                                     return to_zbus(bytes, fds, seq).await
