@@ -80,8 +80,19 @@ pub fn at_console(uid: u32) -> bool {
 
 /// The command line of a process, arguments separated by spaces, shortened for logs.
 pub fn command_for_pid(pid: u32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut text: String = String::from_utf8_lossy(&raw)
+    use std::io::Read;
+    // One read of what the log can show (plus room to cut at a character's boundary):
+    // this runs for every connection, and reading the whole file cost a statx and a
+    // second read.
+    let mut raw = [0u8; 4 * MAX_LOG_COMMAND_LEN];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let n = loop {
+        match file.read(&mut raw) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.ok()?,
+        }
+    };
+    let mut text: String = String::from_utf8_lossy(&raw[..n])
         .trim_end_matches('\0')
         .replace('\0', " ");
     if text.len() > MAX_LOG_COMMAND_LEN {
