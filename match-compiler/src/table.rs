@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -25,7 +25,10 @@ const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_DEPARTED: u32 = 4;
 const MEMBER_READY: u32 = 8;
+/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid: its
+/// slot and summary are nobody's concern any more, and up to 256 of them are listed).
 const MEMBER_LEN: usize = 48;
+const DEPARTED_LEN: usize = 12;
 
 /// One member as the table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +149,7 @@ impl Table {
         put_u32(out, self.max_message);
         out.extend_from_slice(&self.pid_namespace.to_le_bytes());
         put_u32(out, self.members.len() as u32);
+        out.reserve(self.members.len() * MEMBER_LEN);
         for m in &self.members {
             put_u32(out, m.id);
             let mut flags = 0;
@@ -162,6 +166,10 @@ impl Table {
                 flags |= MEMBER_READY;
             }
             put_u32(out, flags);
+            if m.departed {
+                put_u32(out, m.pid);
+                continue;
+            }
             put_u32(out, m.slot);
             put_u32(out, m.pid);
             for w in m.summary.bits {
@@ -185,31 +193,37 @@ impl Table {
         let max_message = c.u32()?;
         let pid_namespace = c.u64()?;
         let n = c.u32()? as usize;
-        if n > body.len() / MEMBER_LEN {
+        if n > body.len() / DEPARTED_LEN {
             return Err(Error::Truncated);
         }
         let mut members = Vec::with_capacity(n);
         for _ in 0..n {
             let id = c.u32()?;
             let flags = c.u32()?;
-            let slot = c.u32()?;
-            let pid = c.u32()?;
+            let departed = flags & MEMBER_DEPARTED != 0;
+            let (slot, pid) = if departed {
+                (crate::progress::NO_SLOT, c.u32()?)
+            } else {
+                (c.u32()?, c.u32()?)
+            };
             let mut bits = [0u64; 4];
-            for w in &mut bits {
-                *w = c.u64()?;
+            if !departed {
+                for w in &mut bits {
+                    *w = c.u64()?;
+                }
             }
             members.push(Member {
                 id,
                 direct: flags & MEMBER_DIRECT != 0,
                 slot,
                 summary: Summary {
-                    everything: flags & MEMBER_EVERYTHING != 0,
+                    everything: !departed && flags & MEMBER_EVERYTHING != 0,
                     keys: Vec::new(),
                     bits,
                 },
                 pid,
                 ready: flags & MEMBER_READY != 0,
-                departed: flags & MEMBER_DEPARTED != 0,
+                departed,
             });
         }
         let n = c.u32()? as usize;
@@ -344,6 +358,15 @@ mod tests {
                     },
                     pid: 4242,
                     ready: false,
+                    departed: false,
+                },
+                Member {
+                    id: 8,
+                    direct: true,
+                    slot: crate::progress::NO_SLOT,
+                    summary: Summary::default(),
+                    pid: 4343,
+                    ready: true,
                     departed: true,
                 },
             ],
@@ -367,6 +390,34 @@ mod tests {
         let h = crate::header::hash32("Changed");
         assert!(d.member(7).unwrap().summary.selects(h, 0, 0));
         assert!(d.member(3).is_none());
+        assert_eq!(d.member(8).unwrap().pid, 4343);
+    }
+
+    /// A departed member is listed in 12 bytes (the table keeps 256 of them, and every
+    /// member reads the table whenever it changes): its slot and summary do not travel.
+    #[test]
+    fn a_departed_member_is_listed_by_id_flags_and_pid_only() {
+        let mut t = sample();
+        let mut body = Vec::new();
+        t.encode(&mut body);
+        let before = body.len();
+        let mut gone = t.members[1].clone();
+        gone.id = 9;
+        gone.departed = true;
+        t.members.push(gone);
+        t.encode(&mut body);
+        assert_eq!(body.len(), before + 12);
+        let d = Table::decode(&body).unwrap();
+        let m = d.member(9).unwrap();
+        assert_eq!((m.id, m.pid, m.direct, m.ready), (9, 4242, false, false));
+        assert_eq!(
+            (m.slot, &m.summary),
+            (crate::progress::NO_SLOT, &Summary::default())
+        );
+        // Cut anywhere, it reads as truncated, never as another table.
+        for cut in 0..body.len() {
+            assert!(Table::decode(&body[..cut]).is_err(), "{cut}");
+        }
     }
 
     #[test]
