@@ -175,8 +175,11 @@ impl State {
     }
 
     /// Lists `m` (in place of any entry with its id).
-    fn list(&mut self, m: table::Member) {
-        let members = &mut self.table().members;
+    fn list(&mut self, m: table::Member, when: Publish) {
+        let members = match when {
+            Publish::Now => &mut self.table().members,
+            Publish::Later => &mut self.table_later().members,
+        };
         match members.binary_search_by_key(&m.id, |x| x.id) {
             Ok(i) => members[i] = m,
             Err(i) => members.insert(i, m),
@@ -299,9 +302,13 @@ impl Bus {
                 "No member id for this connection".into(),
             ));
         };
-        let filter = bpf::compile(id, self.matches.rules_of(from), &|n: &str| {
-            self.fast_id_of_name(n)
-        });
+        // A member without rules is sent only what is addressed to it (no honest sender
+        // finds it in a broadcast's candidates), and its shim drops anything else: it
+        // gets its filter with its first rule, and a join that adds none (most: zbus adds
+        // its rules after Hello) costs the kernel no filter verification and compilation.
+        let rules = self.matches.rules_of(from);
+        let filter = (!rules.is_empty())
+            .then(|| bpf::compile(id, rules, &|n: &str| self.fast_id_of_name(n)));
         self.effects.push(Effect::FastJoin {
             peer: from,
             serial: msg.serial(),
@@ -350,7 +357,9 @@ impl Bus {
             ready: false,
             departed: false,
         };
-        self.fast.list(entry);
+        // (Published at once: a member sends directly from its first message, once it
+        // sees itself listed; until then its shim sends through the daemon.)
+        self.fast.list(entry, Publish::Now);
         // Its names now designate a member, for `sender=` rules.
         let p = &self.peers[&peer];
         let names: Vec<String> = p
@@ -704,7 +713,7 @@ impl Bus {
             t.calls_mediated = calls_mediated;
             t.max_message = max_message;
             t.pid_namespace = pid_namespace;
-            self.fast.list(daemon);
+            self.fast.list(daemon, Publish::Now);
         }
         Arc::clone(&self.fast.table)
     }

@@ -133,13 +133,14 @@ pub enum Effect {
     Kill {
         child: u64,
     },
-    /// Create a fast-path member's sockets with this filter attached; then call
+    /// Create a fast-path member's sockets with this filter attached (None: the member
+    /// has no rules yet, and gets its filter with its first); then call
     /// [`Bus::fast_joined`].
     FastJoin {
         peer: PeerId,
         serial: u32,
         member: u32,
-        filter: busd_match::bpf::Program,
+        filter: Option<busd_match::bpf::Program>,
     },
     /// Close a member's fast-path sockets (it left the fast path, not the bus).
     FastLeave(PeerId),

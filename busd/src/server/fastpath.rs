@@ -63,8 +63,8 @@ struct Member {
     slot: u32,
     /// The daemon's duplicate of the member's socket, to replace its filter.
     socket: OwnedFd,
-    /// The filter attached to it.
-    filter: Program,
+    /// The filter attached to it (None: none yet, as the member had no rules).
+    filter: Option<Program>,
     inbox: UnixDatagram,
     /// The daemon's filter is on its inbox: attached at its first broadcast, not at Join
     /// (most members never broadcast, and each attach costs the kernel a verification and
@@ -400,18 +400,21 @@ impl FastPath {
         Box::new(move |slot, member| progress::figures(shm.words(), slot, member))
     }
 
-    /// Creates a member's socket (filter attached) and the daemon's inbox for it; returns
-    /// what the client gets, and the inbox to register with the event loop.
+    /// Creates a member's socket (its filter attached, if it has one yet) and the daemon's
+    /// inbox for it; returns what the client gets, and the inbox to register with the
+    /// event loop.
     pub fn join(
         &mut self,
         peer: PeerId,
         id: u32,
-        filter: &Program,
+        filter: Option<&Program>,
     ) -> io::Result<(Joined, &mut UnixDatagram)> {
         let path = self.dir.join(protocol::socket_name(id));
         let inbox_path = self.dir.join(protocol::inbox_name(id));
         let socket = StdDatagram::bind(&path)?;
-        bpf::attach(socket.as_fd(), filter)?;
+        if let Some(filter) = filter {
+            bpf::attach(socket.as_fd(), filter)?;
+        }
         // The kernel tells the member which process sent each datagram (DESIGN 5.8).
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(io::Error::from)?;
@@ -440,7 +443,7 @@ impl FastPath {
             id,
             slot,
             socket: kept,
-            filter: filter.clone(),
+            filter: filter.cloned(),
             inbox: UnixDatagram::from_std(inbox),
             inbox_filtered: false,
         };
@@ -461,11 +464,11 @@ impl FastPath {
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
         if let Some(m) = self.members.get_mut(&peer) {
             // Attaching costs the kernel a verification and a JIT compilation.
-            if *prog == m.filter {
+            if m.filter.as_ref() == Some(prog) {
                 return;
             }
             match bpf::attach(m.socket.as_fd(), prog) {
-                Ok(()) => m.filter = prog.clone(),
+                Ok(()) => m.filter = Some(prog.clone()),
                 Err(e) => warn!(member = m.id, "cannot replace a fast-path filter: {e}"),
             }
         }

@@ -647,7 +647,7 @@ impl Server {
                         member,
                         filter,
                     } => {
-                        let result = self.fast_join(peer, member, &filter);
+                        let result = self.fast_join(peer, member, filter.as_ref());
                         feedback.push(Feedback::Joined {
                             peer,
                             serial,
@@ -706,7 +706,7 @@ impl Server {
         &mut self,
         peer: PeerId,
         member: u32,
-        filter: &busd_match::bpf::Program,
+        filter: Option<&busd_match::bpf::Program>,
     ) -> Result<crate::bus::fastpath::Joined, String> {
         let fast = self.fast.as_mut().ok_or("the fast path is off")?;
         let (joined, inbox) = fast

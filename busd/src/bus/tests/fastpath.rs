@@ -235,6 +235,28 @@ fn the_table_lists_members_names_and_the_daemons_interest() {
     assert_eq!(t.owner("org.example.A"), None);
 }
 
+/// A member gets a kernel filter only once it has a rule: most join before adding any
+/// (zbus adds its rules after Hello), and a filter costs the kernel a verification and a
+/// compilation.
+#[test]
+fn a_join_compiles_a_filter_only_for_rules() {
+    let mut b = fast_bus();
+    let filter_at_join = |b: &mut Bus, id: PeerId| {
+        b.handle_message(id, join_call(9));
+        b.take_effects()
+            .find_map(|e| match e {
+                Effect::FastJoin { filter, .. } => Some(filter),
+                _ => None,
+            })
+            .expect("a FastJoin")
+    };
+    join(&mut b, 3);
+    assert_eq!(filter_at_join(&mut b, 3), None, "no rules: no filter yet");
+    join(&mut b, 4);
+    add_match(&mut b, 4, "type='signal',member='Ping'");
+    assert!(filter_at_join(&mut b, 4).is_some());
+}
+
 /// The table lists only the last departures: what it keeps does not grow with the
 /// connections a long session saw.
 #[test]
