@@ -175,11 +175,8 @@ impl State {
     }
 
     /// Lists `m` (in place of any entry with its id).
-    fn list(&mut self, m: table::Member, when: Publish) {
-        let members = match when {
-            Publish::Now => &mut self.table().members,
-            Publish::Later => &mut self.table_later().members,
-        };
+    fn list(&mut self, m: table::Member) {
+        let members = &mut self.table().members;
         match members.binary_search_by_key(&m.id, |x| x.id) {
             Ok(i) => members[i] = m,
             Err(i) => members.insert(i, m),
@@ -359,7 +356,7 @@ impl Bus {
         };
         // (Published at once: a member sends directly from its first message, once it
         // sees itself listed; until then its shim sends through the daemon.)
-        self.fast.list(entry, Publish::Now);
+        self.fast.list(entry);
         // Its names now designate a member, for `sender=` rules.
         let p = &self.peers[&peer];
         let names: Vec<String> = p
@@ -713,7 +710,7 @@ impl Bus {
             t.calls_mediated = calls_mediated;
             t.max_message = max_message;
             t.pid_namespace = pid_namespace;
-            self.fast.list(daemon, Publish::Now);
+            self.fast.list(daemon);
         }
         Arc::clone(&self.fast.table)
     }
