@@ -565,7 +565,16 @@ impl WriteHalf for ShimWrite {
             return Ok(self.shared.write_all(data, &raw).await?);
         };
         match member.send(&parsed, &raw).await? {
-            Sent::Done => Ok(()),
+            Sent::Done => {
+                if data.len() > busd_match::header::MAX_INLINE {
+                    // A message this large goes in a memfd, and its send never waits for
+                    // the receiver, where a stream's would have waited for the reader:
+                    // the application's other tasks (its receivers on the same thread
+                    // among them) get their turn now, rather than after a whole burst.
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
             Sent::TooLarge => {
                 Counters::add(&member.counters.via_stream, 1);
                 member.figures.touched();
