@@ -180,11 +180,7 @@ impl Daemon {
 
     /// A client connection builder: plain zbus, or busd-shim on the fast path.
     async fn builder(&self) -> Result<connection::Builder<'static>> {
-        Ok(if self.fast {
-            busd_shim::builder(&format!("{},fastpath=1", self.address)).await?
-        } else {
-            connection::Builder::address(self.address.as_str())?
-        })
+        client_builder(&self.address, self.fast).await
     }
 
     /// Resident memory of the daemon and its descendants, in bytes.
@@ -278,12 +274,17 @@ impl Cpu {
 
 /// CPU time of this process, all its threads.
 fn process_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// `clock`'s time, in nanoseconds.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -299,6 +300,17 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client connection builder for the bus at `address`: plain zbus, or busd-shim on the
+/// fast path (`fast`). Every client of every scenario is built here, in this process or in a
+/// subscriber process of its own.
+async fn client_builder(address: &str, fast: bool) -> Result<connection::Builder<'static>> {
+    Ok(if fast {
+        busd_shim::builder(&format!("{address},fastpath=1")).await?
+    } else {
+        connection::Builder::address(address)?
+    })
 }
 
 async fn connect(daemon: &Daemon) -> Result<Connection> {
@@ -410,6 +422,15 @@ async fn tick(emitter: &Connection, seq: u64, sent_ns: u64, data: &[u8]) -> Resu
 /// The sequence number that tells subscribers the run is over.
 const STOP: u64 = u64::MAX;
 
+/// A fan-out subscriber's rule: signals `member` of `org.bench.Fan`.
+fn fan_rule(member: &str) -> zbus::Result<MatchRule<'_>> {
+    Ok(MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.bench.Fan")?
+        .member(member)?
+        .build())
+}
+
 /// Fan-out to `subscribers`, of which the first `matching` have a rule for the signal; the
 /// others have a rule for another member and must receive nothing (selective signals: a
 /// Tick that reaches one of them counts as lost).
@@ -430,15 +451,8 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
     let mut bystander_conns = Vec::new();
     for i in 0..subscribers {
         let conn = connect(daemon).await?;
-        let rule = |member| {
-            MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .interface("org.bench.Fan")
-                .and_then(|b| b.member(member))
-                .map(|b| b.build())
-        };
         if i >= matching {
-            let own = MessageStream::for_match_rule(rule("Tock")?, &conn, None).await?;
+            let own = MessageStream::for_match_rule(fan_rule("Tock")?, &conn, None).await?;
             let mut everything = MessageStream::from(&conn);
             let unexpected = unexpected.clone();
             bystanders.push(tokio::spawn(async move {
@@ -452,7 +466,7 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
             bystander_conns.push(conn);
             continue;
         }
-        let mut stream = MessageStream::for_match_rule(rule("Tick")?, &conn, None).await?;
+        let mut stream = MessageStream::for_match_rule(fan_rule("Tick")?, &conn, None).await?;
         let last = Arc::new(AtomicU64::new(u64::MAX));
         done_marks.push(last.clone());
         let received = received.clone();
