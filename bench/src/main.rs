@@ -6,19 +6,25 @@
 //! fan-out to 1, 10, 50 and 200 subscribers with 64 B, 1 KiB, 64 KiB and 1 MiB payloads,
 //! sent in windows of 16 (the emitter waits until every subscriber has the window's last
 //! signal, so it measures delivery, not the emitter's queue), and one at a time for unloaded
-//! latency; selective signals (50 subscribers, one has a matching rule, the others must
-//! receive nothing); connection rate (connect, authenticate, Hello, close); name churn
-//! (RequestName and ReleaseName with a NameOwnerChanged watcher). Each reports the rate,
-//! latency p50/p99 (timestamps in the bodies), the daemon's CPU time per operation
-//! (/proc/PID/schedstat of the daemon and its descendants, around the measured phase only),
-//! the total CPU time per operation (the daemon's plus this process's, where every client
-//! runs: what the operation costs the machine, the fast path's work in its clients
-//! included) and losses (a run that loses a message fails). Floors: zbus peer to peer over a
-//! socketpair and a bare AF_UNIX ping-pong for calls; bare AF_UNIX streams for fan-out.
+//! latency; the same windowed fan-out to 10 and 50 subscribers (64 B, 1 KiB) with every
+//! subscriber in a process of its own ("subscribers in processes", module `procs`);
+//! selective signals (50 subscribers, one has a matching rule, the others must receive
+//! nothing); connection rate (connect, authenticate, Hello, close); name churn (RequestName
+//! and ReleaseName with a NameOwnerChanged watcher). Each reports the rate, latency p50/p99
+//! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/schedstat of
+//! the daemon and its descendants, around the measured phase only), the total CPU time per
+//! operation (the daemon's plus this process's, where every client runs, plus the
+//! subscriber processes' where they have their own: what the operation costs the machine,
+//! the fast path's work in its clients included) and losses (a run that loses a message
+//! fails). Floors: zbus peer to peer over a socketpair and a bare AF_UNIX ping-pong for
+//! calls; bare AF_UNIX streams for fan-out (none for subscribers in processes).
 //!
-//! Method: the daemon is pinned to CPU 1, every client to CPU 0; each scenario starts a
-//! fresh daemon; the order of the daemons rotates per round and per scenario; medians of
-//! the rounds, with ratios against dbus-daemon and dbus-broker.
+//! Method: the daemon is pinned to CPU 1, every client in this process to CPU 0; the
+//! subscriber processes are not pinned and run on either CPU, so their work can run in
+//! parallel with the emitter's and the daemon's (where the fast path's parallelism shows,
+//! if it has any); each scenario starts a fresh daemon; the order of the daemons rotates
+//! per round and per scenario; medians of the rounds, with ratios against dbus-daemon and
+//! dbus-broker.
 //!
 //! dbus-broker (when installed) runs without systemd: `dbus-broker-launch --scope user`
 //! under `systemd-socket-activate`, in a private mount namespace whose
@@ -180,11 +186,7 @@ impl Daemon {
 
     /// A client connection builder: plain zbus, or busd-shim on the fast path.
     async fn builder(&self) -> Result<connection::Builder<'static>> {
-        Ok(if self.fast {
-            busd_shim::builder(&format!("{},fastpath=1", self.address)).await?
-        } else {
-            connection::Builder::address(self.address.as_str())?
-        })
+        client_builder(&self.address, self.fast).await
     }
 
     /// Resident memory of the daemon and its descendants, in bytes.
@@ -278,12 +280,17 @@ impl Cpu {
 
 /// CPU time of this process, all its threads.
 fn process_cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// `clock`'s time, in nanoseconds.
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -299,6 +306,17 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client connection builder for the bus at `address`: plain zbus, or busd-shim on the
+/// fast path (`fast`). Every client of every scenario is built here, in this process or in a
+/// subscriber process of its own.
+async fn client_builder(address: &str, fast: bool) -> Result<connection::Builder<'static>> {
+    Ok(if fast {
+        busd_shim::builder(&format!("{address},fastpath=1")).await?
+    } else {
+        connection::Builder::address(address)?
+    })
 }
 
 async fn connect(daemon: &Daemon) -> Result<Connection> {
@@ -410,6 +428,15 @@ async fn tick(emitter: &Connection, seq: u64, sent_ns: u64, data: &[u8]) -> Resu
 /// The sequence number that tells subscribers the run is over.
 const STOP: u64 = u64::MAX;
 
+/// A fan-out subscriber's rule: signals `member` of `org.bench.Fan`.
+fn fan_rule(member: &str) -> zbus::Result<MatchRule<'_>> {
+    Ok(MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.bench.Fan")?
+        .member(member)?
+        .build())
+}
+
 /// Fan-out to `subscribers`, of which the first `matching` have a rule for the signal; the
 /// others have a rule for another member and must receive nothing (selective signals: a
 /// Tick that reaches one of them counts as lost).
@@ -430,15 +457,8 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
     let mut bystander_conns = Vec::new();
     for i in 0..subscribers {
         let conn = connect(daemon).await?;
-        let rule = |member| {
-            MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .interface("org.bench.Fan")
-                .and_then(|b| b.member(member))
-                .map(|b| b.build())
-        };
         if i >= matching {
-            let own = MessageStream::for_match_rule(rule("Tock")?, &conn, None).await?;
+            let own = MessageStream::for_match_rule(fan_rule("Tock")?, &conn, None).await?;
             let mut everything = MessageStream::from(&conn);
             let unexpected = unexpected.clone();
             bystanders.push(tokio::spawn(async move {
@@ -452,7 +472,7 @@ async fn fan_out(daemon: &Daemon, fan: Fan, signals: u64) -> Result<Measure> {
             bystander_conns.push(conn);
             continue;
         }
-        let mut stream = MessageStream::for_match_rule(rule("Tick")?, &conn, None).await?;
+        let mut stream = MessageStream::for_match_rule(fan_rule("Tick")?, &conn, None).await?;
         let last = Arc::new(AtomicU64::new(u64::MAX));
         done_marks.push(last.clone());
         let received = received.clone();
@@ -769,6 +789,8 @@ impl Fan {
 enum Scenario {
     RoundTrip,
     FanOut(Fan),
+    /// The same fan-out with every subscriber in a process of its own ([`procs`]).
+    FanOutProcesses(Fan),
     Connect,
     NameChurn,
     /// Method calls beside this many idle connections (`--scale`).
@@ -786,6 +808,7 @@ impl Scenario {
         match self {
             Scenario::RoundTrip => "method call round trip".into(),
             Scenario::FanOut(f) => f.name(),
+            Scenario::FanOutProcesses(f) => format!("{}, subscribers in processes", f.name()),
             Scenario::Connect => "connection (auth, Hello, close)".into(),
             Scenario::NameChurn => "name churn (RequestName + ReleaseName)".into(),
             Scenario::Idle(n) => format!("method call beside {n} idle connections"),
@@ -806,6 +829,7 @@ impl Scenario {
         match self {
             Scenario::RoundTrip => round_trip(daemon, if quick { 500 } else { 5000 }).await,
             Scenario::FanOut(f) => fan_out(daemon, f, f.signals(quick)).await,
+            Scenario::FanOutProcesses(f) => procs::fan_out(daemon, f, f.signals(quick)).await,
             Scenario::Connect => connect_rate(daemon, if quick { 100 } else { 1000 }).await,
             Scenario::NameChurn => name_churn(daemon, if quick { 200 } else { 2000 }).await,
             Scenario::Idle(n) => {
@@ -1025,6 +1049,10 @@ const USAGE: &str = "busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(procs::SUBSCRIBER) {
+        // A subscriber process of a fan-out run, started by busd-bench itself.
+        return procs::subscriber(std::env::args().skip(2).collect()).await;
+    }
     let mut busd = std::env::current_exe()?
         .parent()
         .map(|p| p.join("busd"))
@@ -1101,6 +1129,14 @@ async fn main() -> Result<()> {
                 continue;
             }
             scenarios.push(Scenario::FanOut(Fan::all(subs, payload)));
+        }
+    }
+    for subs in [10usize, 50] {
+        for payload in [64usize, 1024] {
+            if quick && (subs > 10 || payload > 64) {
+                continue;
+            }
+            scenarios.push(Scenario::FanOutProcesses(Fan::all(subs, payload)));
         }
     }
     scenarios.push(Scenario::FanOut(Fan {
@@ -1204,3 +1240,4 @@ async fn main() -> Result<()> {
 }
 
 mod plot;
+mod procs;
