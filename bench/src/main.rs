@@ -11,8 +11,8 @@
 //! selective signals (50 subscribers, one has a matching rule, the others must receive
 //! nothing); connection rate (connect, authenticate, Hello, close); name churn (RequestName
 //! and ReleaseName with a NameOwnerChanged watcher). Each reports the rate, latency p50/p99
-//! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/schedstat of
-//! the daemon and its descendants, around the measured phase only), the total CPU time per
+//! (timestamps in the bodies), the daemon's CPU time per operation (/proc/PID/task/*/schedstat
+//! of the daemon and its descendants, every thread, around the measured phase only), the total CPU time per
 //! operation (the daemon's plus this process's, where every client runs, plus the
 //! subscriber processes' where they have their own: what the operation costs the machine,
 //! the fast path's work in its clients included) and losses (a run that loses a message
@@ -236,13 +236,22 @@ impl Daemon {
     fn cpu_ns(&self) -> u64 {
         self.tree()
             .into_iter()
-            .filter_map(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-                    .ok()?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
+            .map(|pid| {
+                // Every thread's (a process's own schedstat is its main thread's only).
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                    return 0;
+                };
+                tasks
+                    .flatten()
+                    .filter_map(|t| {
+                        std::fs::read_to_string(t.path().join("schedstat"))
+                            .ok()?
+                            .split_whitespace()
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .sum::<u64>()
             })
             .sum()
     }
