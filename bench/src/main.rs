@@ -1213,10 +1213,16 @@ async fn main() -> Result<()> {
                 // Rotate which daemon goes first.
                 let d = (k + round + s) % daemons.len();
                 let daemon = Daemon::start(&daemons[d].1, daemons[d].2)?;
-                let m = scenario
-                    .run(&daemon, quick)
-                    .await
-                    .with_context(|| format!("{} on {}", scenario.name(), daemons[d].0))?;
+                // A run that fails is shown in the table and fails the bench at the end;
+                // the other runs go on.
+                let m = match scenario.run(&daemon, quick).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("FAILED: {} on {}: {e:#}", scenario.name(), daemons[d].0);
+                        r.failures[s][d].push(format!("{e:#}"));
+                        continue;
+                    }
+                };
                 if m.lost > 0 {
                     eprintln!(
                         "LOST: {} on {}: {} messages",
@@ -1251,12 +1257,12 @@ async fn main() -> Result<()> {
         plot::all(&r, std::path::Path::new(&dir))?;
     }
     let failed = r.failures.iter().flatten().flatten().count();
-    if failed > 0 {
-        eprintln!("{failed} runs failed: see the table");
-    }
     let lost: u64 = r.results.iter().flatten().flatten().map(|m| m.lost).sum();
     if lost > 0 {
         bail!("{lost} messages were not delivered (or reached a subscriber without a rule)");
+    }
+    if failed > 0 {
+        bail!("{failed} runs failed: see the table");
     }
     Ok(())
 }
