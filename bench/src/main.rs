@@ -35,7 +35,8 @@
 //!
 //! `--daemon=` (repeated) keeps only those columns, e.g. `--daemon='busd, fast path'` to
 //! profile one daemon; the floors run only when one of them names `floor`. `--only=TEXT`
-//! keeps the scenarios whose name contains TEXT, or, when TEXT ends with `$`, is the rest.
+//! (repeated: any of them) keeps the scenarios whose name contains TEXT, or, when TEXT ends
+//! with `$`, is the rest.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1067,7 +1068,7 @@ fn provenance() -> String {
     )
 }
 
-const USAGE: &str = "busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT] [--daemon=COLUMN]...";
+const USAGE: &str = "busd-bench [--busd=PATH] [--rounds=N] [--quick] [--scale] [--json=FILE] [--plots=DIR] [--only=TEXT]... [--daemon=COLUMN]...";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -1083,7 +1084,7 @@ async fn main() -> Result<()> {
         .to_string();
     let (mut rounds, mut quick) = (3usize, false);
     let (mut json, mut plots) = (None, None);
-    let mut only: Option<String> = None;
+    let mut only: Vec<String> = Vec::new();
     let mut keep: Option<Vec<String>> = None;
     let mut scaled = false;
     for arg in std::env::args().skip(1) {
@@ -1098,7 +1099,7 @@ async fn main() -> Result<()> {
         } else if arg == "--scale" {
             scaled = true;
         } else if let Some(v) = arg.strip_prefix("--only=") {
-            only = Some(v.to_string());
+            only.push(v.to_string());
         } else if let Some(v) = arg.strip_prefix("--daemon=") {
             keep.get_or_insert_with(Vec::new).push(v.to_string());
         } else if arg == "--quick" {
@@ -1187,11 +1188,14 @@ async fn main() -> Result<()> {
         }
         scenarios.push(Scenario::Members(1000));
     }
-    if let Some(only) = &only {
-        match only.strip_suffix('$') {
-            Some(exact) => scenarios.retain(|s| s.name() == exact),
-            None => scenarios.retain(|s| s.name().contains(only.as_str())),
-        }
+    if !only.is_empty() {
+        let picked = |name: &str| {
+            only.iter().any(|o| match o.strip_suffix('$') {
+                Some(exact) => name == exact,
+                None => name.contains(o.as_str()),
+            })
+        };
+        scenarios.retain(|s| picked(&s.name()));
     }
 
     let floor_names = [

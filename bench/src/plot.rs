@@ -1,5 +1,6 @@
-//! The report's plots (SVG): median latency and daemon CPU per message against the number
-//! of subscribers, and delivery rate against the payload size.
+//! The report's plots (SVG): median latency, daemon CPU and total CPU (daemon and clients)
+//! per message against the number of subscribers, and delivery rate against the payload
+//! size.
 
 use std::path::Path;
 
@@ -46,6 +47,29 @@ pub fn all(r: &Results, dir: &Path) -> Result<()> {
         ("payload (bytes)", "delivered per second"),
         SeriesLabelPosition::LowerLeft,
         &lines(r, fan(Some(10), None), |m| m.rate, true),
+    )?;
+    let total = |m: &super::Measure| m.total_cpu_ns_per_op / 1000.0;
+    chart(
+        &dir.join("total-cpu.svg"),
+        "Signal fan-out, 64 B, one process: total CPU (daemon + clients) per delivery",
+        ("subscribers", "total CPU per delivery (us)"),
+        SeriesLabelPosition::UpperRight,
+        &lines(r, fan(None, Some(64)), total, false),
+    )?;
+    chart(
+        &dir.join("total-cpu-processes.svg"),
+        "Signal fan-out, 64 B, subscribers in processes: total CPU per delivery",
+        ("subscribers", "total CPU per delivery (us)"),
+        SeriesLabelPosition::UpperLeft,
+        &lines(
+            r,
+            |s| match s {
+                Scenario::FanOutProcesses(f) if f.payload == 64 => Some(f.subscribers as f64),
+                _ => None,
+            },
+            total,
+            false,
+        ),
     )?;
     scale(r, dir)
 }
