@@ -250,6 +250,31 @@ fn q_quits() {
     );
 }
 
+/// SIGTERM (and SIGHUP, SIGINT) end busd-top as q does: the terminal is given back, not
+/// left in raw mode on the alternate screen.
+#[test]
+fn sigterm_gives_the_terminal_back() {
+    let bus = Busd::start();
+    let top = start_top("sigterm", &bus);
+    top.wait_for("the table", |s| s.contains("NAME "));
+    let (ok, shell, err) = run(&mut top.tmux(&["display-message", "-p", "#{pane_pid}"]));
+    assert!(ok, "tmux: {err}");
+    let (ok, pid, err) = run(Command::new("pgrep").args(["-P", shell.trim(), "busd-top"]));
+    assert!(ok, "pgrep: {err}");
+    let pid = pid.trim().parse::<i32>().expect("busd-top's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = top.wait_for("busd-top to end", |s| s.contains("busd-top exited: "));
+    assert!(screen.contains("busd-top exited: 0"), "{screen}");
+    assert!(
+        !screen.contains("NAME "),
+        "the screen is given back: {screen}"
+    );
+}
+
 /// A connection that keeps calling shows message and byte rates above zero, both ways.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_connection_shows_its_rates() {

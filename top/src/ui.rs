@@ -137,10 +137,23 @@ pub fn run(
     let mut now = Snapshot::take(client)?;
     let mut view = View::new(&now, None);
     let mut next = Instant::now() + interval;
+    let ended = ending_signals();
+    let mut stale = true;
     loop {
-        terminal.draw(|f| draw(f, &app, &view, address, interval))?;
-        let wait = next.saturating_duration_since(Instant::now());
+        if ended.load(std::sync::atomic::Ordering::Relaxed) {
+            // (The caller restores the terminal, as after q.)
+            return Ok(());
+        }
+        if std::mem::take(&mut stale) {
+            terminal.draw(|f| draw(f, &app, &view, address, interval))?;
+        }
+        // (In slices: a signal that ends busd-top is seen within one.)
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(SIGNAL_CHECK);
         if event::poll(wait)? {
+            // (Any event, a resize among them, redraws.)
+            stale = true;
             if let Event::Key(k) = event::read()? {
                 if k.kind == KeyEventKind::Press {
                     app.key(k);
@@ -149,12 +162,40 @@ pub fn run(
             if app.quit {
                 return Ok(());
             }
-        } else {
-            let before = std::mem::replace(&mut now, Snapshot::take(client)?);
-            view = View::new(&now, Some(&before));
-            next = Instant::now() + interval;
+            continue;
         }
+        if Instant::now() < next {
+            continue;
+        }
+        let before = std::mem::replace(&mut now, Snapshot::take(client)?);
+        view = View::new(&now, Some(&before));
+        next = Instant::now() + interval;
+        stale = true;
     }
+}
+
+/// How often the screen loop looks for a signal that ends busd-top.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// A flag set by SIGTERM, SIGHUP or SIGINT: they end busd-top as q does, so that the
+/// terminal is restored (the raw mode and the alternate screen would otherwise stay).
+fn ending_signals() -> &'static std::sync::atomic::AtomicBool {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ENDED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn ended(_: std::os::raw::c_int) {
+        ENDED.store(true, Ordering::Relaxed);
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(ended),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(s, &action) };
+    }
+    &ENDED
 }
 
 fn cell(c: &Column, text: String) -> Cell<'static> {
