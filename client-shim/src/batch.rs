@@ -8,6 +8,13 @@
 //! [`MOST`], and halves again after a run of calls that used a quarter of them or less.
 //! The room is mapped memory that the kernel backs only where frames are written, and it
 //! is given back whenever the count shrinks.
+//!
+//! Every datagram may carry up to [`MAX_FDS_PER_CALL`] descriptors, all installed by the one
+//! call: a call of k slots may install k times that. Were the process to run out of
+//! descriptors midway, a later datagram of the same call would lose its own, and with them
+//! the message (a hostile member could send a few datagrams full of descriptors ahead of an
+//! honest one). So the count never exceeds what the descriptors the process may still open
+//! allow ([`slots_for_room`]), looked at when it grows and every [`RECHECK`] calls.
 
 use std::ffi::OsStr;
 use std::io;
@@ -24,6 +31,9 @@ pub const MOST: usize = 16;
 
 /// Calls in a row that used at most a quarter of the slots before their count halves.
 const SPARSE_RUN: u32 = 64;
+
+/// Calls between two looks at the descriptors the process may still open.
+const RECHECK: u32 = 64;
 
 /// Room for one frame.
 const SLOT: usize = header::MAX_INLINE;
@@ -106,6 +116,10 @@ pub struct Batch {
     next: usize,
     /// Calls in a row that used at most a quarter of the slots.
     sparse: u32,
+    /// Calls since the last look at the descriptors the process may still open.
+    unchecked: u32,
+    /// How that look is taken (None: [`descriptor_room`]; tests give their own).
+    room_left: Option<fn() -> usize>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -134,6 +148,11 @@ impl Batch {
         self.slots.max(1)
     }
 
+    /// The slots the descriptors the process may still open allow.
+    fn slots_left(&self) -> usize {
+        self.room_left.map_or_else(descriptor_room, |f| f())
+    }
+
     /// Whether datagrams of the last call wait to be handed out.
     pub fn waiting(&self) -> bool {
         self.next < self.taken.len()
@@ -146,6 +165,13 @@ impl Batch {
     pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         debug_assert!(!self.waiting());
         self.release();
+        if self.slots > 1 {
+            self.unchecked += 1;
+            if self.unchecked >= RECHECK {
+                self.unchecked = 0;
+                self.slots = self.slots.min(self.slots_left());
+            }
+        }
         self.size()?;
         let slots = self.slots;
         let space = control_space();
@@ -158,14 +184,18 @@ impl Batch {
             })
             .collect();
         let control = self.control.as_mut_ptr().cast::<u8>();
+        let names = self.names.as_mut_ptr();
+        let iov = iovs.as_mut_ptr();
         let mut headers: Vec<libc::mmsghdr> = (0..slots)
             .map(|i| {
                 // SAFETY: an all-zero mmsghdr is valid; every pointer set below is into a
                 // buffer of this batch that outlives the call.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_un).cast();
+                // SAFETY: `names` and `iovs` hold `slots` entries.
+                h.msg_hdr.msg_name = unsafe { names.add(i) }.cast();
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as _;
-                h.msg_hdr.msg_iov = &mut iovs[i];
+                // SAFETY: as above.
+                h.msg_hdr.msg_iov = unsafe { iov.add(i) };
                 h.msg_hdr.msg_iovlen = 1;
                 // SAFETY: `control` holds `slots * space` bytes.
                 h.msg_hdr.msg_control = unsafe { control.add(i * space) }.cast();
@@ -316,7 +346,7 @@ impl Batch {
     /// The count of slots for the next call, after one that took `n`.
     fn adapt(&mut self, n: usize) {
         if n == self.slots && self.slots < MOST {
-            self.slots *= 2;
+            self.slots = (self.slots * 2).min(self.slots_left());
             self.sparse = 0;
         } else if self.slots > 1 && n * 4 <= self.slots {
             self.sparse += 1;
@@ -328,6 +358,25 @@ impl Batch {
             self.sparse = 0;
         }
     }
+}
+
+/// The slots a call may have while the process can open `free` more descriptors: each slot
+/// may bring [`MAX_FDS_PER_CALL`], and one slot is always allowed (as one `recvmsg` was).
+pub fn slots_for_room(free: usize) -> usize {
+    (free / MAX_FDS_PER_CALL).clamp(1, MOST)
+}
+
+/// [`slots_for_room`] for this process now: its soft `RLIMIT_NOFILE` less the descriptors
+/// it has open (none free when either cannot be read).
+fn descriptor_room() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(usize::MAX, |d| d.count());
+    slots_for_room(
+        usize::try_from(soft)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(open),
+    )
 }
 
 impl Drop for Batch {
@@ -355,6 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (r, s) = pair(dir.path());
         let mut b = Batch::default();
+        b.room_left = Some(|| MOST);
         assert_eq!(
             b.fill(r.as_fd()).unwrap_err().kind(),
             io::ErrorKind::WouldBlock
@@ -389,6 +439,25 @@ mod tests {
             while b.next().is_some() {}
         }
         assert_eq!(b.slots, 4);
+        // Never past what the descriptors the process may still open allow: looked at
+        // every RECHECK calls (and whenever the count would grow).
+        b.room_left = Some(|| 2);
+        b.unchecked = RECHECK - 1;
+        s.send(b"x").unwrap();
+        b.fill(r.as_fd()).unwrap();
+        assert_eq!(b.slots, 2);
+    }
+
+    /// A call never has more slots than the descriptors the process may still open allow
+    /// for their worst case.
+    #[test]
+    fn the_slots_follow_the_descriptors_left() {
+        assert_eq!(slots_for_room(0), 1);
+        assert_eq!(slots_for_room(1024 - 60), 3);
+        assert_eq!(slots_for_room(MAX_FDS_PER_CALL * 8), 8);
+        assert_eq!(slots_for_room(1 << 20), MOST);
+        // This process's room is at least what its limit leaves once its own are open.
+        assert!(descriptor_room() >= 1);
     }
 
     #[test]

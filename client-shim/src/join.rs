@@ -110,6 +110,13 @@ pub fn member(
         s
     };
     let table = Mapping::open(j.table.as_fd(), busd_match::table::PREFIX_LEN, false)?;
+    // A table of another layout (a busd of another version) could not be read later, and
+    // the member would take nothing sent to it directly: it stays on the stream instead.
+    if let Err(e) = busd_match::table::read(table.words(), &mut Vec::new()) {
+        return Err(io::Error::other(format!(
+            "the routing table is not one this shim reads (a busd of another version?): {e}"
+        )));
+    }
     let map = Mapping::open(j.progress.as_fd(), progress::PREFIX_LEN, true)?;
     if !progress::valid(map.words()) {
         return Err(io::Error::other("the progress memory is not busd's"));

@@ -616,4 +616,37 @@ pub(crate) mod tests {
         };
         crate::join::member(j, Arc::default(), crate::backlog::DEFAULT_BACKLOG_BYTES).unwrap()
     }
+
+    /// A routing table of another layout (a busd of another version) keeps the connection
+    /// on the stream: as a member, it could read no table and would take nothing sent to
+    /// it directly.
+    #[tokio::test]
+    async fn a_table_of_another_layout_keeps_the_connection_on_the_stream() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = UnixDatagram::bind(dir.path().join(protocol::socket_name(5))).unwrap();
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        let (table, words) =
+            Mapping::create("table", busd_match::table::words_for(4096) * 8, seals).unwrap();
+        let older = u64::from(busd_match::table::VERSION - 1) << 32;
+        words.words()[0].store(older | u64::from(busd_match::table::MAGIC), Relaxed);
+        words.words()[1].store(2, Relaxed);
+        let (progress, map) =
+            Mapping::create("progress", progress::words_for(4) * 8, seals).unwrap();
+        progress::init(map.words());
+        progress::assign(map.words(), 1, 5);
+        let j = Joining {
+            id: 5,
+            unique: protocol::unique_of_member(5),
+            dir: dir.path().to_path_buf(),
+            socket: OwnedFd::from(socket),
+            table,
+            progress,
+            slot: 1,
+        };
+        let e = crate::join::member(j, Arc::default(), crate::backlog::DEFAULT_BACKLOG_BYTES)
+            .err()
+            .expect("no member");
+        assert!(e.to_string().contains("another version"), "{e}");
+    }
 }
