@@ -122,6 +122,8 @@ fn run() -> Result<(), Failure> {
         );
         return Ok(());
     }
+    // Before the terminal is changed: a signal from then on ends busd-top as q does.
+    ui::ending_signals();
     let mut terminal = ratatui::try_init()?;
     let result = ui::run(&mut terminal, &mut client, &address, o.interval);
     drop(terminal);

@@ -137,6 +137,7 @@ pub fn run(
     let mut now = Snapshot::take(client)?;
     let mut view = View::new(&now, None);
     let mut next = Instant::now() + interval;
+    // (Installed by main before the terminal changed; this only finds the flag.)
     let ended = ending_signals();
     let mut stale = true;
     loop {
@@ -162,8 +163,8 @@ pub fn run(
             if app.quit {
                 return Ok(());
             }
-            continue;
         }
+        // (Checked after events too: a steady stream of them must not stop the looks.)
         if Instant::now() < next {
             continue;
         }
@@ -179,7 +180,7 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// A flag set by SIGTERM, SIGHUP or SIGINT: they end busd-top as q does, so that the
 /// terminal is restored (the raw mode and the alternate screen would otherwise stay).
-fn ending_signals() -> &'static std::sync::atomic::AtomicBool {
+pub fn ending_signals() -> &'static std::sync::atomic::AtomicBool {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     use std::sync::atomic::{AtomicBool, Ordering};
     static ENDED: AtomicBool = AtomicBool::new(false);
