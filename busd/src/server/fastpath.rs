@@ -418,16 +418,10 @@ impl FastPath {
         // The kernel tells the member which process sent each datagram (DESIGN 5.8).
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(io::Error::from)?;
-        let inbox = StdDatagram::bind(&inbox_path)
-            .and_then(|inbox| {
-                inbox.connect(&path)?;
-                inbox.set_nonblocking(true)?;
-                Ok(inbox)
-            })
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(&inbox_path);
-            })?;
+        let inbox = inbox_for(&inbox_path, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&inbox_path);
+        })?;
         let kept = socket.as_fd().try_clone_to_owned()?;
         let table = self.table.read_only()?;
         let progress = self.progress.shared()?;
@@ -453,12 +447,13 @@ impl FastPath {
     }
 
     /// Forgets a member: its sockets close and their names go.
-    pub fn leave(&mut self, peer: PeerId) -> Option<UnixDatagram> {
-        let m = self.members.remove(&peer)?;
+    pub fn leave(&mut self, peer: PeerId) {
+        let Some(m) = self.members.remove(&peer) else {
+            return;
+        };
         self.progress.give_back(m.slot);
         let _ = std::fs::remove_file(self.dir.join(protocol::socket_name(m.id)));
         let _ = std::fs::remove_file(self.dir.join(protocol::inbox_name(m.id)));
-        Some(m.inbox)
     }
 
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
@@ -469,7 +464,16 @@ impl FastPath {
             }
             match bpf::attach(m.socket.as_fd(), prog) {
                 Ok(()) => m.filter = Some(prog.clone()),
-                Err(e) => warn!(member = m.id, "cannot replace a fast-path filter: {e}"),
+                Err(e) => {
+                    // The old filter may drop what the new rules want: the member gets
+                    // every broadcast instead (its own rules pick), until a program fits.
+                    warn!(
+                        member = m.id,
+                        "cannot replace a fast-path filter, taking it off: {e}"
+                    );
+                    unfilter(m.socket.as_fd(), m.id);
+                    m.filter = None;
+                }
             }
         }
     }
@@ -487,7 +491,12 @@ impl FastPath {
         );
         for m in self.members.values().filter(|m| m.inbox_filtered) {
             if let Err(e) = bpf::attach(m.inbox.as_fd(), &prog) {
-                warn!(member = m.id, "cannot replace the daemon's filter: {e}");
+                // The daemon's routing is exact: without a filter it only reads more.
+                warn!(
+                    member = m.id,
+                    "cannot replace the daemon's filter, taking it off: {e}"
+                );
+                unfilter(m.inbox.as_fd(), m.id);
             }
         }
         self.daemon_filter = prog;
@@ -554,8 +563,96 @@ impl FastPath {
     }
 }
 
+/// Takes a filter that could not be replaced off its socket: a stale filter would drop
+/// what the rules now want, where no filter only lets more through.
+fn unfilter(socket: std::os::fd::BorrowedFd<'_>, member: u32) {
+    if let Err(e) = bpf::detach(socket) {
+        // Only a kernel without socket filters fails here, and it never attached one.
+        warn!(member, "cannot take a filter off: {e}");
+    }
+}
+
+/// The daemon's inbox for a member: bound at `at`, connected to the member's socket
+/// `member`, non-blocking from its creation (one system call less than setting it after).
+fn inbox_for(at: &Path, member: &Path) -> io::Result<StdDatagram> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(at)?)?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(member)?)?;
+    Ok(StdDatagram::from(fd))
+}
+
 impl Drop for FastPath {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busd_match::bpf::{Insn, BPF_JA, BPF_JMP, BPF_K, BPF_RET};
+
+    fn ret(k: u32) -> Insn {
+        Insn {
+            code: BPF_RET | BPF_K,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    /// Sends a datagram to member `id`'s socket; true if the member got it.
+    fn reaches(fast: &FastPath, member: &StdDatagram, id: u32) -> bool {
+        let sender = StdDatagram::unbound().unwrap();
+        sender
+            .send_to(b"x", fast.directory().join(protocol::socket_name(id)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        member.recv(&mut buf).is_ok()
+    }
+
+    #[test]
+    fn a_filter_the_kernel_refuses_takes_the_old_one_off() {
+        let mut fast = FastPath::new().unwrap();
+        let none = Program {
+            insns: vec![ret(0)],
+            widened: false,
+        };
+        let (joined, _) = fast.join(1, 7, Some(&none)).unwrap();
+        let member = StdDatagram::from(joined.socket);
+        member.set_nonblocking(true).unwrap();
+        assert!(
+            !reaches(&fast, &member, 7),
+            "the first filter drops everything"
+        );
+
+        // A jump past the program's end: the kernel refuses it.
+        let refused = Program {
+            insns: vec![
+                Insn {
+                    code: BPF_JMP | BPF_JA,
+                    jt: 0,
+                    jf: 0,
+                    k: 5,
+                },
+                ret(bpf::ACCEPT),
+            ],
+            widened: false,
+        };
+        fast.set_filter(1, &refused);
+        assert!(
+            reaches(&fast, &member, 7),
+            "the stale filter no longer drops what the new rules may want"
+        );
+
+        // And a program that fits goes on again.
+        fast.set_filter(1, &none);
+        assert!(!reaches(&fast, &member, 7));
     }
 }

@@ -725,8 +725,9 @@ impl Server {
     }
 
     fn fast_leave(&mut self, peer: PeerId) {
-        if let Some(mut inbox) = self.fast.as_mut().and_then(|f| f.leave(peer)) {
-            let _ = self.poll.registry().deregister(&mut inbox);
+        // Closing the inbox takes it out of the poll (as in `close`).
+        if let Some(f) = self.fast.as_mut() {
+            f.leave(peer);
         }
     }
 
@@ -846,7 +847,7 @@ impl Server {
         if let Some(mut c) = self.conns.remove(&id) {
             self.incomplete -= u64::from(!c.is_complete());
             let _ = c.flush();
-            let _ = self.poll.registry().deregister(c.source());
+            // Closing the socket removes it from the poll (see `close`).
         }
     }
 
@@ -858,7 +859,10 @@ impl Server {
         self.incomplete -= u64::from(!c.is_complete());
         // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
         let _ = c.flush();
-        let _ = self.poll.registry().deregister(c.source());
+        // No EPOLL_CTL_DEL: closing the last descriptor of a socket takes it out of the
+        // poll, a system call less per connection. (A child between fork and exec may hold
+        // a copy for a moment; an event it causes carries this id, which is never reused
+        // and which every handler ignores once the connection is gone.)
         let joined = c.is_authenticated();
         drop(c);
         if joined {

@@ -87,21 +87,42 @@ impl<F: Fn(&str) -> Option<u32>> Resolver for F {
 /// Attaches (or replaces) a socket's classic BPF filter (`SO_ATTACH_FILTER`); the change
 /// applies at once, to every descriptor of the socket.
 pub fn attach(socket: std::os::fd::BorrowedFd<'_>, prog: &Program) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     const _: () = assert!(std::mem::size_of::<Insn>() == std::mem::size_of::<libc::sock_filter>());
     let fprog = libc::sock_fprog {
         len: prog.insns.len() as u16,
         filter: prog.insns.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: `fprog` points at `len` instructions laid out as struct sock_filter (checked
-    // above), alive for the call; the kernel copies them.
+    // (`fprog` points at `len` instructions laid out as struct sock_filter, checked above,
+    // alive for the call; the kernel copies them.)
+    socket_option(socket, libc::SO_ATTACH_FILTER, &fprog)
+}
+
+/// Takes a socket's filter off (`SO_DETACH_FILTER`): from now on it gets every datagram.
+/// A socket without a filter is left as it is.
+pub fn detach(socket: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    // (The kernel ignores the value.)
+    match socket_option(socket, libc::SO_DETACH_FILTER, &0 as &libc::c_int) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Sets a `SOL_SOCKET` option to `value`.
+fn socket_option<T>(
+    socket: std::os::fd::BorrowedFd<'_>,
+    option: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the kernel reads at most `size_of::<T>()` bytes of `value`, alive for the
+    // call; what those bytes point to, the callers answer for.
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            std::ptr::addr_of!(fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            option,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
