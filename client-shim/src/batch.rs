@@ -7,7 +7,8 @@
 //! and then pays nothing more than before), doubles while calls fill every slot, up to
 //! [`MOST`], and halves again after a run of calls that used a quarter of them or less.
 //! The room is mapped memory that the kernel backs only where frames are written, and it
-//! is given back whenever the count shrinks.
+//! is given back whenever the count shrinks, and when the member goes idle after frames
+//! larger than a page.
 //!
 //! Every datagram may carry up to [`MAX_FDS_PER_CALL`] descriptors, all installed by the one
 //! call: a call of k slots may install k times that. Were the process to run out of
@@ -37,6 +38,9 @@ const RECHECK: u32 = 64;
 
 /// Room for one frame.
 const SLOT: usize = header::MAX_INLINE;
+
+/// The smallest page: a frame longer than this wrote more than one page of its slot.
+const PAGE: usize = 4096;
 
 /// One datagram, as the kernel handed it over.
 #[derive(Debug)]
@@ -120,6 +124,10 @@ pub struct Batch {
     unchecked: u32,
     /// How that look is taken (None: [`descriptor_room`]; tests give their own).
     room_left: Option<fn() -> usize>,
+    /// The last call found the queue empty.
+    drained: bool,
+    /// Frames since the room was last given back reached past the first page of a slot.
+    spread: bool,
 }
 
 impl std::fmt::Debug for Batch {
@@ -218,6 +226,9 @@ impl Batch {
                 break r as usize;
             }
             let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                self.drained = true;
+            }
             if e.raw_os_error() != Some(libc::EINTR) {
                 return Err(e);
             }
@@ -232,6 +243,8 @@ impl Batch {
         }));
         self.next = 0;
         let drained = n < slots;
+        self.drained = drained;
+        self.spread |= self.taken.iter().any(|t| t.len > PAGE);
         self.adapt(n);
         Ok(drained)
     }
@@ -242,7 +255,10 @@ impl Batch {
     pub fn next(&mut self) -> Option<Datagram<'_>> {
         let (i, t, fds, pid) = loop {
             let i = self.next;
-            let t = *self.taken.get(i)?;
+            let Some(&t) = self.taken.get(i) else {
+                self.idle();
+                return None;
+            };
             self.next += 1;
             let (fds, pid) = self.control_of(i, t.controllen);
             let why = if t.flags & libc::MSG_TRUNC != 0 {
@@ -318,6 +334,23 @@ impl Batch {
         // A pathname address ends at its NUL; an abstract one starts with one.
         let path = path.split(|&b| b == 0).next()?;
         (!path.is_empty()).then(|| Path::new(OsStr::from_bytes(path)))
+    }
+
+    /// All is handed out: when the queue was also empty, the member now waits, perhaps for
+    /// long, and the pages large frames were written to go back to the kernel (a large
+    /// frame later costs a page fault per page; small frames touch one page per slot,
+    /// which stays, and cost nothing here).
+    fn idle(&mut self) {
+        if !(self.drained && self.spread) {
+            return;
+        }
+        self.spread = false;
+        if let Some(room) = &self.room {
+            // SAFETY: the whole mapping, whose frames have all been handed out and are no
+            // longer borrowed (`next` takes `&mut self`); its contents are not read again
+            // before the kernel writes the next frames.
+            unsafe { libc::madvise(room.ptr.cast(), room.len, libc::MADV_DONTNEED) };
+        }
     }
 
     /// Closes the descriptors of datagrams of the last call that were never handed out
@@ -486,5 +519,59 @@ mod tests {
             }
         }
         assert_eq!(got, [(b"one".to_vec(), 1), (b"three".to_vec(), 0)]);
+    }
+
+    /// The kilobytes of the room that are resident (`mincore`).
+    fn resident(b: &Batch) -> u64 {
+        let room = b.room.as_ref().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut pages = vec![0u8; room.len.div_ceil(page)];
+        // SAFETY: `room` is a live mapping of `len` bytes (page-aligned, from mmap), and
+        // `pages` has a byte for each of its pages.
+        let r = unsafe { libc::mincore(room.ptr.cast(), room.len, pages.as_mut_ptr()) };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        (pages.iter().filter(|p| *p & 1 != 0).count() * page / 1024) as u64
+    }
+
+    /// A member that goes idle after large frames gives their pages back; while frames keep
+    /// coming, or when they were small, that costs no system call.
+    #[test]
+    fn the_pages_of_large_frames_go_back_when_the_member_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, s) = pair(dir.path());
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &(1 << 20)).unwrap();
+        let batch = || {
+            let mut b = Batch::default();
+            b.room_left = Some(|| MOST);
+            b.slots = 4;
+            b
+        };
+
+        // Every slot filled: more may be queued, the member is not idle.
+        let mut b = batch();
+        for _ in 0..4 {
+            s.send(&[1; 40_000]).unwrap();
+        }
+        assert!(!b.fill(r.as_fd()).unwrap());
+        while b.next().is_some() {}
+        assert!(resident(&b) >= 160);
+        drop(b);
+
+        // Fewer than the slots: the queue is empty, and once the frame is handed out the
+        // pages go.
+        let mut b = batch();
+        s.send(&[1; 40_000]).unwrap();
+        assert!(b.fill(r.as_fd()).unwrap());
+        assert_eq!(b.next().unwrap().frame.len(), 40_000);
+        assert!(resident(&b) >= 40);
+        assert!(b.next().is_none());
+        assert_eq!(resident(&b), 0);
+
+        // Small frames only: nothing to give back.
+        s.send(b"small").unwrap();
+        assert!(b.fill(r.as_fd()).unwrap());
+        while b.next().is_some() {}
+        assert!(!b.spread);
     }
 }
