@@ -128,6 +128,7 @@ fn run() -> Result<(), Failure> {
     let result = ui::run(&mut terminal, &mut client, &address, o.interval);
     drop(terminal);
     ratatui::try_restore()?;
+    ui::end_as_signalled();
     result
 }
 

@@ -137,11 +137,11 @@ pub fn run(
     let mut now = Snapshot::take(client)?;
     let mut view = View::new(&now, None);
     let mut next = Instant::now() + interval;
-    // (Installed by main before the terminal changed; this only finds the flag.)
-    let ended = ending_signals();
+    // (Installed by main before the terminal changed.)
+    let ended = &ENDED;
     let mut stale = true;
     loop {
-        if ended.load(std::sync::atomic::Ordering::Relaxed) {
+        if ended.load(std::sync::atomic::Ordering::Relaxed) != 0 {
             // (The caller restores the terminal, as after q.)
             return Ok(());
         }
@@ -178,14 +178,16 @@ pub fn run(
 /// How often the screen loop looks for a signal that ends busd-top.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-/// A flag set by SIGTERM, SIGHUP or SIGINT: they end busd-top as q does, so that the
-/// terminal is restored (the raw mode and the alternate screen would otherwise stay).
-pub fn ending_signals() -> &'static std::sync::atomic::AtomicBool {
+/// The signal that ended busd-top (0: none yet).
+static ENDED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Makes SIGTERM, SIGHUP and SIGINT set [`ENDED`]: they end busd-top as q does, so that
+/// the terminal is restored (the raw mode and the alternate screen would otherwise stay).
+pub fn ending_signals() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static ENDED: AtomicBool = AtomicBool::new(false);
-    extern "C" fn ended(_: std::os::raw::c_int) {
-        ENDED.store(true, Ordering::Relaxed);
+    use std::sync::atomic::Ordering;
+    extern "C" fn ended(signal: std::os::raw::c_int) {
+        ENDED.store(signal, Ordering::Relaxed);
     }
     let action = SigAction::new(
         SigHandler::Handler(ended),
@@ -196,7 +198,21 @@ pub fn ending_signals() -> &'static std::sync::atomic::AtomicBool {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let _ = unsafe { sigaction(s, &action) };
     }
-    &ENDED
+}
+
+/// Once the terminal is given back: if a signal ended busd-top, ends it again by that
+/// signal with its default action, so that whoever waits sees how it ended (a shell's
+/// `$?` is 128 plus the signal, as for any program the signal ends).
+pub fn end_as_signalled() {
+    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let signal = ENDED.load(std::sync::atomic::Ordering::Relaxed);
+    let Ok(signal) = Signal::try_from(signal) else {
+        return;
+    };
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: restoring the default action involves no handler.
+    let _ = unsafe { sigaction(signal, &default) };
+    let _ = raise(signal);
 }
 
 fn cell(c: &Column, text: String) -> Cell<'static> {
