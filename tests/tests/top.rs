@@ -58,6 +58,15 @@ impl Pane {
         c
     }
 
+    /// The pid of the busd-top the pane runs.
+    fn busd_top_pid(&self) -> i32 {
+        let (ok, shell, err) = run(&mut self.tmux(&["display-message", "-p", "#{pane_pid}"]));
+        assert!(ok, "tmux: {err}");
+        let (ok, pid, err) = run(Command::new("pgrep").args(["-P", shell.trim(), "busd-top"]));
+        assert!(ok, "pgrep: {err}");
+        pid.trim().parse().expect("busd-top's pid")
+    }
+
     /// What the pane shows, line by line.
     fn screen(&self) -> String {
         let (ok, out, err) = run(&mut self.tmux(&["capture-pane", "-p"]));
@@ -257,11 +266,7 @@ fn sigterm_gives_the_terminal_back() {
     let bus = Busd::start();
     let top = start_top("sigterm", &bus);
     top.wait_for("the table", |s| s.contains("NAME "));
-    let (ok, shell, err) = run(&mut top.tmux(&["display-message", "-p", "#{pane_pid}"]));
-    assert!(ok, "tmux: {err}");
-    let (ok, pid, err) = run(Command::new("pgrep").args(["-P", shell.trim(), "busd-top"]));
-    assert!(ok, "pgrep: {err}");
-    let pid = pid.trim().parse::<i32>().expect("busd-top's pid");
+    let pid = top.busd_top_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -274,6 +279,34 @@ fn sigterm_gives_the_terminal_back() {
         !screen.contains("NAME "),
         "the screen is given back: {screen}"
     );
+}
+
+/// A terminal that goes away (its window closed; here its tmux killed) ends busd-top: it
+/// does not stay behind, reading the dead terminal on a core of its own.
+#[test]
+fn a_terminal_that_goes_away_ends_busd_top() {
+    let bus = Busd::start();
+    let top = start_top("hangup", &bus);
+    top.wait_for("the table", |s| s.contains("NAME "));
+    let pid = top.busd_top_pid();
+    drop(top);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Gone, or ended and not yet reaped (a zombie, state Z).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+        if state.is_none_or(|s| s == "Z") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("busd-top outlived its terminal by 10 s (state {state:?})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A connection that keeps calling shows message and byte rates above zero, both ways.

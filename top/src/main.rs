@@ -124,6 +124,7 @@ fn run() -> Result<(), Failure> {
     }
     // Before the terminal is changed: a signal from then on ends busd-top as q does.
     ui::ending_signals();
+    ui::end_on_hangup();
     let mut terminal = ratatui::try_init()?;
     let result = ui::run(&mut terminal, &mut client, &address, o.interval);
     drop(terminal);

@@ -200,6 +200,39 @@ pub fn ending_signals() {
     }
 }
 
+/// Ends busd-top when its terminal goes away (a closed terminal window, a killed tmux),
+/// from a thread of its own that waits for the hangup. The event loop cannot: crossterm
+/// 0.28 reads a hung-up terminal again and again without returning (crossterm issue
+/// 793), so neither the loop nor SIGHUP's flag would ever be looked at, and busd-top
+/// would spin on a core until killed. There is no terminal left to restore: the process
+/// ends by SIGHUP, as a program without a handler does.
+pub fn end_on_hangup() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::os::fd::AsFd;
+    std::thread::spawn(|| {
+        let stdin = std::io::stdin();
+        loop {
+            // (No events asked: poll reports a hangup or an error whatever was asked.)
+            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::empty())];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {
+                    let gone = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+                    if fds[0].revents().is_some_and(|r| r.intersects(gone)) {
+                        break;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: restoring the default action involves no handler.
+        let _ = unsafe { sigaction(Signal::SIGHUP, &default) };
+        let _ = raise(Signal::SIGHUP);
+    });
+}
+
 /// Once the terminal is given back: if a signal ended busd-top, ends it again by that
 /// signal with its default action, so that whoever waits sees how it ended (a shell's
 /// `$?` is 128 plus the signal, as for any program the signal ends).
