@@ -7,8 +7,8 @@
 //! and then pays nothing more than before), doubles while calls fill every slot, up to
 //! [`MOST`], and halves again after a run of calls that used a quarter of them or less.
 //! The room is mapped memory that the kernel backs only where frames are written, and it
-//! is given back whenever the count shrinks, and when the member goes idle after frames
-//! larger than a page.
+//! is given back whenever the count shrinks, and when the member has waited a while after
+//! frames larger than a page ([`Batch::wait`]).
 //!
 //! Every datagram may carry up to [`MAX_FDS_PER_CALL`] descriptors, all installed by the one
 //! call: a call of k slots may install k times that. Were the process to run out of
@@ -41,6 +41,9 @@ const SLOT: usize = header::MAX_INLINE;
 
 /// The smallest page: a frame longer than this wrote more than one page of its slot.
 const PAGE: usize = 4096;
+
+/// How long a member waits for datagrams before it gives back the pages of large frames.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One datagram, as the kernel handed it over.
 #[derive(Debug)]
@@ -124,8 +127,6 @@ pub struct Batch {
     unchecked: u32,
     /// How that look is taken (None: [`descriptor_room`]; tests give their own).
     room_left: Option<fn() -> usize>,
-    /// The last call found the queue empty.
-    drained: bool,
     /// Frames since the room was last given back reached past the first page of a slot.
     spread: bool,
 }
@@ -226,9 +227,6 @@ impl Batch {
                 break r as usize;
             }
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                self.drained = true;
-            }
             if e.raw_os_error() != Some(libc::EINTR) {
                 return Err(e);
             }
@@ -243,7 +241,6 @@ impl Batch {
         }));
         self.next = 0;
         let drained = n < slots;
-        self.drained = drained;
         self.spread |= self.taken.iter().any(|t| t.len > PAGE);
         self.adapt(n);
         Ok(drained)
@@ -255,10 +252,7 @@ impl Batch {
     pub fn next(&mut self) -> Option<Datagram<'_>> {
         let (i, t, fds, pid) = loop {
             let i = self.next;
-            let Some(&t) = self.taken.get(i) else {
-                self.idle();
-                return None;
-            };
+            let t = *self.taken.get(i)?;
             self.next += 1;
             let (fds, pid) = self.control_of(i, t.controllen);
             let why = if t.flags & libc::MSG_TRUNC != 0 {
@@ -336,14 +330,32 @@ impl Batch {
         (!path.is_empty()).then(|| Path::new(OsStr::from_bytes(path)))
     }
 
-    /// All is handed out: when the queue was also empty, the member now waits, perhaps for
-    /// long, and the pages large frames were written to go back to the kernel (a large
-    /// frame later costs a page fault per page; small frames touch one page per slot,
-    /// which stays, and cost nothing here).
-    fn idle(&mut self) {
-        if !(self.drained && self.spread) {
-            return;
+    /// Waits for `readable`. A member that waits [`IDLE`] after frames larger than a page
+    /// gives the pages they were written to back to the kernel meanwhile (a large frame
+    /// later costs a page fault per page): a burst of large frames would otherwise keep up
+    /// to [`MOST`] times [`SLOT`] resident in a member that then stays idle. Members that
+    /// get small frames (one page per slot, which stays), or that are woken within
+    /// [`IDLE`], pay nothing for it.
+    pub async fn wait<F: std::future::Future<Output = io::Result<()>>>(
+        &mut self,
+        readable: F,
+    ) -> io::Result<()> {
+        if !self.spread || self.waiting() {
+            return readable.await;
         }
+        tokio::pin!(readable);
+        tokio::select! {
+            r = &mut readable => r,
+            () = tokio::time::sleep(IDLE) => {
+                self.give_back();
+                readable.await
+            }
+        }
+    }
+
+    /// Gives the room's pages back, every frame in it having been handed out.
+    fn give_back(&mut self) {
+        debug_assert!(!self.waiting());
         self.spread = false;
         if let Some(room) = &self.room {
             // SAFETY: the whole mapping, whose frames have all been handed out and are no
@@ -534,41 +546,35 @@ mod tests {
         (pages.iter().filter(|p| *p & 1 != 0).count() * page / 1024) as u64
     }
 
-    /// A member that goes idle after large frames gives their pages back; while frames keep
-    /// coming, or when they were small, that costs no system call.
-    #[test]
-    fn the_pages_of_large_frames_go_back_when_the_member_waits() {
+    /// A member that waits after large frames gives their pages back; while frames keep
+    /// coming, or when they were small, that costs nothing.
+    #[tokio::test(start_paused = true)]
+    async fn the_pages_of_large_frames_go_back_when_the_member_waits() {
         let dir = tempfile::tempdir().unwrap();
         let (r, s) = pair(dir.path());
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &(1 << 20)).unwrap();
-        let batch = || {
-            let mut b = Batch::default();
-            b.room_left = Some(|| MOST);
-            b.slots = 4;
-            b
-        };
-
-        // Every slot filled: more may be queued, the member is not idle.
-        let mut b = batch();
-        for _ in 0..4 {
-            s.send(&[1; 40_000]).unwrap();
-        }
-        assert!(!b.fill(r.as_fd()).unwrap());
-        while b.next().is_some() {}
-        assert!(resident(&b) >= 160);
-        drop(b);
-
-        // Fewer than the slots: the queue is empty, and once the frame is handed out the
-        // pages go.
-        let mut b = batch();
+        let mut b = Batch::default();
+        b.room_left = Some(|| MOST);
+        b.slots = 4;
         s.send(&[1; 40_000]).unwrap();
         assert!(b.fill(r.as_fd()).unwrap());
         assert_eq!(b.next().unwrap().frame.len(), 40_000);
-        assert!(resident(&b) >= 40);
         assert!(b.next().is_none());
+        assert!(resident(&b) >= 40);
+
+        // Woken before IDLE: the pages stay.
+        b.wait(async { Ok(()) }).await.unwrap();
+        assert!(resident(&b) >= 40);
+        let woken = tokio::time::timeout(IDLE / 2, b.wait(std::future::pending())).await;
+        assert!(woken.is_err());
+        assert!(resident(&b) >= 40, "not idle long enough");
+
+        // Waiting longer: they go back.
+        let woken = tokio::time::timeout(IDLE * 2, b.wait(std::future::pending())).await;
+        assert!(woken.is_err());
         assert_eq!(resident(&b), 0);
 
-        // Small frames only: nothing to give back.
+        // Small frames only: nothing to give back, and no timer.
         s.send(b"small").unwrap();
         assert!(b.fill(r.as_fd()).unwrap());
         while b.next().is_some() {}

@@ -322,7 +322,7 @@ impl Member {
                     return Ok(incoming);
                 }
             }
-            self.socket.readable().await?;
+            batch.wait(self.socket.readable()).await?;
             let r = self.socket.try_io(Interest::READABLE, || {
                 match batch.fill(self.socket.as_fd()) {
                     // The call found the queue empty: tokio forgets the readiness now,
