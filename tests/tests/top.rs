@@ -259,6 +259,10 @@ fn q_quits() {
     );
 }
 
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
 /// SIGTERM (and SIGHUP, SIGINT) end busd-top as q does: the terminal is given back, not
 /// left in raw mode on the alternate screen; then the signal ends it, so its status says so.
 #[test]
@@ -266,12 +270,7 @@ fn sigterm_gives_the_terminal_back() {
     let bus = Busd::start();
     let top = start_top("sigterm", &bus);
     top.wait_for("the table", |s| s.contains("NAME "));
-    let pid = top.busd_top_pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(top.busd_top_pid(), nix::sys::signal::Signal::SIGTERM);
     let screen = top.wait_for("busd-top to end", |s| s.contains("busd-top exited: "));
     // Ended by the signal, as the shell sees it (128 + SIGTERM).
     assert!(screen.contains("busd-top exited: 143"), "{screen}");
@@ -299,10 +298,7 @@ fn a_terminal_that_goes_away_ends_busd_top() {
             break;
         }
         if Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
             panic!("busd-top outlived its terminal by 10 s (state {state:?})");
         }
         std::thread::sleep(Duration::from_millis(50));
