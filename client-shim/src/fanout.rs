@@ -60,22 +60,15 @@ impl Member {
         Ok(())
     }
 
-    /// One frame to the daemon's inbox (frames for members go through
-    /// [`Member::deliver`]). When this member's send buffer is full the send waits in the
-    /// kernel, on a thread of the blocking pool: nothing is dropped.
+    /// One frame to the daemon's inbox, on this member's end of the pair (frames for
+    /// members go through [`Member::deliver`]). When that end's send buffer is full the
+    /// send waits in the kernel, on a thread of the blocking pool: nothing is dropped.
     pub(crate) async fn send_to_daemon(
         self: &Arc<Self>,
         frame: &Arc<Frame>,
         raw: &[RawFd],
     ) -> io::Result<()> {
-        let addr = UnixAddr::new(&self.inbox()).map_err(io::Error::from)?;
-        match send_to(
-            self.socket.as_fd(),
-            &addr,
-            frame,
-            raw,
-            MsgFlags::MSG_DONTWAIT,
-        ) {
+        match send_on(self.inbox.as_fd(), frame, raw, MsgFlags::MSG_DONTWAIT) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             r => return r,
         }
@@ -83,17 +76,29 @@ impl Member {
         let (member, frame) = (Arc::clone(self), Arc::clone(frame));
         tokio::task::spawn_blocking(move || {
             let raw: Vec<RawFd> = owned.iter().map(|f| f.as_raw_fd()).collect();
-            send_to(
-                member.socket.as_fd(),
-                &addr,
-                &frame,
-                &raw,
-                MsgFlags::empty(),
-            )
+            send_on(member.inbox.as_fd(), &frame, &raw, MsgFlags::empty())
         })
         .await
         .map_err(io::Error::other)?
     }
+}
+
+/// One sendmsg() of a frame with SCM_RIGHTS on a connected socket; `flags` as for
+/// [`send_to`].
+fn send_on(
+    socket: BorrowedFd<'_>,
+    frame: &Frame,
+    fds: &[RawFd],
+    flags: MsgFlags,
+) -> io::Result<()> {
+    fds::send(
+        socket.as_raw_fd(),
+        &frame.iov(),
+        fds,
+        flags,
+        None::<&UnixAddr>,
+    )?;
+    Ok(())
 }
 
 /// One sendmsg() of a frame with SCM_RIGHTS; `flags` adds MSG_DONTWAIT or not (the socket

@@ -47,6 +47,7 @@ pub struct Joining {
     pub unique: String,
     pub dir: PathBuf,
     pub socket: OwnedFd,
+    pub inbox: OwnedFd,
     pub table: OwnedFd,
     pub progress: OwnedFd,
     pub slot: u32,
@@ -72,6 +73,7 @@ pub fn answered(
         unique,
         dir: PathBuf::from(reply.directory),
         socket: fds.socket,
+        inbox: fds.inbox,
         table: fds.table,
         progress: fds.progress,
         slot: reply.slot,
@@ -109,6 +111,12 @@ pub fn member(
         fcntl(s.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
         s
     };
+    // The end of the pair to the daemon's inbox: blocking, as the socket (a send to the
+    // daemon waits in the kernel when its buffer is full; the first try passes
+    // MSG_DONTWAIT). The daemon made the pair non-blocking, each end its own file.
+    let inbox = UnixDatagram::from(j.inbox);
+    inbox.set_nonblocking(false)?;
+    let _ = socket::setsockopt(&inbox, socket::sockopt::SndBuf, &SEND_BUFFER);
     let table = Mapping::open(j.table.as_fd(), busd_match::table::PREFIX_LEN, false)?;
     // A table of another layout (a busd of another version) could not be read later, and
     // the member would take nothing sent to it directly: it stays on the stream instead.
@@ -126,6 +134,7 @@ pub fn member(
         unique: j.unique,
         dir: j.dir,
         socket,
+        inbox,
         table: TableView::new(table),
         progress: Progress { map, slot: j.slot },
         counters,

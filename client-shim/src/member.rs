@@ -40,6 +40,9 @@ pub struct Member {
     /// Registered with the connection's runtime, but blocking: every wait-free call passes
     /// MSG_DONTWAIT, and a send to the daemon can then wait in the kernel (`crate::join`).
     pub(crate) socket: tokio::net::UnixDatagram,
+    /// This member's end of the pair of sockets to the daemon's inbox for it (blocking,
+    /// like `socket`; only sent on).
+    pub(crate) inbox: std::os::unix::net::UnixDatagram,
     pub(crate) table: TableView,
     pub(crate) progress: Progress,
     pub(crate) counters: Arc<Counters>,
@@ -122,10 +125,6 @@ impl Member {
         let len = 108 - w.len();
         debug_assert_eq!(&path[..len], self.path_of(member).as_os_str().as_bytes());
         UnixAddr::new(std::ffi::OsStr::from_bytes(&path[..len])).map_err(io::Error::from)
-    }
-
-    pub(crate) fn inbox(&self) -> PathBuf {
-        self.dir.join(protocol::inbox_name(self.id))
     }
 
     fn me(&self) -> Me<'_> {
@@ -605,11 +604,15 @@ pub(crate) mod tests {
             Mapping::create("progress", progress::words_for(4) * 8, seals).unwrap();
         progress::init(map.words());
         progress::assign(map.words(), 1, id);
+        let (daemons_end, inbox) = UnixDatagram::pair().unwrap();
+        // (Kept open for the test's life: what is sent to the daemon waits there unread.)
+        std::mem::forget(daemons_end);
         let j = Joining {
             id,
             unique: protocol::unique_of_member(id),
             dir: dir.to_path_buf(),
             socket: OwnedFd::from(socket),
+            inbox: OwnedFd::from(inbox),
             table,
             progress,
             slot: 1,
@@ -640,6 +643,7 @@ pub(crate) mod tests {
             unique: protocol::unique_of_member(5),
             dir: dir.path().to_path_buf(),
             socket: OwnedFd::from(socket),
+            inbox: OwnedFd::from(UnixDatagram::pair().unwrap().1),
             table,
             progress,
             slot: 1,

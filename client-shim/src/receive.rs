@@ -371,8 +371,8 @@ mod tests {
     fn frames_that_lie_about_their_sender_are_refused() {
         let ping = frame(2, SIGNAL, None, "Pong");
         let r = rules(&["member='Pong'"]);
-        // No address (an unbound socket), another directory, a look-alike name, the
-        // daemon's inbox name.
+        // No address (an unbound socket), another directory, look-alike names (`d2` was
+        // once the daemon's inbox's).
         assert!(spoofed(verdict(&ping, None, &r)));
         assert!(spoofed(verdict(&ping, Some(Path::new("/tmp/2")), &r)));
         for name in ["02", "+2", " 2", "d2", "0"] {

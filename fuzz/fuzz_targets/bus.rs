@@ -447,6 +447,7 @@ impl Harness {
                         let joined = Joined {
                             directory: "/nonexistent/busd-fastpath".into(),
                             socket: null(),
+                            inbox: null(),
                             table: null(),
                             progress: null(),
                             slot: member,

@@ -23,14 +23,15 @@ pub const READY: &str = "Ready";
 /// The object they are called on.
 pub const PATH: &str = "/org/freedesktop/DBus";
 
-/// The answer to `Join` (signature [`JoinReply::SIGNATURE`]). The three descriptors travel
-/// with it in this order: the member's socket, the routing table (read-only), the progress
-/// memory; the body names them by index, always 0, 1 and 2.
+/// The answer to `Join` (signature [`JoinReply::SIGNATURE`]). The four descriptors travel
+/// with it in this order: the member's socket, its end of the pair of sockets to the
+/// daemon's inbox, the routing table (read-only), the progress memory; the body names them
+/// by index, always 0, 1, 2 and 3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinReply {
     /// The member's id ([`member_of_unique`] of its unique name).
     pub member: u32,
-    /// The directory member sockets are bound in ([`socket_name`], [`inbox_name`]).
+    /// The directory member sockets are bound in ([`socket_name`]).
     pub directory: String,
     /// Its slot in the progress memory (causal order, DESIGN 5.5).
     pub slot: u32,
@@ -40,6 +41,10 @@ pub struct JoinReply {
 #[derive(Debug)]
 pub struct JoinFds {
     pub socket: OwnedFd,
+    /// The member's end of a connected pair of datagram sockets (`socketpair`) whose other
+    /// end is the daemon's inbox for it: nothing else can reach that inbox, which has no
+    /// name (where a member sends the daemon).
+    pub inbox: OwnedFd,
     pub table: OwnedFd,
     pub progress: OwnedFd,
 }
@@ -47,14 +52,15 @@ pub struct JoinFds {
 impl JoinFds {
     /// In the order they travel with the answer.
     pub fn into_vec(self) -> Vec<OwnedFd> {
-        vec![self.socket, self.table, self.progress]
+        vec![self.socket, self.inbox, self.table, self.progress]
     }
 
-    /// Takes the first three of the answer's fds; None when fewer came.
+    /// Takes the first four of the answer's fds; None when fewer came.
     pub fn from_vec(fds: Vec<OwnedFd>) -> Option<JoinFds> {
         let mut fds = fds.into_iter();
         Some(JoinFds {
             socket: fds.next()?,
+            inbox: fds.next()?,
             table: fds.next()?,
             progress: fds.next()?,
         })
@@ -62,10 +68,10 @@ impl JoinFds {
 }
 
 impl JoinReply {
-    /// member, directory, the socket, table and progress handles, slot.
-    pub const SIGNATURE: &'static str = "ushhhu";
+    /// member, directory, the socket, inbox, table and progress handles, slot.
+    pub const SIGNATURE: &'static str = "ushhhhu";
     /// How many fds travel with it.
-    pub const FDS: u32 = 3;
+    pub const FDS: u32 = 4;
 
     /// Appends the body to `w`.
     pub fn encode(&self, w: &mut Writer) {
@@ -77,7 +83,7 @@ impl JoinReply {
         w.u32(self.slot);
     }
 
-    /// Reads a body of signature [`JoinReply::SIGNATURE`]; the handles must be 0, 1, 2.
+    /// Reads a body of signature [`JoinReply::SIGNATURE`]; the handles must be 0, 1, 2, 3.
     pub fn decode(r: &mut Reader<'_>) -> Result<JoinReply, Malformed> {
         let member = r.u32()?;
         let directory = r.string()?.to_string();
@@ -112,11 +118,6 @@ pub fn unique_of_member(id: u32) -> String {
 /// The name member `id`'s socket is bound under in the directory.
 pub fn socket_name(id: u32) -> String {
     id.to_string()
-}
-
-/// The name of the daemon's inbox for member `id` (where that member sends the daemon).
-pub fn inbox_name(id: u32) -> String {
-    format!("d{id}")
 }
 
 /// The member whose socket is bound under `name`, only when `name` is exactly what
@@ -229,7 +230,6 @@ mod tests {
         ] {
             assert_eq!(member_of_socket_name(bad), None, "{bad:?}");
         }
-        assert_eq!(inbox_name(7), "d7");
     }
 
     #[test]
@@ -244,11 +244,11 @@ mod tests {
         let body = w.into_vec();
         let mut r = Reader::new(&body, Endian::Little, 0);
         assert_eq!(JoinReply::decode(&mut r), Ok(reply.clone()));
-        // Handles other than 0, 1, 2 are not what the daemon sends.
+        // Handles other than 0, 1, 2, 3 are not what the daemon sends.
         let mut w = Writer::new(Endian::Little);
         w.u32(3);
         w.string("/d");
-        for h in [0, 2, 1] {
+        for h in [0, 2, 1, 3] {
             w.u32(h);
         }
         w.u32(0);

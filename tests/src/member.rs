@@ -25,6 +25,8 @@ pub struct Member {
     pub id: u32,
     pub dir: PathBuf,
     pub socket: UnixDatagram,
+    /// Its end of the pair of sockets to the daemon's inbox for it.
+    pub inbox: UnixDatagram,
     pub table: std::fs::File,
     /// The progress memory, writable as every member gets it.
     pub progress: std::fs::File,
@@ -78,17 +80,20 @@ pub async fn unready_member(bus: &Busd) -> Member {
         .map(|f| f.as_fd().try_clone_to_owned().unwrap());
     let JoinFds {
         socket,
+        inbox,
         table,
         progress,
     } = JoinFds::from_vec(fds.collect()).unwrap();
     let socket = UnixDatagram::from(socket);
     socket.set_nonblocking(true).unwrap();
+    let inbox = UnixDatagram::from(inbox);
     Member {
         unique: conn.unique_name().unwrap().to_string(),
         conn,
         id,
         dir: PathBuf::from(dir),
         socket,
+        inbox,
         table: std::fs::File::from(table),
         progress: std::fs::File::from(progress),
     }
@@ -219,8 +224,19 @@ impl Member {
     }
 
     pub fn send_to_daemon(&self, frame: &[u8]) -> std::io::Result<usize> {
-        self.socket
-            .send_to(frame, self.dir.join(protocol::inbox_name(self.id)))
+        self.inbox.send(frame)
+    }
+
+    /// Sends the daemon a frame with descriptors.
+    pub fn send_to_daemon_with_fds(&self, frame: &[u8], fds: &[std::os::fd::RawFd]) {
+        busd_wire::fds::send(
+            self.inbox.as_raw_fd(),
+            &[std::io::IoSlice::new(frame)],
+            fds,
+            nix::sys::socket::MsgFlags::empty(),
+            None::<&nix::sys::socket::UnixAddr>,
+        )
+        .unwrap();
     }
 
     /// The next datagram on this member's socket, waiting up to 5 s.

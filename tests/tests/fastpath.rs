@@ -5,7 +5,6 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -385,27 +384,30 @@ async fn a_busd_in_another_pid_namespace_leaves_a_live_bus_directory_alone() {
 
 // What docs/security.md claims of the fast path, each checked against the kernel.
 
-/// The daemon's inbox for a member is connected to that member's socket: the kernel
-/// refuses datagrams from any other socket.
+/// The daemon's inbox for a member is one end of a pair of connected sockets, the member
+/// holding the other: it has no name in the directory (which holds the members' sockets
+/// and the lock, nothing else) or anywhere, so nothing but the member's end reaches it.
 #[tokio::test]
 async fn an_inbox_takes_frames_from_its_own_member_only() {
     let bus = Busd::start();
     let a = member(&bus).await;
     let b = member(&bus).await;
-    let a_inbox = a.dir.join(protocol::inbox_name(a.id));
-    let err = b
-        .socket
-        .send_to(&b.frame(SIGNAL, header::TO_DAEMON, None, "Ping"), &a_inbox)
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-    // (A frame the inbox's filter takes: the kernel filters before it checks the sender,
-    // and what the filter drops vanishes without an error.)
-    let stranger = UnixDatagram::unbound().unwrap();
-    let err = stranger
-        .send_to(&a.frame(SIGNAL, header::TO_DAEMON, None, "Ping"), &a_inbox)
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-    // A's own frames still go through.
+    let mut names: Vec<String> = std::fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        protocol::socket_name(a.id),
+        protocol::socket_name(b.id),
+        "lock".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    // The member's end is connected to an unnamed socket (the daemon's end).
+    let peer = a.inbox.peer_addr().unwrap();
+    assert!(peer.is_unnamed(), "{peer:?}");
+    // A's own frames go through.
     a.send_to_daemon(&a.frame(SIGNAL, header::TO_DAEMON, None, "Ping"))
         .unwrap();
 }
@@ -458,15 +460,15 @@ async fn members_cannot_change_the_routing_table() {
     a.table_until(|t| t.member(a.id).is_some()).await;
 }
 
-/// Another user cannot send to member sockets or the daemon's inboxes: the bus's
-/// directory is 0700. (Needs root, to run the sender as nobody.)
+/// Another user cannot send to member sockets: the bus's directory is 0700. (Needs root,
+/// to run the sender as nobody.)
 #[tokio::test]
 async fn other_users_cannot_reach_member_sockets() {
     require_root("to run a sender as another user");
     let bus = Busd::start();
     let a = member(&bus).await;
-    for target in [protocol::socket_name(a.id), protocol::inbox_name(a.id)] {
-        let path = a.dir.join(target);
+    {
+        let path = a.dir.join(protocol::socket_name(a.id));
         let out = std::process::Command::new("/usr/bin/python3")
             .uid(65534)
             .gid(65534)
@@ -760,14 +762,10 @@ async fn memfd_frames_must_be_sealed_and_of_the_announced_size() {
 
     // The daemon reads the same frames from its inbox: a sealed one is delivered (here to
     // a client off the fast path), an unsealed one disconnects its sender.
-    m.send_with_fds(&protocol::inbox_name(m.id), &sealed, &[fd.as_raw_fd()]);
+    m.send_to_daemon_with_fds(&sealed, &[fd.as_raw_fd()]);
     let got = timeout(at_plain.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(got.header().member().unwrap().as_str(), "Ping");
-    m.send_with_fds(
-        &protocol::inbox_name(m.id),
-        &unsealed,
-        &[open_fd.as_raw_fd()],
-    );
+    m.send_to_daemon_with_fds(&unsealed, &[open_fd.as_raw_fd()]);
     let m_id = m.id;
     let watcher = member(&bus).await;
     watcher

@@ -53,10 +53,12 @@ def memfd(name, data):
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     return fd
 
-# What a deceived victim would use: one end of a socket pair of ours, our memory, and our
-# sockets bound where it would send (members, the daemon's inboxes).
+# What a deceived victim would use: one end of a socket pair of ours as its socket, one
+# end of another as its way to the daemon, our memory, and our sockets bound where it
+# would send (members).
 mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-traps = [mine]
+inbox, to_inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+traps = [mine, inbox]
 for name in names:
     trap = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     trap.bind(os.path.join(home, name))
@@ -65,7 +67,7 @@ for name in names:
 # bus takes a round in with one read, so whenever it reads the flood it has every serial;
 # its answer to the call says it is through, and the next round goes (the attacker sleeps
 # meanwhile, and the bus goes on serving the others).
-fds = array.array('i', [theirs.fileno(), memfd('table', table), memfd('progress', progress)])
+fds = array.array('i', [theirs.fileno(), to_inbox.fileno(), memfd('table', table), memfd('progress', progress)])
 flood, rights = b''.join(forged) + ping, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds * len(forged))]
 
 bus = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,7 +155,7 @@ struct Attacker {
 
 impl Attacker {
     fn start(socket: &Path, home: &Path, input: &[Vec<u8>]) -> Attacker {
-        let traps = MEMBERS.flat_map(|id| [protocol::socket_name(id), protocol::inbox_name(id)]);
+        let traps = MEMBERS.map(protocol::socket_name);
         let mut child = Command::new("/usr/bin/python3")
             .uid(OTHER_USER)
             .gid(OTHER_USER)

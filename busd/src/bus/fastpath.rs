@@ -118,10 +118,11 @@ impl std::fmt::Debug for Figures {
 /// The sockets and table handed to a member that joined.
 #[derive(Debug)]
 pub struct Joined {
-    /// The directory member sockets are bound in (`<dir>/<id>`, the daemon's inbox for a
-    /// member `<dir>/d<id>`).
+    /// The directory member sockets are bound in (`<dir>/<id>`).
     pub directory: String,
     pub socket: OwnedFd,
+    /// The member's end of the pair of sockets to the daemon's inbox for it.
+    pub inbox: OwnedFd,
     /// A read-only descriptor of the routing table's shared memory.
     pub table: OwnedFd,
     /// The progress memory, which members map writable ([`busd_match::progress`]).
@@ -376,6 +377,7 @@ impl Bus {
         let m = DriverMessage::reply(serial, w.into_vec(), JoinReply::SIGNATURE);
         let fds = JoinFds {
             socket: joined.socket,
+            inbox: joined.inbox,
             table: joined.table,
             progress: joined.progress,
         };

@@ -2,14 +2,17 @@
 //! socket with its kernel filter, the daemon's inbox for each member, and the routing table
 //! in a sealed memfd. The decisions are the bus core's ([`crate::bus::fastpath`]).
 //!
-//! Per member `N` the directory holds two sockets, both created and bound by the daemon:
-//! `N`, the member's own (its descriptor is passed to the client; the daemon keeps a
-//! duplicate to replace the filter), and `dN`, the daemon's inbox for that member,
-//! `connect()`ed to `N`. Being connected, the inbox takes datagrams from that member only
-//! (the kernel refuses others) and is exempt from the datagram queue limit, so a member
-//! sending to the daemon is held back only by its own send buffer. The directory also
-//! holds `lock`, which the daemon keeps locked while it lives: another busd removes a
-//! directory only when that lock is free (its owner has ended).
+//! Per member `N` the directory holds one socket, created and bound by the daemon: `N`,
+//! the member's own (its descriptor is passed to the client; the daemon keeps a duplicate
+//! to replace the filter). The daemon's inbox for the member is one end of a pair of
+//! connected datagram sockets (`socketpair`), the member getting the other end: it has no
+//! name, so nothing but that end can reach it, and being connected it is exempt from the
+//! datagram queue limit, so a member sending to the daemon is held back only by its own
+//! send buffer. (An inbox bound in the directory and `connect()`ed to `N` cost the daemon a
+//! path lookup at its bind and connect and an unlink at the end, about a fifth of a
+//! fast-path connection, and every send to it a path lookup.) The directory also holds
+//! `lock`, which the daemon keeps locked while it lives: another busd removes a directory
+//! only when that lock is free (its owner has ended).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -400,9 +403,9 @@ impl FastPath {
         Box::new(move |slot, member| progress::figures(shm.words(), slot, member))
     }
 
-    /// Creates a member's socket (its filter attached, if it has one yet) and the daemon's
-    /// inbox for it; returns what the client gets, and the inbox to register with the
-    /// event loop.
+    /// Creates a member's socket (its filter attached, if it has one yet) and the pair of
+    /// sockets to the daemon's inbox for it; returns what the client gets, and the inbox to
+    /// register with the event loop.
     pub fn join(
         &mut self,
         peer: PeerId,
@@ -410,7 +413,6 @@ impl FastPath {
         filter: Option<&Program>,
     ) -> io::Result<(Joined, &mut UnixDatagram)> {
         let path = self.dir.join(protocol::socket_name(id));
-        let inbox_path = self.dir.join(protocol::inbox_name(id));
         let socket = StdDatagram::bind(&path)?;
         if let Some(filter) = filter {
             bpf::attach(socket.as_fd(), filter)?;
@@ -418,9 +420,8 @@ impl FastPath {
         // The kernel tells the member which process sent each datagram (DESIGN 5.8).
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(io::Error::from)?;
-        let inbox = inbox_for(&inbox_path, &path).inspect_err(|_| {
+        let (inbox, members_end) = inbox_pair().inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(&inbox_path);
         })?;
         let kept = socket.as_fd().try_clone_to_owned()?;
         let table = self.table.read_only()?;
@@ -429,6 +430,7 @@ impl FastPath {
         let joined = Joined {
             directory: String::from_utf8_lossy(self.dir.as_os_str().as_bytes()).into_owned(),
             socket: socket.into(),
+            inbox: members_end,
             table,
             progress,
             slot,
@@ -453,7 +455,6 @@ impl FastPath {
         };
         self.progress.give_back(m.slot);
         let _ = std::fs::remove_file(self.dir.join(protocol::socket_name(m.id)));
-        let _ = std::fs::remove_file(self.dir.join(protocol::inbox_name(m.id)));
     }
 
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
@@ -572,19 +573,18 @@ fn unfilter(socket: std::os::fd::BorrowedFd<'_>, member: u32) {
     }
 }
 
-/// The daemon's inbox for a member: bound at `at`, connected to the member's socket
-/// `member`, non-blocking from its creation (one system call less than setting it after).
-fn inbox_for(at: &Path, member: &Path) -> io::Result<StdDatagram> {
-    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
-    let fd = socket::socket(
+/// The daemon's inbox for a member (non-blocking), and the member's end of the pair.
+fn inbox_pair() -> io::Result<(StdDatagram, OwnedFd)> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
+    // (Both ends non-blocking from the start: one system call less than setting the
+    // daemon's after; the member sets its own end as it needs.)
+    let (inbox, member) = socket::socketpair(
         AddressFamily::Unix,
         SockType::Datagram,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
     )?;
-    socket::bind(fd.as_raw_fd(), &UnixAddr::new(at)?)?;
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(member)?)?;
-    Ok(StdDatagram::from(fd))
+    Ok((StdDatagram::from(inbox), member))
 }
 
 impl Drop for FastPath {

@@ -67,6 +67,7 @@ fn join_unready(b: &mut Bus, id: PeerId) -> u32 {
         Ok(Joined {
             directory: "/run/user/1000/busd-fastpath-x".into(),
             socket: dummy_fd(),
+            inbox: dummy_fd(),
             table: dummy_fd(),
             progress: dummy_fd(),
             slot: 4,
@@ -87,14 +88,12 @@ fn join_unready(b: &mut Bus, id: PeerId) -> u32 {
         })
         .collect();
     let (to, m) = &reply[0];
-    assert_eq!((*to, m.signature(), m.unix_fds()), (id, "ushhhu", 3));
+    assert_eq!((*to, m.signature(), m.unix_fds()), (id, "ushhhhu", 4));
     let mut r = m.body_reader();
     assert_eq!(r.u32().unwrap(), member);
     assert_eq!(r.string().unwrap(), "/run/user/1000/busd-fastpath-x");
-    assert_eq!(
-        (r.u32().unwrap(), r.u32().unwrap(), r.u32().unwrap()),
-        (0, 1, 2)
-    );
+    let handles: Vec<u32> = (0..4).map(|_| r.u32().unwrap()).collect();
+    assert_eq!(handles, [0, 1, 2, 3]);
     assert_eq!(r.u32().unwrap(), 4, "its progress slot");
     member
 }
