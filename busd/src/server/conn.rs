@@ -29,6 +29,9 @@ pub enum ReadOutcome {
     Invalid(String),
 }
 
+/// Messages one write takes at most.
+const MAX_WRITE_BATCH: usize = 64;
+
 /// Bytes of authentication replies a client may leave unread (libdbus's bound).
 const MAX_AUTH_OUTPUT: usize = 16 * 1024;
 
@@ -309,21 +312,41 @@ impl Conn {
                 Err(e) => return Err(e.into()),
             }
         }
-        while let Some((out, offset)) = self.outq.front_mut() {
-            let iov = [IoSlice::new(&out.bytes[*offset..])];
+        while let Some((first, offset)) = self.outq.front() {
+            // One sendmsg for as many queued messages as follow without fds of their own:
+            // a message's fds go with its first byte, so one that has some starts the next
+            // call. (The kernel keeps them with the bytes they came with: a reader gets
+            // them with the read that reaches that message, never with an earlier one.)
             let raw: Vec<RawFd> = if *offset == 0 {
-                out.fds.iter().map(|f| f.as_raw_fd()).collect()
+                first.fds.iter().map(|f| f.as_raw_fd()).collect()
             } else {
                 Vec::new()
             };
-            match fds::send::<()>(fd, &iov, &raw, MsgFlags::MSG_DONTWAIT, None) {
-                Ok(n) => {
-                    *offset += n;
-                    if *offset >= out.bytes.len() {
+            let mut iov = [IoSlice::new(&[]); MAX_WRITE_BATCH];
+            let mut count = 0;
+            for (i, (out, offset)) in self.outq.iter().enumerate().take(MAX_WRITE_BATCH) {
+                if i > 0 && !out.fds.is_empty() {
+                    break;
+                }
+                iov[i] = IoSlice::new(&out.bytes[*offset..]);
+                count += 1;
+            }
+            match fds::send::<()>(fd, &iov[..count], &raw, MsgFlags::MSG_DONTWAIT, None) {
+                Ok(mut n) => {
+                    while let Some((out, offset)) = self.outq.front_mut() {
+                        let left = out.bytes.len() - *offset;
+                        if n < left {
+                            *offset += n;
+                            break;
+                        }
+                        n -= left;
                         self.meters
                             .outgoing
                             .sub(out.bytes.len() as u64, out.fds.len() as u64);
                         self.outq.pop_front();
+                        if n == 0 {
+                            break;
+                        }
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
@@ -331,5 +354,100 @@ impl Conn {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_and_peer() -> (Conn, std::os::unix::net::UnixStream) {
+        let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let conn = Conn::new(
+            UnixStream::from_std(ours),
+            &[Mechanism::External],
+            "0123456789abcdef0123456789abcdef",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        (conn, peer)
+    }
+
+    fn message(byte: u8, len: usize, fds: usize) -> Outgoing {
+        let fds = (0..fds)
+            .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+            .collect();
+        Outgoing::new(vec![byte; len], fds)
+    }
+
+    /// Reads exactly `len` bytes (in as many reads as it takes); returns them and the fds
+    /// that came with them.
+    fn read(peer: &std::os::unix::net::UnixStream, len: usize) -> (Vec<u8>, usize) {
+        let (mut bytes, mut fds) = (Vec::new(), 0);
+        while bytes.len() < len {
+            let mut buf = vec![0; len - bytes.len()];
+            let r = fds::recv::<()>(peer.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            assert!(r.len > 0, "the connection closed");
+            bytes.extend_from_slice(&buf[..r.len]);
+            fds += r.fds.len();
+        }
+        (bytes, fds)
+    }
+
+    /// Messages queued together leave in as few writes as their fds allow, and each
+    /// message's fds still come with its own first byte: never with an earlier message's
+    /// bytes, as a reader that reads up to a message's end would otherwise get them.
+    #[test]
+    fn queued_messages_go_out_together_and_fds_keep_their_message() {
+        let (mut conn, peer) = conn_and_peer();
+        for m in [
+            message(1, 10, 0),
+            message(2, 20, 0),
+            message(3, 30, 2),
+            message(4, 40, 0),
+            message(5, 50, 1),
+        ] {
+            conn.queue(m);
+        }
+        conn.flush().unwrap();
+        assert!(!conn.has_output());
+        assert_eq!(conn.meters().outgoing.bytes(), 0);
+        let expect = |b: u8, n: usize| vec![b; n];
+        assert_eq!(
+            read(&peer, 30),
+            ([expect(1, 10), expect(2, 20)].concat(), 0)
+        );
+        assert_eq!(
+            read(&peer, 70),
+            ([expect(3, 30), expect(4, 40)].concat(), 2)
+        );
+        assert_eq!(read(&peer, 50), (expect(5, 50), 1));
+    }
+
+    /// A write the socket takes only in part goes on where it stopped, whatever message
+    /// it stopped in, and sends no message's fds twice.
+    #[test]
+    fn a_partial_write_goes_on_where_it_stopped() {
+        let (mut conn, peer) = conn_and_peer();
+        let mut expected = Vec::new();
+        let mut fds_expected = 0;
+        for i in 0..200u8 {
+            let (len, fds) = (1000 + 997 * (i as usize % 7), usize::from(i % 50 == 0));
+            expected.extend(std::iter::repeat_n(i, len));
+            fds_expected += fds;
+            conn.queue(message(i, len, fds));
+        }
+        let (mut got, mut fds_got) = (Vec::new(), 0);
+        while got.len() < expected.len() {
+            conn.flush().unwrap();
+            let chunk = (expected.len() - got.len()).min(12_345);
+            let (bytes, fds) = read(&peer, chunk);
+            got.extend(bytes);
+            fds_got += fds;
+        }
+        assert!(got == expected, "the bytes came in order");
+        assert_eq!(fds_got, fds_expected);
+        assert!(!conn.has_output());
     }
 }
