@@ -52,8 +52,6 @@ pub struct Conn {
     /// SASL replies, written before any message.
     auth_out: Vec<u8>,
     outq: VecDeque<(Outgoing, usize)>,
-    /// The event loop watches this connection for writability (output is waiting).
-    pub watching_writable: bool,
 }
 
 /// The authentication conversation of a new connection; DBUS_COOKIE_SHA1, when offered,
@@ -99,7 +97,6 @@ impl Conn {
             messages: Vec::new(),
             auth_out: Vec::new(),
             outq: VecDeque::new(),
-            watching_writable: false,
         })
     }
 

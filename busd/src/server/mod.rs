@@ -9,6 +9,7 @@ mod keyring;
 mod listen;
 pub mod notify;
 mod timers;
+mod write_space;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -106,11 +107,14 @@ pub struct Server {
     fast: Option<fastpath::FastPath>,
     /// Where connections are read into (one thread reads them all).
     read_buf: Vec<u8>,
+    /// Room to write on connections ([`write_space`]).
+    write_space: write_space::WriteSpace,
 }
 
 const FIRST_CONN: PeerId = 1024;
 const CONTROL: Token = Token(FIRST_CONN as usize - 1);
 const DIR_CHANGES: Token = Token(FIRST_CONN as usize - 2);
+const WRITE_SPACE: Token = Token(FIRST_CONN as usize - 3);
 /// Set in the token of a fast-path member's inbox (the rest is the connection's id).
 const FAST_INBOX: usize = 1 << 48;
 /// Set in the token of a started process's pidfd (the rest is the bus's child id).
@@ -192,6 +196,12 @@ impl Server {
             DIR_CHANGES,
             Interest::READABLE,
         )?;
+        let write_space = write_space::WriteSpace::new()?;
+        poll.registry().register(
+            &mut SourceFd(&write_space.fd()),
+            WRITE_SPACE,
+            Interest::READABLE,
+        )?;
         let mut listeners = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
@@ -217,6 +227,7 @@ impl Server {
             notifier,
             fast,
             read_buf: vec![0; conn::READ_CHUNK],
+            write_space,
         })
         .map(|mut s| {
             s.watch_dirs();
@@ -268,6 +279,15 @@ impl Server {
                     self.dirs_changed();
                     continue;
                 }
+                if event.token() == WRITE_SPACE {
+                    let (conns, dirty) = (&self.conns, &mut self.dirty);
+                    self.write_space.take(|id| {
+                        if conns.get(&id).is_some_and(|c| c.has_output()) {
+                            dirty.push(id);
+                        }
+                    });
+                    continue;
+                }
                 if event.token().0 & FAST_INBOX != 0 {
                     self.read_frames((event.token().0 & !FAST_INBOX) as PeerId);
                     continue;
@@ -281,9 +301,6 @@ impl Server {
                     self.read(token, Until::Exhausted);
                 } else if event.is_readable() {
                     self.read(token, Until::ShortRead);
-                }
-                if event.is_writable() {
-                    self.dirty.push(token);
                 }
             }
             for child in self.children.polled() {
@@ -497,10 +514,14 @@ impl Server {
                     continue;
                 }
             };
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .register(conn.source(), Token(id as usize), Interest::READABLE)
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(conn.source(), Token(id as usize), Interest::READABLE)
+                .and_then(|()| {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(conn.source());
+                    self.write_space.watch(fd, id)
+                })
             {
                 warn!("cannot register a connection: {e}");
                 continue;
@@ -809,27 +830,8 @@ impl Server {
                 continue;
             };
             match c.flush() {
-                Ok(()) => {
-                    // Writability is watched only while output waits: a socket that is
-                    // always "ready to write" would also be reported ahead of others that
-                    // became readable later, and upset the order senders are served in.
-                    let waiting = c.has_output();
-                    if waiting != c.watching_writable {
-                        c.watching_writable = waiting;
-                        let interest = if waiting {
-                            Interest::READABLE | Interest::WRITABLE
-                        } else {
-                            Interest::READABLE
-                        };
-                        if let Err(e) = self.poll.registry().reregister(
-                            c.source(),
-                            Token(id as usize),
-                            interest,
-                        ) {
-                            warn!(conn = id, "cannot watch a connection: {e}");
-                        }
-                    }
-                }
+                // (What the socket did not take goes when it has room: `write_space`.)
+                Ok(()) => {}
                 Err(e) => {
                     debug!(conn = id, "write failed: {e}");
                     // The peer hung up: first take in whatever it sent before it left (its
