@@ -52,6 +52,11 @@ pub struct Conn {
     /// SASL replies, written before any message.
     auth_out: Vec<u8>,
     outq: VecDeque<(Outgoing, usize)>,
+    /// What was last written asks for an answer: a message other than a signal
+    /// ([`crate::server::write_space`]).
+    last_write_converses: bool,
+    /// Its socket is armed in [`crate::server::write_space`].
+    pub write_space_armed: bool,
 }
 
 /// The authentication conversation of a new connection; DBUS_COOKIE_SHA1, when offered,
@@ -97,6 +102,8 @@ impl Conn {
             messages: Vec::new(),
             auth_out: Vec::new(),
             outq: VecDeque::new(),
+            last_write_converses: false,
+            write_space_armed: false,
         })
     }
 
@@ -287,6 +294,12 @@ impl Conn {
         !self.auth_out.is_empty() || !self.outq.is_empty()
     }
 
+    /// Whether the bus wants to be woken as the peer reads: while output waits for room,
+    /// and while what it was last sent asks for an answer.
+    pub fn wants_write_space(&self) -> bool {
+        self.has_output() || self.last_write_converses
+    }
+
     pub fn queue(&mut self, out: Outgoing) {
         self.meters
             .outgoing
@@ -303,7 +316,9 @@ impl Conn {
                 &self.auth_out,
                 MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             ) {
-                Ok(n) => drop(self.auth_out.drain(..n)),
+                Ok(n) => {
+                    self.auth_out.drain(..n);
+                }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -330,6 +345,11 @@ impl Conn {
             }
             match fds::send::<()>(fd, &iov[..count], &raw, MsgFlags::MSG_DONTWAIT, None) {
                 Ok(mut n) => {
+                    self.last_write_converses = self
+                        .outq
+                        .iter()
+                        .take(count)
+                        .any(|(out, _)| out.bytes.get(1) != Some(&message::SIGNAL));
                     while let Some((out, offset)) = self.outq.front_mut() {
                         let left = out.bytes.len() - *offset;
                         if n < left {

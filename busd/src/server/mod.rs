@@ -830,8 +830,17 @@ impl Server {
                 continue;
             };
             match c.flush() {
-                // (What the socket did not take goes when it has room: `write_space`.)
-                Ok(()) => {}
+                Ok(()) => {
+                    // (What the socket did not take goes when it has room.)
+                    let want = c.wants_write_space();
+                    if want != c.write_space_armed {
+                        c.write_space_armed = want;
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(c.source());
+                        if let Err(e) = self.write_space.arm(fd, id, want) {
+                            warn!(conn = id, "cannot watch a connection: {e}");
+                        }
+                    }
+                }
                 Err(e) => {
                     debug!(conn = id, "write failed: {e}");
                     // The peer hung up: first take in whatever it sent before it left (its
