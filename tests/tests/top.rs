@@ -18,6 +18,11 @@ impl Pane {
     /// Runs busd-top with `args` in a new pane. When busd-top ends, the pane says
     /// `busd-top exited: STATUS` and stays, so that what it printed can be read.
     fn start(test: &str, args: &[&str]) -> Pane {
+        Pane::start_redirected(test, args, "")
+    }
+
+    /// As [`Pane::start`], with `redirect` (a shell redirection) after busd-top's arguments.
+    fn start_redirected(test: &str, args: &[&str], redirect: &str) -> Pane {
         require("tmux");
         let mut pane = Pane {
             server: format!("busd-top-{}-{test}", std::process::id()),
@@ -34,7 +39,7 @@ impl Pane {
                 "-y",
                 "24",
             ])
-            .arg(pane.shell(args)));
+            .arg(pane.shell(args, redirect)));
         assert!(ok, "tmux: {err}");
         let (ok, socket, err) = run(&mut pane.tmux(&["display-message", "-p", "#{socket_path}"]));
         assert!(ok, "tmux: {err}");
@@ -43,13 +48,13 @@ impl Pane {
     }
 
     /// The shell line the pane runs: busd-top, then a line with its exit status.
-    fn shell(&self, args: &[&str]) -> String {
+    fn shell(&self, args: &[&str], redirect: &str) -> String {
         let mut command = format!("'{}'", busd_program("busd-top").display());
         for a in args {
             assert!(!a.contains('\''), "{a}");
             command.push_str(&format!(" '{a}'"));
         }
-        command + "; echo \"busd-top exited: $?\"; sleep 3600"
+        command + " " + redirect + "; echo \"busd-top exited: $?\"; sleep 3600"
     }
 
     fn tmux(&self, args: &[&str]) -> Command {
@@ -303,6 +308,21 @@ fn a_terminal_that_goes_away_ends_busd_top() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Keys come from standard input: busd-top refuses to start without a terminal there,
+/// rather than read the end of a file again and again (as crossterm would, on a core).
+#[test]
+fn standard_input_must_be_a_terminal() {
+    let bus = Busd::start();
+    let address = format!("--address={}", bus.address);
+    let top = Pane::start_redirected("stdin", &[&address], "< /dev/null");
+    let screen = top.wait_for("busd-top to end", |s| s.contains("busd-top exited: "));
+    assert!(screen.contains("busd-top exited: 1"), "{screen}");
+    assert!(
+        screen.contains("busd-top: standard input is not a terminal"),
+        "{screen}"
+    );
 }
 
 /// A connection that keeps calling shows message and byte rates above zero, both ways.

@@ -109,6 +109,13 @@ fn run() -> Result<(), Failure> {
             "standard output is not a terminal: --once prints one table".into(),
         ));
     }
+    // Keys come from there; at the end of a file crossterm would read on and on.
+    if !o.once && !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(
+            "standard input is not a terminal (keys are read there): --once prints one table"
+                .into(),
+        ));
+    }
     let mut client = client::Client::connect(&address)?;
     if o.once {
         let snapshot = snapshot::Snapshot::take(&mut client)?;
