@@ -208,7 +208,7 @@ pub fn ending_signals() {
 /// ends by SIGHUP, as a program without a handler does.
 pub fn end_on_hangup() {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use nix::sys::signal::Signal;
     use std::os::fd::AsFd;
     std::thread::spawn(|| {
         let stdin = std::io::stdin();
@@ -226,26 +226,27 @@ pub fn end_on_hangup() {
                 Err(_) => return,
             }
         }
-        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-        // SAFETY: restoring the default action involves no handler.
-        let _ = unsafe { sigaction(Signal::SIGHUP, &default) };
-        let _ = raise(Signal::SIGHUP);
+        end_by(Signal::SIGHUP);
     });
+}
+
+/// Ends the process by `signal`, with its default action.
+fn end_by(signal: nix::sys::signal::Signal) {
+    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: restoring the default action involves no handler.
+    let _ = unsafe { sigaction(signal, &default) };
+    let _ = raise(signal);
 }
 
 /// Once the terminal is given back: if a signal ended busd-top, ends it again by that
 /// signal with its default action, so that whoever waits sees how it ended (a shell's
 /// `$?` is 128 plus the signal, as for any program the signal ends).
 pub fn end_as_signalled() {
-    use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let signal = ENDED.load(std::sync::atomic::Ordering::Relaxed);
-    let Ok(signal) = Signal::try_from(signal) else {
-        return;
-    };
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: restoring the default action involves no handler.
-    let _ = unsafe { sigaction(signal, &default) };
-    let _ = raise(signal);
+    if let Ok(signal) = nix::sys::signal::Signal::try_from(signal) {
+        end_by(signal);
+    }
 }
 
 fn cell(c: &Column, text: String) -> Cell<'static> {

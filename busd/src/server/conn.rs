@@ -316,9 +316,7 @@ impl Conn {
                 &self.auth_out,
                 MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
             ) {
-                Ok(n) => {
-                    self.auth_out.drain(..n);
-                }
+                Ok(n) => drop(self.auth_out.drain(..n)),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -335,21 +333,18 @@ impl Conn {
                 Vec::new()
             };
             let mut iov = [IoSlice::new(&[]); MAX_WRITE_BATCH];
-            let mut count = 0;
+            let (mut count, mut converses) = (0, false);
             for (i, (out, offset)) in self.outq.iter().enumerate().take(MAX_WRITE_BATCH) {
                 if i > 0 && !out.fds.is_empty() {
                     break;
                 }
                 iov[i] = IoSlice::new(&out.bytes[*offset..]);
+                converses |= out.bytes.get(1) != Some(&message::SIGNAL);
                 count += 1;
             }
             match fds::send::<()>(fd, &iov[..count], &raw, MsgFlags::MSG_DONTWAIT, None) {
                 Ok(mut n) => {
-                    self.last_write_converses = self
-                        .outq
-                        .iter()
-                        .take(count)
-                        .any(|(out, _)| out.bytes.get(1) != Some(&message::SIGNAL));
+                    self.last_write_converses = converses;
                     while let Some((out, offset)) = self.outq.front_mut() {
                         let left = out.bytes.len() - *offset;
                         if n < left {

@@ -92,30 +92,35 @@ pub fn attach(socket: std::os::fd::BorrowedFd<'_>, prog: &Program) -> std::io::R
         len: prog.insns.len() as u16,
         filter: prog.insns.as_ptr() as *mut libc::sock_filter,
     };
-    // (`fprog` points at `len` instructions laid out as struct sock_filter, checked above,
-    // alive for the call; the kernel copies them.)
-    socket_option(socket, libc::SO_ATTACH_FILTER, &fprog)
+    // SAFETY: `fprog` points at `len` instructions laid out as struct sock_filter (checked
+    // above), alive for the call; the kernel copies them.
+    unsafe { socket_option(socket, libc::SO_ATTACH_FILTER, &fprog) }
 }
 
 /// Takes a socket's filter off (`SO_DETACH_FILTER`): from now on it gets every datagram.
 /// A socket without a filter is left as it is.
 pub fn detach(socket: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
-    // (The kernel ignores the value.)
-    match socket_option(socket, libc::SO_DETACH_FILTER, &0 as &libc::c_int) {
+    // SAFETY: a plain int, which the kernel ignores.
+    match unsafe { socket_option(socket, libc::SO_DETACH_FILTER, &0 as &libc::c_int) } {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r,
     }
 }
 
 /// Sets a `SOL_SOCKET` option to `value`.
-fn socket_option<T>(
+///
+/// # Safety
+///
+/// `value` must be what the kernel expects for `option`: anything it points to must be
+/// valid for the kernel to read during the call.
+unsafe fn socket_option<T>(
     socket: std::os::fd::BorrowedFd<'_>,
     option: libc::c_int,
     value: &T,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the kernel reads at most `size_of::<T>()` bytes of `value`, alive for the
-    // call; what those bytes point to, the callers answer for.
+    // call; what those bytes point to, the caller answers for (above).
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
