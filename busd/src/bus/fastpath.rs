@@ -10,7 +10,7 @@
 //! ([`Bus::handle_fast_frame`]).
 
 use crate::bus::error::{DriverError, ErrorName};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use tracing::warn;
 
 use super::compose::{self, DriverMessage};
 use super::driver::Failure;
-use super::{Bus, Effect, PeerId};
+use super::{Bus, Effect, IdMap, PeerId};
 use busd_wire::message::Message;
 
 /// A connection on the fast path.
@@ -52,7 +52,7 @@ impl FastMember {
 #[derive(Debug, Default)]
 pub(super) struct State {
     pub enabled: bool,
-    members: HashMap<u32, PeerId>,
+    members: IdMap<u32, PeerId>,
     /// Members whose filter must be recompiled.
     dirty_filters: BTreeSet<PeerId>,
     /// The daemon's own filter (attached to every member's inbox) must be recompiled.

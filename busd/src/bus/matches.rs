@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use busd_match::rule::ArgMatchKind;
 use busd_match::MatchRule;
 
-use super::PeerId;
+use super::{IdMap, PeerId};
 
 #[derive(Debug)]
 pub struct Entry {
@@ -68,10 +68,10 @@ pub struct MatchRegistry {
     /// recipient's names gathered, only when some rules need them).
     filed: [usize; KEYS],
     /// Each connection's rules, in the order it added them.
-    by_peer: HashMap<PeerId, Vec<MatchRule>>,
+    by_peer: IdMap<PeerId, Vec<MatchRule>>,
     /// For each name `sender=` rules mention, the connections with such rules (and how
     /// many each has): whose fast-path filter changes when that name changes owner.
-    mentions: HashMap<String, HashMap<PeerId, u32>>,
+    mentions: HashMap<String, IdMap<PeerId, u32>>,
 }
 
 /// The keys `rule` may be filed under, with their values.

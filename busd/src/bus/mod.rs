@@ -36,6 +36,14 @@ pub use driver::introspection_xml;
 /// The server's handle on a connection.
 pub type PeerId = u64;
 
+/// A map keyed by ids the daemon hands out (peers, members), alone or with a client's
+/// serial. These lookups run several times per message, and foldhash (seeded per process,
+/// like std's) costs a fraction of SipHash on integers. Strings a client chooses (names,
+/// match keys) keep std's SipHash.
+pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A set of such ids; see [`IdMap`].
+pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub const DBUS_NAME: &str = "org.freedesktop.DBus";
 pub const DBUS_PATH: &str = "/org/freedesktop/DBus";
 pub const DBUS_INTERFACE: &str = "org.freedesktop.DBus";
@@ -551,9 +559,10 @@ impl Bus {
                 (true, Some(r)) => names_of(r),
                 (true, None) => msg.destination().into_iter().collect(),
             };
+            // (Only the first argument: the rules found read the others if they test them.)
             let arg0 = match self.matches.wants_arg0() {
-                true => match busd_match::MessageInfo::arg(&routed, 0) {
-                    busd_match::Arg::Str(s) => Some(s),
+                true => match msg.arg0() {
+                    Some(busd_match::Arg::Str(s)) => Some(s),
                     _ => None,
                 },
                 false => None,

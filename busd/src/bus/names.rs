@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::PeerId;
+use super::{IdMap, PeerId};
 
 pub const NAME_FLAG_ALLOW_REPLACEMENT: u32 = 0x1;
 pub const NAME_FLAG_REPLACE_EXISTING: u32 = 0x2;
@@ -46,11 +46,11 @@ pub struct NameRegistry {
     names: HashMap<String, VecDeque<Owner>>,
     /// Per connection, the names it owns or is queued for, in the order it entered each
     /// queue (its disconnection releases them in that order, as dbus-daemon does).
-    held: HashMap<PeerId, Vec<String>>,
+    held: IdMap<PeerId, Vec<String>>,
 }
 
 /// `peer` entered `name`'s queue.
-fn joined(held: &mut HashMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
+fn joined(held: &mut IdMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
     let names = held.entry(peer).or_default();
     if !names.iter().any(|n| n == name) {
         names.push(name.to_string());
@@ -58,7 +58,7 @@ fn joined(held: &mut HashMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
 }
 
 /// `peer` left `name`'s queue.
-fn left(held: &mut HashMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
+fn left(held: &mut IdMap<PeerId, Vec<String>>, peer: PeerId, name: &str) {
     if let Some(names) = held.get_mut(&peer) {
         names.retain(|n| n != name);
         if names.is_empty() {

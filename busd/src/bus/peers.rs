@@ -8,7 +8,7 @@ use std::rc::Rc;
 use busd_match::MatchRule;
 use busd_policy::ClientPolicy;
 
-use super::{fastpath, Credentials, PeerId};
+use super::{fastpath, Credentials, IdMap, PeerId};
 use crate::queue::QueueLoad;
 
 #[derive(Debug)]
@@ -62,13 +62,13 @@ impl Peer {
 
 #[derive(Debug, Default)]
 pub(super) struct PeerRegistry {
-    peers: HashMap<PeerId, Peer>,
+    peers: IdMap<PeerId, Peer>,
     /// The connection each unique name designates (not a monitor's any more).
     by_unique: HashMap<String, PeerId>,
     next_unique: u64,
     /// Connections that said Hello, in all and per uid.
     active: usize,
-    active_per_uid: HashMap<u32, usize>,
+    active_per_uid: IdMap<u32, usize>,
 }
 
 impl PeerRegistry {

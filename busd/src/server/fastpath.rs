@@ -14,7 +14,6 @@
 //! `lock`, which the daemon keeps locked while it lives: another busd removes a directory
 //! only when that lock is free (its owner has ended).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -38,7 +37,7 @@ use nix::sys::stat::Mode;
 use tracing::{debug, warn};
 
 use crate::bus::fastpath::Joined;
-use crate::bus::PeerId;
+use crate::bus::{IdMap, PeerId};
 
 /// Bytes of routing-table body the shared memory holds (members take 40 bytes each, names
 /// 8 bytes plus their length): far beyond any bus; a table that does not fit sends
@@ -232,7 +231,7 @@ pub struct FastPath {
     _lock: Flock<File>,
     table: SharedTable,
     progress: SharedProgress,
-    members: HashMap<PeerId, Member>,
+    members: IdMap<PeerId, Member>,
     daemon_filter: Program,
     buf: Vec<u8>,
 }
@@ -384,7 +383,7 @@ impl FastPath {
             _lock: lock,
             table,
             progress: SharedProgress::new()?,
-            members: HashMap::new(),
+            members: IdMap::default(),
             daemon_filter: Program {
                 insns: Vec::new(),
                 widened: false,

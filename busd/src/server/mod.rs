@@ -11,7 +11,7 @@ pub mod notify;
 mod timers;
 mod write_space;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -26,7 +26,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tracing::{debug, info, warn};
 
 use crate::bus::activation::ServiceEntry;
-use crate::bus::{Bus, Effect, PeerId};
+use crate::bus::{Bus, Effect, IdMap, PeerId};
 use busd_wire::sasl::Mechanism;
 
 pub use children::raise_descriptor_limit;
@@ -76,7 +76,7 @@ enum Feedback {
 pub struct Server {
     poll: Poll,
     listeners: Vec<Listener>,
-    conns: HashMap<PeerId, Conn>,
+    conns: IdMap<PeerId, Conn>,
     bus: Bus,
     config: ServerConfig,
     reloader: Reloader,
@@ -210,7 +210,7 @@ impl Server {
         Ok(Server {
             poll,
             listeners,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             bus,
             config,
             reloader,
@@ -244,16 +244,21 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         self.notifier.notify("READY=1");
+        // One clock reading per wake-up: the time the poll returned. The next timeout is
+        // counted from it too, so a deadline is late by at most one pass over the events
+        // (as it would be anyway: they are handled before timers).
+        let mut now = Instant::now();
         loop {
             let timeout = self
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+                .map(|d| d.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            self.bus.set_now(Instant::now());
+            now = Instant::now();
+            self.bus.set_now(now);
             for event in events.iter() {
                 if event.token() == CONTROL {
                     let requests = self.control.take();
@@ -306,7 +311,7 @@ impl Server {
             for child in self.children.polled() {
                 self.reap_child(child);
             }
-            self.expire();
+            self.expire(now);
             self.flush_dirty();
             self.resume_paused();
             self.resume_accepting();
@@ -415,8 +420,7 @@ impl Server {
             .min()
     }
 
-    fn expire(&mut self) {
-        let now = Instant::now();
+    fn expire(&mut self, now: Instant) {
         let fd_timeout = self.pending_fd_timeout();
         let mut auth_expired = Vec::new();
         let mut fds_expired = Vec::new();
