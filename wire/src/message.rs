@@ -376,8 +376,8 @@ impl Message {
             let bytes = &self.bytes[s as usize..e as usize];
             // SAFETY: a span is set only by `parse`, over a string it checked is UTF-8 (or a
             // signature it checked is ASCII), or by `forward`, over a copy of such a string
-            // (a property test checks forward's spans against parsing); the bytes never
-            // change after.
+            // or over the new SENDER, a `&str` it checked is a valid bus name (a property
+            // test checks forward's spans against parsing); the bytes never change after.
             unsafe { std::str::from_utf8_unchecked(bytes) }
         })
     }
@@ -533,10 +533,13 @@ impl Message {
             serial: self.serial,
         };
         let (bytes, spans) = encode_with_spans(head, &fields, self.body());
-        // Every field comes from this message, which parsing validated, so the new bytes
-        // need no second validation: only where each field now lies, and their length (a
-        // longer SENDER can take a message past the limit).
-        total_length(&bytes).ok()?;
+        // Every other field comes from this message, which parsing validated, so the new
+        // bytes need no second validation: only where each field now lies, the new SENDER,
+        // and the length (a longer SENDER can take a message past the limit; a bus name is
+        // at most 255 bytes, so no length written in the header can have wrapped).
+        if !names::is_valid_bus_name(sender) || total_length(&bytes) != Ok(bytes.len()) {
+            return None;
+        }
         let m = Message {
             bytes: Arc::new(bytes),
             fds: Vec::new(),
@@ -770,6 +773,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn forwarding_under_a_name_that_is_none_gives_nothing() {
+        for bad in ["", "no", ":1.\0", "a..b", "\u{e9}t\u{e9}.a"] {
+            let m = Message::parse(call(Endian::Little), vec![]).unwrap();
+            assert!(m.forward(bad).is_none(), "{bad:?}");
+        }
+        let m = Message::parse(call(Endian::Little), vec![]).unwrap();
+        let long = format!("a.{}", "b".repeat(300));
+        assert!(m.forward(&long).is_none(), "a name of 302 bytes");
+    }
+
     /// A message with an extra header field of code 200 holding a variant.
     fn with_unknown_field() -> Vec<u8> {
         let mut w = Writer::new(Endian::Little);
@@ -804,6 +818,8 @@ mod tests {
         let f = Message::parse(out, vec![]).unwrap();
         assert_eq!(f.member(), Some("M"));
         assert_eq!(f.sender(), Some(":1.1"));
+        let forwarded = m.forward(":1.1").unwrap();
+        assert!(forwarded.same_fields(&f), "{forwarded:?} against {f:?}");
     }
 
     fn expect_invalid(bytes: Vec<u8>) -> Error {
@@ -1046,10 +1062,12 @@ mod tests {
             }, &b.into_vec());
             // (Generated headers may lack what their type requires: those are not messages.)
             if let Ok(m) = Message::parse(bytes, vec![]) {
+                let expected = m.forwarded(&new_sender);
                 let f = m.forward(&new_sender).expect("forwarded");
                 let parsed = Message::parse(f.bytes().to_vec(), vec![]).expect("parses");
                 proptest::prop_assert!(parsed.same_fields(&f), "{f:?} parses as {parsed:?}");
                 proptest::prop_assert_eq!(f.sender(), Some(new_sender.as_str()));
+                proptest::prop_assert_eq!(f.bytes(), &expected[..]);
             }
         }
 

@@ -36,13 +36,12 @@ pub use driver::introspection_xml;
 /// The server's handle on a connection.
 pub type PeerId = u64;
 
-/// A map keyed by ids the daemon hands out (peers, members), alone or with a client's
-/// serial. These lookups run several times per message, and foldhash (seeded per process,
-/// like std's) costs a fraction of SipHash on integers. Strings a client chooses (names,
-/// match keys) keep std's SipHash.
+/// A map keyed by ids the daemon hands out (peers, members). These lookups run several
+/// times per message, and foldhash costs a fraction of SipHash on integers. Keys a client
+/// chooses (names, match keys, the serials of its calls) keep std's SipHash, whose seed
+/// comes from the system's randomness: foldhash's does not, and it does not claim to
+/// resist an attacker who picks keys.
 pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-/// A set of such ids; see [`IdMap`].
-pub type IdSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 pub const DBUS_NAME: &str = "org.freedesktop.DBus";
 pub const DBUS_PATH: &str = "/org/freedesktop/DBus";

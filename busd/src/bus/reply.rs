@@ -4,12 +4,12 @@
 //! [`ReplyRegistry`] is the one record of them, indexed by caller and by replier so that a
 //! connection leaving costs what it was involved in, not every pending call on the bus.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use super::{Bus, DriverMessage, IdMap, IdSet, PeerId};
+use super::{Bus, DriverMessage, IdMap, PeerId};
 use crate::bus::error::{DriverError, ErrorName};
 
 /// A method call that expects a reply: (caller, caller's serial).
@@ -50,14 +50,14 @@ impl Refused {
 
 #[derive(Debug, Default)]
 pub(super) struct ReplyRegistry {
-    pending: IdMap<ReplyKey, PendingReply>,
+    pending: HashMap<ReplyKey, PendingReply>,
     /// Deadlines in the order they expire (one timeout for all, so insertion order);
     /// entries whose reply came (or was replaced) are skipped when reached.
     deadlines: VecDeque<(Instant, ReplyKey)>,
     /// Per caller, the serials of its calls that wait for a reply.
-    by_caller: IdMap<PeerId, IdSet<u32>>,
+    by_caller: IdMap<PeerId, HashSet<u32>>,
     /// Per replier, the calls it owes a reply to.
-    by_replier: IdMap<PeerId, IdSet<ReplyKey>>,
+    by_replier: IdMap<PeerId, HashSet<ReplyKey>>,
 }
 
 impl ReplyRegistry {
@@ -92,7 +92,7 @@ impl ReplyRegistry {
 
     /// How many replies `caller` waits for.
     pub fn waiting(&self, caller: PeerId) -> usize {
-        self.by_caller.get(&caller).map_or(0, IdSet::len)
+        self.by_caller.get(&caller).map_or(0, HashSet::len)
     }
 
     /// A reply from `replier` to `key`'s call: true (and forgotten) when it was expected

@@ -254,7 +254,10 @@ impl Server {
                 .map(|d| d.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    now = Instant::now();
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
             now = Instant::now();
