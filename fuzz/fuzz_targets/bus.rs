@@ -451,6 +451,7 @@ impl Harness {
                             table: null(),
                             progress: null(),
                             slot: member,
+                            shown: std::rc::Rc::new(vec![null(), null(), null(), null()]),
                         };
                         if let Some(fast) = self.peers.get_mut(&peer) {
                             *fast = true;

@@ -772,3 +772,55 @@ async fn memfd_frames_must_be_sealed_and_of_the_announced_size() {
         .table_until(|t| t.member(m_id).is_none_or(|m| m.departed))
         .await;
 }
+
+/// A monitor sees every message, a Join's answer too; but whoever holds that answer's
+/// descriptors can take the member's datagrams off its socket, send the daemon frames as
+/// the member on its inbox and write the progress memory. The monitor here is an honest
+/// zbus monitor that looks at what it was handed: /dev/null in every place.
+#[tokio::test]
+async fn a_monitor_gets_no_descriptor_of_a_member() {
+    use nix::sys::stat::{fstat, SFlag};
+    let bus = Busd::start();
+    let monitor = zbus_connect(&bus).await;
+    zbus::fdo::MonitoringProxy::new(&monitor)
+        .await
+        .unwrap()
+        .become_monitor(&[], 0)
+        .await
+        .unwrap();
+    let mut seen = MessageStream::from(&monitor);
+    let m = member(&bus).await;
+    let unique = m.conn.unique_name().unwrap().to_string();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = seen.next().await {
+            let h = msg.header();
+            if msg.message_type() == zbus::message::Type::MethodReturn
+                && h.destination().map(|d| d.to_string()) == Some(unique.clone())
+                && h.unix_fds() == Some(4)
+            {
+                return msg;
+            }
+        }
+        panic!("the monitor's stream ended");
+    })
+    .await
+    .expect("the monitor saw the Join answer");
+    let null = nix::sys::stat::stat("/dev/null").unwrap();
+    let data = answer.data();
+    let fds = data.fds();
+    assert_eq!(fds.len(), 4, "the answer is whole");
+    for (i, fd) in fds.iter().enumerate() {
+        let st = fstat(fd.as_raw_fd()).unwrap();
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        assert_eq!(
+            (kind, st.st_rdev),
+            (SFlag::S_IFCHR, null.st_rdev),
+            "descriptor {i} of the Join answer the monitor got is not /dev/null"
+        );
+    }
+    // The member itself got the real ones.
+    assert_eq!(
+        m.socket.local_addr().unwrap().as_pathname(),
+        Some(m.dir.join(m.id.to_string()).as_path())
+    );
+}

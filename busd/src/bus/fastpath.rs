@@ -129,6 +129,11 @@ pub struct Joined {
     pub progress: OwnedFd,
     /// The member's slot in it.
     pub slot: u32,
+    /// What monitors get in place of these descriptors: whoever holds them can take the
+    /// member's datagrams, send the daemon frames as the member and write the progress
+    /// memory, so they go to the member alone (monitors see harmless stand-ins, and the
+    /// message stays well formed).
+    pub shown: std::rc::Rc<Vec<OwnedFd>>,
 }
 
 /// What the shell must apply after an event.
@@ -381,7 +386,7 @@ impl Bus {
             table: joined.table,
             progress: joined.progress,
         };
-        self.send_from_driver_with_fds(peer, m, fds.into_vec());
+        self.send_from_driver_with_fds(peer, m, fds.into_vec(), joined.shown);
     }
 
     /// `Ready`: the member set up its socket and memory; if the policy allows, others may

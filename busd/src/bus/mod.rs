@@ -691,12 +691,14 @@ impl Bus {
         }
     }
 
-    /// A reply from the driver that carries Unix fds (the fast path's Join).
+    /// A reply from the driver that carries Unix fds (the fast path's Join); monitors get
+    /// the `shown` descriptors instead.
     fn send_from_driver_with_fds(
         &mut self,
         to: PeerId,
         m: DriverMessage<'_>,
         fds: Vec<std::os::fd::OwnedFd>,
+        shown: Rc<Vec<std::os::fd::OwnedFd>>,
     ) {
         let dest = self.unique_of(to).to_string();
         let serial = self.next_serial();
@@ -709,7 +711,13 @@ impl Bus {
             }
         };
         let out = Outgoing::take(&mut msg);
-        self.capture(&msg, None, Some(to), &out);
+        debug_assert_eq!(out.fds.len(), shown.len());
+        let for_monitors = Outgoing {
+            bytes: std::sync::Arc::clone(&out.bytes),
+            fds: shown,
+            charge: None,
+        };
+        self.capture(&msg, None, Some(to), &for_monitors);
         self.send(to, out);
     }
 

@@ -234,6 +234,9 @@ pub struct FastPath {
     members: IdMap<PeerId, Member>,
     daemon_filter: Program,
     buf: Vec<u8>,
+    /// What monitors are shown in place of the descriptors of a Join's answer (see
+    /// [`crate::bus::fastpath::Joined::shown`]): `/dev/null`, once per descriptor.
+    stand_ins: std::rc::Rc<Vec<OwnedFd>>,
 }
 
 /// Where the directory goes: `$XDG_RUNTIME_DIR` (private to the user) when set, else the
@@ -378,6 +381,9 @@ impl FastPath {
         })?;
         let mut table = SharedTable::new()?;
         table.publish(&Table::default());
+        let stand_ins = (0..protocol::JoinReply::FDS)
+            .map(|_| File::open("/dev/null").map(OwnedFd::from))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(FastPath {
             dir,
             _lock: lock,
@@ -389,6 +395,7 @@ impl FastPath {
                 widened: false,
             },
             buf: Vec::new(),
+            stand_ins: std::rc::Rc::new(stand_ins),
         })
     }
 
@@ -433,6 +440,7 @@ impl FastPath {
             table,
             progress,
             slot,
+            shown: std::rc::Rc::clone(&self.stand_ins),
         };
         let member = Member {
             id,

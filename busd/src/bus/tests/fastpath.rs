@@ -31,6 +31,23 @@ fn dummy_fd() -> std::os::fd::OwnedFd {
     std::fs::File::open("/dev/null").unwrap().into()
 }
 
+/// What the shell answers a FastJoin with (every descriptor /dev/null here).
+fn joined(shown: Rc<Vec<std::os::fd::OwnedFd>>) -> Joined {
+    Joined {
+        directory: "/run/user/1000/busd-fastpath-x".into(),
+        socket: dummy_fd(),
+        inbox: dummy_fd(),
+        table: dummy_fd(),
+        progress: dummy_fd(),
+        slot: 4,
+        shown,
+    }
+}
+
+fn stand_ins() -> Rc<Vec<std::os::fd::OwnedFd>> {
+    Rc::new((0..4).map(|_| dummy_fd()).collect())
+}
+
 fn ready_call(serial: u32) -> Message {
     fast_call(serial, busd_match::protocol::READY)
 }
@@ -60,19 +77,7 @@ fn join_unready(b: &mut Bus, id: PeerId) -> u32 {
     };
     assert_eq!((*peer, *serial), (id, 2));
     let member = *member;
-    b.fast_joined(
-        id,
-        2,
-        member,
-        Ok(Joined {
-            directory: "/run/user/1000/busd-fastpath-x".into(),
-            socket: dummy_fd(),
-            inbox: dummy_fd(),
-            table: dummy_fd(),
-            progress: dummy_fd(),
-            slot: 4,
-        }),
-    );
+    b.fast_joined(id, 2, member, Ok(joined(stand_ins())));
     let reply: Vec<(PeerId, Message)> = b
         .take_effects()
         .filter_map(|e| match e {
@@ -127,6 +132,51 @@ fn become_monitor(b: &mut Bus, id: PeerId) {
     );
     b.handle_message(id, m);
     drain(b);
+}
+
+/// A Join's answer carries what lets its holder take the member's datagrams and send the
+/// daemon frames as the member: a monitor sees the answer, with stand-ins for those.
+#[test]
+fn monitors_see_a_join_answer_without_its_descriptors() {
+    use std::os::fd::{AsRawFd, RawFd};
+    let mut b = fast_bus();
+    join(&mut b, 1);
+    join(&mut b, 9);
+    become_monitor(&mut b, 9);
+    b.handle_message(1, join_call(2));
+    let member = b
+        .take_effects()
+        .find_map(|e| match e {
+            Effect::FastJoin { member, .. } => Some(member),
+            _ => None,
+        })
+        .expect("a FastJoin");
+    let shown = stand_ins();
+    let shown_raw: Vec<RawFd> = shown.iter().map(AsRawFd::as_raw_fd).collect();
+    let j = joined(shown);
+    let real_raw: Vec<RawFd> = [&j.socket, &j.inbox, &j.table, &j.progress]
+        .iter()
+        .map(|f| f.as_raw_fd())
+        .collect();
+    b.fast_joined(1, 2, member, Ok(j));
+    let mut sent: Vec<(PeerId, Vec<RawFd>, Vec<u8>)> = b
+        .take_effects()
+        .filter_map(|e| match e {
+            Effect::Send(to, out) => Some((
+                to,
+                out.fds.iter().map(AsRawFd::as_raw_fd).collect(),
+                out.bytes.to_vec(),
+            )),
+            _ => None,
+        })
+        .collect();
+    sent.sort();
+    let [(1, to_member, answer), (9, to_monitor, shown_answer)] = sent.as_slice() else {
+        panic!("expected the answer to the member and a copy to the monitor: {sent:?}");
+    };
+    assert_eq!(to_member, &real_raw, "the member gets its descriptors");
+    assert_eq!(to_monitor, &shown_raw, "the monitor gets the stand-ins");
+    assert_eq!(answer, shown_answer, "the same message");
 }
 
 #[test]
