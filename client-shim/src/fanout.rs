@@ -114,11 +114,13 @@ pub fn send_to(
     Ok(())
 }
 
-/// Whether a send failed because the receiver's socket is gone (it left).
+/// Whether a send failed because the receiver's socket is gone (it left: its name is
+/// removed and the daemon shuts the socket down, EPIPE for a sender that found the name
+/// just before).
 pub fn gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::EPIPE)
     )
 }
 
@@ -198,8 +200,8 @@ pub fn send_batch(
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
-            // The first receiver's error (EAGAIN: its queue is full; ECONNREFUSED, ENOENT:
-            // it left); a later one's is reported when the batch resumes from it.
+            // The first receiver's error (EAGAIN: its queue is full; ECONNREFUSED, ENOENT,
+            // EPIPE: it left); a later one's is reported when the batch resumes from it.
             _ => return Err(e),
         }
     }
@@ -245,6 +247,10 @@ mod tests {
             }
             assert!(sent < 100_000);
         }
+        // A receiver the daemon shut down as it left (its name still there): gone too.
+        nix::sys::socket::shutdown(b.as_raw_fd(), nix::sys::socket::Shutdown::Both).unwrap();
+        let e = send_batch(sender.as_fd(), &addrs[1..], &frame, &[]).unwrap_err();
+        assert!(gone(&e), "{e}");
         drop(b);
         let e = send_batch(sender.as_fd(), &addrs[1..], &frame, &[]).unwrap_err();
         assert!(gone(&e), "{e}");

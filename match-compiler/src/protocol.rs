@@ -188,6 +188,22 @@ pub fn check_frame(
         }
         rest.to_vec()
     };
+    // The descriptors that come with a frame are its message's (after the memfd that may
+    // hold it), exactly as many as the message declares: a receiver that takes a message's
+    // descriptors by the count it declares (libdbus does) would otherwise give one
+    // message's descriptors to the next.
+    if message.len() < busd_wire::message::FIXED_HEADER_SIZE {
+        return Err(FrameError::Malformed(
+            "a message shorter than its header".into(),
+        ));
+    }
+    let declared = busd_wire::message::declared_unix_fds(&message) as usize;
+    let carried = fds.len() - usize::from(memfd);
+    if declared != carried {
+        return Err(FrameError::Malformed(format!(
+            "a message that declares {declared} descriptors came with {carried}"
+        )));
+    }
     Ok(CheckedFrame {
         header,
         message,
@@ -289,5 +305,59 @@ mod tests {
             Err(FrameError::Malformed(_))
         ));
         assert!(check_frame(&frame[..HEADER_LEN - 1], &[], 5, 100).is_err());
+    }
+
+    #[test]
+    fn a_frame_carries_the_descriptors_its_message_declares() {
+        use busd_wire::message::{encode, HeaderFields, SIGNAL};
+        let frame = |unix_fds| {
+            let message = encode(
+                Endian::Little,
+                SIGNAL,
+                0,
+                1,
+                &HeaderFields {
+                    path: Some("/p"),
+                    interface: Some("a.b"),
+                    member: Some("C"),
+                    unix_fds,
+                    ..Default::default()
+                },
+                &[],
+            );
+            let mut head = [0u8; HEADER_LEN];
+            header::encode(
+                &header::Fields {
+                    msg_type: SIGNAL,
+                    flags: 0,
+                    sender: 5,
+                    destination: 0,
+                    interface: Some("a.b"),
+                    member: Some("C"),
+                    path: Some("/p"),
+                },
+                &[],
+                &mut head,
+            );
+            [&head[..], &message].concat()
+        };
+        let fd = || -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+        assert!(check_frame(&frame(1), &[fd()], 5, 1000).is_ok());
+        assert!(check_frame(&frame(0), &[], 5, 1000).is_ok());
+        for (declared, fds) in [(1, vec![]), (0, vec![fd()]), (1, vec![fd(), fd()])] {
+            assert!(
+                matches!(
+                    check_frame(&frame(declared), &fds, 5, 1000),
+                    Err(FrameError::Malformed(_))
+                ),
+                "declared {declared}, carried {}",
+                fds.len()
+            );
+        }
+        let short = frame(0)[..HEADER_LEN + 15].to_vec();
+        assert!(matches!(
+            check_frame(&short, &[], 5, 1000),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

@@ -152,20 +152,7 @@ async fn next_ping(signals: &mut MessageStream) -> String {
 
 /// A Ping signal from `sender` at `path`.
 fn ping(sender: &str, path: &str) -> Vec<u8> {
-    busd_wire::message::encode(
-        busd_wire::marshal::Endian::Little,
-        SIGNAL,
-        0,
-        5,
-        &busd_wire::message::HeaderFields {
-            path: Some(path),
-            interface: Some("org.example.Fast"),
-            member: Some("Ping"),
-            sender: Some(sender),
-            ..Default::default()
-        },
-        &[],
-    )
+    ping_declaring(sender, path, 0)
 }
 
 /// Item 2: a process of the bus's user that is no member binds look-alikes of a member's
@@ -525,4 +512,99 @@ async fn a_connection_whose_set_up_failed_loses_nothing() {
     .unwrap();
     let answer: String = reply.body().deserialize().unwrap();
     assert_eq!(answer, "echo: still there");
+}
+
+/// A Ping signal from `sender` at `path` that declares `unix_fds` descriptors.
+fn ping_declaring(sender: &str, path: &str, unix_fds: u32) -> Vec<u8> {
+    busd_wire::message::encode(
+        busd_wire::marshal::Endian::Little,
+        SIGNAL,
+        0,
+        5,
+        &busd_wire::message::HeaderFields {
+            path: Some(path),
+            interface: Some("org.example.Fast"),
+            member: Some("Ping"),
+            sender: Some(sender),
+            unix_fds,
+            ..Default::default()
+        },
+        &[],
+    )
+}
+
+fn dev_null() -> std::fs::File {
+    std::fs::File::open("/dev/null").unwrap()
+}
+
+/// A frame whose message declares more or fewer descriptors than came with it. A receiver
+/// that takes a message's descriptors by the count it declares (libdbus does) would give
+/// one message's descriptors to the next, another sender's, or stall until they come. The
+/// daemon disconnects a member that sends it one; a receiver drops it and counts it.
+#[tokio::test]
+async fn a_frame_carries_exactly_the_descriptors_its_message_declares() {
+    let bus = Busd::start();
+    let null = dev_null();
+    let fd = null.as_raw_fd();
+    for (declared, attached) in [(1, vec![]), (0, vec![fd]), (2, vec![fd])] {
+        let m = member(&bus).await;
+        let frame = frame_for(m.id, 0, &ping_declaring(&m.unique, "/liar", declared));
+        m.send_to_daemon_with_fds(&frame, &attached);
+        assert!(
+            disconnected(&m.conn).await,
+            "a member whose frame declared {declared} descriptors and carried {} stayed",
+            attached.len()
+        );
+    }
+    let honest = member(&bus).await;
+    let frame = frame_for(honest.id, 0, &ping_declaring(&honest.unique, "/one", 1));
+    honest.send_to_daemon_with_fds(&frame, &[fd]);
+    assert!(connected(&honest.conn).await, "one declared, one carried");
+
+    let (receiver, mut signals, counters) = ping_receiver(&bus).await;
+    let m = member(&bus).await;
+    let to = member_id(&receiver);
+    for (declared, attached) in [(1, vec![]), (0, vec![fd])] {
+        let frame = frame_for(m.id, 0, &ping_declaring(&m.unique, "/liar", declared));
+        m.send_with_fds(&protocol::socket_name(to), &frame, &attached);
+    }
+    m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/honest")))
+        .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/honest");
+    assert_eq!(counters.malformed.load(Ordering::Relaxed), 2);
+}
+
+/// A member that left (here: it became a monitor, which may not send) keeps its socket's
+/// descriptor. The daemon shut that socket down as it left: it sends nobody anything as
+/// its old name.
+#[tokio::test]
+async fn a_member_that_left_sends_nothing_as_its_old_name() {
+    let bus = Busd::start();
+    let (receiver, mut signals, _counters) = ping_receiver(&bus).await;
+    let to = member_id(&receiver);
+    let m = member(&bus).await;
+    m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/before")))
+        .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/before");
+    zbus::fdo::MonitoringProxy::new(&m.conn)
+        .await
+        .unwrap()
+        .become_monitor(&[], 0)
+        .await
+        .unwrap();
+    // (Its departure reaches the daemon's state with the answer; the socket is shut then.)
+    let mut refused = None;
+    for _ in 0..100 {
+        match m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/after"))) {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let e = refused.expect("the socket of a member that left still sends");
+    assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
+    let after = tokio::time::timeout(Duration::from_millis(500), next_ping(&mut signals)).await;
+    assert!(after.is_err(), "a Ping from a member that left arrived");
 }

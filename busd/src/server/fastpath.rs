@@ -455,13 +455,18 @@ impl FastPath {
         Ok((joined, &mut m.inbox))
     }
 
-    /// Forgets a member: its sockets close and their names go.
+    /// Forgets a member: its socket's name goes, and the socket is shut down, its process's
+    /// copy too: a member that left (disconnected, or became a monitor) sends nobody
+    /// anything as its old name, and receives nothing. (What it sent before is delivered:
+    /// the receivers' queues keep it.)
     pub fn leave(&mut self, peer: PeerId) {
         let Some(m) = self.members.remove(&peer) else {
             return;
         };
         self.progress.give_back(m.slot);
+        // (The name first: a sender that finds it gone sends through the daemon.)
         let _ = std::fs::remove_file(self.dir.join(protocol::socket_name(m.id)));
+        let _ = nix::sys::socket::shutdown(m.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {
