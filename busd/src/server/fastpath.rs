@@ -420,18 +420,27 @@ impl FastPath {
     ) -> io::Result<(Joined, &mut UnixDatagram)> {
         let path = self.dir.join(protocol::socket_name(id));
         let socket = StdDatagram::bind(&path)?;
-        if let Some(filter) = filter {
-            bpf::attach(socket.as_fd(), filter)?;
-        }
-        // The kernel tells the member which process sent each datagram (DESIGN 5.8).
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
-            .map_err(io::Error::from)?;
-        let (inbox, members_end) = inbox_pair().inspect_err(|_| {
+        let made = (|| {
+            if let Some(filter) = filter {
+                bpf::attach(socket.as_fd(), filter)?;
+            }
+            // The kernel tells the member which process sent each datagram (DESIGN 5.8).
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+                .map_err(io::Error::from)?;
+            let (inbox, members_end) = inbox_pair()?;
+            let kept = socket.as_fd().try_clone_to_owned()?;
+            Ok((
+                inbox,
+                members_end,
+                kept,
+                self.table.read_only()?,
+                self.progress.shared()?,
+            ))
+        })();
+        // (A join that failed leaves no name behind.)
+        let (inbox, members_end, kept, table, progress) = made.inspect_err(|_: &io::Error| {
             let _ = std::fs::remove_file(&path);
         })?;
-        let kept = socket.as_fd().try_clone_to_owned()?;
-        let table = self.table.read_only()?;
-        let progress = self.progress.shared()?;
         let slot = self.progress.take(id);
         let joined = Joined {
             directory: String::from_utf8_lossy(self.dir.as_os_str().as_bytes()).into_owned(),
@@ -666,5 +675,9 @@ mod tests {
         // And a program that fits goes on again.
         fast.set_filter(1, &none);
         assert!(!reaches(&fast, &member, 7));
+
+        // A join the kernel refuses the first filter of fails whole, and leaves no name.
+        assert!(fast.join(2, 8, Some(&refused)).is_err());
+        assert!(!fast.directory().join(protocol::socket_name(8)).exists());
     }
 }
