@@ -28,6 +28,14 @@ use crate::member::Member;
 /// How much one receiver's backlog may hold unless the address says otherwise.
 pub const DEFAULT_BACKLOG_BYTES: usize = 64 << 20;
 
+/// What a descriptor that waits in a backlog counts against the bound, in bytes.
+const DESCRIPTOR_CHARGE: usize = 64 << 10;
+
+/// Descriptors that may wait in all of a connection's backlogs together (each frame's
+/// counted, a broadcast's once per receiver): the process's own descriptor limit is
+/// commonly 1024, and a receiver that does not read must not use it up.
+const DESCRIPTORS_WAITING: usize = 256;
+
 /// A frame on its way to members, with its descriptors.
 pub struct Outgoing<'a> {
     pub frame: &'a Arc<Frame>,
@@ -81,6 +89,24 @@ struct Waiting {
     send: u64,
 }
 
+impl Waiting {
+    /// The descriptors it holds: its message's, and the memfd the message is in.
+    fn descriptors(&self) -> usize {
+        self.fds.len() + usize::from(self.frame.in_memfd())
+    }
+
+    /// What it counts against its backlog's bound: the datagram, the message a memfd holds
+    /// (its pages stay while it waits), and its descriptors.
+    fn charge(&self) -> usize {
+        let in_memfd = if self.frame.in_memfd() {
+            self.frame.message_len() as usize
+        } else {
+            0
+        };
+        self.frame.size() + in_memfd + self.descriptors() * DESCRIPTOR_CHARGE
+    }
+}
+
 #[derive(Default)]
 struct Backlog {
     frames: VecDeque<Waiting>,
@@ -91,6 +117,8 @@ struct Backlog {
 #[derive(Default)]
 pub struct Backlogs {
     queues: HashMap<u32, Backlog>,
+    /// Descriptors held in all of them ([`DESCRIPTORS_WAITING`] at most).
+    descriptors: usize,
 }
 
 impl Backlogs {
@@ -102,18 +130,23 @@ impl Backlogs {
         self.queues.contains_key(&receiver)
     }
 
-    /// Appends a frame to `receiver`'s backlog unless that would pass `bound` bytes.
-    /// Returns whether the backlog starts with it, None when it is refused.
+    /// Appends a frame to `receiver`'s backlog unless that would pass `bound` bytes, or
+    /// the connection's [`DESCRIPTORS_WAITING`]. Returns whether the backlog starts with
+    /// it, None when it is refused.
     fn push(&mut self, receiver: u32, w: Waiting, bound: usize) -> Option<bool> {
-        let size = w.frame.size();
+        let size = w.charge();
+        let descriptors = w.descriptors();
         let b = self.queues.get(&receiver);
-        if b.map_or(0, |b| b.bytes) + size > bound {
+        if b.map_or(0, |b| b.bytes) + size > bound
+            || self.descriptors + descriptors > DESCRIPTORS_WAITING
+        {
             return None;
         }
         let starting = b.is_none();
         let b = self.queues.entry(receiver).or_default();
         b.bytes += size;
         b.frames.push_back(w);
+        self.descriptors += descriptors;
         Some(starting)
     }
 
@@ -128,7 +161,8 @@ impl Backlogs {
     fn pop(&mut self, receiver: u32) -> Option<u64> {
         let b = self.queues.get_mut(&receiver)?;
         let w = b.frames.pop_front()?;
-        b.bytes -= w.frame.size();
+        b.bytes -= w.charge();
+        self.descriptors -= w.descriptors();
         if b.frames.is_empty() {
             self.queues.remove(&receiver);
         }
@@ -137,10 +171,11 @@ impl Backlogs {
 
     /// Drops `receiver`'s backlog; returns the sends its frames belonged to.
     fn remove(&mut self, receiver: u32) -> Vec<u64> {
-        self.queues
-            .remove(&receiver)
-            .map(|b| b.frames.iter().map(|w| w.send).collect())
-            .unwrap_or_default()
+        let Some(b) = self.queues.remove(&receiver) else {
+            return Vec::new();
+        };
+        self.descriptors -= b.frames.iter().map(Waiting::descriptors).sum::<usize>();
+        b.frames.iter().map(|w| w.send).collect()
     }
 }
 
@@ -669,5 +704,49 @@ mod tests {
         assert!(!b.has(2), "an empty backlog goes");
         assert_eq!(b.remove(3), [3]);
         assert!(b.is_empty());
+    }
+
+    /// A frame whose message is in a memfd is a short datagram, but the message's pages
+    /// and the memfd stay while it waits: they count. So do descriptors, for all the
+    /// backlogs together (a member that never reads what it is given back must not use up
+    /// this process's descriptors).
+    #[test]
+    fn a_backlog_counts_what_a_frame_holds_not_just_its_datagram() {
+        let memfd = |len: u64| {
+            let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            Arc::new(Frame::given_back(vec![0; 104], Some(fd), len))
+        };
+        let w = |frame: Arc<Frame>, send| Waiting {
+            frame,
+            fds: Arc::new([]),
+            send,
+        };
+        let mut b = Backlogs::default();
+        let bound = DEFAULT_BACKLOG_BYTES;
+        let big = memfd(40 << 20);
+        assert_eq!(b.push(2, w(Arc::clone(&big), 1), bound), Some(true));
+        assert_eq!(
+            b.push(2, w(big, 2), bound),
+            None,
+            "two messages of 40 MiB pass a bound of 64 MiB"
+        );
+        assert_eq!(b.pop(2), Some(1));
+        assert_eq!(b.descriptors, 0);
+        let mut held = 0;
+        for receiver in 0.. {
+            if b.push(receiver % 7, w(memfd(100), receiver.into()), bound)
+                .is_none()
+            {
+                break;
+            }
+            held += 1;
+        }
+        assert_eq!(held, DESCRIPTORS_WAITING);
+        assert_eq!(b.descriptors, DESCRIPTORS_WAITING);
+        for receiver in 0..7 {
+            b.remove(receiver);
+        }
+        assert_eq!(b.descriptors, 0);
+        assert!(b.push(1, w(memfd(100), 0), bound).is_some(), "room again");
     }
 }

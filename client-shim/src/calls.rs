@@ -44,9 +44,11 @@ impl Calls {
         self.waiting.remove(&serial);
     }
 
-    /// A reply (or error) arrived for `reply_serial`, on any path.
-    pub fn answered(&mut self, reply_serial: u32) {
-        if !self.waiting.is_empty() {
+    /// A direct frame from member `sender` answers `reply_serial`: the wait ends if it was
+    /// a call to that member (anyone else's reply does not make its callee's departure go
+    /// unnoticed).
+    pub fn answered_by(&mut self, reply_serial: u32, sender: u32) {
+        if self.waiting.get(&reply_serial) == Some(&sender) {
             self.waiting.remove(&reply_serial);
         }
     }
@@ -178,8 +180,13 @@ mod tests {
         // Not again until the table moves or calls are added.
         assert!(!c.needs_check(6));
         assert!(c.needs_check(8));
-        c.answered(1);
-        c.answered(3);
+        // Only the callee's answer ends the wait: another member's reply with the serial
+        // leaves the call watched.
+        c.answered_by(1, 4);
+        c.answered_by(3, 2);
+        assert!(c.any_waiting());
+        c.answered_by(1, 2);
+        c.answered_by(3, 4);
         assert!(!c.any_waiting() && !c.needs_check(10));
     }
 

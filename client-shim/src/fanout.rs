@@ -114,13 +114,24 @@ pub fn send_to(
     Ok(())
 }
 
-/// Whether a send failed because the receiver's socket is gone (it left: its name is
-/// removed and the daemon shuts the socket down, EPIPE for a sender that found the name
-/// just before).
+/// Whether a send failed because the receiver cannot be reached directly: its socket is
+/// gone (it left: its name is removed and the daemon shuts the socket down, EPIPE for a
+/// sender that found the name just before), or it refuses datagrams from others (a
+/// socket `connect`ed elsewhere: EPERM; a name made unwritable, or not a datagram socket).
+/// A message for it then goes through the daemon, a broadcast skips it: what one receiver
+/// does to its own socket never fails a send to the others.
 pub fn gone(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::EPIPE)
+        Some(
+            libc::ECONNREFUSED
+                | libc::ENOENT
+                | libc::EPIPE
+                | libc::EPERM
+                | libc::EACCES
+                | libc::EPROTOTYPE
+                | libc::ENOTSOCK
+        )
     )
 }
 
@@ -215,18 +226,72 @@ mod tests {
     use busd_wire::message::SIGNAL;
     use std::os::unix::net::UnixDatagram;
 
-    #[test]
-    fn a_batch_gathers_the_frame_for_each_receiver_and_stops_at_a_full_one() {
+    /// A receiver that connects its socket elsewhere refuses everyone else's datagrams
+    /// (the kernel says EPERM): it counts as unreachable, and the broadcast goes on.
+    /// A sender (member 1) and two receivers (2 and 3) in a directory, a Ping from member 1
+    /// and the receivers' addresses.
+    struct Two {
+        dir: tempfile::TempDir,
+        sender: UnixDatagram,
+        receivers: [UnixDatagram; 2],
+        msg: busd_wire::Message,
+        frame: Frame,
+        addrs: Vec<UnixAddr>,
+    }
+
+    fn two() -> Two {
         let dir = tempfile::tempdir().unwrap();
-        let sender = UnixDatagram::bind(dir.path().join("1")).unwrap();
-        let a = UnixDatagram::bind(dir.path().join("2")).unwrap();
-        let b = UnixDatagram::bind(dir.path().join("3")).unwrap();
+        let bind = |n: &str| UnixDatagram::bind(dir.path().join(n)).unwrap();
+        let (sender, receivers) = (bind("1"), [bind("2"), bind("3")]);
         let msg = message(SIGNAL, 0, None, "Ping");
         let frame = Frame::new(&msg, 1, ":1.0", 0);
-        let addrs: Vec<UnixAddr> = ["2", "3"]
+        let addrs = ["2", "3"]
             .iter()
             .map(|n| UnixAddr::new(&dir.path().join(n)).unwrap())
             .collect();
+        Two {
+            dir,
+            sender,
+            receivers,
+            msg,
+            frame,
+            addrs,
+        }
+    }
+
+    #[test]
+    fn a_receiver_that_refuses_others_is_unreachable_not_an_error() {
+        let Two {
+            dir,
+            sender,
+            receivers: [refuser, honest],
+            frame,
+            addrs,
+            msg: _,
+        } = two();
+        let _elsewhere = UnixDatagram::bind(dir.path().join("9")).unwrap();
+        refuser.connect(dir.path().join("9")).unwrap();
+        let e = send_batch(sender.as_fd(), &addrs, &frame, &[]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        assert!(gone(&e), "{e}");
+        assert_eq!(
+            send_batch(sender.as_fd(), &addrs[1..], &frame, &[]).unwrap(),
+            1
+        );
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(honest.recv(&mut buf).unwrap(), frame.size());
+    }
+
+    #[test]
+    fn a_batch_gathers_the_frame_for_each_receiver_and_stops_at_a_full_one() {
+        let Two {
+            dir: _dir,
+            sender,
+            receivers: [a, b],
+            msg,
+            frame,
+            addrs,
+        } = two();
         assert_eq!(send_batch(sender.as_fd(), &addrs, &frame, &[]).unwrap(), 2);
         let mut buf = vec![0u8; 4096];
         for r in [&a, &b] {

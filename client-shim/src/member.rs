@@ -306,9 +306,14 @@ impl Member {
             while let Some(d) = batch.next() {
                 let table = self.table_now();
                 let me = self.me();
-                let checked =
-                    receive::check(d.frame, &d.fds, d.source, &me, receive::max_message(&table))
-                        .and_then(|c| receive::attested(&c, d.pid, &table, &me).map(|()| c));
+                // (Who sent it first: a large message is read only for a sender that is who
+                // it says.)
+                let checked = receive::sender_of(d.source, &me)
+                    .and_then(|s| receive::attested(s, d.pid, &table, &me).map(|()| s))
+                    .and_then(|s| {
+                        let max = receive::max_message(&table);
+                        receive::check_from(s, d.frame, &d.fds, &me, max)
+                    });
                 let incoming = match checked {
                     Ok(checked) => self.settle(checked, d.fds, d.frame),
                     Err(why) => {
@@ -344,11 +349,12 @@ impl Member {
         let table = self.table_now();
         let want = {
             let mut s = self.state();
-            if let Some(r) = c.msg.reply_serial() {
-                s.calls.answered(r);
-            }
             let want = receive::wanted(&c, &table, &s.rules, &self.me());
             if want == Want::Deliver {
+                // (Only the callee's answer ends a direct call's wait for NoReply.)
+                if let Some(r) = c.msg.reply_serial() {
+                    s.calls.answered_by(r, c.sender);
+                }
                 self.note_progress(&mut s, c.sender, &table);
             }
             want
@@ -409,10 +415,26 @@ impl Member {
         if c.memfd && !fds.is_empty() {
             fds.remove(0);
         }
-        let bytes = c.msg.into_bytes();
+        // Header fields the bus does not know go, as the daemon drops them from what it
+        // forwards (zbus refuses a message with one).
+        let bytes = if c.msg.has_unknown_fields() {
+            let sender = c.msg.sender().unwrap_or_default().to_string();
+            c.msg.forwarded(&sender)
+        } else {
+            c.msg.into_bytes()
+        };
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, bytes.len() as u64);
         Incoming::Message(bytes, fds)
+    }
+
+    /// A message zbus could not decode (it passed busd's own checks): dropped and counted
+    /// as malformed.
+    pub(crate) fn undecodable(&self, e: &zbus::Error) {
+        self.refused(
+            &Refusal::Malformed(format!("zbus cannot decode its message: {e}")),
+            None,
+        );
     }
 
     /// Drops a frame that is not what a member sends: counted, and said the first time.
@@ -532,7 +554,13 @@ impl Member {
         let mut s = self.state();
         let mut rules_changed = false;
         if let Some(r) = reply_serial {
-            s.calls.answered(r);
+            // (A direct call's reply through the daemon still names its callee.)
+            if let Some(id) = h
+                .sender()
+                .and_then(|n| busd_match::protocol::member_of_unique(n.as_str()))
+            {
+                s.calls.answered_by(r, id);
+            }
             let kind = match msg.message_type() {
                 Type::MethodReturn => busd_wire::message::METHOD_RETURN,
                 Type::Error => busd_wire::message::ERROR,

@@ -92,6 +92,7 @@ pub enum Want {
 /// names that member, its message is valid (inline, or in a memfd sealed as required, of
 /// at most `max_message` bytes: the memfd's size is checked before it is read) and its
 /// SENDER is that member's.
+#[cfg(test)]
 pub fn check(
     frame: &[u8],
     fds: &[OwnedFd],
@@ -99,18 +100,53 @@ pub fn check(
     me: &Me<'_>,
     max_message: usize,
 ) -> Result<Checked, Refusal> {
-    let Some(sender) = source
+    check_from(sender_of(source, me)?, frame, fds, me, max_message)
+}
+
+/// The member a datagram's source address names: a member socket under the exact name the
+/// daemon binds (a look-alike spelling names nobody).
+pub fn sender_of(source: Option<&Path>, me: &Me<'_>) -> Result<u32, Refusal> {
+    source
         .filter(|p| p.parent() == Some(me.dir))
         .and_then(|p| protocol::member_of_socket_name(p.file_name()?.to_str()?))
-    else {
-        return Err(Refusal::Spoofed("not from a member socket".into()));
-    };
+        .ok_or_else(|| Refusal::Spoofed("not from a member socket".into()))
+}
+
+/// The flags a message may carry (the specification's three): zbus refuses a message with
+/// any other, and would close the connection over it.
+const KNOWN_FLAGS: u8 = busd_wire::message::FLAG_NO_REPLY_EXPECTED
+    | busd_wire::message::FLAG_NO_AUTO_START
+    | busd_wire::message::FLAG_ALLOW_INTERACTIVE_AUTHORIZATION;
+
+/// [`check`] of a frame from member `sender` (by its source address, already attested:
+/// a large message is read only for a sender that is who it says).
+pub fn check_from(
+    sender: u32,
+    frame: &[u8],
+    fds: &[OwnedFd],
+    me: &Me<'_>,
+    max_message: usize,
+) -> Result<Checked, Refusal> {
     let frame = protocol::check_frame(frame, fds, sender, max_message).map_err(|e| match e {
         FrameError::Spoofed(_) => Refusal::Spoofed(e.to_string()),
         FrameError::Malformed(_) => Refusal::Malformed(e.to_string()),
     })?;
     let msg =
         Message::parse(frame.message, Vec::new()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    // A receiver ignores a message of a type it does not know (the specification says so);
+    // zbus would take it, or unknown flags, for a broken connection.
+    if !(1..=4).contains(&msg.msg_type()) {
+        return Err(Refusal::Malformed(format!(
+            "a message of unknown type {}",
+            msg.msg_type()
+        )));
+    }
+    if msg.flags() & !KNOWN_FLAGS != 0 {
+        return Err(Refusal::Malformed(format!(
+            "a message with unknown flags {:#04x}",
+            msg.flags()
+        )));
+    }
     let returned = frame.header.routing & header::ROUTE_RETURNED != 0;
     let authentic = if returned {
         msg.sender() == Some(me.unique)
@@ -138,19 +174,18 @@ pub fn check(
 /// (`pid`, from `SCM_CREDENTIALS`) is the one that joined as that member. Pids are
 /// compared only where this process sees them as the daemon does (the same pid
 /// namespace); elsewhere the socket path alone vouches for the sender.
-pub fn attested(c: &Checked, pid: Option<i32>, table: &Table, me: &Me<'_>) -> Result<(), Refusal> {
-    let Some(m) = table.member(c.sender) else {
+pub fn attested(sender: u32, pid: Option<i32>, table: &Table, me: &Me<'_>) -> Result<(), Refusal> {
+    let Some(m) = table.member(sender) else {
         return Err(Refusal::Spoofed(format!(
-            "member {} is not in the routing table",
-            c.sender
+            "member {sender} is not in the routing table"
         )));
     };
     let comparable =
         m.pid != 0 && table.pid_namespace != 0 && table.pid_namespace == me.pid_namespace;
     if comparable && pid != i32::try_from(m.pid).ok() {
         return Err(Refusal::Spoofed(format!(
-            "sent by process {pid:?}, not member {}'s ({})",
-            c.sender, m.pid
+            "sent by process {pid:?}, not member {sender}'s ({})",
+            m.pid
         )));
     }
     Ok(())
@@ -301,7 +336,7 @@ mod tests {
         rules: &Rules,
     ) -> Result<(Checked, Want), Refusal> {
         let c = check(frame, &[], source, &me(), MAX_MESSAGE)?;
-        attested(&c, Some(1000 + c.sender as i32), table, &me())?;
+        attested(c.sender, Some(1000 + c.sender as i32), table, &me())?;
         if !c.returned {
             assert_eq!(
                 c.msg.sender().unwrap(),
@@ -456,14 +491,14 @@ mod tests {
         let signal = frame(2, SIGNAL, None, "Pong");
         let c = check(&signal, &[], Some(&from("2")), &me(), MAX_MESSAGE).unwrap();
         let t = table();
-        assert_eq!(attested(&c, Some(1002), &t, &me()), Ok(()));
+        assert_eq!(attested(c.sender, Some(1002), &t, &me()), Ok(()));
         // Another process with member 2's socket (or its path, once 2 left).
         assert!(matches!(
-            attested(&c, Some(1003), &t, &me()),
+            attested(c.sender, Some(1003), &t, &me()),
             Err(Refusal::Spoofed(_))
         ));
         assert!(matches!(
-            attested(&c, None, &t, &me()),
+            attested(c.sender, None, &t, &me()),
             Err(Refusal::Spoofed(_))
         ));
         // Seen from another pid namespace, pids cannot be compared: the path vouches.
@@ -471,7 +506,7 @@ mod tests {
             pid_namespace: 8,
             ..me()
         };
-        assert_eq!(attested(&c, Some(55), &t, &elsewhere), Ok(()));
+        assert_eq!(attested(c.sender, Some(55), &t, &elsewhere), Ok(()));
         // A member that never was (or left long ago): nobody, whatever the path.
         let never = frame(9, SIGNAL, None, "Pong");
         assert!(spoofed(verdict(&never, Some(&from("9")), &pong)));

@@ -243,6 +243,21 @@ impl Replay {
     }
 }
 
+/// A message that came in a frame, for zbus; None when zbus cannot decode it: another
+/// member's frame is dropped and counted, never taken for a broken connection (zbus ends
+/// the connection on a decoding error).
+async fn frame_to_zbus(
+    m: &Member,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    seq: u64,
+) -> Option<zbus::Message> {
+    to_zbus(bytes, fds, seq)
+        .await
+        .inspect_err(|e| m.undecodable(e))
+        .ok()
+}
+
 async fn to_zbus(bytes: Vec<u8>, fds: Vec<OwnedFd>, seq: u64) -> zbus::Result<zbus::Message> {
     let end = bytes.len();
     Replay {
@@ -380,7 +395,10 @@ impl ReadHalf for ShimRead {
             let member = self.shared.joined();
             if let Some(m) = &member {
                 if let Some((bytes, fds)) = self.settle_held(m) {
-                    return to_zbus(bytes, fds, seq).await;
+                    if let Some(msg) = frame_to_zbus(m, bytes, fds, seq).await {
+                        return Ok(msg);
+                    }
+                    continue;
                 }
             }
             if let Some((end, fds)) = self.next_stream_message() {
@@ -454,7 +472,9 @@ impl ReadHalf for ShimRead {
                         incoming = m.receive(batch), if hold_ends.is_none() => {
                             match incoming? {
                                 Incoming::Message(bytes, fds) => {
-                                    return to_zbus(bytes, fds, seq).await
+                                    if let Some(msg) = frame_to_zbus(m, bytes, fds, seq).await {
+                                        return Ok(msg);
+                                    }
                                 }
                                 Incoming::Held(h) => *held = Some(h),
                             }

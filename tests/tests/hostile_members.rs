@@ -195,25 +195,45 @@ async fn another_process_with_a_members_socket_gets_nothing_through() {
     let (receiver, mut signals, counters) = ping_receiver(&bus).await;
     let m = member(&bus).await;
     let frame = frame_for(m.id, 0, &ping(&m.unique, "/other_process"));
+    // Also one whose message is in a memfd, not sealed: the receiver must find out who
+    // sent it before it reads the memfd (refused as spoofed, not as malformed).
+    let (in_memfd, memfd) = Member::in_memfd(
+        &frame_for(m.id, 0, &ping(&m.unique, "/other_memfd")),
+        false,
+        None,
+    );
     let to = path_of(&m, member_id(&receiver));
-    // A descriptor of the member's socket the child inherits (no CLOEXEC).
-    // SAFETY: dup of a descriptor this test owns; the copy is closed below.
-    let fd = unsafe { libc::dup(m.socket.as_raw_fd()) };
-    assert!(fd >= 0);
+    // Descriptors of the member's socket and of the memfd the child inherits (no CLOEXEC).
+    // SAFETY: dups of descriptors this test owns; the copies are closed below.
+    let (fd, memfd_copy) = unsafe {
+        (
+            libc::dup(m.socket.as_raw_fd()),
+            libc::dup(memfd.as_raw_fd()),
+        )
+    };
+    assert!(fd >= 0 && memfd_copy >= 0);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let out = std::process::Command::new("/usr/bin/python3")
         .args([
             "-c",
-            "import os, socket, sys\n\
+            "import array, os, socket, sys\n\
              s = socket.socket(fileno=int(sys.argv[1]))\n\
-             s.sendto(bytes.fromhex(sys.argv[2]), sys.argv[3])\n",
+             s.sendto(bytes.fromhex(sys.argv[2]), sys.argv[3])\n\
+             fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [int(sys.argv[5])]))]\n\
+             s.sendmsg([bytes.fromhex(sys.argv[4])], fds, 0, sys.argv[3])\n",
         ])
         .arg(fd.to_string())
-        .arg(frame.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .arg(hex(&frame))
         .arg(&to)
+        .arg(hex(&in_memfd))
+        .arg(memfd_copy.to_string())
         .output()
         .unwrap();
-    // SAFETY: the copy made above, no longer used.
-    unsafe { libc::close(fd) };
+    // SAFETY: the copies made above, no longer used.
+    unsafe {
+        libc::close(fd);
+        libc::close(memfd_copy);
+    }
     assert!(
         out.status.success(),
         "{}",
@@ -225,7 +245,8 @@ async fn another_process_with_a_members_socket_gets_nothing_through() {
     )
     .unwrap();
     assert_eq!(next_ping(&mut signals).await, "/honest");
-    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.malformed.load(Ordering::Relaxed), 0);
 }
 
 /// A bus whose policy denies `com.example.Secret`: no member may exchange messages
@@ -607,4 +628,80 @@ async fn a_member_that_left_sends_nothing_as_its_old_name() {
     assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
     let after = tokio::time::timeout(Duration::from_millis(500), next_ping(&mut signals)).await;
     assert!(after.is_err(), "a Ping from a member that left arrived");
+}
+
+/// A message as a member's shim would never send it: of message type `ty`, with `flags`,
+/// and (`extra`) a header field of code 10 that the specification does not define.
+fn odd_message(
+    sender: &str,
+    destination: Option<&str>,
+    path: &str,
+    ty: u8,
+    flags: u8,
+    extra: bool,
+) -> Vec<u8> {
+    use busd_wire::marshal::{Endian, Writer};
+    let mut w = Writer::new(Endian::Little);
+    w.bytes(&[b'l', ty, flags, 1]);
+    w.u32(0);
+    w.u32(41);
+    let len_at = w.len();
+    w.u32(0);
+    let start = w.len();
+    let mut fields = vec![
+        (1u8, "o", path),
+        (2, "s", "org.example.Fast"),
+        (3, "s", "Ping"),
+        (7, "s", sender),
+    ];
+    if let Some(d) = destination {
+        fields.push((6, "s", d));
+    }
+    for (code, sig, value) in fields {
+        w.align(8);
+        w.u8(code);
+        w.signature(sig.as_bytes());
+        w.string(value);
+    }
+    if extra {
+        w.align(8);
+        w.u8(10);
+        w.signature(b"u");
+        w.u32(42);
+    }
+    let n = (w.len() - start) as u32;
+    w.patch_u32(len_at, n);
+    w.align(8);
+    w.into_vec()
+}
+
+/// zbus ends a connection over a message it cannot decode: a header field the
+/// specification does not define, a flag it does not know, a message type it does not
+/// know. busd's parser takes all three, as the daemon must; what a member sends another
+/// directly must not reach that member's zbus as it came. A field the bus does not know
+/// goes (as the daemon drops it from what it forwards), the others are dropped and
+/// counted: the receiver stays connected and gets what honest members send it.
+#[tokio::test]
+async fn a_frame_zbus_cannot_decode_does_not_end_the_receivers_connection() {
+    let bus = Busd::start();
+    let (receiver, mut signals, counters) = ping_receiver(&bus).await;
+    let to = member_id(&receiver);
+    let unique = receiver.unique_name().unwrap().to_string();
+    let m = member(&bus).await;
+    for (destination, path, ty, flags, extra) in [
+        (0, "/unknown_field", SIGNAL, 0, true),
+        (0, "/unknown_flags", SIGNAL, 0x80, false),
+        (to, "/unknown_type", 5, 0, false),
+    ] {
+        let dest = (destination != 0).then_some(unique.as_str());
+        let message = odd_message(&m.unique, dest, path, ty, flags, extra);
+        m.send_to(to, &frame_for(m.id, destination, &message))
+            .unwrap();
+    }
+    m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/honest")))
+        .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/unknown_field");
+    assert_eq!(next_ping(&mut signals).await, "/honest");
+    assert_eq!(counters.malformed.load(Ordering::Relaxed), 2);
+    assert!(connected(&receiver).await);
 }

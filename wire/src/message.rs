@@ -424,6 +424,11 @@ impl Message {
     pub fn reply_serial(&self) -> Option<u32> {
         self.reply_serial
     }
+    /// Whether the header holds fields the bus does not know ([`Message::forwarded`] drops
+    /// them).
+    pub fn has_unknown_fields(&self) -> bool {
+        self.has_unknown_fields
+    }
     /// The UNIX_FDS header field.
     pub fn unix_fds(&self) -> u32 {
         self.unix_fds
