@@ -311,8 +311,8 @@ impl Member {
                 let checked = receive::sender_of(d.source, &me)
                     .and_then(|s| receive::attested(s, d.pid, &table, &me).map(|()| s))
                     .and_then(|s| {
-                        let max = receive::max_message(&table);
-                        receive::check_from(s, d.frame, &d.fds, &me, max)
+                        let limits = (receive::max_message(&table), receive::max_fds(&table));
+                        receive::check_from(s, d.frame, &d.fds, &me, limits)
                     });
                 let incoming = match checked {
                     Ok(checked) => self.settle(checked, d.fds, d.frame),
@@ -354,6 +354,7 @@ impl Member {
                 // (Only the callee's answer ends a direct call's wait for NoReply.)
                 if let Some(r) = c.msg.reply_serial() {
                     s.calls.answered_by(r, c.sender);
+                    s.returnable.answered(c.sender, r);
                 }
                 self.note_progress(&mut s, c.sender, &table);
             }
@@ -560,6 +561,7 @@ impl Member {
                 .and_then(|n| busd_match::protocol::member_of_unique(n.as_str()))
             {
                 s.calls.answered_by(r, id);
+                s.returnable.answered(id, r);
             }
             let kind = match msg.message_type() {
                 Type::MethodReturn => busd_wire::message::METHOD_RETURN,

@@ -34,6 +34,12 @@ pub fn max_message(table: &Table) -> usize {
     }
 }
 
+/// The most descriptors a message may carry, by the table: the bus's
+/// `max_message_unix_fds`.
+pub fn max_fds(table: &Table) -> usize {
+    table.max_fds as usize
+}
+
 /// Who this member is, as the check needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct Me<'a> {
@@ -100,7 +106,7 @@ pub fn check(
     me: &Me<'_>,
     max_message: usize,
 ) -> Result<Checked, Refusal> {
-    check_from(sender_of(source, me)?, frame, fds, me, max_message)
+    check_from(sender_of(source, me)?, frame, fds, me, (max_message, 16))
 }
 
 /// The member a datagram's source address names: a member socket under the exact name the
@@ -119,18 +125,25 @@ const KNOWN_FLAGS: u8 = busd_wire::message::FLAG_NO_REPLY_EXPECTED
     | busd_wire::message::FLAG_ALLOW_INTERACTIVE_AUTHORIZATION;
 
 /// [`check`] of a frame from member `sender` (by its source address, already attested:
-/// a large message is read only for a sender that is who it says).
+/// a large message is read only for a sender that is who it says), under the bus's limits
+/// (`max_message_size`, `max_message_unix_fds`).
 pub fn check_from(
     sender: u32,
     frame: &[u8],
     fds: &[OwnedFd],
     me: &Me<'_>,
-    max_message: usize,
+    (max_message, max_fds): (usize, usize),
 ) -> Result<Checked, Refusal> {
     let frame = protocol::check_frame(frame, fds, sender, max_message).map_err(|e| match e {
         FrameError::Spoofed(_) => Refusal::Spoofed(e.to_string()),
         FrameError::Malformed(_) => Refusal::Malformed(e.to_string()),
     })?;
+    let carried = fds.len() - usize::from(frame.memfd);
+    if carried > max_fds {
+        return Err(Refusal::Malformed(format!(
+            "a message with {carried} descriptors, more than max_message_unix_fds ({max_fds})"
+        )));
+    }
     let msg =
         Message::parse(frame.message, Vec::new()).map_err(|e| Refusal::Malformed(e.to_string()))?;
     // A receiver ignores a message of a type it does not know (the specification says so);
@@ -510,6 +523,32 @@ mod tests {
         // A member that never was (or left long ago): nobody, whatever the path.
         let never = frame(9, SIGNAL, None, "Pong");
         assert!(spoofed(verdict(&never, Some(&from("9")), &pong)));
+    }
+
+    #[test]
+    fn a_message_with_more_descriptors_than_the_bus_allows_is_refused() {
+        let msg = |n| {
+            let f = HeaderFields {
+                path: Some("/p"),
+                interface: Some("org.example.I"),
+                member: Some("Pong"),
+                unix_fds: n,
+                ..Default::default()
+            };
+            Message::parse(
+                encode(busd_wire::marshal::Endian::Little, SIGNAL, 0, 7, &f, &[]),
+                Vec::new(),
+            )
+            .unwrap()
+        };
+        let null = || -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+        for (n, fine) in [(2, true), (3, false)] {
+            let f = Frame::new(&msg(n), 2, &protocol::unique_of_member(2), 0);
+            let bytes: Vec<u8> = f.iov().iter().flat_map(|s| s.iter().copied()).collect();
+            let fds: Vec<OwnedFd> = (0..n).map(|_| null()).collect();
+            let r = check_from(2, &bytes, &fds, &me(), (MAX_MESSAGE, 2));
+            assert_eq!(r.is_ok(), fine, "{n} descriptors, at most 2: {r:?}");
+        }
     }
 
     #[test]

@@ -85,6 +85,12 @@ impl Returnable {
         }
     }
 
+    /// `receiver` answered call `serial`: it handled the call, and may not give it back
+    /// now (the name's owner would get it a second time).
+    pub fn answered(&mut self, receiver: u32, serial: u32) {
+        self.sent.remove(&(receiver, serial));
+    }
+
     /// How many sends are recorded.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -128,6 +134,11 @@ mod tests {
         // Once only.
         assert!(!r.take(2, 10, d));
         assert_eq!(r.len(), 0);
+        // Not after the receiver answered it.
+        r.sent(2, 12, d);
+        r.answered(3, 12);
+        r.answered(2, 12);
+        assert!(!r.take(2, 12, d));
     }
 
     #[test]

@@ -36,10 +36,21 @@ impl Route {
 /// Where member `me` sends `msg`, by the table as it is now. `reply_via_daemon`: a reply to
 /// a call that came through the daemon, which goes back that way (the daemon's reply
 /// accounting stays exact).
+/// What SENDER can add to a message: the field's code, signature and length, a bus name of
+/// at most 255 bytes, its nul, and padding.
+const SENDER_ROOM: usize = 8 + 4 + 256 + 7;
+
 pub fn plan(msg: &Message, table: &Table, me: u32, reply_via_daemon: bool) -> Route {
     let me_direct = table.member(me).is_some_and(|m| m.direct);
     let timed_call = msg.msg_type() == METHOD_CALL && !msg.no_reply_expected();
     if reply_via_daemon || !me_direct || (timed_call && table.calls_mediated) {
+        return Route::Daemon(TO_DAEMON);
+    }
+    // Receivers drop a message past the bus's limits: the daemon answers it as
+    // dbus-daemon would. (Near the size limit too: SENDER, added on the way, may pass it.)
+    if msg.bytes().len() + SENDER_ROOM > crate::receive::max_message(table)
+        || msg.unix_fds() > table.max_fds
+    {
         return Route::Daemon(TO_DAEMON);
     }
     match msg.destination() {
@@ -148,6 +159,7 @@ pub(crate) mod tests {
                 ("org.example.Two".into(), 2),
             ],
             max_message: 0,
+            max_fds: 16,
             pid_namespace: 7,
         }
     }
@@ -201,6 +213,40 @@ pub(crate) mod tests {
             plan(&call(":1.1"), &observed, 3, false),
             direct(&[2], 2, true, 0)
         );
+    }
+
+    /// Receivers drop what passes the bus's limits (the table tells them): such a message
+    /// goes through the daemon, which answers it as dbus-daemon would.
+    #[test]
+    fn messages_past_the_bus_limits_go_through_the_daemon() {
+        let call = message(METHOD_CALL, 0, Some(":1.1"), "Do");
+        let len = call.bytes().len();
+        let limited = |max_message: usize, max_fds| Table {
+            max_message: max_message as u32,
+            max_fds,
+            ..table()
+        };
+        let t = limited(len + SENDER_ROOM, 16);
+        assert_eq!(plan(&call, &t, 3, false), direct(&[2], 2, false, 0));
+        let t = limited(len + SENDER_ROOM - 1, 16);
+        assert_eq!(plan(&call, &t, 3, false), Route::Daemon(TO_DAEMON));
+        let with_fds = |n| {
+            let f = HeaderFields {
+                path: Some("/p"),
+                member: Some("Do"),
+                destination: Some(":1.1"),
+                unix_fds: n,
+                ..Default::default()
+            };
+            Message::parse(
+                encode(Endian::Little, METHOD_CALL, 0, 7, &f, &[]),
+                Vec::new(),
+            )
+            .unwrap()
+        };
+        let t = limited(1 << 20, 2);
+        assert_eq!(plan(&with_fds(2), &t, 3, false), direct(&[2], 2, false, 0));
+        assert_eq!(plan(&with_fds(3), &t, 3, false), Route::Daemon(TO_DAEMON));
     }
 
     /// A message with descriptors goes straight to a unique name, but to a well-known one

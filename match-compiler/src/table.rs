@@ -15,7 +15,7 @@ use crate::summary::Summary;
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
 /// The layout of the table, and of the set-up around it: a shim that finds another
 /// version stays on the stream. (5: Join passes the inbox as a socket pair.)
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -77,6 +77,9 @@ pub struct Table {
     pub names: Vec<(String, u32)>,
     /// The bus's `max_message_size`: no member takes a larger message (0: no limit told).
     pub max_message: u32,
+    /// The bus's `max_message_unix_fds`: no member takes a message with more descriptors
+    /// (0: none; the daemon always tells).
+    pub max_fds: u32,
     /// The daemon's pid namespace (the inode of its `/proc/self/ns/pid`): members' pids are
     /// as seen from there (0: unknown).
     pub pid_namespace: u64,
@@ -149,6 +152,7 @@ impl Table {
         }
         put_u32(out, flags);
         put_u32(out, self.max_message);
+        put_u32(out, self.max_fds);
         out.extend_from_slice(&self.pid_namespace.to_le_bytes());
         put_u32(out, self.members.len() as u32);
         out.reserve(self.members.len() * MEMBER_LEN);
@@ -193,6 +197,7 @@ impl Table {
         let observed = flags & TABLE_OBSERVED != 0;
         let calls_mediated = flags & TABLE_CALLS_MEDIATED != 0;
         let max_message = c.u32()?;
+        let max_fds = c.u32()?;
         let pid_namespace = c.u64()?;
         let n = c.u32()? as usize;
         if n > body.len() / DEPARTED_LEN {
@@ -253,6 +258,7 @@ impl Table {
             members,
             names,
             max_message,
+            max_fds,
             pid_namespace,
         })
     }
@@ -384,6 +390,7 @@ mod tests {
             ],
             names: vec![("a.b".into(), 7), ("org.example.Name".into(), 9)],
             max_message: 1 << 20,
+            max_fds: 16,
             pid_namespace: 0x1234_5678_9abc,
         }
     }

@@ -704,11 +704,13 @@ impl Bus {
         // that time, so calls go through it when the limit is set.
         let calls_mediated = self.settings.limits.reply_timeout.is_some();
         let max_message = u32::try_from(self.settings.limits.max_message_size).unwrap_or(u32::MAX);
+        let max_fds = u32::try_from(self.settings.limits.max_message_unix_fds).unwrap_or(u32::MAX);
         let pid_namespace = self.fast.pid_namespace;
         let t = &self.fast.table;
         let same = t.observed == observed
             && t.calls_mediated == calls_mediated
             && t.max_message == max_message
+            && t.max_fds == max_fds
             && t.pid_namespace == pid_namespace
             && t.members.first() == Some(&daemon);
         if !same {
@@ -716,6 +718,7 @@ impl Bus {
             t.observed = observed;
             t.calls_mediated = calls_mediated;
             t.max_message = max_message;
+            t.max_fds = max_fds;
             t.pid_namespace = pid_namespace;
             self.fast.list(daemon);
         }

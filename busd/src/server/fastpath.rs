@@ -144,6 +144,7 @@ impl SharedTable {
                 }],
                 names: Vec::new(),
                 max_message: t.max_message,
+                max_fds: t.max_fds,
                 pid_namespace: t.pid_namespace,
             };
             fallback.encode(&mut self.body);
