@@ -20,6 +20,12 @@ use crate::member::{Member, State};
 /// receivers. Only a receiver that does not read for that long makes it expire.
 pub const CAUSAL_WAIT: Duration = Duration::from_millis(200);
 
+/// How long, after a wait for a member expired, sends do not wait for it again. An honest
+/// member's sends expire a wait only while one of its receivers does not read; a hostile
+/// one can move its own counters (the memory is writable by members) to make every wait
+/// expire, which would cost each send [`CAUSAL_WAIT`] without this.
+pub const STALL_HOLD: Duration = Duration::from_secs(5);
+
 /// The progress memory (mapped writable) and this member's slot in it. (A member without a
 /// slot publishes nothing: its receivers do not wait for it.)
 pub struct Progress {
@@ -84,9 +90,23 @@ impl Sends {
 pub struct Causal {
     /// Member -> (its progress slot, the send number to wait for).
     needs: HashMap<u32, (u32, u64)>,
-    /// Members whose completion a send gave up waiting for, and where it stood then: not
-    /// waited for again until it moves.
-    stalled: HashMap<u32, u64>,
+    /// Members whose completion a send gave up waiting for, where it stood then and when:
+    /// not waited for again until it moves and [`STALL_HOLD`] has passed.
+    stalled: HashMap<u32, Stalled>,
+}
+
+/// Where a member stood when a wait for it expired, and when.
+#[derive(Debug, Clone, Copy)]
+struct Stalled {
+    completed: u64,
+    at: Instant,
+}
+
+impl Stalled {
+    /// Whether a send waits for the member now, its completed count being `completed`.
+    fn waits(self, completed: u64, now: Instant) -> bool {
+        completed != self.completed && now >= self.at + STALL_HOLD
+    }
 }
 
 impl Causal {
@@ -98,9 +118,9 @@ impl Causal {
     }
 }
 
-/// What one send waits for: per member, its slot, the send number, and where a wait for it
-/// last expired.
-type Needs = Vec<(u32, u32, u64, Option<u64>)>;
+/// What one send waits for: per member, its slot, the send number, and where and when a
+/// wait for it last expired.
+type Needs = Vec<(u32, u32, u64, Option<Stalled>)>;
 
 impl Member {
     /// Numbers a send and publishes that it started, before its first datagram leaves.
@@ -142,7 +162,7 @@ impl Member {
 
     /// Waits until every send this member received something from has reached all its
     /// receivers (at most [`CAUSAL_WAIT`], and not again for a member that has not moved
-    /// since a wait for it expired).
+    /// since a wait for it expired, or whose wait expired less than [`STALL_HOLD`] ago).
     pub(crate) async fn wait_causal(&self) {
         let needs: Needs = {
             let mut s = self.state();
@@ -157,16 +177,22 @@ impl Member {
                 .collect()
         };
         let words = self.progress.words();
-        let deadline = Instant::now() + CAUSAL_WAIT;
+        let now = Instant::now();
+        let deadline = now + CAUSAL_WAIT;
         let mut waited = false;
         for (member, slot, until, stalled) in needs {
             let mut spins = 0;
             while let Some(c) = progress::read(words, slot, member) {
-                if c.completed >= until || stalled == Some(c.completed) {
+                if c.completed >= until || stalled.is_some_and(|s| !s.waits(c.completed, now)) {
                     break;
                 }
-                if Instant::now() >= deadline {
-                    self.state().causal.stalled.insert(member, c.completed);
+                let now = Instant::now();
+                if now >= deadline {
+                    let stalled = Stalled {
+                        completed: c.completed,
+                        at: now,
+                    };
+                    self.state().causal.stalled.insert(member, stalled);
                     if self
                         .counters
                         .causal_timeouts
@@ -230,6 +256,18 @@ mod tests {
         s.backlogged(fourth);
         s.end(fourth);
         assert_eq!(s.completed(), 3);
+    }
+
+    /// A member whose wait expired is not waited for again until it moves, and not for
+    /// [`STALL_HOLD`] whatever it does with its own counters.
+    #[test]
+    fn a_stalled_member_is_not_waited_for_again_soon() {
+        let at = Instant::now();
+        let s = Stalled { completed: 7, at };
+        assert!(!s.waits(7, at + 2 * STALL_HOLD), "it has not moved");
+        assert!(!s.waits(8, at), "it moved, but just now");
+        assert!(!s.waits(8, at + STALL_HOLD / 2));
+        assert!(s.waits(8, at + STALL_HOLD));
     }
 
     #[test]
