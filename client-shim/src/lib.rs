@@ -55,6 +55,7 @@ mod table;
 use std::sync::Arc;
 
 pub use figures::Counters;
+pub use table::DEPARTED_GRACE;
 
 /// busd's interface on the bus object.
 pub use busd_match::protocol::INTERFACE as FASTPATH_INTERFACE;

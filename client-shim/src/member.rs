@@ -310,6 +310,7 @@ impl Member {
                 // it says.)
                 let checked = receive::sender_of(d.source, &me)
                     .and_then(|s| receive::attested(s, d.pid, &table, &me).map(|()| s))
+                    .and_then(|s| self.not_long_gone(s))
                     .and_then(|s| {
                         let limits = (receive::max_message(&table), receive::max_fds(&table));
                         receive::check_from(s, d.frame, &d.fds, &me, limits)
@@ -427,6 +428,23 @@ impl Member {
         Counters::add(&self.counters.received, 1);
         Counters::add(&self.counters.received_bytes, bytes.len() as u64);
         Incoming::Message(bytes, fds)
+    }
+
+    /// `sender`, unless it left longer ago than [`crate::table::DEPARTED_GRACE`]: its process
+    /// may still hold its socket's path (it left the bus, or became a monitor) and must
+    /// not go on sending as its old name.
+    fn not_long_gone(&self, sender: u32) -> Result<u32, Refusal> {
+        if self
+            .state()
+            .table
+            .left_long_ago(sender, std::time::Instant::now())
+        {
+            return Err(Refusal::Spoofed(format!(
+                "member {sender} left longer ago than {:?}",
+                crate::table::DEPARTED_GRACE
+            )));
+        }
+        Ok(sender)
     }
 
     /// A message zbus could not decode (it passed busd's own checks): dropped and counted

@@ -1,7 +1,9 @@
 //! The member's view of the routing table: the daemon's shared memory, read under its
 //! sequence lock, decoded again only when the sequence moved.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use busd_match::shm::Mapping;
 use busd_match::table::{self, Table};
@@ -12,12 +14,20 @@ pub struct TableView {
     map: Mapping,
 }
 
+/// How long after this member first saw another leave it still takes that member's
+/// frames: what it sent before it left is already in this member's queue by then, unless
+/// this member did not read for that long. After, a process that left (and kept its
+/// socket's path, or bound it again) sends nothing more under its old name.
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(5);
+
 /// The table as last decoded, with the sequence it was read at (0: never read). It lives in
 /// the connection's state; decoding happens outside its lock.
 #[derive(Debug, Default)]
 pub struct Cached {
     pub seq: u64,
     pub table: Arc<Table>,
+    /// Members listed as departed, and when this member first saw them so.
+    departed: HashMap<u32, Instant>,
 }
 
 impl Cached {
@@ -28,10 +38,30 @@ impl Cached {
 
     /// Keeps a table read at `seq` unless a newer one is already kept; returns the newest.
     pub fn keep(&mut self, seq: u64, table: Arc<Table>) -> Arc<Table> {
+        self.keep_at(seq, table, Instant::now())
+    }
+
+    fn keep_at(&mut self, seq: u64, table: Arc<Table>, now: Instant) -> Arc<Table> {
         if seq >= self.seq {
-            *self = Cached { seq, table };
+            let before = std::mem::take(&mut self.departed);
+            self.departed = table
+                .members
+                .iter()
+                .filter(|m| m.departed)
+                .map(|m| (m.id, before.get(&m.id).copied().unwrap_or(now)))
+                .collect();
+            self.seq = seq;
+            self.table = table;
         }
         Arc::clone(&self.table)
+    }
+
+    /// Whether member `id`, listed in the table as departed, left longer ago than
+    /// [`DEPARTED_GRACE`] (as this member saw it).
+    pub fn left_long_ago(&self, id: u32, now: Instant) -> bool {
+        self.departed
+            .get(&id)
+            .is_some_and(|&seen| now.duration_since(seen) >= DEPARTED_GRACE)
     }
 }
 
@@ -93,6 +123,42 @@ mod tests {
         assert!(c.keep(6, table(true)).observed);
         assert!(c.keep(4, table(false)).observed);
         assert_eq!(c.seq, 6);
+    }
+
+    /// A member that left is still heard for a while (what it sent before is queued), from
+    /// when this member first saw it gone; not after.
+    #[test]
+    fn a_member_that_left_is_heard_for_a_grace_only() {
+        use busd_match::table::Member;
+        let member = |id, departed| Member {
+            id,
+            direct: true,
+            slot: 0,
+            summary: Default::default(),
+            pid: 0,
+            ready: true,
+            departed,
+        };
+        let with = |departed: bool| {
+            Arc::new(Table {
+                members: vec![member(2, departed), member(3, false)],
+                ..Table::default()
+            })
+        };
+        let t0 = Instant::now();
+        let mut c = Cached::default();
+        c.keep_at(2, with(false), t0);
+        assert!(
+            !c.left_long_ago(2, t0 + 2 * DEPARTED_GRACE),
+            "listed, not departed"
+        );
+        let left = t0 + Duration::from_secs(1);
+        c.keep_at(4, with(true), left);
+        // A later table keeps when it was first seen.
+        c.keep_at(6, with(true), left + DEPARTED_GRACE / 2);
+        assert!(!c.left_long_ago(2, left + DEPARTED_GRACE / 2));
+        assert!(c.left_long_ago(2, left + DEPARTED_GRACE));
+        assert!(!c.left_long_ago(3, left + 2 * DEPARTED_GRACE));
     }
 
     #[test]

@@ -597,11 +597,13 @@ async fn a_frame_carries_exactly_the_descriptors_its_message_declares() {
 
 /// A member that left (here: it became a monitor, which may not send) keeps its socket's
 /// descriptor. The daemon shut that socket down as it left: it sends nobody anything as
-/// its old name.
+/// its old name. Its process can bind the path again (the directory is its user's):
+/// receivers take what comes from there for [`busd_shim::DEPARTED_GRACE`] after they first
+/// saw it leave (what it sent before may still be queued), and nothing after.
 #[tokio::test]
 async fn a_member_that_left_sends_nothing_as_its_old_name() {
     let bus = Busd::start();
-    let (receiver, mut signals, _counters) = ping_receiver(&bus).await;
+    let (receiver, mut signals, counters) = ping_receiver(&bus).await;
     let to = member_id(&receiver);
     let m = member(&bus).await;
     m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/before")))
@@ -628,6 +630,26 @@ async fn a_member_that_left_sends_nothing_as_its_old_name() {
     assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
     let after = tokio::time::timeout(Duration::from_millis(500), next_ping(&mut signals)).await;
     assert!(after.is_err(), "a Ping from a member that left arrived");
+
+    let ghost = UnixDatagram::bind(path_of(&m, m.id)).unwrap();
+    let send = |path| {
+        ghost
+            .send_to(&frame_for(m.id, 0, &ping(&m.unique, path)), path_of(&m, to))
+            .unwrap()
+    };
+    send("/within_grace");
+    assert_eq!(next_ping(&mut signals).await, "/within_grace");
+    tokio::time::sleep(busd_shim::DEPARTED_GRACE + Duration::from_millis(500)).await;
+    send("/past_grace");
+    let honest = member(&bus).await;
+    honest
+        .send_to(
+            to,
+            &frame_for(honest.id, 0, &ping(&honest.unique, "/honest")),
+        )
+        .unwrap();
+    assert_eq!(next_ping(&mut signals).await, "/honest");
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
 }
 
 /// A message as a member's shim would never send it: of message type `ty`, with `flags`,
