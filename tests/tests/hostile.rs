@@ -176,6 +176,61 @@ fn garbage_impossible_lengths_and_lying_fd_counts_disconnect_only_their_sender()
     still_serving(&bus);
 }
 
+/// Descriptors that come ahead of a message not yet whole wait with the connection; a
+/// client that keeps sending descriptors and never finishes the message would make the
+/// bus hold them until it had none left. One message's worth may wait
+/// (max_message_unix_fds, 16 here); past that the client is disconnected, as libdbus does.
+#[test]
+fn descriptors_waiting_for_a_message_are_bounded() {
+    let bus = checked_bus();
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let send = |s: &UnixStream, bytes: &[u8], n: usize| {
+        let fds = vec![devnull.as_raw_fd(); n];
+        nix::sys::socket::sendmsg::<()>(
+            s.as_raw_fd(),
+            &[std::io::IoSlice::new(bytes)],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+    };
+    // The first bytes of a message that announces a body of 1 MiB, then a byte at a time,
+    // each with 8 descriptors.
+    let mut head = call_bytes(
+        2,
+        "org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus",
+        "GetId",
+        0,
+    );
+    head[4..8].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    let hoarder = raw_client(&bus);
+    send(&hoarder, &head[..16], 8);
+    send(&hoarder, &head[16..17], 8);
+    send(&hoarder, &head[17..18], 8);
+    assert_closed(hoarder);
+    still_serving(&bus);
+
+    // One message's worth waits for the rest of its message: the connection stays.
+    let patient = raw_client(&bus);
+    send(&patient, &head[..16], 16);
+    std::thread::sleep(Duration::from_millis(300));
+    still_serving(&bus);
+    // (What the bus sent after Hello may still be unread: only the end means closed.)
+    let mut rest = [0u8; 4096];
+    patient.set_nonblocking(true).unwrap();
+    loop {
+        match (&patient).read(&mut rest) {
+            Ok(0) => panic!("the bus closed a connection with one message's descriptors waiting"),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn a_client_killed_in_the_middle_of_a_message_harms_nobody() {
     let bus = checked_bus();

@@ -199,6 +199,16 @@ impl Conn {
         if let Err(why) = self.process(limits) {
             return ReadOutcome::Invalid(why);
         }
+        // What waits now is for the message not yet whole: one message's worth at most (the
+        // kernel hands over one sendmsg's descriptors per read). Without this bound a client
+        // could hold descriptors by the hundred per write until the bus had none left (the
+        // pending-fd timeout alone lets them stay for minutes); libdbus disconnects too.
+        if self.infds.len() as u64 > limits.max_message_unix_fds {
+            return ReadOutcome::Invalid(format!(
+                "{} unix fds wait for a message, more than max_message_unix_fds",
+                self.infds.len()
+            ));
+        }
         // Checked after the SASL lines of the same read were taken in: fds may follow
         // NEGOTIATE_UNIX_FD and BEGIN in one read.
         if !self.infds.is_empty() && !self.unix_fds {
@@ -362,6 +372,23 @@ impl Conn {
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                // The kernel refuses the first message's descriptors: this user has too many
+                // in flight (ETOOMANYREFS: other peers do not read theirs) or they are more
+                // than one sendmsg may carry (EINVAL). That message cannot be delivered, as
+                // dbus-daemon finds; the peer is not at fault and stays connected.
+                Err(e @ (nix::errno::Errno::ETOOMANYREFS | nix::errno::Errno::EINVAL))
+                    if !raw.is_empty() =>
+                {
+                    tracing::warn!(
+                        fds = raw.len(),
+                        "a message with unix fds could not be sent ({e}); dropping it"
+                    );
+                    if let Some((out, _)) = self.outq.pop_front() {
+                        self.meters
+                            .outgoing
+                            .sub(out.bytes.len() as u64, out.fds.len() as u64);
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -461,5 +488,21 @@ mod tests {
         assert!(got == expected, "the bytes came in order");
         assert_eq!(fds_got, fds_expected);
         assert!(!conn.has_output());
+    }
+
+    /// A message whose descriptors the kernel refuses (more than one sendmsg may carry
+    /// here: EINVAL; too many in flight for the bus's user: ETOOMANYREFS) cannot be
+    /// delivered: it is dropped, and the connection goes on with the next ones.
+    #[test]
+    fn a_message_whose_fds_the_kernel_refuses_is_dropped_not_the_connection() {
+        let (mut conn, peer) = conn_and_peer();
+        conn.queue(message(1, 10, 0));
+        conn.queue(message(2, 20, 254));
+        conn.queue(message(3, 30, 1));
+        conn.flush().unwrap();
+        assert!(!conn.has_output());
+        assert_eq!(conn.meters().outgoing.bytes(), 0);
+        assert_eq!(read(&peer, 10), (vec![1; 10], 0));
+        assert_eq!(read(&peer, 30), (vec![3; 30], 1));
     }
 }
