@@ -86,6 +86,9 @@ pub struct Server {
     /// Connections not read from while their messages fill others' queues beyond
     /// max_incoming_bytes / max_incoming_unix_fds.
     paused: BTreeSet<PeerId>,
+    /// Connections (or members' inboxes) that had more to read when their share of a
+    /// wake-up was used up: read again on the next pass, which polls without waiting.
+    again: Vec<(PeerId, Again)>,
     /// Listeners are not accepted from while max_incomplete_connections are authenticating.
     accept_paused: bool,
     /// Connections still authenticating (counted as they come and go: an accept must not
@@ -155,6 +158,20 @@ impl Control {
     }
 }
 
+/// What is read again on the next pass (see `Server::again`).
+#[derive(Clone, Copy, Debug)]
+enum Again {
+    Stream(Until),
+    Frames,
+}
+
+/// Full reads of one connection per wake-up, and frames of one member's inbox: past them,
+/// the rest waits for the next pass, after every other connection's turn (one sender
+/// writing as fast as it can must not keep the bus from the others; dbus-daemon reads a
+/// connection a little at a time too).
+const READS_PER_PASS: usize = 16;
+const FRAMES_PER_PASS: usize = 256;
+
 /// How far a connection is read when it is readable (the poll is edge-triggered: what is
 /// not read now is announced again only when more comes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +234,7 @@ impl Server {
             next_id: FIRST_CONN,
             dirty: Vec::new(),
             paused: BTreeSet::new(),
+            again: Vec::new(),
             accept_paused: false,
             incomplete: 0,
             accept_failing: false,
@@ -249,9 +267,12 @@ impl Server {
         // (as it would be anyway: they are handled before timers).
         let mut now = Instant::now();
         loop {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let timeout = if self.again.is_empty() {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(now))
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
@@ -309,6 +330,12 @@ impl Server {
                     self.read(token, Until::Exhausted);
                 } else if event.is_readable() {
                     self.read(token, Until::ShortRead);
+                }
+            }
+            for (id, again) in std::mem::take(&mut self.again) {
+                match again {
+                    Again::Stream(until) => self.read(id, until),
+                    Again::Frames => self.read_frames(id),
                 }
             }
             for child in self.children.polled() {
@@ -542,7 +569,7 @@ impl Server {
     }
 
     fn read(&mut self, id: PeerId, until: Until) {
-        loop {
+        for _ in 0..READS_PER_PASS {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
@@ -592,6 +619,9 @@ impl Server {
                 }
             }
         }
+        // Its share of this pass is used up, and it may have more: the next pass (which
+        // does not wait) reads on, after the others.
+        self.again.push((id, Again::Stream(until)));
     }
 
     /// A connection finished authenticating: apply the policy's user rules, then hand it to
@@ -781,7 +811,7 @@ impl Server {
     /// Routes what a member sent the daemon on its inbox (paused, like its stream, while
     /// its messages fill others' queues).
     fn read_frames(&mut self, id: PeerId) {
-        loop {
+        for _ in 0..FRAMES_PER_PASS {
             if self.paused.contains(&id) {
                 return;
             }
@@ -817,6 +847,8 @@ impl Server {
                 }
             }
         }
+        // (As a stream: the rest on the next pass.)
+        self.again.push((id, Again::Frames));
     }
 
     /// Writes out every connection with queued output. Flushing can queue more (a peer that
