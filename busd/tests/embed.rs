@@ -46,14 +46,8 @@ fn server_config() -> ServerConfig {
 fn hello(path: &Path) -> String {
     let mut s = UnixStream::connect(path).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let uid: String = nix::unistd::getuid()
-        .as_raw()
-        .to_string()
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    s.write_all(format!("\0AUTH EXTERNAL {uid}\r\nBEGIN\r\n").as_bytes())
-        .unwrap();
+    let auth = busd_wire::sasl::auth_external(nix::unistd::getuid().as_raw());
+    s.write_all(format!("{auth}BEGIN\r\n").as_bytes()).unwrap();
     let call = encode(
         Endian::Little,
         METHOD_CALL,

@@ -10,6 +10,17 @@ pub const MAX_LINE: usize = 16 * 1024;
 /// Rejections after which the connection is dropped.
 pub const MAX_REJECTIONS: u32 = 6;
 
+/// What a client sends first to authenticate as `uid` with EXTERNAL: the nul byte, then
+/// `AUTH EXTERNAL` with the uid's decimal digits in hex (for raw test clients and tools).
+pub fn auth_external(uid: u32) -> String {
+    let hex: String = uid
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\0AUTH EXTERNAL {hex}\r\n")
+}
+
 /// An authentication mechanism busd implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
@@ -428,6 +439,12 @@ impl SaslServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_external_line_spells_the_uid_in_hex_digits() {
+        assert_eq!(auth_external(1000), "\0AUTH EXTERNAL 31303030\r\n");
+        assert_eq!(auth_external(0), "\0AUTH EXTERNAL 30\r\n");
+    }
 
     fn server(mechs: Vec<Mechanism>) -> SaslServer {
         SaslServer::new(mechs, Some(1000), "0123456789abcdef0123456789abcdef", true)

@@ -250,19 +250,24 @@ impl Conn {
             }
             self.sasl = None;
         }
-        while self.inbuf.len() >= message::FIXED_HEADER_SIZE {
-            let total = message::total_length(&self.inbuf[..message::FIXED_HEADER_SIZE])
-                .map_err(|e| e.to_string())?;
+        // Messages are taken from `start` on, and what they took goes in one move at the
+        // end (not one per message: a read of many small ones would move the rest of the
+        // buffer each time).
+        let mut start = 0;
+        while self.inbuf.len() - start >= message::FIXED_HEADER_SIZE {
+            let head = &self.inbuf[start..start + message::FIXED_HEADER_SIZE];
+            let total = message::total_length(head).map_err(|e| e.to_string())?;
             if total as u64 > limits.max_message_size {
                 return Err(format!("message of {total} bytes exceeds max_message_size"));
             }
-            if self.inbuf.len() < total {
+            if self.inbuf.len() - start < total {
                 break;
             }
-            let bytes: Vec<u8> = if self.inbuf.len() == total {
+            let bytes: Vec<u8> = if start == 0 && self.inbuf.len() == total {
                 std::mem::take(&mut self.inbuf)
             } else {
-                self.inbuf.drain(..total).collect()
+                start += total;
+                self.inbuf[start - total..start].to_vec()
             };
             // (With no descriptors waiting, which is nearly always, the header is read
             // once, by the parse, rather than scanned for UNIX_FDS first.)
@@ -296,6 +301,7 @@ impl Conn {
             };
             self.messages.push(msg);
         }
+        self.inbuf.drain(..start);
         Ok(())
     }
 
@@ -488,6 +494,48 @@ mod tests {
         assert!(got == expected, "the bytes came in order");
         assert_eq!(fds_got, fds_expected);
         assert!(!conn.has_output());
+    }
+
+    /// Several messages in one read, the last cut short: each is taken whole and in order,
+    /// and the rest of the last waits for the next read.
+    #[test]
+    fn messages_are_taken_from_a_read_in_order_and_a_partial_one_waits() {
+        use busd_wire::message::{encode, HeaderFields, SIGNAL};
+        use std::io::Write;
+        let (mut conn, mut peer) = conn_and_peer();
+        let limits = busd_policy::Limits::default();
+        let mut buf = vec![0; READ_CHUNK];
+        let auth = busd_wire::sasl::auth_external(nix::unistd::getuid().as_raw());
+        peer.write_all(format!("{auth}BEGIN\r\n").as_bytes())
+            .unwrap();
+        let signal = |serial: u32| {
+            let member = format!("M{serial}");
+            let f = HeaderFields {
+                path: Some("/p"),
+                interface: Some("a.b"),
+                member: Some(&member),
+                ..Default::default()
+            };
+            encode(
+                busd_wire::marshal::Endian::Little,
+                SIGNAL,
+                0,
+                serial,
+                &f,
+                &[],
+            )
+        };
+        let all: Vec<u8> = (1..=4).flat_map(signal).collect();
+        let cut = all.len() - 5;
+        peer.write_all(&all[..cut]).unwrap();
+        conn.read_once(&limits, &mut buf);
+        assert!(conn.is_authenticated());
+        let serials =
+            |c: &mut Conn| -> Vec<u32> { c.take_messages().iter().map(|m| m.serial()).collect() };
+        assert_eq!(serials(&mut conn), [1, 2, 3]);
+        peer.write_all(&all[cut..]).unwrap();
+        conn.read_once(&limits, &mut buf);
+        assert_eq!(serials(&mut conn), [4]);
     }
 
     /// A message whose descriptors the kernel refuses (more than one sendmsg may carry
