@@ -41,8 +41,10 @@ pub struct Conn {
     auth_deadline: Option<Instant>,
     /// Since when fds have waited for the rest of their message (pending_fd_timeout).
     fds_pending_since: Option<Instant>,
-    /// The shell has a timer for the current `fds_pending_since` ([`Conn::fds_timer`]).
-    fds_timer_armed: bool,
+    /// The deadline of the one timer the shell keeps for this connection's fds (an earlier
+    /// pending period's, or the current one's): at most one at a time, so that a client
+    /// that starts and ends pending periods fast does not fill the shell's timer heap.
+    fds_timer_at: Option<Instant>,
     creds: Credentials,
     meters: Meters,
     unix_fds: bool,
@@ -92,7 +94,7 @@ impl Conn {
             sasl: Some(sasl_server(mechanisms, creds.uid, guid)),
             auth_deadline: Some(Instant::now() + auth_timeout),
             fds_pending_since: None,
-            fds_timer_armed: false,
+            fds_timer_at: None,
             stream,
             creds,
             meters: Meters::default(),
@@ -147,15 +149,29 @@ impl Conn {
         self.fds_pending_since.map(|t| t + timeout)
     }
 
-    /// The fds deadline the shell has no timer for yet (once per pending period).
+    /// The fds deadline the shell should arm a timer for: only while it keeps none for
+    /// this connection (one it keeps fires no later than the current deadline, and is
+    /// followed by this one's then: see [`Conn::fds_timer_fired`]).
     pub fn fds_timer(&mut self, timeout: Duration) -> Option<Instant> {
         let d = self.fds_deadline(timeout)?;
-        (!std::mem::replace(&mut self.fds_timer_armed, true)).then_some(d)
+        if self.fds_timer_at.is_some() {
+            return None;
+        }
+        self.fds_timer_at = Some(d);
+        Some(d)
     }
 
-    /// Whether a timer at `at` is this connection's authentication or fds deadline now.
-    pub fn deadline_is(&self, at: Instant, fd_timeout: Duration) -> bool {
-        self.auth_deadline == Some(at) || self.fds_deadline(fd_timeout) == Some(at)
+    /// The shell's fds timer at `at` fired (or was found not to stand).
+    pub fn fds_timer_fired(&mut self, at: Instant) {
+        if self.fds_timer_at == Some(at) {
+            self.fds_timer_at = None;
+        }
+    }
+
+    /// Whether a timer at `at` is this connection's authentication deadline or its fds
+    /// timer.
+    pub fn deadline_is(&self, at: Instant) -> bool {
+        self.auth_deadline == Some(at) || self.fds_timer_at == Some(at)
     }
 
     pub fn unix_fds(&self) -> bool {
@@ -218,7 +234,6 @@ impl Conn {
             self.fds_pending_since = None;
         } else if self.fds_pending_since.is_none() {
             self.fds_pending_since = Some(Instant::now());
-            self.fds_timer_armed = false;
         }
         if short {
             ReadOutcome::Short
@@ -494,6 +509,28 @@ mod tests {
         assert!(got == expected, "the bytes came in order");
         assert_eq!(fds_got, fds_expected);
         assert!(!conn.has_output());
+    }
+
+    /// However many pending periods start and end, the shell keeps one fds timer per
+    /// connection: the next is asked for when that one fires.
+    #[test]
+    fn one_fds_timer_at_a_time() {
+        let (mut conn, _peer) = conn_and_peer();
+        let timeout = Duration::from_secs(150);
+        let t0 = Instant::now();
+        conn.fds_pending_since = Some(t0);
+        assert_eq!(conn.fds_timer(timeout), Some(t0 + timeout));
+        for i in 1..1000 {
+            conn.fds_pending_since = None;
+            conn.fds_pending_since = Some(t0 + Duration::from_millis(i));
+            assert_eq!(conn.fds_timer(timeout), None, "period {i}");
+        }
+        assert!(conn.deadline_is(t0 + timeout));
+        conn.fds_timer_fired(t0 + timeout);
+        assert!(!conn.deadline_is(t0 + timeout));
+        let current = t0 + Duration::from_millis(999) + timeout;
+        assert_eq!(conn.fds_timer(timeout), Some(current));
+        assert!(conn.deadline_is(current));
     }
 
     /// Several messages in one read, the last cut short: each is taken whole and in order,

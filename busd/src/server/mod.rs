@@ -436,14 +436,9 @@ impl Server {
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        let fd_timeout = self.pending_fd_timeout();
         let conns = &self.conns;
         self.timers
-            .next(|at, id| {
-                conns
-                    .get(&id)
-                    .is_some_and(|c| c.deadline_is(at, fd_timeout))
-            })
+            .next(|at, id| conns.get(&id).is_some_and(|c| c.deadline_is(at)))
             .into_iter()
             .chain(self.bus.next_deadline())
             .chain(self.children.next_poll())
@@ -455,13 +450,23 @@ impl Server {
         let mut auth_expired = Vec::new();
         let mut fds_expired = Vec::new();
         for (at, id) in self.timers.expired(now) {
-            let Some(c) = self.conns.get(&id) else {
+            let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
             if c.auth_deadline() == Some(at) {
                 auth_expired.push(id);
-            } else if c.fds_deadline(fd_timeout) == Some(at) {
-                fds_expired.push(id);
+                continue;
+            }
+            c.fds_timer_fired(at);
+            match c.fds_deadline(fd_timeout) {
+                Some(d) if d <= now => fds_expired.push(id),
+                // A later pending period than the one this timer was for: its own now.
+                Some(_) => {
+                    if let Some(d) = c.fds_timer(fd_timeout) {
+                        self.timers.arm(d, id);
+                    }
+                }
+                None => {}
             }
         }
         for id in auth_expired {
