@@ -19,8 +19,8 @@ impl Cookies for FixedKeyring {
     fn cookie(&mut self) -> Result<(String, u32, String), String> {
         Ok(("org_freedesktop_general".into(), 1, "c0ffee".into()))
     }
-    fn challenge(&mut self) -> String {
-        "5e".into()
+    fn challenge(&mut self) -> Result<String, String> {
+        Ok("5e".into())
     }
 }
 

@@ -44,6 +44,12 @@ fn setup(dir: &Path) -> std::path::PathBuf {
     );
     file("org.example.Missing", "/nonexistent/busd-test-binary");
     file("org.example.Quotes", &format!("{SERVICE} 'unclosed"));
+    config_with_services(dir, &services)
+}
+
+/// A session-like configuration in `dir` with the service directory `services` and a start
+/// timeout of 1 s.
+fn config_with_services(dir: &Path, services: &Path) -> std::path::PathBuf {
     write_config(
         dir,
         "activation.conf",
@@ -236,5 +242,50 @@ fn a_service_directory_created_after_start_is_read_when_a_name_is_asked_for() {
             .contains("org.freedesktop.DBus.Error.ServiceUnknown"),
         "{}",
         outcomes[1].1
+    );
+}
+
+/// A service gets descriptors 0-2 only, as from dbus-daemon: busd makes every descriptor of
+/// its own close-on-exec, and one it inherited open from whoever started it (here: this
+/// test) does not reach its services either.
+#[test]
+fn a_service_inherits_no_descriptor_but_standard_ones() {
+    require("dbus-send");
+    let dir = tempfile::tempdir().unwrap();
+    let inherited = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&inherited);
+    // Open across exec, so that the bus started below inherits it.
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir_all(&services).unwrap();
+    let seen = dir.path().join("seen");
+    std::fs::write(
+        services.join("org.example.Fds.service"),
+        format!(
+            "[D-BUS Service]\nName=org.example.Fds\nExec=/bin/sh -c 'ls /proc/self/fd > {}'\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let config = config_with_services(dir.path(), &services);
+    let bus = Busd::start_with(&[&format!("--config-file={}", config.display())]);
+    drop(inherited);
+    // (The service never takes its name: the start fails once it exits, which is enough.)
+    let _ = driver(
+        &bus,
+        "StartServiceByName",
+        &["string:org.example.Fds", "uint32:0"],
+    );
+    let listing = std::fs::read_to_string(&seen).expect("the service ran");
+    let fds: Vec<u32> = listing.lines().filter_map(|l| l.parse().ok()).collect();
+    // 0-2, and the directory ls opened to list (the lowest free number, 3).
+    assert_eq!(
+        fds,
+        [0, 1, 2, 3],
+        "the service had {fds:?}; {fd} was inherited"
     );
 }

@@ -80,8 +80,8 @@ pub trait Cookies {
     /// A current cookie of the keyring, made (and stored) if none is recent enough:
     /// (context, id, secret in hex); Err says why there is none.
     fn cookie(&mut self) -> Result<(String, u32, String), String>;
-    /// 16 random bytes, hex-encoded: the server's challenge.
-    fn challenge(&mut self) -> String;
+    /// 16 random bytes, hex-encoded: the server's challenge (Err: none can be made).
+    fn challenge(&mut self) -> Result<String, String>;
 }
 
 /// Why the connection must be closed.
@@ -308,7 +308,9 @@ impl SaslServer {
             Ok(c) => c,
             Err(_) => return self.reject(out),
         };
-        let server = cookies.challenge();
+        let Ok(server) = cookies.challenge() else {
+            return self.reject(out);
+        };
         let data = format!("{context} {id} {server}");
         out.extend_from_slice(format!("DATA {}\r\n", hex_encode(data.as_bytes())).as_bytes());
         self.state = State::WaitingForCookieAnswer(Challenge {
@@ -583,8 +585,8 @@ mod tests {
         fn cookie(&mut self) -> Result<(String, u32, String), String> {
             Ok(("org_freedesktop_general".into(), 7, "c0ffee".into()))
         }
-        fn challenge(&mut self) -> String {
-            "5e4e5e4e".into()
+        fn challenge(&mut self) -> Result<String, String> {
+            Ok("5e4e5e4e".into())
         }
     }
 

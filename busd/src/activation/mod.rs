@@ -127,8 +127,7 @@ pub fn scan(dirs: &[Directory], warnings: &mut Vec<String>) -> Vec<ServiceEntry>
             .collect();
         files.sort();
         for (file_name, path) in files {
-            let parsed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
+            let parsed = service_file::read(&path)
                 .and_then(|text| service_file::parse_service(&text, &file_name, dir.strict));
             match parsed {
                 Ok(entry) if names.contains(&entry.name) => warnings.push(format!(

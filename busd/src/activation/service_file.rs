@@ -7,6 +7,26 @@ use crate::bus::activation::ServiceEntry;
 
 /// dbus-daemon refuses larger files.
 const MAX_SIZE: usize = 128 * 1024;
+
+/// A service file's bytes: a regular file (a FIFO would block the bus, a device could be
+/// endless), read up to one byte past the largest the parser takes, which then refuses it.
+pub fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = Vec::new();
+    file.take(MAX_SIZE as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
 const SECTION: &str = "D-BUS Service";
 
 /// One parsed file: sections in order, each with its keys in order.
@@ -144,6 +164,23 @@ pub fn parse_service(text: &[u8], file_name: &str, strict: bool) -> Result<Servi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO among the service files would block the bus at a scan, and a device could be
+    /// endless: only regular files are read, and no more than the parser takes.
+    #[test]
+    fn only_regular_files_are_read_and_only_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("a.service");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read(&fifo).unwrap_err(), "not a regular file");
+        assert_eq!(
+            read(std::path::Path::new("/dev/zero")).unwrap_err(),
+            "not a regular file"
+        );
+        let big = dir.path().join("b.service");
+        std::fs::write(&big, vec![b'#'; 4 * MAX_SIZE]).unwrap();
+        assert_eq!(read(&big).unwrap().len(), MAX_SIZE + 1);
+    }
 
     #[test]
     fn reads_the_keys_dbus_daemon_uses() {

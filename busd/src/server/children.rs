@@ -94,9 +94,18 @@ impl Children {
             .envs(self.starter_env.iter().cloned());
         let nofile = STARTED_NOFILE.get().copied();
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (sigprocmask, signal, setrlimit).
+        // async-signal-safe calls (close_range, sigprocmask, signal, setrlimit).
         unsafe {
             cmd.pre_exec(move || {
+                // Every descriptor busd makes is close-on-exec; one it inherited from whoever
+                // started it may not be. A service gets only 0-2, as from dbus-daemon.
+                // (Errors are ignored: a kernel before 5.11 lacks the flag.)
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 let mask = handled_signals();
                 nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None)?;
                 // dbus-daemon's services start with SIGPIPE ignored.

@@ -60,22 +60,36 @@ pub fn user_groups(uid: u32) -> Vec<u32> {
         .unwrap_or_else(|_| vec![user.gid.as_raw()])
 }
 
-/// Whether a user is logged in at a local seat: systemd-logind's record when the system
-/// runs systemd, else pam_console's `/var/run/console/USER`, as dbus-daemon checks.
+/// Whether a user is logged in at a local seat: systemd-logind's record when logind runs
+/// (its seats directory exists), else pam_console's `/var/run/console/USER`, as
+/// dbus-daemon checks.
 pub fn at_console(uid: u32) -> bool {
-    if Path::new("/run/systemd/system").exists() {
-        let Ok(text) = std::fs::read_to_string(format!("/run/systemd/users/{uid}")) else {
-            return false;
-        };
-        return text
-            .lines()
-            .filter_map(|l| l.strip_prefix("SEATS="))
-            .any(|seats| !seats.trim().is_empty());
+    if let Some(at) = logind_at_console(Path::new("/run/systemd"), uid) {
+        return at;
     }
     match User::from_uid(Uid::from_raw(uid)) {
         Ok(Some(user)) => Path::new("/var/run/console").join(user.name).exists(),
         _ => false,
     }
+}
+
+/// logind's answer under `run` (`/run/systemd`), None when logind does not run: whether
+/// the user has a session on a seat that is online, what dbus-daemon asks
+/// (`sd_uid_get_seats(uid, 0)`, the user record's `ONLINE_SEATS=`). `SEATS=` also lists the
+/// seats of sessions that are closing: a user who logged out at the seat and left a
+/// process behind is not at the console.
+fn logind_at_console(run: &Path, uid: u32) -> Option<bool> {
+    if !run.join("seats").is_dir() {
+        return None;
+    }
+    let Ok(text) = std::fs::read_to_string(run.join("users").join(uid.to_string())) else {
+        return Some(false);
+    };
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("ONLINE_SEATS="))
+            .any(|seats| !seats.trim().is_empty()),
+    )
 }
 
 /// The command line of a process, arguments separated by spaces, shortened for logs.
@@ -134,6 +148,26 @@ mod tests {
         let groups = peer_groups(std::os::fd::AsFd::as_fd(&a), gid);
         assert!(groups.contains(&gid));
         assert!(groups.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// A user whose only session at the seat is closing (logged out, a process left
+    /// behind) is listed in `SEATS=` but not `ONLINE_SEATS=`: not at the console.
+    #[test]
+    fn at_console_asks_logind_for_online_seats() {
+        let run = tempfile::tempdir().unwrap();
+        assert_eq!(logind_at_console(run.path(), 1000), None, "no logind");
+        std::fs::create_dir_all(run.path().join("seats")).unwrap();
+        std::fs::create_dir_all(run.path().join("users")).unwrap();
+        assert_eq!(
+            logind_at_console(run.path(), 1000),
+            Some(false),
+            "no record"
+        );
+        let user = |text: &str| std::fs::write(run.path().join("users/1000"), text).unwrap();
+        user("NAME=u\nSTATE=closing\nSEATS=seat0\nONLINE_SEATS=\nACTIVE_SEATS=\n");
+        assert_eq!(logind_at_console(run.path(), 1000), Some(false));
+        user("NAME=u\nSTATE=active\nSEATS=seat0\nONLINE_SEATS=seat0\nACTIVE_SEATS=seat0\n");
+        assert_eq!(logind_at_console(run.path(), 1000), Some(true));
     }
 
     #[test]

@@ -26,6 +26,8 @@ const MAX_TIME_TRAVEL: u64 = 5 * 60;
 const MAX_COOKIES: usize = 256;
 /// Bytes of secret per cookie.
 const COOKIE_BYTES: usize = 24;
+/// The largest keyring file read (libdbus's bound too).
+const MAX_KEYRING_BYTES: u64 = 1 << 20;
 /// A lock file older than this many tries (250 ms each) is taken as left behind by a
 /// process that died holding it, and removed (what libdbus does).
 const LOCK_TRIES: u32 = 32;
@@ -87,7 +89,9 @@ pub fn render(cookies: &[Cookie]) -> String {
         .collect()
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
+/// `n` bytes from the kernel's random source. An error (a sandbox that forbids getrandom)
+/// only withdraws this mechanism: a client's way to authenticate must never end the bus.
+fn random_bytes(n: usize) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; n];
     let mut filled = 0;
     while filled < n {
@@ -96,11 +100,10 @@ fn random_bytes(n: usize) -> Vec<u8> {
         if r > 0 {
             filled += r as usize;
         } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            // (getrandom cannot fail otherwise on any kernel busd runs on.)
-            panic!("getrandom failed: {}", io::Error::last_os_error());
+            return Err(format!("getrandom failed: {}", io::Error::last_os_error()));
         }
     }
-    buf
+    Ok(buf)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -181,11 +184,25 @@ impl Keyring {
     }
 
     fn read(path: &Path, now: u64) -> Result<Vec<Cookie>, String> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(parse(&text, now)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+        use std::io::Read;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        // At most 256 cookies of a line each: a keyring larger than libdbus's bound (1 MiB)
+        // is not one.
+        let mut text = String::new();
+        file.take(MAX_KEYRING_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > MAX_KEYRING_BYTES {
+            return Err(format!(
+                "{}: larger than {MAX_KEYRING_BYTES} bytes",
+                path.display()
+            ));
         }
+        Ok(parse(&text, now))
     }
 
     /// Takes the keyring's lock file (waiting for another holder, and removing a lock
@@ -226,7 +243,7 @@ impl Keyring {
             return Ok(c.clone());
         }
         let id = loop {
-            let b = random_bytes(4);
+            let b = random_bytes(4)?;
             let id = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff;
             if id != 0 && cookies.iter().all(|c| c.id != id) {
                 break id;
@@ -235,14 +252,14 @@ impl Keyring {
         let cookie = Cookie {
             id,
             created: now,
-            secret: hex(&random_bytes(COOKIE_BYTES)),
+            secret: hex(&random_bytes(COOKIE_BYTES)?),
         };
         cookies.push(cookie.clone());
         if cookies.len() > MAX_COOKIES {
             cookies.sort_by_key(|c| c.created);
             cookies.drain(..cookies.len() - MAX_COOKIES);
         }
-        let tmp = path.with_extension(format!("{}.tmp", hex(&random_bytes(4))));
+        let tmp = path.with_extension(format!("{}.tmp", hex(&random_bytes(4)?)));
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -284,8 +301,8 @@ impl Cookies for Keyring {
         Ok((CONTEXT.to_string(), c.id, c.secret))
     }
 
-    fn challenge(&mut self) -> String {
-        hex(&random_bytes(16))
+    fn challenge(&mut self) -> Result<String, String> {
+        Ok(hex(&random_bytes(16)?))
     }
 }
 
@@ -340,6 +357,22 @@ mod tests {
             .join(".dbus-keyrings")
             .join(format!("{CONTEXT}.lock"))
             .exists());
+    }
+
+    /// A keyring file larger than any real one (libdbus stops at 1 MiB too) is refused
+    /// rather than read whole by the bus's only thread.
+    #[test]
+    fn a_keyring_larger_than_a_mebibyte_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let mut k = Keyring::at(home.path().join(".dbus-keyrings"));
+        let now = 2_000_000;
+        k.current(now).unwrap();
+        let file = home.path().join(".dbus-keyrings").join(CONTEXT);
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&"#".repeat(MAX_KEYRING_BYTES as usize));
+        std::fs::write(&file, text).unwrap();
+        let err = k.current(now + USE_FOR + 1).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]
