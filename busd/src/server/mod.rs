@@ -658,6 +658,8 @@ impl Server {
             .get_mut(&id)
             .expect("admitting a known connection");
         conn.credentials_mut().at_console = at_console;
+        let pid = conn.credentials().pid;
+        conn.credentials_mut().command = pid.and_then(identity::command_for_pid);
         self.bus.connect(
             id,
             conn.credentials().clone(),
