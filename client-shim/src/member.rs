@@ -310,7 +310,7 @@ impl Member {
                 // it says.)
                 let checked = receive::sender_of(d.source, &me)
                     .and_then(|s| receive::attested(s, d.pid, &table, &me).map(|()| s))
-                    .and_then(|s| self.not_long_gone(s))
+                    .and_then(|s| self.not_long_gone(s, &table))
                     .and_then(|s| {
                         let limits = (receive::max_message(&table), receive::max_fds(&table));
                         receive::check_from(s, d.frame, &d.fds, &me, limits)
@@ -433,11 +433,15 @@ impl Member {
     /// `sender`, unless it left longer ago than [`crate::table::DEPARTED_GRACE`]: its process
     /// may still hold its socket's path (it left the bus, or became a monitor) and must
     /// not go on sending as its old name.
-    fn not_long_gone(&self, sender: u32) -> Result<u32, Refusal> {
-        if self
-            .state()
-            .table
-            .left_long_ago(sender, std::time::Instant::now())
+    fn not_long_gone(&self, sender: u32, table: &Table) -> Result<u32, Refusal> {
+        // (The state's lock and the clock only for a sender the table lists as departed:
+        // every datagram comes this way.)
+        let departed = table.member(sender).is_some_and(|m| m.departed);
+        if departed
+            && self
+                .state()
+                .table
+                .left_long_ago(sender, std::time::Instant::now())
         {
             return Err(Refusal::Spoofed(format!(
                 "member {sender} left longer ago than {:?}",
