@@ -878,6 +878,7 @@ impl Server {
             match c.flush() {
                 Ok(()) => {
                     // (What the socket did not take goes when it has room.)
+                    self.write_space.blocked(id, c.has_output());
                     let want = c.wants_write_space();
                     if want != c.write_space_armed {
                         c.write_space_armed = want;
@@ -913,6 +914,7 @@ impl Server {
         let Some(mut c) = self.conns.remove(&id) else {
             return;
         };
+        self.write_space.blocked(id, false);
         self.incomplete -= u64::from(!c.is_complete());
         // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
         let _ = c.flush();

@@ -19,17 +19,25 @@
 //! answers nothing), so a connection that was last sent signals only is not armed.
 //! dbus-broker registers every socket for output once, signals included. The figures are
 //! in docs/benchmarks.md.
+//!
+//! Which connections had room is read out of the set (its own `epoll_wait`) only while
+//! some connection's output waits for room: otherwise being woken is all the bus wants,
+//! and the reports stay in the set. (The set is edge-triggered in the main poll, so each
+//! new report wakes the bus again however many wait unread; closing a socket takes its
+//! report out.) In a conversation that spares the bus a system call per wake-up.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::bus::PeerId;
+use crate::bus::{IdMap, PeerId};
 
 /// Events one `epoll_wait` takes.
 const BATCH: usize = 64;
 
 pub struct WriteSpace {
     epoll: OwnedFd,
+    /// Connections whose output waits for room.
+    blocked: IdMap<PeerId, ()>,
 }
 
 impl WriteSpace {
@@ -41,7 +49,10 @@ impl WriteSpace {
         }
         // SAFETY: a descriptor epoll_create1 has just returned, owned by nothing else.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(WriteSpace { epoll })
+        Ok(WriteSpace {
+            epoll,
+            blocked: IdMap::default(),
+        })
     }
 
     /// The set's descriptor, readable while room to write was reported.
@@ -75,8 +86,26 @@ impl WriteSpace {
         Ok(())
     }
 
-    /// Calls `room` for each connection reported since the last call, without waiting.
-    pub fn take(&self, mut room: impl FnMut(PeerId)) {
+    /// Notes whether connection `id`'s output waits for room (after a flush; false once it
+    /// is closed).
+    pub fn blocked(&mut self, id: PeerId, blocked: bool) {
+        if blocked {
+            self.blocked.insert(id, ());
+        } else {
+            self.blocked.remove(&id);
+        }
+    }
+
+    /// Calls `room` for each connection reported since the last call, without waiting;
+    /// nothing while no connection's output waits for room (the reports are then left in
+    /// the set, and come out with the next that matters).
+    pub fn take(&self, room: impl FnMut(PeerId)) {
+        if !self.blocked.is_empty() {
+            self.take_all(room);
+        }
+    }
+
+    fn take_all(&self, mut room: impl FnMut(PeerId)) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
         loop {
             // SAFETY: `events` holds BATCH entries the kernel may write.
@@ -114,7 +143,7 @@ mod tests {
         space.watch(fd, 7).unwrap();
         let taken = || {
             let mut ids = Vec::new();
-            space.take(|id| ids.push(id));
+            space.take_all(|id| ids.push(id));
             ids
         };
         let mut exchange = || {
@@ -134,5 +163,56 @@ mod tests {
         space.arm(fd, 7, false).unwrap();
         exchange();
         assert_eq!(taken(), [], "disarmed");
+    }
+
+    /// What the bus relies on when it leaves reports unread: the set, edge-triggered in an
+    /// outer poll, wakes that poll at each new report, however many wait unread in it.
+    #[test]
+    fn each_report_wakes_the_outer_poll_though_none_was_read() {
+        let mut space = WriteSpace::new().unwrap();
+        // SAFETY: epoll_create1 has no memory arguments.
+        let outer = unsafe { OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 1,
+        };
+        // SAFETY: `event` is a valid epoll_event alive for the call.
+        let r = unsafe {
+            libc::epoll_ctl(
+                outer.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                space.fd(),
+                &mut event,
+            )
+        };
+        assert_eq!(r, 0);
+        let woken = || {
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: `events` holds 4 entries the kernel may write.
+            unsafe { libc::epoll_wait(outer.as_raw_fd(), events.as_mut_ptr(), 4, 0) }
+        };
+        let (mut ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        space.watch(fd, 7).unwrap();
+        space.arm(fd, 7, true).unwrap();
+        assert_eq!(woken(), 1, "armed with room");
+        for _ in 0..3 {
+            assert_eq!(woken(), 0);
+            ours.write_all(b"call").unwrap();
+            let mut buf = [0; 4];
+            peer.read_exact(&mut buf).unwrap();
+            assert_eq!(
+                woken(),
+                1,
+                "the peer read, and nothing was taken out of the set"
+            );
+        }
+        // Nothing waits for room: nothing is read out of the set, and the report stays.
+        let mut ids = Vec::new();
+        space.take(|id| ids.push(id));
+        assert_eq!(ids, []);
+        space.blocked(7, true);
+        space.take(|id| ids.push(id));
+        assert_eq!(ids, [7]);
     }
 }
