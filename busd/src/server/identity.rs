@@ -118,7 +118,35 @@ pub fn command_for_pid(pid: u32) -> Option<String> {
         // Cut between two arguments: no trailing space (dbus-daemon shows none).
         text.truncate(text.trim_end().len());
     }
-    Some(text)
+    Some(escape_for_log(&text))
+}
+
+/// `text`, which a client chose (its command line), made safe to quote in a log line or
+/// an error message: control characters (a newline would start a forged log line, an
+/// escape sequence would rewrite a terminal), the characters that reorder text on display,
+/// and the quote and backslash around it are written as escapes. Other text is unchanged,
+/// so that what dbus-daemon shows for an ordinary command is what busd shows.
+pub fn escape_for_log(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The account database (NSS), for resolving names in the configuration.
@@ -168,6 +196,36 @@ mod tests {
         assert_eq!(logind_at_console(run.path(), 1000), Some(false));
         user("NAME=u\nSTATE=active\nSEATS=seat0\nONLINE_SEATS=seat0\nACTIVE_SEATS=seat0\n");
         assert_eq!(logind_at_console(run.path(), 1000), Some(true));
+    }
+
+    /// A process names itself: nothing it chooses can break the line it is quoted in.
+    #[test]
+    fn a_command_line_is_quoted_with_its_control_characters_escaped() {
+        use std::os::unix::process::CommandExt;
+        let name = "evil\nbusd: forged line \"\x1b[31m\u{202e}x\\";
+        let mut child = std::process::Command::new("sleep")
+            .arg0(name)
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let mut seen = None;
+        // (Until the child has exec'd: before, its command line is the test's.)
+        for _ in 0..500 {
+            seen = command_for_pid(child.id());
+            if seen.as_deref().is_some_and(|c| c.starts_with("evil")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let seen = seen.unwrap();
+        assert_eq!(
+            seen,
+            "evil\\x0abusd: forged line \\\"\\x1b[31m\\u{202e}x\\\\ 5"
+        );
+        assert!(!seen.chars().any(|c| c.is_control()));
+        assert_eq!(escape_for_log("/usr/bin/gnome-shell --x"), "/usr/bin/gnome-shell --x");
     }
 
     #[test]
