@@ -60,6 +60,203 @@ impl Member {
     pub fn reachable(&self) -> bool {
         self.direct && self.ready && !self.departed
     }
+
+    /// Its record ([`MEMBER_LEN`] bytes, [`DEPARTED_LEN`] once departed).
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.id);
+        let mut flags = 0;
+        if self.direct {
+            flags |= MEMBER_DIRECT;
+        }
+        if self.summary.everything {
+            flags |= MEMBER_EVERYTHING;
+        }
+        if self.departed {
+            flags |= MEMBER_DEPARTED;
+        }
+        if self.ready {
+            flags |= MEMBER_READY;
+        }
+        put_u32(out, flags);
+        if self.departed {
+            put_u32(out, self.pid);
+            return;
+        }
+        put_u32(out, self.slot);
+        put_u32(out, self.pid);
+        for w in self.summary.bits {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+}
+
+/// What changed in a table since its body was last encoded ([`Encoded::update`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Anything, or more than is worth following: encode the body again whole.
+    pub all: bool,
+    /// The bus-wide fields (flags, limits, pid namespace).
+    pub header: bool,
+    /// Members whose entry was added, changed or removed, by id (repeats allowed).
+    pub members: Vec<u32>,
+    /// The names.
+    pub names: bool,
+}
+
+impl Changes {
+    /// Past this many member changes at once, encoding the body whole costs no more.
+    const MEMBERS_AT_MOST: usize = 64;
+
+    pub fn member(&mut self, id: u32) {
+        if !self.all {
+            self.members.push(id);
+            if self.members.len() > Self::MEMBERS_AT_MOST {
+                self.everything();
+            }
+        }
+    }
+
+    pub fn everything(&mut self) {
+        *self = Changes {
+            all: true,
+            ..Changes::default()
+        };
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+/// A table's body, kept encoded and changed where the table changed (DESIGN 8: a join,
+/// Ready or a member's rules rewrite one record, not every member's), with the byte
+/// ranges that differ from the body before, for [`publish_changed`].
+#[derive(Debug, Default)]
+pub struct Encoded {
+    body: Vec<u8>,
+    /// Each listed member's id and where its record starts, in id order.
+    at: Vec<(u32, usize)>,
+    /// Where the name count starts (the members' records end).
+    names_at: usize,
+    /// The body was encoded at least once.
+    valid: bool,
+}
+
+/// Bytes of the bus-wide fields, then the member count's 4.
+const HEADER_LEN: usize = 20;
+
+impl Encoded {
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The whole body, as the range that changed.
+    fn whole(&self) -> Vec<std::ops::Range<usize>> {
+        let all = 0..self.body.len();
+        vec![all]
+    }
+
+    /// The memory no longer holds this body (something else was published): the next
+    /// update encodes and writes everything.
+    pub fn forget(&mut self) {
+        self.valid = false;
+    }
+
+    /// Encodes `t` whole.
+    pub fn set(&mut self, t: &Table) {
+        self.body.clear();
+        t.encode_header(&mut self.body);
+        put_u32(&mut self.body, t.members.len() as u32);
+        self.at.clear();
+        self.body.reserve(t.members.len() * MEMBER_LEN);
+        for m in &t.members {
+            self.at.push((m.id, self.body.len()));
+            m.encode(&mut self.body);
+        }
+        self.names_at = self.body.len();
+        t.encode_names(&mut self.body);
+        self.valid = true;
+    }
+
+    /// Brings the body to `t`, of which `changes` says what changed since the body was
+    /// last brought up to date; returns the byte ranges that may differ from before (a
+    /// change of length moves everything after it). Costs what changed, plus a move of
+    /// the bytes after a record that changed length.
+    pub fn update(&mut self, t: &Table, changes: &Changes) -> Vec<std::ops::Range<usize>> {
+        if changes.all || !self.valid {
+            self.set(t);
+            return self.whole();
+        }
+        let mut dirty = Vec::new();
+        if changes.header {
+            let mut h = Vec::with_capacity(HEADER_LEN);
+            t.encode_header(&mut h);
+            self.body[..HEADER_LEN].copy_from_slice(&h);
+            dirty.push(0..HEADER_LEN);
+        }
+        let mut ids = changes.members.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut record = Vec::with_capacity(MEMBER_LEN);
+        // (Moved from here to the end: the first record that changed length.)
+        let mut moved = usize::MAX;
+        for id in ids {
+            record.clear();
+            if let Some(m) = t.member(id) {
+                m.encode(&mut record);
+            }
+            let (i, old) = match self.at.binary_search_by_key(&id, |&(id, _)| id) {
+                Ok(i) => {
+                    let start = self.at[i].1;
+                    let end = self.at.get(i + 1).map_or(self.names_at, |&(_, at)| at);
+                    (i, start..end)
+                }
+                Err(i) => {
+                    let start = self.at.get(i).map_or(self.names_at, |&(_, at)| at);
+                    (i, start..start)
+                }
+            };
+            let start = old.start;
+            let (old_len, new_len) = (old.len(), record.len());
+            self.body.splice(old, record.iter().copied());
+            match (old_len > 0, new_len > 0) {
+                (true, false) => {
+                    self.at.remove(i);
+                }
+                (false, true) => self.at.insert(i, (id, start)),
+                _ => {}
+            }
+            if old_len == new_len {
+                dirty.push(start..start + new_len);
+                continue;
+            }
+            let first_after = if new_len > 0 { i + 1 } else { i };
+            for (_, at) in &mut self.at[first_after..] {
+                *at = *at + new_len - old_len;
+            }
+            self.names_at = self.names_at + new_len - old_len;
+            moved = moved.min(start);
+        }
+        if self.at.len() != t.members.len() {
+            // (Changes missed a member: never from the daemon, whose tests compare.)
+            self.set(t);
+            return self.whole();
+        }
+        let count = (t.members.len() as u32).to_le_bytes();
+        if self.body[HEADER_LEN..HEADER_LEN + 4] != count {
+            self.body[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&count);
+            dirty.push(HEADER_LEN..HEADER_LEN + 4);
+        }
+        if changes.names {
+            self.body.truncate(self.names_at);
+            t.encode_names(&mut self.body);
+            moved = moved.min(self.names_at);
+        }
+        if moved != usize::MAX {
+            dirty.push(moved..self.body.len());
+        }
+        dirty
+    }
 }
 
 /// A decoded table.
@@ -143,6 +340,17 @@ impl Table {
     /// The body as it is published (little-endian words).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
+        self.encode_header(out);
+        put_u32(out, self.members.len() as u32);
+        out.reserve(self.members.len() * MEMBER_LEN);
+        for m in &self.members {
+            m.encode(out);
+        }
+        self.encode_names(out);
+    }
+
+    /// The bus-wide fields: [`HEADER_LEN`] bytes, before the member count.
+    fn encode_header(&self, out: &mut Vec<u8>) {
         let mut flags = 0;
         if self.observed {
             flags |= TABLE_OBSERVED;
@@ -154,34 +362,10 @@ impl Table {
         put_u32(out, self.max_message);
         put_u32(out, self.max_fds);
         out.extend_from_slice(&self.pid_namespace.to_le_bytes());
-        put_u32(out, self.members.len() as u32);
-        out.reserve(self.members.len() * MEMBER_LEN);
-        for m in &self.members {
-            put_u32(out, m.id);
-            let mut flags = 0;
-            if m.direct {
-                flags |= MEMBER_DIRECT;
-            }
-            if m.summary.everything {
-                flags |= MEMBER_EVERYTHING;
-            }
-            if m.departed {
-                flags |= MEMBER_DEPARTED;
-            }
-            if m.ready {
-                flags |= MEMBER_READY;
-            }
-            put_u32(out, flags);
-            if m.departed {
-                put_u32(out, m.pid);
-                continue;
-            }
-            put_u32(out, m.slot);
-            put_u32(out, m.pid);
-            for w in m.summary.bits {
-                out.extend_from_slice(&w.to_le_bytes());
-            }
-        }
+    }
+
+    /// The name count and the names, which end the body.
+    fn encode_names(&self, out: &mut Vec<u8>) {
         put_u32(out, self.names.len() as u32);
         for (name, id) in &self.names {
             put_u32(out, *id);
@@ -281,6 +465,17 @@ fn load_bytes(shm: &[AtomicU64], from: usize, len: usize, out: &mut Vec<u8>) {
 
 /// Writes a new body (the writer is the only one; readers may be reading meanwhile).
 pub fn publish(shm: &[AtomicU64], body: &[u8]) -> Result<(), Error> {
+    publish_changed(shm, body, std::slice::from_ref(&(0..body.len())))
+}
+
+/// Writes the body again where it changed: `dirty` holds the byte ranges of `body` that may
+/// differ from the body last published (the rest is as published). Readers copy the whole
+/// body under the sequence lock, as after [`publish`].
+pub fn publish_changed(
+    shm: &[AtomicU64],
+    body: &[u8],
+    dirty: &[std::ops::Range<usize>],
+) -> Result<(), Error> {
     if PREFIX_LEN + body.len() > shm.len() * 8 {
         return Err(Error::TooLarge);
     }
@@ -292,19 +487,25 @@ pub fn publish(shm: &[AtomicU64], body: &[u8]) -> Result<(), Error> {
         Ordering::Relaxed,
     );
     shm[WORD_LEN].store(body.len() as u64, Ordering::Relaxed);
-    // (Whole words without a copy through a buffer: a copy of variable length per word
-    // was a library call per 8 bytes, the bulk of a publication's cost.)
     let words = &shm[PREFIX_LEN / 8..];
-    let mut chunks = body.chunks_exact(8);
-    for (w, chunk) in words.iter().zip(chunks.by_ref()) {
-        let chunk: [u8; 8] = chunk.try_into().expect("chunks of 8");
-        w.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        words[body.len() / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
+    for r in dirty {
+        // The whole words the range touches.
+        let first = r.start / 8;
+        let bytes = &body[(first * 8).min(body.len())
+            ..r.end.min(body.len()).next_multiple_of(8).min(body.len())];
+        // (Whole words without a copy through a buffer: a copy of variable length per word
+        // was a library call per 8 bytes, the bulk of a publication's cost.)
+        let mut chunks = bytes.chunks_exact(8);
+        for (w, chunk) in words[first..].iter().zip(chunks.by_ref()) {
+            let chunk: [u8; 8] = chunk.try_into().expect("chunks of 8");
+            w.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            words[first + bytes.len() / 8].store(u64::from_le_bytes(last), Ordering::Relaxed);
+        }
     }
     fence(Ordering::Release);
     shm[WORD_SEQ].store((seq | 1) + 1, Ordering::Release);
@@ -484,12 +685,151 @@ mod tests {
         assert_eq!(Table::decode(&body), Err(Error::BadName));
     }
 
+    /// One change to a table, as the daemon makes them.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Lists (or replaces) member `id`: departed, ready, a summary word.
+        List(u32, bool, bool, u64),
+        Unlist(u32),
+        /// Name `n` (of a few) owned by member `id`, or by nobody.
+        Name(u8, Option<u32>),
+        Observed(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..40, any::<bool>(), any::<bool>(), any::<u64>())
+                .prop_map(|(id, d, r, w)| Op::List(id, d, r, w)),
+            2 => (0u32..40).prop_map(Op::Unlist),
+            2 => (0u8..6, proptest::option::of(0u32..40)).prop_map(|(n, id)| Op::Name(n, id)),
+            1 => any::<bool>().prop_map(Op::Observed),
+        ]
+    }
+
+    /// Applies `op` to `t` and notes it in `changes` as the daemon does.
+    fn apply(t: &mut Table, changes: &mut Changes, op: &Op) {
+        match *op {
+            Op::List(id, departed, ready, word) => {
+                let m = Member {
+                    id,
+                    direct: true,
+                    slot: id + 1,
+                    summary: Summary {
+                        bits: [word, 0, !word, 1],
+                        ..Summary::default()
+                    },
+                    pid: 100 + id,
+                    ready,
+                    departed,
+                };
+                match t.members.binary_search_by_key(&id, |m| m.id) {
+                    Ok(i) => t.members[i] = m,
+                    Err(i) => t.members.insert(i, m),
+                }
+                changes.member(id);
+            }
+            Op::Unlist(id) => {
+                if let Ok(i) = t.members.binary_search_by_key(&id, |m| m.id) {
+                    t.members.remove(i);
+                    changes.member(id);
+                }
+            }
+            Op::Name(n, owner) => {
+                let name = format!("org.example.N{}", "x".repeat(usize::from(n)));
+                let at = t.names.binary_search_by(|(x, _)| x.as_str().cmp(&name));
+                match (at, owner) {
+                    (Ok(i), Some(id)) => t.names[i].1 = id,
+                    (Ok(i), None) => {
+                        t.names.remove(i);
+                    }
+                    (Err(i), Some(id)) => t.names.insert(i, (name, id)),
+                    (Err(_), None) => {}
+                }
+                changes.names = true;
+            }
+            Op::Observed(o) => {
+                t.observed = o;
+                changes.header = true;
+            }
+        }
+    }
+
+    /// A body brought up to date where it changed, and published only there, reads back
+    /// as the table encoded whole.
+    #[test]
+    fn a_body_changed_in_place_is_the_body_encoded_whole() {
+        let mut t = sample();
+        let mut e = Encoded::default();
+        let words = words_for(8192);
+        let (_fd, map) = crate::shm::Mapping::create("table", words * 8, 0).unwrap();
+        let dirty = e.update(&t, &Changes::default());
+        publish_changed(map.words(), e.body(), &dirty).unwrap();
+        let ops = [
+            Op::List(9, false, false, 5),
+            Op::List(9, false, true, 5),
+            Op::List(3, true, false, 0),
+            Op::Unlist(0),
+            Op::Name(1, Some(9)),
+            Op::List(30, false, true, 1),
+            Op::Observed(false),
+        ];
+        for op in &ops {
+            let mut changes = Changes::default();
+            apply(&mut t, &mut changes, op);
+            let dirty = e.update(&t, &changes);
+            publish_changed(map.words(), e.body(), &dirty).unwrap();
+            let mut whole = Vec::new();
+            t.encode(&mut whole);
+            assert_eq!(e.body(), whole, "after {op:?}");
+            let mut read = Vec::new();
+            assert!(read_published(map.words(), &mut read), "after {op:?}");
+            assert_eq!(read, whole, "after {op:?}");
+        }
+        // Ready rewrites one record, the last here, and nothing else.
+        let mut changes = Changes::default();
+        apply(&mut t, &mut changes, &Op::List(30, false, false, 1));
+        let last = e.at[e.at.len() - 1].1;
+        let dirty = e.update(&t, &changes);
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0], last..last + MEMBER_LEN);
+    }
+
+    fn read_published(shm: &[AtomicU64], out: &mut Vec<u8>) -> bool {
+        matches!(read(shm, out), Ok(Some(_)))
+    }
+
     proptest! {
         /// Whatever the memory holds, decoding never panics (members map it read-only but
         /// must not trust it more than that).
         #[test]
         fn decoding_garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Table::decode(&body);
+        }
+
+        /// Any sequence of changes, in batches of any size: the body kept up to date, and
+        /// the memory written only where it changed, are the table encoded whole.
+        #[test]
+        fn any_changes_keep_the_body_and_the_memory_whole(
+            batches in proptest::collection::vec(proptest::collection::vec(op(), 0..6), 1..20)
+        ) {
+            let mut t = Table::default();
+            let mut e = Encoded::default();
+            let words = words_for(8192);
+            let (_fd, map) = crate::shm::Mapping::create("table", words * 8, 0).unwrap();
+            for batch in &batches {
+                let mut changes = Changes::default();
+                for op in batch {
+                    apply(&mut t, &mut changes, op);
+                }
+                let dirty = e.update(&t, &changes);
+                publish_changed(map.words(), e.body(), &dirty).unwrap();
+                let mut whole = Vec::new();
+                t.encode(&mut whole);
+                prop_assert_eq!(e.body(), &whole[..]);
+                let mut read = Vec::new();
+                prop_assert!(read_published(map.words(), &mut read));
+                prop_assert_eq!(read, whole);
+            }
         }
     }
 }

@@ -75,6 +75,8 @@ pub(super) struct State {
     /// member's rules, a name) rather than rebuilt from every member and name (DESIGN 8);
     /// the bus-wide fields are set when it is published.
     table: Arc<Table>,
+    /// How `table` changed since it was last handed out for publication.
+    changes: table::Changes,
     /// The daemon's pid namespace, for the table ([`Bus::set_fast_pid_namespace`]).
     pid_namespace: u64,
     /// The daemon's interest as last compiled (its summary in the table).
@@ -100,7 +102,8 @@ pub const DAEMON_COALESCE: std::time::Duration = std::time::Duration::from_milli
 /// this time rather than once per departure.
 pub const TABLE_COALESCE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// How many departed members the table keeps listing (DESIGN 5.8).
+/// How many departed members the table keeps listing at least (DESIGN 5.8); at most twice
+/// as many.
 pub const DEPARTED_KEPT: usize = 256;
 
 /// What a member last published of its figures (`busd_match::progress::FIGURES`), by slot
@@ -143,6 +146,8 @@ pub struct FastUpdates {
     /// The daemon's filter, for every member's inbox (compiled as member [`TO_DAEMON`]).
     pub daemon_filter: Option<Program>,
     pub table: Option<Arc<Table>>,
+    /// How `table` differs from the table handed out before it.
+    pub table_changes: table::Changes,
 }
 
 /// When a change of the table is published.
@@ -173,6 +178,7 @@ impl State {
             .members
             .binary_search_by_key(&id, |m| m.id)
             .ok()?;
+        self.changes.member(id);
         let table = match when {
             Publish::Now => self.table(),
             Publish::Later => self.table_later(),
@@ -182,6 +188,7 @@ impl State {
 
     /// Lists `m` (in place of any entry with its id).
     fn list(&mut self, m: table::Member) {
+        self.changes.member(m.id);
         let members = &mut self.table().members;
         match members.binary_search_by_key(&m.id, |x| x.id) {
             Ok(i) => members[i] = m,
@@ -191,6 +198,7 @@ impl State {
 
     fn unlist(&mut self, id: u32) {
         if let Ok(i) = self.table.members.binary_search_by_key(&id, |m| m.id) {
+            self.changes.member(id);
             self.table_later().members.remove(i);
         }
     }
@@ -202,6 +210,7 @@ impl State {
             .names
             .binary_search_by(|(n, _)| n.as_str().cmp(name));
         fn table(s: &mut State, when: Publish) -> &mut Table {
+            s.changes.names = true;
             match when {
                 Publish::Now => s.table(),
                 Publish::Later => s.table_later(),
@@ -224,6 +233,7 @@ impl Bus {
         self.fast.enabled = enabled;
         self.fast.daemon_dirty = enabled;
         self.fast.table_dirty = enabled;
+        self.fast.changes.everything();
     }
 
     /// The daemon's pid namespace (the inode of `/proc/self/ns/pid`), published in the
@@ -429,9 +439,13 @@ impl Bus {
                 m.summary = Summary::default();
             }
             self.fast.departed.push_back(f.id);
-            if self.fast.departed.len() > DEPARTED_KEPT {
-                if let Some(gone) = self.fast.departed.pop_front() {
-                    self.fast.unlist(gone);
+            // (Forgotten 256 at a time: taking the oldest record out moves every record
+            // after it in the published body, once per 256 departures rather than at each.)
+            if self.fast.departed.len() > 2 * DEPARTED_KEPT {
+                while self.fast.departed.len() > DEPARTED_KEPT {
+                    if let Some(gone) = self.fast.departed.pop_front() {
+                        self.fast.unlist(gone);
+                    }
                 }
             }
             // Its names are no member's now (their release, which may follow, finds them
@@ -676,6 +690,7 @@ impl Bus {
         }
         if self.fast.table_dirty {
             updates.table = Some(self.fast_table());
+            updates.table_changes = std::mem::take(&mut self.fast.changes);
             self.fast.table_later = false;
             self.fast.table_due = None;
         }
@@ -714,6 +729,7 @@ impl Bus {
             && t.pid_namespace == pid_namespace
             && t.members.first() == Some(&daemon);
         if !same {
+            self.fast.changes.header = true;
             let t = self.fast.table();
             t.observed = observed;
             t.calls_mediated = calls_mediated;

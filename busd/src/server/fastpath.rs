@@ -96,7 +96,8 @@ impl SharedMemory {
 /// its size.
 struct SharedTable {
     shm: SharedMemory,
-    body: Vec<u8>,
+    /// The body published last, changed where the table changes.
+    body: table::Encoded,
     /// The memfd opened again read-only, once: each member gets a duplicate (a path
     /// lookup in /proc per join cost more than the rest of handing the table out).
     read_only: OwnedFd,
@@ -114,7 +115,7 @@ impl SharedTable {
         let read_only = std::fs::File::open(path)?.into();
         Ok(SharedTable {
             shm,
-            body: Vec::new(),
+            body: table::Encoded::default(),
             read_only,
         })
     }
@@ -123,9 +124,20 @@ impl SharedTable {
         self.shm.words()
     }
 
-    fn publish(&mut self, t: &Table) {
-        t.encode(&mut self.body);
-        if table::publish(self.words(), &self.body).is_err() {
+    /// Publishes `t`, which `changes` says how it differs from the table published last.
+    fn publish(&mut self, t: &Table, changes: &table::Changes) {
+        let dirty = self.body.update(t, changes);
+        #[cfg(debug_assertions)]
+        {
+            let mut whole = Vec::new();
+            t.encode(&mut whole);
+            debug_assert!(
+                self.body.body() == whole,
+                "the table's changes were not all told"
+            );
+        }
+        if table::publish_changed(self.words(), self.body.body(), &dirty).is_err() {
+            self.body.forget();
             warn!("the fast path's routing table is too large; members send through the daemon");
             let fallback = Table {
                 observed: true,
@@ -147,8 +159,9 @@ impl SharedTable {
                 max_fds: t.max_fds,
                 pid_namespace: t.pid_namespace,
             };
-            fallback.encode(&mut self.body);
-            let _ = table::publish(self.words(), &self.body);
+            let mut body = Vec::new();
+            fallback.encode(&mut body);
+            let _ = table::publish(self.words(), &body);
         }
     }
 
@@ -381,7 +394,7 @@ impl FastPath {
             )
         })?;
         let mut table = SharedTable::new()?;
-        table.publish(&Table::default());
+        table.publish(&Table::default(), &table::Changes::default());
         let stand_ins = (0..protocol::JoinReply::FDS)
             .map(|_| File::open("/dev/null").map(OwnedFd::from))
             .collect::<io::Result<Vec<_>>>()?;
@@ -525,8 +538,9 @@ impl FastPath {
         self.daemon_filter = prog;
     }
 
-    pub fn publish(&mut self, t: &Table) {
-        self.table.publish(t);
+    /// Publishes `t`; `changes` says how it differs from the table published before.
+    pub fn publish(&mut self, t: &Table, changes: &table::Changes) {
+        self.table.publish(t, changes);
     }
 
     /// Reads one frame from a member's inbox.

@@ -225,7 +225,10 @@ mod tests {
             "evil\\x0abusd: forged line \\\"\\x1b[31m\\u{202e}x\\\\ 5"
         );
         assert!(!seen.chars().any(|c| c.is_control()));
-        assert_eq!(escape_for_log("/usr/bin/gnome-shell --x"), "/usr/bin/gnome-shell --x");
+        assert_eq!(
+            escape_for_log("/usr/bin/gnome-shell --x"),
+            "/usr/bin/gnome-shell --x"
+        );
     }
 
     #[test]

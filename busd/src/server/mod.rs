@@ -811,7 +811,7 @@ impl Server {
             fast.set_daemon_filter(prog);
         }
         if let Some(t) = &updates.table {
-            fast.publish(t);
+            fast.publish(t, &updates.table_changes);
         }
     }
 

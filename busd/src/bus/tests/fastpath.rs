@@ -307,21 +307,36 @@ fn a_join_compiles_a_filter_only_for_rules() {
 }
 
 /// The table lists only the last departures: what it keeps does not grow with the
-/// connections a long session saw.
+/// connections a long session saw. It lists at least the last 256 and forgets them 256 at
+/// a time.
 #[test]
 fn the_table_forgets_departures_past_its_bound() {
     let mut b = fast_bus();
     let kept = crate::bus::fastpath::DEPARTED_KEPT as u64;
     let first = join_fast(&mut b, 1);
     b.disconnected(1);
-    for peer in 2..kept + 3 {
-        join_fast(&mut b, peer);
-        b.disconnected(peer);
-    }
-    b.take_effects().for_each(drop);
-    let t = b.take_fast_updates().unwrap().table.unwrap();
+    let departures = |b: &mut Bus, peers: std::ops::Range<u64>| {
+        for peer in peers {
+            join_fast(b, peer);
+            b.disconnected(peer);
+        }
+        b.take_effects().for_each(drop);
+        b.take_fast_updates().unwrap().table.unwrap()
+    };
+    let t = departures(&mut b, 2..2 * kept + 1);
+    assert_eq!(
+        t.members.len(),
+        1 + 2 * kept as usize,
+        "twice the bound: all listed"
+    );
+    assert!(t.member(first).is_some());
+    let t = departures(&mut b, 2 * kept + 1..2 * kept + 2);
     assert_eq!(t.members.len(), 1 + kept as usize);
     assert!(t.member(first).is_none());
+    assert!(
+        t.member(kept as u32 + 2).is_some(),
+        "the last {kept} are listed"
+    );
     assert!(t.members.iter().skip(1).all(|m| m.departed));
 }
 
@@ -703,6 +718,31 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     ]
 }
 
+/// The bus-wide fields change the published body too (a monitor makes the bus observed,
+/// the pid namespace is told late): the body changed where the bus says is the whole.
+#[test]
+fn bus_wide_changes_reach_the_published_body() {
+    let mut b = fast_bus();
+    let mut encoded = busd_match::table::Encoded::default();
+    let mut publish = |b: &mut Bus| {
+        b.take_effects().for_each(drop);
+        let u = b.take_fast_updates().expect("the table changed");
+        let t = u.table.expect("the table changed");
+        encoded.update(&t, &u.table_changes);
+        let mut whole = Vec::new();
+        t.encode(&mut whole);
+        assert_eq!(encoded.body(), whole);
+        t
+    };
+    join_fast(&mut b, 1);
+    join_fast(&mut b, 2);
+    assert!(!publish(&mut b).observed);
+    become_monitor(&mut b, 2);
+    assert!(publish(&mut b).observed);
+    b.set_fast_pid_namespace(77);
+    assert_eq!(publish(&mut b).pid_namespace, 77);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
     /// The routing table is kept up to date change by change (DESIGN 8): after any sequence
@@ -713,6 +753,7 @@ proptest::proptest! {
         steps in proptest::collection::vec(step(), 1..60)
     ) {
         let mut b = fast_bus();
+        let mut encoded = busd_match::table::Encoded::default();
         let mut live: Vec<PeerId> = Vec::new();
         let mut next: PeerId = 1;
         let pick = |live: &[PeerId], i: usize| (!live.is_empty()).then(|| live[i % live.len()]);
@@ -766,7 +807,16 @@ proptest::proptest! {
                 }
             }
             b.take_effects().for_each(drop);
-            b.take_fast_updates();
+            // What the shell publishes, changed only where the bus says the table changed,
+            // is the table encoded whole.
+            if let Some(u) = b.take_fast_updates() {
+                if let Some(t) = &u.table {
+                    encoded.update(t, &u.table_changes);
+                    let mut whole = Vec::new();
+                    t.encode(&mut whole);
+                    proptest::prop_assert_eq!(encoded.body(), &whole[..]);
+                }
+            }
             let (members, names, departed) = b.fast_table_rebuilt();
             let kept = b.fast_table_kept();
             proptest::prop_assert_eq!(kept.members.first().map(|m| m.id), Some(0));
