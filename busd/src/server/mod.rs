@@ -901,23 +901,26 @@ impl Server {
 
     /// Drops a connection that never joined the bus.
     fn close_quietly(&mut self, id: PeerId) {
+        // Closing the socket removes it from the poll (see `close`).
+        drop(self.take_conn(id));
+    }
+
+    /// Takes connection `id` out of every record the server keeps of it, after a last
+    /// flush: best effort, so that what was already answered (e.g. the SASL OK) still
+    /// reaches the peer.
+    fn take_conn(&mut self, id: PeerId) -> Option<Conn> {
         self.paused.remove(&id);
-        if let Some(mut c) = self.conns.remove(&id) {
-            self.incomplete -= u64::from(!c.is_complete());
-            let _ = c.flush();
-            // Closing the socket removes it from the poll (see `close`).
-        }
+        let mut c = self.conns.remove(&id)?;
+        self.write_space.blocked(id, false);
+        self.incomplete -= u64::from(!c.is_complete());
+        let _ = c.flush();
+        Some(c)
     }
 
     fn close(&mut self, id: PeerId) {
-        self.paused.remove(&id);
-        let Some(mut c) = self.conns.remove(&id) else {
+        let Some(c) = self.take_conn(id) else {
             return;
         };
-        self.write_space.blocked(id, false);
-        self.incomplete -= u64::from(!c.is_complete());
-        // Best effort: what was already answered (e.g. the SASL OK) still reaches the peer.
-        let _ = c.flush();
         // No EPOLL_CTL_DEL: closing the last descriptor of a socket takes it out of the
         // poll, a system call less per connection. (A child between fork and exec may hold
         // a copy for a moment; an event it causes carries this id, which is never reused
