@@ -138,15 +138,28 @@ pub fn escape_for_log(text: &str) -> String {
             c if c.is_control() && (c as u32) < 0x80 => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
-            c if c.is_control()
-                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
+            c if c.is_control() || invisible_or_reordering(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
         }
     }
     out
+}
+
+/// Characters that are not control characters but change how a line reads: bidi marks,
+/// embeddings, overrides and isolates (they reorder the text shown after them), line and
+/// paragraph separators (a new line to some log readers), zero-width characters and
+/// deprecated format characters (invisible).
+fn invisible_or_reordering(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+    )
 }
 
 /// The account database (NSS), for resolving names in the configuration.
@@ -202,7 +215,7 @@ mod tests {
     #[test]
     fn a_command_line_is_quoted_with_its_control_characters_escaped() {
         use std::os::unix::process::CommandExt;
-        let name = "evil\nbusd: forged line \"\x1b[31m\u{202e}x\\";
+        let name = "evil\nbusd: forged line \"\x1b[31m\u{202e}x\u{2028}\u{200b}\\";
         let mut child = std::process::Command::new("sleep")
             .arg0(name)
             .arg("5")
@@ -222,7 +235,7 @@ mod tests {
         let seen = seen.unwrap();
         assert_eq!(
             seen,
-            "evil\\x0abusd: forged line \\\"\\x1b[31m\\u{202e}x\\\\ 5"
+            "evil\\x0abusd: forged line \\\"\\x1b[31m\\u{202e}x\\u{2028}\\u{200b}\\\\ 5"
         );
         assert!(!seen.chars().any(|c| c.is_control()));
         assert_eq!(
