@@ -145,6 +145,11 @@ pub fn member(
         wake: Notify::new(),
         state: Mutex::default(),
     });
+    // The table as the member sets up, before it tells the bus it is ready: whoever it
+    // lists as departed is never heard (`Cached::set_up_with`).
+    if let Some((seq, t)) = m.table.read() {
+        m.state().table.set_up_with(seq, Arc::new(t));
+    }
     m.figures.spawn(Arc::downgrade(&m), Member::publish_figures);
     Ok(m)
 }

@@ -26,8 +26,9 @@ pub const DEPARTED_GRACE: Duration = Duration::from_secs(5);
 pub struct Cached {
     pub seq: u64,
     pub table: Arc<Table>,
-    /// Members listed as departed, and when this member first saw them so.
-    departed: HashMap<u32, Instant>,
+    /// Members listed as departed, and when this member first saw them so (None: they
+    /// had left before this member set up, so nothing they sent can be for it).
+    departed: HashMap<u32, Option<Instant>>,
 }
 
 impl Cached {
@@ -42,6 +43,17 @@ impl Cached {
     }
 
     fn keep_at(&mut self, seq: u64, table: Arc<Table>, now: Instant) -> Arc<Table> {
+        self.keep_seen(seq, table, Some(now))
+    }
+
+    /// Keeps the table read as this member set up (before it told the bus it is ready):
+    /// the members it lists as departed left before anyone could send to this member
+    /// directly, so none of their frames is ever taken.
+    pub fn set_up_with(&mut self, seq: u64, table: Arc<Table>) {
+        self.keep_seen(seq, table, None);
+    }
+
+    fn keep_seen(&mut self, seq: u64, table: Arc<Table>, now: Option<Instant>) -> Arc<Table> {
         if seq >= self.seq {
             let before = std::mem::take(&mut self.departed);
             self.departed = table
@@ -57,11 +69,11 @@ impl Cached {
     }
 
     /// Whether member `id`, listed in the table as departed, left longer ago than
-    /// [`DEPARTED_GRACE`] (as this member saw it).
+    /// [`DEPARTED_GRACE`] (as this member saw it), or before this member set up.
     pub fn left_long_ago(&self, id: u32, now: Instant) -> bool {
         self.departed
             .get(&id)
-            .is_some_and(|&seen| now.duration_since(seen) >= DEPARTED_GRACE)
+            .is_some_and(|&seen| seen.is_none_or(|seen| now.duration_since(seen) >= DEPARTED_GRACE))
     }
 }
 
@@ -125,12 +137,8 @@ mod tests {
         assert_eq!(c.seq, 6);
     }
 
-    /// A member that left is still heard for a while (what it sent before is queued), from
-    /// when this member first saw it gone; not after.
-    #[test]
-    fn a_member_that_left_is_heard_for_a_grace_only() {
-        use busd_match::table::Member;
-        let member = |id, departed| Member {
+    fn member(id: u32, departed: bool) -> busd_match::table::Member {
+        busd_match::table::Member {
             id,
             direct: true,
             slot: 0,
@@ -138,7 +146,13 @@ mod tests {
             pid: 0,
             ready: true,
             departed,
-        };
+        }
+    }
+
+    /// A member that left is still heard for a while (what it sent before is queued), from
+    /// when this member first saw it gone; not after.
+    #[test]
+    fn a_member_that_left_is_heard_for_a_grace_only() {
         let with = |departed: bool| {
             Arc::new(Table {
                 members: vec![member(2, departed), member(3, false)],
@@ -159,6 +173,35 @@ mod tests {
         assert!(!c.left_long_ago(2, left + DEPARTED_GRACE / 2));
         assert!(c.left_long_ago(2, left + DEPARTED_GRACE));
         assert!(!c.left_long_ago(3, left + 2 * DEPARTED_GRACE));
+    }
+
+    /// A member that set up after another left never takes that one's frames: nobody
+    /// sent to it directly before it was ready, so none of them can be genuine (a process
+    /// that kept a departed member's socket must not reach newcomers for DEPARTED_GRACE).
+    #[test]
+    fn members_gone_before_set_up_are_never_heard() {
+        let t0 = Instant::now();
+        let mut c = Cached::default();
+        c.set_up_with(
+            2,
+            Arc::new(Table {
+                members: vec![member(2, true), member(3, false)],
+                ..Table::default()
+            }),
+        );
+        assert!(c.left_long_ago(2, t0), "gone before set-up");
+        // One that leaves later gets the grace, and the earlier one stays unheard.
+        c.keep_at(
+            4,
+            Arc::new(Table {
+                members: vec![member(2, true), member(3, true)],
+                ..Table::default()
+            }),
+            t0,
+        );
+        assert!(c.left_long_ago(2, t0));
+        assert!(!c.left_long_ago(3, t0 + DEPARTED_GRACE / 2));
+        assert!(c.left_long_ago(3, t0 + DEPARTED_GRACE));
     }
 
     #[test]

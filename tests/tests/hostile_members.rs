@@ -599,7 +599,8 @@ async fn a_frame_carries_exactly_the_descriptors_its_message_declares() {
 /// descriptor. The daemon shut that socket down as it left: it sends nobody anything as
 /// its old name. Its process can bind the path again (the directory is its user's):
 /// receivers take what comes from there for [`busd_shim::DEPARTED_GRACE`] after they first
-/// saw it leave (what it sent before may still be queued), and nothing after.
+/// saw it leave (what it sent before may still be queued), and nothing after; a member that
+/// set up after it left, nothing at all.
 #[tokio::test]
 async fn a_member_that_left_sends_nothing_as_its_old_name() {
     let bus = Busd::start();
@@ -639,9 +640,30 @@ async fn a_member_that_left_sends_nothing_as_its_old_name() {
     };
     send("/within_grace");
     assert_eq!(next_ping(&mut signals).await, "/within_grace");
+    // A member that sets up after the departure hears nothing from there, not even within
+    // the grace: nobody could send to it directly before it was ready.
+    let (newcomer, mut newcomer_signals, newcomer_counters) = ping_receiver(&bus).await;
+    let to_newcomer = member_id(&newcomer);
+    ghost
+        .send_to(
+            &frame_for(m.id, 0, &ping(&m.unique, "/to_newcomer")),
+            path_of(&m, to_newcomer),
+        )
+        .unwrap();
+    let honest = member(&bus).await;
+    honest
+        .send_to(
+            to_newcomer,
+            &frame_for(honest.id, 0, &ping(&honest.unique, "/honest_to_newcomer")),
+        )
+        .unwrap();
+    assert_eq!(
+        next_ping(&mut newcomer_signals).await,
+        "/honest_to_newcomer"
+    );
+    assert_eq!(newcomer_counters.spoofed.load(Ordering::Relaxed), 1);
     tokio::time::sleep(busd_shim::DEPARTED_GRACE + Duration::from_millis(500)).await;
     send("/past_grace");
-    let honest = member(&bus).await;
     honest
         .send_to(
             to,
