@@ -16,6 +16,47 @@ use tracing_subscriber::fmt::MakeWriter;
 /// "Activated service ... failed: ..."): `info!(target: JOURNAL, ...)`.
 pub const JOURNAL: &str = "busd::journal";
 
+/// `text`, which a client chose (its command line, a reason it gives), made safe to quote
+/// in a log line or an error message: control characters (a newline would start a forged log line, an
+/// escape sequence would rewrite a terminal), the characters that reorder text on display,
+/// and the quote and backslash around it are written as escapes. Other text is unchanged,
+/// so that what dbus-daemon shows for an ordinary command is what busd shows.
+pub fn escape_for_log(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' | '"' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() || invisible_or_reordering(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that are not control characters but change how a line reads: bidi marks,
+/// embeddings, overrides and isolates (they reorder the text shown after them), line and
+/// paragraph separators (a new line to some log readers), zero-width characters and
+/// deprecated format characters (invisible).
+fn invisible_or_reordering(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+    )
+}
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {

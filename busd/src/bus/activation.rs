@@ -589,7 +589,14 @@ impl Bus {
 
     /// systemd reports (ActivationFailure) that it could not start `unit`.
     pub(super) fn systemd_activation_failed(&mut self, unit: &str, error_name: &str, text: &str) {
-        info!(target: JOURNAL, "Activation via systemd failed for unit '{unit}': {text}");
+        // (Whoever owns org.freedesktop.systemd1 says these; on a session bus without
+        // systemd that may be any client.)
+        info!(
+            target: JOURNAL,
+            "Activation via systemd failed for unit '{}': {}",
+            crate::logging::escape_for_log(unit),
+            crate::logging::escape_for_log(text)
+        );
         let names = self.activation.for_unit(unit);
         // The error name comes from systemd; an invalid one would make an invalid message.
         let error_name = if busd_wire::names::is_valid_interface(error_name) {

@@ -893,3 +893,37 @@ fn a_name_goes_when_its_owners_and_queue_leave() {
         }
     }
 }
+
+/// What systemd says of a failed start goes into the log quoted: on a session bus without
+/// systemd, whoever owns org.freedesktop.systemd1 says it, and a newline in it must not
+/// make a log line of its own.
+#[test]
+fn systemd_failure_reasons_are_escaped_in_the_log() {
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let mut b = bus();
+    tracing::subscriber::with_default(subscriber, || {
+        b.systemd_activation_failed("x\ny.service", "org.example.E", "bad\nbusd: forged");
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("unit 'x\\x0ay.service': bad\\x0abusd: forged"),
+        "{text}"
+    );
+}
