@@ -146,9 +146,9 @@ pub fn member(
         state: Mutex::default(),
     });
     // The table as the member sets up, before it tells the bus it is ready: whoever it
-    // lists as departed is never heard (`Cached::set_up_with`).
+    // lists as departed is never heard (`Cached::keep`).
     if let Some((seq, t)) = m.table.read() {
-        m.state().table.set_up_with(seq, Arc::new(t));
+        m.state().table.keep(seq, Arc::new(t), m.id);
     }
     m.figures.spawn(Arc::downgrade(&m), Member::publish_figures);
     Ok(m)

@@ -143,7 +143,7 @@ impl Member {
             return t;
         }
         match self.table.read() {
-            Some((seq, t)) => self.state().table.keep(seq, Arc::new(t)),
+            Some((seq, t)) => self.state().table.keep(seq, Arc::new(t), self.id),
             None => Arc::clone(&self.state().table.table),
         }
     }

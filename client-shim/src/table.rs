@@ -27,7 +27,8 @@ pub struct Cached {
     pub seq: u64,
     pub table: Arc<Table>,
     /// Members listed as departed, and when this member first saw them so (None: they
-    /// had left before this member set up, so nothing they sent can be for it).
+    /// had left before anyone could send to this member directly, so nothing they sent can
+    /// be for it).
     departed: HashMap<u32, Option<Instant>>,
 }
 
@@ -37,30 +38,25 @@ impl Cached {
         (self.seq == seq && seq != 0).then(|| Arc::clone(&self.table))
     }
 
-    /// Keeps a table read at `seq` unless a newer one is already kept; returns the newest.
-    pub fn keep(&mut self, seq: u64, table: Arc<Table>) -> Arc<Table> {
-        self.keep_at(seq, table, Instant::now())
+    /// Keeps a table read at `seq` by member `me` unless a newer one is already kept;
+    /// returns the newest.
+    pub fn keep(&mut self, seq: u64, table: Arc<Table>, me: u32) -> Arc<Table> {
+        self.keep_at(seq, table, me, Instant::now())
     }
 
-    fn keep_at(&mut self, seq: u64, table: Arc<Table>, now: Instant) -> Arc<Table> {
-        self.keep_seen(seq, table, Some(now))
-    }
-
-    /// Keeps the table read as this member set up (before it told the bus it is ready):
-    /// the members it lists as departed left before anyone could send to this member
-    /// directly, so none of their frames is ever taken.
-    pub fn set_up_with(&mut self, seq: u64, table: Arc<Table>) {
-        self.keep_seen(seq, table, None);
-    }
-
-    fn keep_seen(&mut self, seq: u64, table: Arc<Table>, now: Option<Instant>) -> Arc<Table> {
+    fn keep_at(&mut self, seq: u64, table: Arc<Table>, me: u32, now: Instant) -> Arc<Table> {
         if seq >= self.seq {
+            // Nobody sends to a member directly before it is listed as ready: whoever this
+            // table lists as departed while it does not list `me` as ready left before it
+            // could send `me` anything, and is never heard. Others are, for a grace.
+            let unready = table.member(me).is_none_or(|m| !m.ready);
+            let seen = (!unready).then_some(now);
             let before = std::mem::take(&mut self.departed);
             self.departed = table
                 .members
                 .iter()
                 .filter(|m| m.departed)
-                .map(|m| (m.id, before.get(&m.id).copied().unwrap_or(now)))
+                .map(|m| (m.id, before.get(&m.id).copied().unwrap_or(seen)))
                 .collect();
             self.seq = seq;
             self.table = table;
@@ -69,7 +65,7 @@ impl Cached {
     }
 
     /// Whether member `id`, listed in the table as departed, left longer ago than
-    /// [`DEPARTED_GRACE`] (as this member saw it), or before this member set up.
+    /// [`DEPARTED_GRACE`] (as this member saw it), or before this member was ready.
     pub fn left_long_ago(&self, id: u32, now: Instant) -> bool {
         self.departed
             .get(&id)
@@ -128,12 +124,12 @@ mod tests {
     fn a_cached_table_serves_its_own_sequence_and_never_goes_back() {
         let mut c = Cached::default();
         assert!(c.fresh(0).is_none(), "sequence 0: never published");
-        c.keep(4, table(false));
+        c.keep(4, table(false), 1);
         assert!(c.fresh(4).is_some());
         assert!(c.fresh(6).is_none());
         // A reader that was slower keeps the newer table.
-        assert!(c.keep(6, table(true)).observed);
-        assert!(c.keep(4, table(false)).observed);
+        assert!(c.keep(6, table(true), 1).observed);
+        assert!(c.keep(4, table(false), 1).observed);
         assert_eq!(c.seq, 6);
     }
 
@@ -149,59 +145,56 @@ mod tests {
         }
     }
 
+    /// This member (id 9), ready or not, and others: 2 and 3, departed as said.
+    fn listing(ready: bool, two_left: bool, three_left: bool) -> Arc<Table> {
+        let me = busd_match::table::Member {
+            ready,
+            ..member(9, false)
+        };
+        Arc::new(Table {
+            members: vec![member(2, two_left), member(3, three_left), me],
+            ..Table::default()
+        })
+    }
+
     /// A member that left is still heard for a while (what it sent before is queued), from
     /// when this member first saw it gone; not after.
     #[test]
     fn a_member_that_left_is_heard_for_a_grace_only() {
-        let with = |departed: bool| {
-            Arc::new(Table {
-                members: vec![member(2, departed), member(3, false)],
-                ..Table::default()
-            })
-        };
         let t0 = Instant::now();
         let mut c = Cached::default();
-        c.keep_at(2, with(false), t0);
+        c.keep_at(2, listing(true, false, false), 9, t0);
         assert!(
             !c.left_long_ago(2, t0 + 2 * DEPARTED_GRACE),
             "listed, not departed"
         );
         let left = t0 + Duration::from_secs(1);
-        c.keep_at(4, with(true), left);
+        c.keep_at(4, listing(true, true, false), 9, left);
         // A later table keeps when it was first seen.
-        c.keep_at(6, with(true), left + DEPARTED_GRACE / 2);
+        c.keep_at(6, listing(true, true, false), 9, left + DEPARTED_GRACE / 2);
         assert!(!c.left_long_ago(2, left + DEPARTED_GRACE / 2));
         assert!(c.left_long_ago(2, left + DEPARTED_GRACE));
         assert!(!c.left_long_ago(3, left + 2 * DEPARTED_GRACE));
     }
 
-    /// A member that set up after another left never takes that one's frames: nobody
-    /// sent to it directly before it was ready, so none of them can be genuine (a process
-    /// that kept a departed member's socket must not reach newcomers for DEPARTED_GRACE).
+    /// Whoever left before this member was listed as ready never sent it anything directly
+    /// (nobody sends to a member that is not ready), so none of its frames is taken: a
+    /// process that kept a departed member's socket must not reach newcomers for
+    /// DEPARTED_GRACE. One that leaves once this member is ready gets the grace.
     #[test]
-    fn members_gone_before_set_up_are_never_heard() {
+    fn members_gone_before_this_one_was_ready_are_never_heard() {
         let t0 = Instant::now();
         let mut c = Cached::default();
-        c.set_up_with(
-            2,
-            Arc::new(Table {
-                members: vec![member(2, true), member(3, false)],
-                ..Table::default()
-            }),
-        );
+        c.keep_at(2, listing(false, true, false), 9, t0);
         assert!(c.left_long_ago(2, t0), "gone before set-up");
-        // One that leaves later gets the grace, and the earlier one stays unheard.
-        c.keep_at(
-            4,
-            Arc::new(Table {
-                members: vec![member(2, true), member(3, true)],
-                ..Table::default()
-            }),
-            t0,
-        );
-        assert!(c.left_long_ago(2, t0));
+        c.keep_at(4, listing(true, true, true), 9, t0);
+        assert!(c.left_long_ago(2, t0), "still unheard");
         assert!(!c.left_long_ago(3, t0 + DEPARTED_GRACE / 2));
         assert!(c.left_long_ago(3, t0 + DEPARTED_GRACE));
+        // Not listed at all (a table from before it joined): the same.
+        let mut c = Cached::default();
+        c.keep_at(2, listing(true, true, false), 7, t0);
+        assert!(c.left_long_ago(2, t0));
     }
 
     #[test]
