@@ -17,16 +17,17 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const JOURNAL: &str = "busd::journal";
 
 /// `text`, which a client chose (its command line, a reason it gives), made safe to quote
-/// in a log line or an error message: control characters (a newline would start a forged log line, an
-/// escape sequence would rewrite a terminal), the characters that reorder text on display,
-/// and the quote and backslash around it are written as escapes. Other text is unchanged,
-/// so that what dbus-daemon shows for an ordinary command is what busd shows.
+/// in a log line or an error message: control characters (a newline would start a forged
+/// log line, an escape sequence would rewrite a terminal), the characters that reorder or
+/// hide text on display, and the quotes and backslash around it are written as escapes.
+/// Other text is unchanged, so that what dbus-daemon shows for an ordinary command is what
+/// busd shows.
 pub fn escape_for_log(text: &str) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
-            '\\' | '"' => {
+            '\\' | '"' | '\'' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -42,18 +43,39 @@ pub fn escape_for_log(text: &str) -> String {
     out
 }
 
-/// Characters that are not control characters but change how a line reads: bidi marks,
-/// embeddings, overrides and isolates (they reorder the text shown after them), line and
-/// paragraph separators (a new line to some log readers), zero-width characters and
-/// deprecated format characters (invisible).
+/// Characters that are not control characters but change how a line reads: Unicode's
+/// format characters (bidi marks, embeddings, overrides and isolates reorder the text shown
+/// after them; zero-width, joiner, tag and other format characters are invisible), the line
+/// and paragraph separators (a new line to some log readers), and characters that show as
+/// nothing or as a blank (the combining grapheme joiner, variation selectors, Hangul
+/// fillers).
 fn invisible_or_reordering(c: char) -> bool {
     matches!(
         c,
-        '\u{061c}'
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061c}'
+            | '\u{06dd}'
+            | '\u{070f}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08e2}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
             | '\u{2028}'..='\u{202e}'
             | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -159,5 +181,46 @@ impl Drop for Line {
                 unsafe { libc::syslog(priority(self.level), c"%s".as_ptr(), c.as_ptr()) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing a client puts in the text breaks the line, hides in it or reorders it.
+    #[test]
+    fn quoted_text_stays_one_visible_line() {
+        for c in [
+            '\n',
+            '\r',
+            '\x0b',
+            '\x0c',
+            '\u{85}',
+            '\u{2028}',
+            '\u{2029}',
+            '\x1b',
+            '\u{202e}',
+            '\u{2067}',
+            '\u{061c}',
+            '\u{200b}',
+            '\u{feff}',
+            '\u{00ad}',
+            '\u{e0041}',
+            '\u{fe0f}',
+            '\u{3164}',
+            '\u{1d173}',
+        ] {
+            let quoted = escape_for_log(&format!("a{c}b"));
+            assert!(
+                quoted.starts_with("a\\") && quoted.ends_with('b') && quoted.is_ascii(),
+                "{c:?} -> {quoted}"
+            );
+        }
+        assert_eq!(escape_for_log("it's \"x\" \\"), "it\\'s \\\"x\\\" \\\\");
+        assert_eq!(
+            escape_for_log("/usr/bin/gnome-terminal --tab é"),
+            "/usr/bin/gnome-terminal --tab é"
+        );
     }
 }

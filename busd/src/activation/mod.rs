@@ -141,7 +141,7 @@ pub fn scan(dirs: &[Directory], warnings: &mut Vec<String>) -> Vec<ServiceEntry>
                 }
                 Err(e) => warnings.push(format!(
                     "Unable to load service file {}: {}",
-                    path.display(),
+                    crate::logging::escape_for_log(&path.to_string_lossy()),
                     e.trim_end()
                 )),
             }

@@ -72,7 +72,10 @@ fn unescape(value: &str) -> Result<String, &'static str> {
 fn parse(text: &str) -> Result<DesktopFile, String> {
     let mut file = DesktopFile::default();
     let err = |line: usize, section: Option<&str>, msg: &str| match section {
-        Some(s) => format!("Error in section {s} at line {line}: {msg}"),
+        Some(s) => format!(
+            "Error in section {} at line {line}: {msg}",
+            crate::logging::escape_for_log(s)
+        ),
         None => format!("Error at line {line}: {msg}"),
     };
     for (i, line) in text.split('\n').enumerate() {
@@ -144,12 +147,18 @@ pub fn parse_service(text: &[u8], file_name: &str, strict: bool) -> Result<Servi
     let name = key("Name").ok_or_else(|| missing("Name"))?;
     let exec = key("Exec").ok_or_else(|| missing("Exec"))?;
     if !busd_wire::names::is_valid_bus_name(&name) || busd_wire::names::is_unique_name(&name) {
-        return Err(format!("\"{name}\" is not a valid well-known bus name"));
+        // (The file's text, unescaped: it may hold a newline, and this goes to the log.)
+        return Err(format!(
+            "\"{}\" is not a valid well-known bus name",
+            crate::logging::escape_for_log(&name)
+        ));
     }
     let expected = format!("{name}.service");
     if strict && file_name != expected {
         return Err(format!(
-            "Service file \"{file_name}\" should have been named \"{expected}\": not loading it"
+            "Service file \"{}\" should have been named \"{}\": not loading it",
+            crate::logging::escape_for_log(file_name),
+            crate::logging::escape_for_log(&expected)
         ));
     }
     Ok(ServiceEntry {
@@ -234,5 +243,23 @@ mod tests {
             "{e}"
         );
         assert!(parse_service(text, "foo.service", false).is_ok());
+    }
+
+    /// What the file says goes into a warning quoted: a name unescaped to hold a newline,
+    /// or a file name with one, does not make a log line of its own.
+    #[test]
+    fn a_refusal_quotes_the_files_text_on_one_line() {
+        let text = b"[D-BUS Service]\nName=org.example\\nbusd: forged\nExec=/bin/true\n";
+        let e = parse_service(text, "x.service", false).unwrap_err();
+        assert_eq!(
+            e,
+            "\"org.example\\x0abusd: forged\" is not a valid well-known bus name"
+        );
+        let text = b"[D-BUS Service]\nName=org.example.Foo\nExec=/bin/true\n";
+        let e = parse_service(text, "a\nb.service", true).unwrap_err();
+        assert!(
+            !e.contains('\n') && e.contains("\"a\\x0ab.service\""),
+            "{e}"
+        );
     }
 }

@@ -484,6 +484,9 @@ impl Bus {
         else {
             return Ok(());
         };
+        // (The unit is the service file's text, which may hold any character.)
+        let shown = crate::logging::escape_for_log(unit);
+        let unit = shown.as_str();
         match systemd {
             Some(s) => {
                 info!(target: JOURNAL, "Activating via systemd: service name='{name}' unit='{unit}' requested by {requester}");
