@@ -142,6 +142,7 @@ mod tests {
             pid: 0,
             ready: true,
             departed,
+            left: 0,
         }
     }
 
