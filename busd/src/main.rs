@@ -396,8 +396,6 @@ fn run(options: Options) -> Result<()> {
                 bus.set_fastpath(true);
                 bus.set_fast_figures(f.figures());
                 bus.set_fast_pid_namespace(server::fastpath::pid_namespace());
-                let (time_namespace, at, ns) = server::fastpath::clock();
-                bus.set_fast_clock(time_namespace, at, ns);
                 Some(f)
             }
             Err(e) => {

@@ -436,20 +436,9 @@ impl Member {
     fn not_long_gone(&self, sender: u32, table: &Table) -> Result<u32, Refusal> {
         // (The state's lock and the clock only for a sender the table lists as departed:
         // every datagram comes this way.)
-        let Some(m) = table.member(sender).filter(|m| m.departed) else {
-            return Ok(sender);
-        };
-        // When it left, on the daemon's clock where this process reads the same one: a
-        // receiver that looks at the table late gives it its grace from then, not from
-        // that look.
-        let same_clock = table.time_namespace != 0
-            && table.time_namespace == busd_match::table::time_namespace();
-        let left_long_ago_by_the_clock = same_clock
-            && m.left != 0
-            && busd_match::table::monotonic_ns().saturating_sub(m.left)
-                >= crate::table::DEPARTED_GRACE.as_nanos() as u64;
-        if left_long_ago_by_the_clock
-            || self
+        let departed = table.member(sender).is_some_and(|m| m.departed);
+        if departed
+            && self
                 .state()
                 .table
                 .left_long_ago(sender, std::time::Instant::now())

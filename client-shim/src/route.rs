@@ -132,7 +132,6 @@ pub(crate) mod tests {
             pid: 1000 + id,
             ready: true,
             departed: false,
-            left: 0,
         }
     }
 
@@ -152,7 +151,6 @@ pub(crate) mod tests {
                 member(5, false, &["member='Ping'"]),
                 Member {
                     departed: true,
-                    left: 0,
                     ..member(6, true, &["member='Ping'"])
                 },
             ],
@@ -163,7 +161,6 @@ pub(crate) mod tests {
             max_message: 0,
             max_fds: 16,
             pid_namespace: 7,
-            time_namespace: 0,
         }
     }
 

@@ -142,7 +142,6 @@ mod tests {
             pid: 0,
             ready: true,
             departed,
-            left: 0,
         }
     }
 

@@ -14,9 +14,8 @@ use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
 /// The layout of the table, and of the set-up around it: a shim that finds another
-/// version stays on the stream. (5: Join passes the inbox as a socket pair; 7: a departed
-/// member's record says when it left, and the table the daemon's time namespace.)
-pub const VERSION: u32 = 7;
+/// version stays on the stream. (5: Join passes the inbox as a socket pair.)
+pub const VERSION: u32 = 6;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -28,11 +27,10 @@ const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_DEPARTED: u32 = 4;
 const MEMBER_READY: u32 = 8;
-/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid, when it
-/// left: its
+/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid: its
 /// slot and summary are nobody's concern any more, and up to 256 of them are listed).
 const MEMBER_LEN: usize = 48;
-const DEPARTED_LEN: usize = 20;
+const DEPARTED_LEN: usize = 12;
 
 /// One member as the table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +53,6 @@ pub struct Member {
     /// It left: nobody sends to it any more, but what it sent before still counts as its
     /// own (the table keeps the last departures for that).
     pub departed: bool,
-    /// When it left, on the daemon's `CLOCK_MONOTONIC` in nanoseconds (0: it has not, or
-    /// the daemon does not know): a receiver in the daemon's time namespace
-    /// ([`Table::time_namespace`]) takes its frames only for a grace after that.
-    pub left: u64,
 }
 
 impl Member {
@@ -86,7 +80,6 @@ impl Member {
         put_u32(out, flags);
         if self.departed {
             put_u32(out, self.pid);
-            out.extend_from_slice(&self.left.to_le_bytes());
             return;
         }
         put_u32(out, self.slot);
@@ -150,7 +143,7 @@ pub struct Encoded {
 }
 
 /// Bytes of the bus-wide fields, then the member count's 4.
-const HEADER_LEN: usize = 28;
+const HEADER_LEN: usize = 20;
 
 impl Encoded {
     pub fn body(&self) -> &[u8] {
@@ -287,9 +280,6 @@ pub struct Table {
     /// The daemon's pid namespace (the inode of its `/proc/self/ns/pid`): members' pids are
     /// as seen from there (0: unknown).
     pub pid_namespace: u64,
-    /// The daemon's time namespace (the inode of its `/proc/self/ns/time`): departures'
-    /// times are on its clock (0: unknown).
-    pub time_namespace: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -372,7 +362,6 @@ impl Table {
         put_u32(out, self.max_message);
         put_u32(out, self.max_fds);
         out.extend_from_slice(&self.pid_namespace.to_le_bytes());
-        out.extend_from_slice(&self.time_namespace.to_le_bytes());
     }
 
     /// The name count and the names, which end the body.
@@ -394,7 +383,6 @@ impl Table {
         let max_message = c.u32()?;
         let max_fds = c.u32()?;
         let pid_namespace = c.u64()?;
-        let time_namespace = c.u64()?;
         let n = c.u32()? as usize;
         if n > body.len() / DEPARTED_LEN {
             return Err(Error::Truncated);
@@ -404,10 +392,10 @@ impl Table {
             let id = c.u32()?;
             let flags = c.u32()?;
             let departed = flags & MEMBER_DEPARTED != 0;
-            let (slot, pid, left) = if departed {
-                (crate::progress::NO_SLOT, c.u32()?, c.u64()?)
+            let (slot, pid) = if departed {
+                (crate::progress::NO_SLOT, c.u32()?)
             } else {
-                (c.u32()?, c.u32()?, 0)
+                (c.u32()?, c.u32()?)
             };
             let mut bits = [0u64; 4];
             if !departed {
@@ -427,7 +415,6 @@ impl Table {
                 pid,
                 ready: flags & MEMBER_READY != 0,
                 departed,
-                left,
             });
         }
         let n = c.u32()? as usize;
@@ -457,32 +444,8 @@ impl Table {
             max_message,
             max_fds,
             pid_namespace,
-            time_namespace,
         })
     }
-}
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of [`Member::left`].
-pub fn monotonic_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, a local alive for the call.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return 0;
-    }
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
-}
-
-/// This process's time namespace (the inode of `/proc/self/ns/time`; 0 where the kernel
-/// has none), read once: processes in the same one read the same `CLOCK_MONOTONIC`.
-pub fn time_namespace() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    static NS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/time").map_or(0, |m| m.ino()))
 }
 
 /// The shared memory's size in words for `capacity` body bytes.
@@ -603,7 +566,6 @@ mod tests {
                     pid: 0,
                     ready: true,
                     departed: false,
-                    left: 0,
                 },
                 Member {
                     id: 7,
@@ -616,7 +578,6 @@ mod tests {
                     pid: 4242,
                     ready: false,
                     departed: false,
-                    left: 0,
                 },
                 Member {
                     id: 8,
@@ -626,14 +587,12 @@ mod tests {
                     pid: 4343,
                     ready: true,
                     departed: true,
-                    left: 77,
                 },
             ],
             names: vec![("a.b".into(), 7), ("org.example.Name".into(), 9)],
             max_message: 1 << 20,
             max_fds: 16,
             pid_namespace: 0x1234_5678_9abc,
-            time_namespace: 0x4321,
         }
     }
 
@@ -654,11 +613,10 @@ mod tests {
         assert_eq!(d.member(8).unwrap().pid, 4343);
     }
 
-    /// A departed member is listed in 20 bytes (the table keeps 256 to 512 of them, and
-    /// every member reads the table whenever it changes): its slot and summary do not
-    /// travel; when it left does.
+    /// A departed member is listed in 12 bytes (the table keeps 256 of them, and every
+    /// member reads the table whenever it changes): its slot and summary do not travel.
     #[test]
-    fn a_departed_member_is_listed_by_id_flags_pid_and_when_it_left() {
+    fn a_departed_member_is_listed_by_id_flags_and_pid_only() {
         let mut t = sample();
         let mut body = Vec::new();
         t.encode(&mut body);
@@ -666,14 +624,12 @@ mod tests {
         let mut gone = t.members[1].clone();
         gone.id = 9;
         gone.departed = true;
-        gone.left = 123_456_789_012;
         t.members.push(gone);
         t.encode(&mut body);
-        assert_eq!(body.len(), before + 20);
+        assert_eq!(body.len(), before + 12);
         let d = Table::decode(&body).unwrap();
         let m = d.member(9).unwrap();
         assert_eq!((m.id, m.pid, m.direct, m.ready), (9, 4242, false, false));
-        assert_eq!(m.left, 123_456_789_012);
         assert_eq!(
             (m.slot, &m.summary),
             (crate::progress::NO_SLOT, &Summary::default())
@@ -765,7 +721,6 @@ mod tests {
                     pid: 100 + id,
                     ready,
                     departed,
-                    left: 0,
                 };
                 match t.members.binary_search_by_key(&id, |m| m.id) {
                     Ok(i) => t.members[i] = m,

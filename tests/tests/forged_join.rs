@@ -245,7 +245,6 @@ fn attack(home: &Path) -> Vec<Vec<u8>> {
         pid: 0,
         ready: true,
         departed: false,
-        left: 0,
     });
     let mut body = Vec::new();
     Table {

@@ -79,10 +79,6 @@ pub(super) struct State {
     changes: table::Changes,
     /// The daemon's pid namespace, for the table ([`Bus::set_fast_pid_namespace`]).
     pid_namespace: u64,
-    /// The daemon's time namespace, and an instant with its `CLOCK_MONOTONIC` reading, to
-    /// tell in the table when members left ([`Bus::set_fast_clock`]).
-    time_namespace: u64,
-    clock: Option<(std::time::Instant, u64)>,
     /// The daemon's interest as last compiled (its summary in the table).
     daemon_summary: Summary,
     /// The daemon's filter accepts everything until its exact program is compiled at
@@ -247,25 +243,6 @@ impl Bus {
         self.fast.table_dirty = self.fast.enabled;
     }
 
-    /// The daemon's time namespace (the inode of `/proc/self/ns/time`; 0: unknown), and
-    /// `CLOCK_MONOTONIC` as it read `ns` nanoseconds at `at`: the table tells when each
-    /// departed member left on that clock, so that a receiver that looks late still gives
-    /// it only its grace from then.
-    pub fn set_fast_clock(&mut self, time_namespace: u64, at: std::time::Instant, ns: u64) {
-        self.fast.time_namespace = time_namespace;
-        self.fast.clock = Some((at, ns));
-        self.fast.table_dirty = self.fast.enabled;
-    }
-
-    /// Now on the daemon's `CLOCK_MONOTONIC`, in nanoseconds (0: not told).
-    fn fast_clock_now(&self) -> u64 {
-        self.fast.clock.map_or(0, |(at, ns)| {
-            let since = self.now.saturating_duration_since(at).as_nanos();
-            ns.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
-                .max(1)
-        })
-    }
-
     /// Where `GetConnectionStats` reads the figures members publish.
     pub fn set_fast_figures(&mut self, source: FigureSource) {
         self.fast.figures = Some(Figures(source));
@@ -392,7 +369,6 @@ impl Bus {
             pid: p.creds.pid.unwrap_or(0),
             ready: false,
             departed: false,
-            left: 0,
         };
         // (Published at once: a member sends directly from its first message, once it
         // sees itself listed; until then its shim sends through the daemon.)
@@ -457,10 +433,8 @@ impl Bus {
             return;
         };
         if let Some(f) = p.fast.take() {
-            let left = self.fast_clock_now();
             if let Some(m) = self.fast.listed(f.id, Publish::Later) {
                 m.departed = true;
-                m.left = left;
                 m.slot = busd_match::progress::NO_SLOT;
                 m.summary = Summary::default();
             }
@@ -740,7 +714,6 @@ impl Bus {
             pid: self.settings.pid,
             ready: true,
             departed: false,
-            left: 0,
         };
         // dbus-daemon ends calls unanswered after reply_timeout: only the daemon can keep
         // that time, so calls go through it when the limit is set.
@@ -748,14 +721,12 @@ impl Bus {
         let max_message = u32::try_from(self.settings.limits.max_message_size).unwrap_or(u32::MAX);
         let max_fds = u32::try_from(self.settings.limits.max_message_unix_fds).unwrap_or(u32::MAX);
         let pid_namespace = self.fast.pid_namespace;
-        let time_namespace = self.fast.time_namespace;
         let t = &self.fast.table;
         let same = t.observed == observed
             && t.calls_mediated == calls_mediated
             && t.max_message == max_message
             && t.max_fds == max_fds
             && t.pid_namespace == pid_namespace
-            && t.time_namespace == time_namespace
             && t.members.first() == Some(&daemon);
         if !same {
             self.fast.changes.header = true;
@@ -765,7 +736,6 @@ impl Bus {
             t.max_message = max_message;
             t.max_fds = max_fds;
             t.pid_namespace = pid_namespace;
-            t.time_namespace = time_namespace;
             self.fast.list(daemon);
         }
         Arc::clone(&self.fast.table)
@@ -788,7 +758,6 @@ impl Bus {
                 pid: p.creds.pid.unwrap_or(0),
                 ready: f.ready,
                 departed: false,
-                left: 0,
             });
             for n in self.names.held_by(peer) {
                 if self.names.primary_owner(n) == Some(peer) {

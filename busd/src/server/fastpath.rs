@@ -153,13 +153,11 @@ impl SharedTable {
                     pid: 0,
                     ready: true,
                     departed: false,
-                    left: 0,
                 }],
                 names: Vec::new(),
                 max_message: t.max_message,
                 max_fds: t.max_fds,
                 pid_namespace: t.pid_namespace,
-                time_namespace: t.time_namespace,
             };
             let mut body = Vec::new();
             fallback.encode(&mut body);
@@ -276,13 +274,6 @@ const DIR_PREFIX: &str = "busd-fastpath-";
 pub fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
-}
-
-/// This process's time namespace ([`table::time_namespace`]), and an instant with
-/// `CLOCK_MONOTONIC` read beside it, in nanoseconds.
-pub fn clock() -> (u64, std::time::Instant, u64) {
-    let at = std::time::Instant::now();
-    (table::time_namespace(), at, table::monotonic_ns())
 }
 
 /// The file in a bus's directory its busd holds an exclusive `flock` on for as long as it

@@ -340,32 +340,6 @@ fn the_table_forgets_departures_past_its_bound() {
     assert!(t.members.iter().skip(1).all(|m| m.departed));
 }
 
-/// The table tells when a member left, on the daemon's monotonic clock as the shell told
-/// it, and in which time namespace: a receiver that looks at the table late still gives
-/// the departed member only its grace from then.
-#[test]
-fn the_table_tells_when_a_member_left() {
-    let mut b = fast_bus();
-    let t0 = std::time::Instant::now();
-    b.set_now(t0);
-    b.set_fast_clock(42, t0, 1_000);
-    let first = join_fast(&mut b, 1);
-    b.set_now(t0 + std::time::Duration::from_secs(2));
-    b.disconnected(1);
-    join_fast(&mut b, 2);
-    b.take_effects().for_each(drop);
-    let t = b.take_fast_updates().unwrap().table.unwrap();
-    assert_eq!(t.time_namespace, 42);
-    let gone = t.member(first).unwrap();
-    assert!(gone.departed);
-    assert_eq!(gone.left, 1_000 + 2_000_000_000);
-    assert!(t
-        .members
-        .iter()
-        .filter(|m| !m.departed)
-        .all(|m| m.left == 0));
-}
-
 #[test]
 fn broadcasts_from_members_reach_only_those_off_the_fast_path() {
     let mut b = fast_bus();
