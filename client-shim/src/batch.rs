@@ -54,6 +54,9 @@ pub struct Datagram<'a> {
     pub source: Option<&'a Path>,
     /// The sending process (`SCM_CREDENTIALS`), as this process's pid namespace sees it.
     pub pid: Option<i32>,
+    /// When the kernel queued it (`SCM_TIMESTAMPNS`, `CLOCK_REALTIME` in nanoseconds), if
+    /// the socket asks for stamps.
+    pub queued: Option<u64>,
 }
 
 /// Anonymous memory mapped for the frames: pages are backed only once written.
@@ -147,6 +150,7 @@ fn control_space() -> usize {
     let space = unsafe {
         libc::CMSG_SPACE((MAX_FDS_PER_CALL * std::mem::size_of::<RawFd>()) as u32)
             + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+            + libc::CMSG_SPACE(std::mem::size_of::<libc::timespec>() as u32)
     };
     (space as usize).next_multiple_of(8)
 }
@@ -250,17 +254,17 @@ impl Batch {
     /// than any member's frame: not from a member) is dropped, and so is one whose
     /// descriptors did not all arrive (more than a datagram carries: not from a member).
     pub fn next(&mut self) -> Option<Datagram<'_>> {
-        let (i, t, fds, pid) = loop {
+        let (i, t, fds, pid, queued) = loop {
             let i = self.next;
             let t = *self.taken.get(i)?;
             self.next += 1;
-            let (fds, pid) = self.control_of(i, t.controllen);
+            let (fds, pid, queued) = self.control_of(i, t.controllen);
             let why = if t.flags & libc::MSG_TRUNC != 0 {
                 "is truncated"
             } else if t.flags & libc::MSG_CTRUNC != 0 {
                 "lost descriptors that did not fit"
             } else {
-                break (i, t, fds, pid);
+                break (i, t, fds, pid, queued);
             };
             warn!(
                 "dropped a frame from {:?} that {why}",
@@ -276,14 +280,17 @@ impl Batch {
             fds,
             source: self.source_of(i, t.namelen),
             pid,
+            queued,
         })
     }
 
-    /// The descriptors (now owned) and the sender's pid in slot `i`'s control data.
-    fn control_of(&self, i: usize, controllen: usize) -> (Vec<OwnedFd>, Option<i32>) {
+    /// The descriptors (now owned), the sender's pid and when the kernel queued the
+    /// datagram, in slot `i`'s control data.
+    fn control_of(&self, i: usize, controllen: usize) -> (Vec<OwnedFd>, Option<i32>, Option<u64>) {
         let space = control_space();
         let mut fds = Vec::new();
         let mut pid = None;
+        let mut queued = None;
         // SAFETY: a msghdr over slot `i`'s control data, as the kernel filled it
         // (`controllen` bytes); CMSG_FIRSTHDR/NXTHDR stay within it, and each SCM_RIGHTS
         // descriptor was just installed in this process for us and is owned by nothing
@@ -308,12 +315,22 @@ impl Batch {
                     {
                         pid = Some(std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid);
                     }
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                        if len >= std::mem::size_of::<libc::timespec>() =>
+                    {
+                        let t = std::ptr::read_unaligned(data.cast::<libc::timespec>());
+                        queued = Some(
+                            (t.tv_sec as u64)
+                                .saturating_mul(1_000_000_000)
+                                .saturating_add(t.tv_nsec as u64),
+                        );
+                    }
                     _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&m, c);
             }
         }
-        (fds, pid)
+        (fds, pid, queued)
     }
 
     /// The path slot `i`'s sender is bound to.
@@ -439,6 +456,8 @@ mod tests {
     fn pair(dir: &Path) -> (UnixDatagram, UnixDatagram) {
         let r = UnixDatagram::bind(dir.join("r")).unwrap();
         nix::sys::socket::setsockopt(&r, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        nix::sys::socket::setsockopt(&r, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .unwrap();
         let s = UnixDatagram::bind(dir.join("s")).unwrap();
         s.connect(dir.join("r")).unwrap();
         (r, s)
@@ -455,9 +474,11 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
         // (The kernel queues at most `net.unix.max_dgram_qlen` datagrams, 10 by default.)
+        let before = busd_match::table::realtime_ns();
         for i in 0..10u8 {
             s.send(&[i; 3]).unwrap();
         }
+        let after = busd_match::table::realtime_ns();
         let mut got = Vec::new();
         let mut calls = Vec::new();
         loop {
@@ -469,6 +490,12 @@ mod tests {
             while let Some(d) = b.next() {
                 assert_eq!(d.source, Some(dir.path().join("s").as_path()));
                 assert_eq!(d.pid, Some(std::process::id() as i32));
+                // Stamped as the kernel queued it, on the clock the table's departures use.
+                let queued = d.queued.expect("a stamp");
+                assert!(
+                    before <= queued && queued <= after,
+                    "{before} {queued} {after}"
+                );
                 assert!(d.fds.is_empty());
                 got.push(d.frame.to_vec());
             }

@@ -104,6 +104,10 @@ pub fn member(
     // send buffer is full can then block in the kernel (`Member::send_to_daemon`).
     socket.set_nonblocking(true)?;
     let _ = socket::setsockopt(&socket, socket::sockopt::SndBuf, &SEND_BUFFER);
+    // The kernel stamps each datagram as it queues it (`CLOCK_REALTIME`): a frame from a
+    // member that left is its own only if queued before its socket was shut down (the
+    // table tells when). Without stamps, the grace after the departure applies.
+    let _ = socket::setsockopt(&socket, socket::sockopt::ReceiveTimestampns, &true);
     let socket = {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let s = tokio::net::UnixDatagram::from_std(socket)?;

@@ -99,6 +99,13 @@ pub struct Held {
     pub since: Instant,
 }
 
+/// How long after the daemon noted a member's socket shut down a frame the kernel queued
+/// from that member's path is still taken as the member's: a send that passed the kernel's
+/// check just before the shutdown may queue its datagram just after, and the daemon reads
+/// the clock once the shutdown returned. (A process that binds the path again waits for the
+/// daemon to remove the name first, moments before the shutdown.)
+pub const QUEUED_SLACK: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Member {
     /// The connection's state. A poisoned lock is taken as it is: every update under it is
     /// a few map and counter operations that leave the state consistent at each step.
@@ -310,7 +317,7 @@ impl Member {
                 // it says.)
                 let checked = receive::sender_of(d.source, &me)
                     .and_then(|s| receive::attested(s, d.pid, &table, &me).map(|()| s))
-                    .and_then(|s| self.not_long_gone(s, &table))
+                    .and_then(|s| self.not_long_gone(s, &table, d.queued))
                     .and_then(|s| {
                         let limits = (receive::max_message(&table), receive::max_fds(&table));
                         receive::check_from(s, d.frame, &d.fds, &me, limits)
@@ -430,22 +437,33 @@ impl Member {
         Incoming::Message(bytes, fds)
     }
 
-    /// `sender`, unless it left longer ago than [`crate::table::DEPARTED_GRACE`]: its process
-    /// may still hold its socket's path (it left the bus, or became a monitor) and must
-    /// not go on sending as its old name.
-    fn not_long_gone(&self, sender: u32, table: &Table) -> Result<u32, Refusal> {
+    /// `sender`, unless it left and this frame is not what it sent before: its process
+    /// may still hold its socket's path (it left the bus, or became a monitor) and must not
+    /// go on sending as its old name. Where the kernel stamped the frame as it queued it and
+    /// the table tells when the daemon shut the member's socket down, the frame is its own
+    /// if it was queued before (within [`QUEUED_SLACK`]); otherwise for
+    /// [`crate::table::DEPARTED_GRACE`] after this member first saw it leave.
+    fn not_long_gone(
+        &self,
+        sender: u32,
+        table: &Table,
+        queued: Option<u64>,
+    ) -> Result<u32, Refusal> {
         // (The state's lock and the clock only for a sender the table lists as departed:
         // every datagram comes this way.)
-        let departed = table.member(sender).is_some_and(|m| m.departed);
-        if departed
-            && self
+        let Some(m) = table.member(sender).filter(|m| m.departed) else {
+            return Ok(sender);
+        };
+        let gone = match queued.filter(|_| m.left != 0) {
+            Some(queued) => queued > m.left.saturating_add(QUEUED_SLACK.as_nanos() as u64),
+            None => self
                 .state()
                 .table
-                .left_long_ago(sender, std::time::Instant::now())
-        {
+                .left_long_ago(sender, std::time::Instant::now()),
+        };
+        if gone {
             return Err(Refusal::Spoofed(format!(
-                "member {sender} left longer ago than {:?}",
-                crate::table::DEPARTED_GRACE
+                "member {sender} had left before this frame was sent"
             )));
         }
         Ok(sender)

@@ -132,6 +132,7 @@ pub(crate) mod tests {
             pid: 1000 + id,
             ready: true,
             departed: false,
+            left: 0,
         }
     }
 
@@ -151,6 +152,7 @@ pub(crate) mod tests {
                 member(5, false, &["member='Ping'"]),
                 Member {
                     departed: true,
+                    left: 0,
                     ..member(6, true, &["member='Ping'"])
                 },
             ],

@@ -14,10 +14,12 @@ pub struct TableView {
     map: Mapping,
 }
 
-/// How long after this member first saw another leave it still takes that member's
-/// frames: what it sent before it left is already in this member's queue by then, unless
-/// this member did not read for that long. After, a process that left (and kept its
-/// socket's path, or bound it again) sends nothing more under its old name.
+/// Where a frame has no queue stamp or the table no shutdown time for its departed sender
+/// (`Member::not_long_gone` compares those otherwise): how long after this member first
+/// saw another leave it still takes that member's frames. What it sent before it left is
+/// already in this member's queue by then, unless this member did not read for that long.
+/// After, a process that left (and kept its socket's path, or bound it again) sends
+/// nothing more under its old name.
 pub const DEPARTED_GRACE: Duration = Duration::from_secs(5);
 
 /// The table as last decoded, with the sequence it was read at (0: never read). It lives in
@@ -142,6 +144,7 @@ mod tests {
             pid: 0,
             ready: true,
             departed,
+            left: 0,
         }
     }
 

@@ -14,8 +14,9 @@ use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
 /// The layout of the table, and of the set-up around it: a shim that finds another
-/// version stays on the stream. (5: Join passes the inbox as a socket pair.)
-pub const VERSION: u32 = 6;
+/// version stays on the stream. (5: Join passes the inbox as a socket pair; 7: a departed
+/// member's record says when its socket was shut down.)
+pub const VERSION: u32 = 7;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
@@ -27,10 +28,11 @@ const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_DEPARTED: u32 = 4;
 const MEMBER_READY: u32 = 8;
-/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid: its
+/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid, when it
+/// left: its
 /// slot and summary are nobody's concern any more, and up to 256 of them are listed).
 const MEMBER_LEN: usize = 48;
-const DEPARTED_LEN: usize = 12;
+const DEPARTED_LEN: usize = 20;
 
 /// One member as the table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,10 @@ pub struct Member {
     /// It left: nobody sends to it any more, but what it sent before still counts as its
     /// own (the table keeps the last departures for that).
     pub departed: bool,
+    /// When the daemon had shut its socket down, on `CLOCK_REALTIME` in nanoseconds (0: it
+    /// has not left, or the daemon does not know yet): a frame the kernel queued after
+    /// that (`SO_TIMESTAMPNS`, the same clock) came from a socket bound at its path again.
+    pub left: u64,
 }
 
 impl Member {
@@ -80,6 +86,7 @@ impl Member {
         put_u32(out, flags);
         if self.departed {
             put_u32(out, self.pid);
+            out.extend_from_slice(&self.left.to_le_bytes());
             return;
         }
         put_u32(out, self.slot);
@@ -392,10 +399,10 @@ impl Table {
             let id = c.u32()?;
             let flags = c.u32()?;
             let departed = flags & MEMBER_DEPARTED != 0;
-            let (slot, pid) = if departed {
-                (crate::progress::NO_SLOT, c.u32()?)
+            let (slot, pid, left) = if departed {
+                (crate::progress::NO_SLOT, c.u32()?, c.u64()?)
             } else {
-                (c.u32()?, c.u32()?)
+                (c.u32()?, c.u32()?, 0)
             };
             let mut bits = [0u64; 4];
             if !departed {
@@ -415,6 +422,7 @@ impl Table {
                 pid,
                 ready: flags & MEMBER_READY != 0,
                 departed,
+                left,
             });
         }
         let n = c.u32()? as usize;
@@ -446,6 +454,22 @@ impl Table {
             pid_namespace,
         })
     }
+}
+
+/// `CLOCK_REALTIME` now, in nanoseconds: the clock of [`Member::left`] and of the
+/// kernel's `SO_TIMESTAMPNS`.
+pub fn realtime_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, a local alive for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut t) } != 0 {
+        return 0;
+    }
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
 }
 
 /// The shared memory's size in words for `capacity` body bytes.
@@ -566,6 +590,7 @@ mod tests {
                     pid: 0,
                     ready: true,
                     departed: false,
+                    left: 0,
                 },
                 Member {
                     id: 7,
@@ -578,6 +603,7 @@ mod tests {
                     pid: 4242,
                     ready: false,
                     departed: false,
+                    left: 0,
                 },
                 Member {
                     id: 8,
@@ -587,6 +613,7 @@ mod tests {
                     pid: 4343,
                     ready: true,
                     departed: true,
+                    left: 77,
                 },
             ],
             names: vec![("a.b".into(), 7), ("org.example.Name".into(), 9)],
@@ -613,10 +640,11 @@ mod tests {
         assert_eq!(d.member(8).unwrap().pid, 4343);
     }
 
-    /// A departed member is listed in 12 bytes (the table keeps 256 of them, and every
-    /// member reads the table whenever it changes): its slot and summary do not travel.
+    /// A departed member is listed in 20 bytes (the table keeps 256 to 512 of them, and
+    /// every member reads the table whenever it changes): its slot and summary do not
+    /// travel; when it left does.
     #[test]
-    fn a_departed_member_is_listed_by_id_flags_and_pid_only() {
+    fn a_departed_member_is_listed_by_id_flags_pid_and_when_it_left() {
         let mut t = sample();
         let mut body = Vec::new();
         t.encode(&mut body);
@@ -624,12 +652,14 @@ mod tests {
         let mut gone = t.members[1].clone();
         gone.id = 9;
         gone.departed = true;
+        gone.left = 123_456_789_012;
         t.members.push(gone);
         t.encode(&mut body);
-        assert_eq!(body.len(), before + 12);
+        assert_eq!(body.len(), before + 20);
         let d = Table::decode(&body).unwrap();
         let m = d.member(9).unwrap();
         assert_eq!((m.id, m.pid, m.direct, m.ready), (9, 4242, false, false));
+        assert_eq!(m.left, 123_456_789_012);
         assert_eq!(
             (m.slot, &m.summary),
             (crate::progress::NO_SLOT, &Summary::default())
@@ -721,6 +751,7 @@ mod tests {
                     pid: 100 + id,
                     ready,
                     departed,
+                    left: 0,
                 };
                 match t.members.binary_search_by_key(&id, |m| m.id) {
                     Ok(i) => t.members[i] = m,

@@ -245,6 +245,7 @@ fn attack(home: &Path) -> Vec<Vec<u8>> {
         pid: 0,
         ready: true,
         departed: false,
+        left: 0,
     });
     let mut body = Vec::new();
     Table {

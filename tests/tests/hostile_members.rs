@@ -597,10 +597,10 @@ async fn a_frame_carries_exactly_the_descriptors_its_message_declares() {
 
 /// A member that left (here: it became a monitor, which may not send) keeps its socket's
 /// descriptor. The daemon shut that socket down as it left: it sends nobody anything as
-/// its old name. Its process can bind the path again (the directory is its user's):
-/// receivers take what comes from there for [`busd_shim::DEPARTED_GRACE`] after they first
-/// saw it leave (what it sent before may still be queued), and nothing after; a member that
-/// set up after it left, nothing at all.
+/// its old name. Its process can bind the path again (the directory is its user's): the
+/// kernel stamps each datagram as it queues it, the table tells when the member's socket
+/// was shut down, and receivers take nothing queued after that from there, whether they
+/// were members before the departure or joined after.
 #[tokio::test]
 async fn a_member_that_left_sends_nothing_as_its_old_name() {
     let bus = Busd::start();
@@ -610,6 +610,47 @@ async fn a_member_that_left_sends_nothing_as_its_old_name() {
     m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/before")))
         .unwrap();
     assert_eq!(next_ping(&mut signals).await, "/before");
+    leave_and_wait_for_the_shutdown(&m, to).await;
+    let after = tokio::time::timeout(Duration::from_millis(500), next_ping(&mut signals)).await;
+    assert!(after.is_err(), "a Ping from a member that left arrived");
+
+    let ghost = UnixDatagram::bind(path_of(&m, m.id)).unwrap();
+    let (newcomer, mut newcomer_signals, newcomer_counters) = ping_receiver(&bus).await;
+    let to_newcomer = member_id(&newcomer);
+    let honest = member(&bus).await;
+    // The departed member's path, then an honest member, send `to` a Ping each.
+    let ghost_then_honest = |to: u32, label: &str| {
+        ghost
+            .send_to(
+                &frame_for(m.id, 0, &ping(&m.unique, &format!("/ghost_{label}"))),
+                path_of(&m, to),
+            )
+            .unwrap();
+        honest
+            .send_to(
+                to,
+                &frame_for(
+                    honest.id,
+                    0,
+                    &ping(&honest.unique, &format!("/honest_{label}")),
+                ),
+            )
+            .unwrap();
+    };
+    ghost_then_honest(to, "to_a_member");
+    assert_eq!(next_ping(&mut signals).await, "/honest_to_a_member");
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+    ghost_then_honest(to_newcomer, "to_a_newcomer");
+    assert_eq!(
+        next_ping(&mut newcomer_signals).await,
+        "/honest_to_a_newcomer"
+    );
+    assert_eq!(newcomer_counters.spoofed.load(Ordering::Relaxed), 1);
+}
+
+/// Makes member `m` leave (it becomes a monitor), and waits until its socket is shut down
+/// (a send to `to` fails).
+async fn leave_and_wait_for_the_shutdown(m: &Member, to: u32) {
     zbus::fdo::MonitoringProxy::new(&m.conn)
         .await
         .unwrap()
@@ -629,49 +670,66 @@ async fn a_member_that_left_sends_nothing_as_its_old_name() {
     }
     let e = refused.expect("the socket of a member that left still sends");
     assert_eq!(e.raw_os_error(), Some(libc::EPIPE), "{e}");
-    let after = tokio::time::timeout(Duration::from_millis(500), next_ping(&mut signals)).await;
-    assert!(after.is_err(), "a Ping from a member that left arrived");
+}
 
-    let ghost = UnixDatagram::bind(path_of(&m, m.id)).unwrap();
-    let send = |path| {
-        ghost
-            .send_to(&frame_for(m.id, 0, &ping(&m.unique, path)), path_of(&m, to))
-            .unwrap()
-    };
-    send("/within_grace");
-    assert_eq!(next_ping(&mut signals).await, "/within_grace");
-    // A member that sets up after the departure hears nothing from there, not even within
-    // the grace: nobody could send to it directly before it was ready.
-    let (newcomer, mut newcomer_signals, newcomer_counters) = ping_receiver(&bus).await;
-    let to_newcomer = member_id(&newcomer);
-    ghost
-        .send_to(
-            &frame_for(m.id, 0, &ping(&m.unique, "/to_newcomer")),
-            path_of(&m, to_newcomer),
-        )
+/// What a member sent just before it left is delivered however late the receiver reads
+/// it (here its runtime does not run for longer than [`busd_shim::DEPARTED_GRACE`]): the
+/// kernel queued it before the member's socket was shut down.
+#[tokio::test]
+async fn what_a_member_sent_before_it_left_is_delivered_however_late_it_is_read() {
+    let bus = Busd::start();
+    let address = bus.address.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stall_tx, stall_rx) = std::sync::mpsc::channel::<Duration>();
+    let (ping_tx, ping_rx) = std::sync::mpsc::channel::<String>();
+    // The receiver, on a runtime of its own in a thread that can be stopped.
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let conn = busd_shim::builder(&format!("{address},fastpath=1"))
+                .await
+                .unwrap()
+                .build()
+                .await
+                .unwrap();
+            add_match(&conn, "type='signal',member='Ping'").await;
+            let mut signals = MessageStream::from(&conn);
+            ready_tx
+                .send((member_id(&conn), stats(&conn).await))
+                .unwrap();
+            loop {
+                match stall_rx.try_recv() {
+                    Ok(d) => std::thread::sleep(d),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                let next = tokio::time::timeout(Duration::from_millis(10), signals.next());
+                if let Ok(Some(Ok(m))) = next.await {
+                    if m.header().member().is_some_and(|n| n == "Ping") {
+                        let _ = ping_tx.send(m.header().path().unwrap().to_string());
+                    }
+                }
+            }
+        });
+    });
+    let (to, counters) = ready_rx.recv().unwrap();
+    let m = member(&bus).await;
+    stall_tx
+        .send(busd_shim::DEPARTED_GRACE + Duration::from_millis(1500))
         .unwrap();
-    let honest = member(&bus).await;
-    honest
-        .send_to(
-            to_newcomer,
-            &frame_for(honest.id, 0, &ping(&honest.unique, "/honest_to_newcomer")),
-        )
+    // (The receiver's thread stops within 10 ms.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    m.send_to(to, &frame_for(m.id, 0, &ping(&m.unique, "/last_words")))
         .unwrap();
-    assert_eq!(
-        next_ping(&mut newcomer_signals).await,
-        "/honest_to_newcomer"
-    );
-    assert_eq!(newcomer_counters.spoofed.load(Ordering::Relaxed), 1);
-    tokio::time::sleep(busd_shim::DEPARTED_GRACE + Duration::from_millis(500)).await;
-    send("/past_grace");
-    honest
-        .send_to(
-            to,
-            &frame_for(honest.id, 0, &ping(&honest.unique, "/honest")),
-        )
-        .unwrap();
-    assert_eq!(next_ping(&mut signals).await, "/honest");
-    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 1);
+    leave_and_wait_for_the_shutdown(&m, to).await;
+    let got = ping_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(got, "/last_words");
+    assert_eq!(counters.spoofed.load(Ordering::Relaxed), 0);
+    drop(stall_tx);
+    thread.join().unwrap();
 }
 
 /// A message as a member's shim would never send it: of message type `ty`, with `flags`,

@@ -243,6 +243,17 @@ impl Bus {
         self.fast.table_dirty = self.fast.enabled;
     }
 
+    /// The shell shut member `member`'s socket down at `realtime_ns` (`CLOCK_REALTIME`):
+    /// the table tells it, so that receivers can tell frames its process sent from a path
+    /// bound again after from what it sent before ([`table::Member::left`]).
+    pub fn fast_left_at(&mut self, member: u32, realtime_ns: u64) {
+        if self.fast.table.member(member).is_some_and(|m| m.departed) {
+            if let Some(m) = self.fast.listed(member, Publish::Later) {
+                m.left = realtime_ns;
+            }
+        }
+    }
+
     /// Where `GetConnectionStats` reads the figures members publish.
     pub fn set_fast_figures(&mut self, source: FigureSource) {
         self.fast.figures = Some(Figures(source));
@@ -369,6 +380,7 @@ impl Bus {
             pid: p.creds.pid.unwrap_or(0),
             ready: false,
             departed: false,
+            left: 0,
         };
         // (Published at once: a member sends directly from its first message, once it
         // sees itself listed; until then its shim sends through the daemon.)
@@ -714,6 +726,7 @@ impl Bus {
             pid: self.settings.pid,
             ready: true,
             departed: false,
+            left: 0,
         };
         // dbus-daemon ends calls unanswered after reply_timeout: only the daemon can keep
         // that time, so calls go through it when the limit is set.
@@ -758,6 +771,7 @@ impl Bus {
                 pid: p.creds.pid.unwrap_or(0),
                 ready: f.ready,
                 departed: false,
+                left: 0,
             });
             for n in self.names.held_by(peer) {
                 if self.names.primary_owner(n) == Some(peer) {

@@ -153,6 +153,7 @@ impl SharedTable {
                     pid: 0,
                     ready: true,
                     departed: false,
+                    left: 0,
                 }],
                 names: Vec::new(),
                 max_message: t.max_message,
@@ -482,14 +483,14 @@ impl FastPath {
     /// copy too: a member that left (disconnected, or became a monitor) sends nobody
     /// anything as its old name, and receives nothing. (What it sent before is delivered:
     /// the receivers' queues keep it.)
-    pub fn leave(&mut self, peer: PeerId) {
-        let Some(m) = self.members.remove(&peer) else {
-            return;
-        };
+    /// Returns the member's id (None: not a member).
+    pub fn leave(&mut self, peer: PeerId) -> Option<u32> {
+        let m = self.members.remove(&peer)?;
         self.progress.give_back(m.slot);
         // (The name first: a sender that finds it gone sends through the daemon.)
         let _ = std::fs::remove_file(self.dir.join(protocol::socket_name(m.id)));
         let _ = nix::sys::socket::shutdown(m.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        Some(m.id)
     }
 
     pub fn set_filter(&mut self, peer: PeerId, prog: &Program) {

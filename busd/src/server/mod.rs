@@ -71,6 +71,11 @@ enum Feedback {
         result: Result<(), String>,
     },
     Rescanned(Vec<ServiceEntry>),
+    /// A member's socket was shut down at this `CLOCK_REALTIME` time (ns).
+    Left {
+        member: u32,
+        at: u64,
+    },
 }
 
 pub struct Server {
@@ -720,7 +725,11 @@ impl Server {
                             result,
                         });
                     }
-                    Effect::FastLeave(peer) => self.fast_leave(peer),
+                    Effect::FastLeave(peer) => {
+                        if let Some(left) = self.fast_leave(peer) {
+                            feedback.push(left);
+                        }
+                    }
                     Effect::RescanServices => {
                         let mut warnings = Vec::new();
                         let entries =
@@ -760,6 +769,7 @@ impl Server {
                         result,
                     } => self.bus.reload_finished(peer, serial, result),
                     Feedback::Rescanned(entries) => self.bus.services_rescanned(entries),
+                    Feedback::Left { member, at } => self.bus.fast_left_at(member, at),
                 }
             }
         }
@@ -789,11 +799,12 @@ impl Server {
         Ok(joined)
     }
 
-    fn fast_leave(&mut self, peer: PeerId) {
+    fn fast_leave(&mut self, peer: PeerId) -> Option<Feedback> {
         // Closing the inbox takes it out of the poll (as in `close`).
-        if let Some(f) = self.fast.as_mut() {
-            f.leave(peer);
-        }
+        let member = self.fast.as_mut()?.leave(peer)?;
+        // (Read once the socket is shut down: every frame it sent was queued before.)
+        let at = busd_match::table::realtime_ns();
+        Some(Feedback::Left { member, at })
     }
 
     /// Replaces filters and republishes the routing table after the bus changed them.

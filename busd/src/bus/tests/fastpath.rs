@@ -340,6 +340,30 @@ fn the_table_forgets_departures_past_its_bound() {
     assert!(t.members.iter().skip(1).all(|m| m.departed));
 }
 
+/// The table tells when the shell shut a departed member's socket down, once it says so:
+/// a receiver then takes from that member's path only what was queued before.
+#[test]
+fn the_table_tells_when_a_members_socket_was_shut_down() {
+    let mut b = fast_bus();
+    let first = join_fast(&mut b, 1);
+    let other = join_fast(&mut b, 2);
+    b.disconnected(1);
+    b.fast_left_at(first, 1_000);
+    // (Not a departed member: nothing changes.)
+    b.fast_left_at(other, 2_000);
+    join_fast(&mut b, 3);
+    b.take_effects().for_each(drop);
+    let t = b.take_fast_updates().unwrap().table.unwrap();
+    let gone = t.member(first).unwrap();
+    assert!(gone.departed);
+    assert_eq!(gone.left, 1_000);
+    assert!(t
+        .members
+        .iter()
+        .filter(|m| !m.departed)
+        .all(|m| m.left == 0));
+}
+
 #[test]
 fn broadcasts_from_members_reach_only_those_off_the_fast_path() {
     let mut b = fast_bus();
