@@ -107,7 +107,9 @@ pub fn member(
     // The kernel stamps each datagram as it queues it (`CLOCK_REALTIME`): a frame from a
     // member that left is its own only if queued before its socket was shut down (the
     // table tells when). Without stamps, the grace after the departure applies.
-    let _ = socket::setsockopt(&socket, socket::sockopt::ReceiveTimestampns, &true);
+    if let Err(e) = socket::setsockopt(&socket, socket::sockopt::ReceiveTimestampns, &true) {
+        tracing::warn!("no queue stamps on the member's socket (a departed member's path is heard for a grace): {e}");
+    }
     let socket = {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let s = tokio::net::UnixDatagram::from_std(socket)?;

@@ -454,13 +454,14 @@ impl Member {
         let Some(m) = table.member(sender).filter(|m| m.departed) else {
             return Ok(sender);
         };
-        let gone = match queued.filter(|_| m.left != 0) {
-            Some(queued) => queued > m.left.saturating_add(QUEUED_SLACK.as_nanos() as u64),
-            None => self
-                .state()
-                .table
-                .left_long_ago(sender, std::time::Instant::now()),
-        };
+        let gone = crate::table::departed_frame_refused(
+            &self.state().table,
+            sender,
+            queued,
+            m.left,
+            QUEUED_SLACK,
+            std::time::Instant::now(),
+        );
         if gone {
             return Err(Refusal::Spoofed(format!(
                 "member {sender} had left before this frame was sent"

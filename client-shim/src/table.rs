@@ -73,6 +73,36 @@ impl Cached {
             .get(&id)
             .is_some_and(|&seen| seen.is_none_or(|seen| now.duration_since(seen) >= DEPARTED_GRACE))
     }
+
+    /// Whether member `id` left before this member was listed as ready: nothing it sent
+    /// can be for this member.
+    pub fn never_heard(&self, id: u32) -> bool {
+        self.departed.get(&id).is_some_and(Option::is_none)
+    }
+}
+
+/// Whether a frame from a member the table lists as departed is refused. `queued`: when
+/// the kernel queued it (`CLOCK_REALTIME` ns, if stamped); `left`: when the daemon had
+/// shut the member's socket down (the same clock; 0: not told yet); `slack`: how much
+/// later a genuine frame may still have been queued. A member that left before this one
+/// was ready is never heard; with both times, the frame is the member's if queued before
+/// the shutdown (within the slack); otherwise `grace_over` decides (the grace from when
+/// this member first saw the departure).
+pub fn departed_frame_refused(
+    cached: &Cached,
+    sender: u32,
+    queued: Option<u64>,
+    left: u64,
+    slack: Duration,
+    now: Instant,
+) -> bool {
+    match queued.filter(|_| left != 0) {
+        Some(queued) => {
+            cached.never_heard(sender)
+                || queued > left.saturating_add(u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX))
+        }
+        None => cached.left_long_ago(sender, now),
+    }
 }
 
 impl TableView {
@@ -198,6 +228,44 @@ mod tests {
         let mut c = Cached::default();
         c.keep_at(2, listing(true, true, false), 7, t0);
         assert!(c.left_long_ago(2, t0));
+    }
+
+    /// A departed member's frame: its own if queued before the daemon shut its socket
+    /// down (within the slack), however late it is read; never from a member that left
+    /// before this one was ready, stamp or not; without a stamp or a time, by the grace.
+    #[test]
+    fn a_departed_members_frame_is_judged_by_when_it_was_queued() {
+        let t0 = Instant::now();
+        let slack = Duration::from_millis(100);
+        let mut c = Cached::default();
+        c.keep_at(2, listing(true, true, false), 9, t0);
+        let late = t0 + 10 * DEPARTED_GRACE;
+        let refused = |c: &Cached, id, queued, left, now| {
+            departed_frame_refused(c, id, queued, left, slack, now)
+        };
+        assert!(
+            !refused(&c, 2, Some(1_000), 2_000, late),
+            "queued before, read late"
+        );
+        assert!(
+            !refused(&c, 2, Some(2_000 + 99_000_000), 2_000, t0),
+            "within the slack"
+        );
+        assert!(
+            refused(&c, 2, Some(2_000 + 101_000_000), 2_000, t0),
+            "queued after"
+        );
+        assert!(!refused(&c, 2, None, 2_000, t0), "no stamp: the grace");
+        assert!(
+            refused(&c, 2, None, 2_000, late),
+            "no stamp: the grace is over"
+        );
+        assert!(!refused(&c, 2, Some(5_000), 0, t0), "no time: the grace");
+        // A member that left before this one was ready: never, stamp or not.
+        let mut c = Cached::default();
+        c.keep_at(2, listing(false, true, false), 9, t0);
+        assert!(refused(&c, 2, Some(2_000), 2_000, t0));
+        assert!(refused(&c, 2, None, 0, t0));
     }
 
     #[test]

@@ -14,9 +14,10 @@ use crate::summary::Summary;
 
 pub const MAGIC: u32 = 0x4255_5352; // "BUSR"
 /// The layout of the table, and of the set-up around it: a shim that finds another
-/// version stays on the stream. (5: Join passes the inbox as a socket pair; 7: a departed
-/// member's record says when its socket was shut down.)
-pub const VERSION: u32 = 7;
+/// version stays on the stream. (5: Join passes the inbox as a socket pair; 8: a departed
+/// member's record says when its socket was shut down. 7 was a layout of the same day
+/// that never shipped.)
+pub const VERSION: u32 = 8;
 /// Bytes before the body: magic, version, sequence, body length, then reserved words.
 pub const PREFIX_LEN: usize = 64;
 const WORD_SEQ: usize = 1;
