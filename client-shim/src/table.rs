@@ -86,8 +86,8 @@ impl Cached {
 /// shut the member's socket down (the same clock; 0: not told yet); `slack`: how much
 /// later a genuine frame may still have been queued. A member that left before this one
 /// was ready is never heard; with both times, the frame is the member's if queued before
-/// the shutdown (within the slack); otherwise `grace_over` decides (the grace from when
-/// this member first saw the departure).
+/// the shutdown (within the slack); otherwise [`DEPARTED_GRACE`] from when this member
+/// first saw the departure decides.
 pub fn departed_frame_refused(
     cached: &Cached,
     sender: u32,

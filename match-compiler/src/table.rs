@@ -29,9 +29,9 @@ const MEMBER_DIRECT: u32 = 1;
 const MEMBER_EVERYTHING: u32 = 2;
 const MEMBER_DEPARTED: u32 = 4;
 const MEMBER_READY: u32 = 8;
-/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid, when it
-/// left: its
-/// slot and summary are nobody's concern any more, and up to 256 of them are listed).
+/// A listed member's record; a departed one's is [`DEPARTED_LEN`] (id, flags, pid, when its
+/// socket was shut down: its slot and summary are nobody's concern any more, and up to 512
+/// of them are listed).
 const MEMBER_LEN: usize = 48;
 const DEPARTED_LEN: usize = 20;
 
